@@ -1,0 +1,219 @@
+"""Durable files: atomic writes and generation directories committed by a manifest.
+
+A directory that holds several files (catalog, vectors, index) is saved as a new
+*generation* folder; only when every file in it is written and fsynced does an atomic
+rename of ``MANIFEST.json`` make it current. A crash at any point leaves the previous
+generation loadable. The manifest records a sha256 for every file, so a truncated or
+corrupted file is reported as such instead of reaching a native library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from recsieve.errors import CorruptStoreError, IncompatibleVersionError, StoreError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "fsync_dir",
+    "read_json",
+    "GenerationDir",
+]
+
+#: Version of the on-disk layout; a directory with another version is refused.
+FORMAT_VERSION = 1
+MANIFEST = "MANIFEST.json"
+_GEN_RE = re.compile(r"^gen-(\d{8})$")
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so that renames inside it are durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync of the folder."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically write UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """Read a JSON file, turning a missing, unreadable or malformed file into a clear error."""
+    path = Path(path)
+    if path.is_dir():
+        raise StoreError(f"{what}: expected a file, got a directory: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StoreError(f"{what}: missing file {path}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptStoreError(f"{what}: {path} is not valid JSON ({exc})") from None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_tree(root: Path) -> dict[str, dict[str, Any]]:
+    """fsync every file and folder below ``root``; return {relative path: {size, sha256}}."""
+    files: dict[str, dict[str, Any]] = {}
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            p = Path(dirpath) / name
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+            files[p.relative_to(root).as_posix()] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+        fsync_dir(Path(dirpath))
+    return files
+
+
+class GenerationDir:
+    """A folder whose content is replaced atomically, one generation at a time.
+
+    ``kind`` is a label stored in the manifest (``"engine"``, ``"index"``) and checked on
+    open, so a folder of one kind is never read as another.
+    """
+
+    def __init__(self, root: str | os.PathLike, kind: str) -> None:
+        self.root = Path(root)
+        self.kind = kind
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    def exists(self) -> bool:
+        """Whether a committed generation exists."""
+        return self.manifest_path.is_file()
+
+    def commit(self, write: Callable[[Path], None], meta: dict[str, Any] | None = None) -> Path:
+        """Create a new generation: ``write(folder)`` fills an empty folder, then it is made current.
+
+        Returns the new generation's folder. Older generations are deleted afterwards.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"{self.kind} directory: {self.root} exists and is not a directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        gen = self._next_generation()
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-gen-{gen:08d}-", dir=self.root))
+        try:
+            write(tmp)
+            files = _fsync_tree(tmp)
+            final = self.root / f"gen-{gen:08d}"
+            os.replace(tmp, final)
+            fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        manifest = {
+            "format": "recsieve",
+            "kind": self.kind,
+            "version": FORMAT_VERSION,
+            "generation": final.name,
+            "files": files,
+            "meta": meta or {},
+        }
+        atomic_write_json(self.manifest_path, manifest)
+        self._collect_garbage(keep=final.name)
+        return final
+
+    def open(self, verify: bool = True) -> tuple[Path, dict[str, Any]]:
+        """Return ``(folder, meta)`` of the current generation, after checking it.
+
+        Raises :class:`StoreError` when there is none, :class:`IncompatibleVersionError` for
+        another format version or kind, :class:`CorruptStoreError` when a file is missing,
+        truncated or altered.
+        """
+        if not self.root.is_dir():
+            raise StoreError(f"{self.kind} directory: {self.root} is not a directory")
+        if not self.exists():
+            raise StoreError(f"{self.kind} directory: {self.root} holds no {MANIFEST}; nothing was saved there")
+        manifest = read_json(self.manifest_path, f"{self.kind} manifest")
+        if not isinstance(manifest, dict) or manifest.get("format") != "recsieve":
+            raise CorruptStoreError(f"{self.manifest_path} is not a recsieve manifest")
+        if manifest.get("version") != FORMAT_VERSION:
+            raise IncompatibleVersionError(
+                f"{self.root}: format version {manifest.get('version')!r}; "
+                f"this recsieve reads version {FORMAT_VERSION}"
+            )
+        if manifest.get("kind") != self.kind:
+            raise IncompatibleVersionError(
+                f"{self.root}: holds a {manifest.get('kind')!r} directory, expected {self.kind!r}"
+            )
+        name = manifest.get("generation")
+        if not isinstance(name, str) or not _GEN_RE.match(name):
+            raise CorruptStoreError(f"{self.manifest_path}: bad generation name {name!r}")
+        folder = self.root / name
+        files = manifest.get("files")
+        if not folder.is_dir() or not isinstance(files, dict):
+            raise CorruptStoreError(f"{self.root}: generation {name} is missing")
+        if verify:
+            root = folder.resolve()
+            for rel, info in files.items():
+                path = (folder / rel).resolve()
+                if root not in path.parents:
+                    raise CorruptStoreError(f"{self.manifest_path}: path {rel!r} leaves the directory")
+                if not path.is_file():
+                    raise CorruptStoreError(f"{self.root}: file {rel} is missing")
+                if path.stat().st_size != info.get("size") or _sha256(path) != info.get("sha256"):
+                    raise CorruptStoreError(f"{self.root}: file {rel} is truncated or corrupted (checksum mismatch)")
+        return folder, dict(manifest.get("meta") or {})
+
+    def _generations(self) -> list[int]:
+        gens = []
+        for p in self.root.iterdir():
+            m = _GEN_RE.match(p.name)
+            if m:
+                gens.append(int(m.group(1)))
+        return sorted(gens)
+
+    def _next_generation(self) -> int:
+        gens = self._generations()
+        return gens[-1] + 1 if gens else 1
+
+    def _collect_garbage(self, keep: str) -> None:
+        for p in self.root.iterdir():
+            if (_GEN_RE.match(p.name) and p.name != keep) or p.name.startswith(".tmp-gen-"):
+                shutil.rmtree(p, ignore_errors=True)
