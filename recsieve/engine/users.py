@@ -1,0 +1,193 @@
+"""``UserStore``: per user, a recent-events window and a time-decayed long-term profile.
+
+The profile is a kind-weighted, exponentially time-decayed sum of item embeddings,
+updated in O(dim) per event: with half-life ``h``, an event at time ``t`` of weight ``w``
+turns ``(S, W, t0)`` into ``(S * d + w * v, W * d + |w|, t)`` where ``d = 0.5 ** ((t - t0) / h)``
+(an event older than ``t0`` is decayed itself instead). The profile direction is ``S / W``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recsieve.errors import CorruptStoreError
+from recsieve.types import EVENT_KINDS
+
+__all__ = ["UserStore", "UserView", "RecentEvent"]
+
+_DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class RecentEvent:
+    """One entry of a user's recent window."""
+
+    row: int
+    kind: str
+    ts: float
+    weight: float
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class UserView:
+    """A consistent snapshot of one user, safe to read without the store's lock.
+
+    ``profile`` is the decayed weighted sum (not normalised; ``None`` when the user's weights
+    cancel out), ``recent`` is most-recent-last, ``consumed`` the rows the user interacted with.
+    ``version`` counts the events applied, so caches can key on it.
+    """
+
+    user_id: str
+    profile: np.ndarray | None
+    recent: tuple[RecentEvent, ...]
+    consumed: frozenset[int]
+    version: int
+    last_ts: float
+
+
+class _State:
+    __slots__ = ("profile", "weight", "last_ts", "recent", "consumed", "version")
+
+    def __init__(self, dim: int, window: int) -> None:
+        self.profile = np.zeros(dim, dtype=np.float64)
+        self.weight = 0.0
+        self.last_ts = -math.inf
+        self.recent: deque[RecentEvent] = deque(maxlen=window)
+        self.consumed: set[int] = set()
+        self.version = 0
+
+
+class UserStore:
+    """In-memory user state, fed by the engine after each event is journaled."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        recent_window: int = 20,
+        half_life_days: float = 30.0,
+        kind_weights: Mapping[str, float] = EVENT_KINDS,
+    ) -> None:
+        self.dim = dim
+        self.recent_window = recent_window
+        self.half_life = half_life_days * _DAY
+        self.kind_weights = dict(kind_weights)
+        self._users: dict[str, _State] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._users
+
+    def event_weight(self, kind: str, weight: float | None) -> float:
+        """The profile weight of an event: its own ``weight`` if given, else its kind's default.
+
+        For ``rating`` a given weight is the rating on a 1-5 scale, centred at 3 (below 3 pushes away).
+        """
+        if weight is None:
+            return self.kind_weights[kind]
+        if kind == "rating":
+            return (float(weight) - 3.0) / 2.0
+        return float(weight)
+
+    def apply(
+        self, user_id: str, row: int, vector: np.ndarray, kind: str, ts: float, weight: float | None, text: str | None
+    ) -> None:
+        """Apply one event (already journaled) in O(dim)."""
+        w = self.event_weight(kind, weight)
+        with self._lock:
+            st = self._users.get(user_id)
+            if st is None:
+                st = self._users[user_id] = _State(self.dim, self.recent_window)
+            if ts >= st.last_ts:
+                d = 0.0 if st.last_ts == -math.inf else 0.5 ** ((ts - st.last_ts) / self.half_life)
+                st.profile *= d
+                st.profile += w * vector
+                st.weight = st.weight * d + abs(w)
+                st.last_ts = ts
+            else:
+                d = 0.5 ** ((st.last_ts - ts) / self.half_life)
+                st.profile += (w * d) * vector
+                st.weight += abs(w) * d
+            st.recent.append(RecentEvent(row, kind, ts, w, text))
+            st.consumed.add(row)
+            st.version += 1
+
+    def get(self, user_id: str) -> UserView | None:
+        """A snapshot of ``user_id``, or ``None`` for an unknown (cold) user."""
+        with self._lock:
+            st = self._users.get(user_id)
+            if st is None:
+                return None
+            profile = None
+            if st.weight > 0 and np.linalg.norm(st.profile) > 1e-9 * st.weight:
+                profile = (st.profile / st.weight).astype(np.float32)
+            return UserView(user_id, profile, tuple(st.recent), frozenset(st.consumed), st.version, st.last_ts)
+
+    def version(self, user_id: str) -> int:
+        """How many events ``user_id`` has (0 for a cold user)."""
+        st = self._users.get(user_id)
+        return 0 if st is None else st.version
+
+    # -- persistence -------------------------------------------------------------------
+
+    def save(self, folder: Path) -> None:
+        """Write ``users.jsonl`` and ``profiles.npy`` into ``folder``."""
+        with self._lock:
+            ids = list(self._users)
+            profiles = np.zeros((len(ids), self.dim), dtype=np.float64)
+            lines = []
+            for i, uid in enumerate(ids):
+                st = self._users[uid]
+                profiles[i] = st.profile
+                lines.append(
+                    json.dumps(
+                        {
+                            "user_id": uid,
+                            "weight": st.weight,
+                            "last_ts": st.last_ts if st.last_ts != -math.inf else None,
+                            "version": st.version,
+                            "consumed": sorted(st.consumed),
+                            "recent": [[e.row, e.kind, e.ts, e.weight, e.text] for e in st.recent],
+                        }
+                    )
+                )
+        (folder / "users.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        np.save(folder / "profiles.npy", profiles, allow_pickle=False)
+
+    def load(self, folder: Path) -> None:
+        """Replace the store's content with what :meth:`save` wrote."""
+        try:
+            profiles = np.load(folder / "profiles.npy", allow_pickle=False)
+            lines = (folder / "users.jsonl").read_text(encoding="utf-8").splitlines()
+        except (OSError, ValueError) as exc:
+            raise CorruptStoreError(f"user store in {folder}: unreadable ({exc})") from None
+        if profiles.shape != (len(lines), self.dim):
+            raise CorruptStoreError(f"user store in {folder}: profiles shape {profiles.shape} does not match {len(lines)} users")
+        users: dict[str, _State] = {}
+        for i, line in enumerate(lines):
+            try:
+                d = json.loads(line)
+                st = _State(self.dim, self.recent_window)
+                st.profile = profiles[i].astype(np.float64)
+                st.weight = float(d["weight"])
+                st.last_ts = -math.inf if d["last_ts"] is None else float(d["last_ts"])
+                st.version = int(d["version"])
+                st.consumed = set(d["consumed"])
+                st.recent.extend(RecentEvent(int(r), k, float(t), float(w), x) for r, k, t, w, x in d["recent"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CorruptStoreError(f"user store in {folder}: line {i + 1} malformed ({exc})") from None
+            users[d["user_id"]] = st
+        with self._lock:
+            self._users = users
