@@ -226,7 +226,9 @@ def parse_filter(expr: str | Mapping[str, Any] | Filter | None) -> Filter | None
                 parts.append(("in", key, tuple(_literal(ast.Constant(v), key) for v in value), False))
             else:
                 parts.append(("cmp", key, "==", _literal(ast.Constant(value), key)))
-        text = " and ".join(f"{k} == {v!r}" for k, v in expr.items())
+        text = " and ".join(
+            f"{k} in {tuple(v)!r}" if isinstance(v, (list, tuple, set)) else f"{k} == {v!r}" for k, v in expr.items()
+        )
         return Filter(text, parts[0] if len(parts) == 1 else ("and", parts))
     if not isinstance(expr, str):
         raise FilterSyntaxError("filter", expr, "must be a string expression or a mapping")

@@ -42,6 +42,7 @@ def test_mapping_filter_is_equality():
     f = parse_filter({"category": "books", "year": [1985, 2020]})
     assert [i for i, m in enumerate(ITEMS) if f.matches(m)] == [0, 2]
     assert f.fields == {"category", "year"}
+    assert parse_filter(f.text).tree == f.tree  # the text form parses back to the same filter
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,8 @@ BACKENDS = ("faiss", "lance")
 INDEX_KINDS = {"faiss": ("flat", "hnsw", "ivf"), "lance": ("flat", "hnsw", "ivf")}
 #: Recall channels that can be fused.
 CHANNELS = ("vector", "transitions", "popularity")
+#: Result cache backends.
+CACHES = ("memory", "redis", "none")
 
 CONFIG_FILE = "recsieve.toml"
 
@@ -45,6 +47,10 @@ class EngineConfig:
     Re-ranking: ``reranker_model`` (a trained model folder, relative to the engine directory or
     absolute; empty = recall-only ordering), ``rerank_n`` candidates re-ranked, ``blend`` weight of
     the (rank-normalised) recall score mixed into the final score.
+    Caching: ``cache`` (memory | redis | none) for result lists keyed by user version, catalog
+    version, model version and request; bounded by ``cache_entries``, ``cache_mb``, ``cache_ttl_s``;
+    ``score_cache_entries`` re-ranker scores per (context, item); ``refresh_threads`` near-line
+    workers with a queue of ``refresh_queue`` users (0 threads: no near-line refresh).
     """
 
     backend: str = "faiss"
@@ -66,22 +72,37 @@ class EngineConfig:
     reranker_model: str = ""
     rerank_n: int = 100
     blend: float = 0.0
+    cache: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    cache_entries: int = 10_000
+    cache_mb: int = 64
+    cache_ttl_s: float = 300.0
+    score_cache_entries: int = 200_000
+    refresh_threads: int = 1
+    refresh_queue: int = 1024
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise InvalidInputError("backend", self.backend, f"expected one of {BACKENDS}")
         if self.index not in INDEX_KINDS[self.backend]:
             raise InvalidInputError("index", self.index, f"expected one of {INDEX_KINDS[self.backend]}")
-        for name in ("ef_search", "nprobe", "recent_window", "short_term_events", "recall_n", "rerank_n"):
+        for name in ("ef_search", "nprobe", "recent_window", "short_term_events", "recall_n", "rerank_n",
+                     "cache_entries", "cache_mb", "score_cache_entries", "refresh_queue"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(name, value, "must be a positive integer")
-        for name in ("half_life_days", "profile_weight", "recent_weight", "instruction_weight", "blend"):
+        for name in ("half_life_days", "profile_weight", "recent_weight", "instruction_weight", "blend", "cache_ttl_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise InvalidInputError(name, value, "must be a finite number")
             if value < 0:
                 raise InvalidInputError(name, value, "must not be negative")
+        if self.cache not in CACHES:
+            raise InvalidInputError("cache", self.cache, f"expected one of {CACHES}")
+        if isinstance(self.refresh_threads, bool) or not isinstance(self.refresh_threads, int) or self.refresh_threads < 0:
+            raise InvalidInputError("refresh_threads", self.refresh_threads, "must be a non-negative integer")
+        if self.cache_ttl_s <= 0:
+            raise InvalidInputError("cache_ttl_s", self.cache_ttl_s, "must be positive")
         if self.half_life_days <= 0:
             raise InvalidInputError("half_life_days", self.half_life_days, "must be positive")
         if not isinstance(self.channels, tuple):
@@ -97,7 +118,7 @@ class EngineConfig:
             raise InvalidInputError(
                 "channel_weights", self.channel_weights, f"needs one weight per channel {self.channels}"
             )
-        for name in ("embedding_model", "template", "reranker_model"):
+        for name in ("embedding_model", "template", "reranker_model", "redis_url"):
             if not isinstance(getattr(self, name), str):
                 raise InvalidInputError(name, getattr(self, name), "must be a string")
         if not self.embedding_model.strip():

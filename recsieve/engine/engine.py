@@ -21,14 +21,16 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from recsieve.catalog import Catalog, content_hash, read_items
 from recsieve.embedding import Embedder, SentenceTransformerEmbedder
+from recsieve.engine.cache import MemoryCache, RedisCache, ResultCache, ScoreCache, result_key
 from recsieve.engine.config import CONFIG_FILE, EngineConfig
 from recsieve.engine.journal import EventRecord, ItemOp, Journal
+from recsieve.engine.nearline import NearlineRefresher
 from recsieve.engine.recall import (
     PopularityChannel,
     RecallChannel,
@@ -39,18 +41,18 @@ from recsieve.engine.recall import (
 )
 from recsieve.engine.users import UserStore, UserView
 from recsieve.errors import (
-    DuplicateIdError,
     InvalidInputError,
     StoreError,
     UnknownItemError,
 )
 from recsieve.filters import Filter, parse_filter
 from recsieve.indexes.base import SearchParams, VectorIndex
-from recsieve.rerankers.base import Reranker, check_scores
-from recsieve.rerankers.context import ContextEvent, render_context
 from recsieve.storage import GenerationDir, atomic_write_text
 from recsieve.types import Candidates, Event, Item, Recommendation
 from recsieve.vectors import as_matrix, normalize
+
+if TYPE_CHECKING:  # pragma: no cover
+    from recsieve.rerankers.base import Reranker
 
 __all__ = ["Engine", "UpsertReport", "build_index"]
 
@@ -107,6 +109,15 @@ def _lance_load(folder: Path, workdir: Path) -> VectorIndex:
 #: backend name -> (make a new index, load a saved one). The only place backends are named.
 _BACKENDS = {"faiss": (_faiss_new, _faiss_load), "lance": (_lance_new, _lance_load)}
 
+#: cache name -> factory. The only place cache backends are named.
+_CACHES = {
+    "memory": lambda c: MemoryCache(c.cache_entries, c.cache_mb << 20, c.cache_ttl_s),
+    "redis": lambda c: RedisCache(c.redis_url, ttl_s=c.cache_ttl_s),
+    "none": lambda c: None,
+}
+#: How many distinct recent requests of a hot user the near-line refresh recomputes.
+_HOT_REQUESTS = 3
+
 
 class Engine:
     """A real-time two-stage recommender over one engine directory.
@@ -142,7 +153,21 @@ class Engine:
         self._instruction_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._last_row: dict[str, int] = {}
         self._channels: list[RecallChannel] = []
+        self._cache: ResultCache | None = None
+        self._scores = ScoreCache(config.score_cache_entries)
+        self._refresher: NearlineRefresher | None = None
+        self._hot: OrderedDict[str, OrderedDict[tuple, None]] = OrderedDict()
+        self._hot_lock = threading.Lock()
+        self.model_version = config.reranker_model or "recall-only"
         self._closed = False
+
+    def _start_serving(self) -> None:
+        """Create the result cache and the near-line refresher (after state is loaded)."""
+        self._cache = _CACHES[self.config.cache](self.config)
+        if self._cache is not None and self.config.refresh_threads > 0:
+            self._refresher = NearlineRefresher(
+                self._refresh_user, threads=self.config.refresh_threads, max_queue=self.config.refresh_queue
+            )
 
     # -- construction ------------------------------------------------------------------
 
@@ -166,6 +191,7 @@ class Engine:
         engine._init_parts(dim)
         atomic_write_text(directory / CONFIG_FILE, config.to_toml())
         engine.save()
+        engine._start_serving()
         return engine
 
     @classmethod
@@ -187,6 +213,7 @@ class Engine:
         config = config or EngineConfig.load(directory / CONFIG_FILE)
         engine = cls(directory, config, embedder=embedder, reranker=reranker)
         engine._load()
+        engine._start_serving()
         return engine
 
     def _init_parts(self, dim: int) -> None:
@@ -307,16 +334,7 @@ class Engine:
         self._check_open()
         if isinstance(items, (str, Path)):
             items = read_items(items)
-        items = list(items)
-        for i, it in enumerate(items):
-            if not isinstance(it, Item):
-                raise InvalidInputError(f"items[{i}]", type(it).__name__, "expected a recsieve.Item")
-        seen: dict[str, int] = {}
-        for i, it in enumerate(items):
-            if it.id in seen:
-                raise DuplicateIdError(f"items[{i}].id", it.id, f"duplicate of items[{seen[it.id]}] in one batch")
-            seen[it.id] = i
-        self.catalog.validate(items)
+        items = self.catalog.validate(list(items))
         texts = [self.catalog.render(it) for it in items]
         hashes = [content_hash(t) for t in texts]
         with self._write_lock:
@@ -409,6 +427,11 @@ class Engine:
             first = last - len(recs) + 1
             for seq, r in enumerate(recs, start=first):
                 self._apply_event(EventRecord(seq, *r))
+        if self._refresher is not None:
+            t = time.perf_counter()
+            for user in dict.fromkeys(r[0] for r in recs):
+                if user in self._hot:
+                    self._refresher.submit(user, t)
         return len(recs)
 
     def _apply_event(self, rec: EventRecord, replay_stats: bool = True) -> None:
@@ -521,38 +544,113 @@ class Engine:
         k = _check_k(k)
         user_id = _check_user(user_id)
         flt = parse_filter(filters)
-        inst_vec = self.embed_text(instruction, "instruction") if instruction is not None else None
+        if instruction is not None:
+            self.embed_text(instruction, "instruction")  # validate before anything else
+        request = (k, instruction, flt.text if flt else None)
         view = self.users.get(user_id)
+        key = self._cache_key(user_id, view, request)
+        if self._cache is not None:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._remember(user_id, request)
+                return hit
+        # While a near-line refresh of this user is on its way, answer fresh but fast (recall
+        # ordering, no re-ranker) and leave caching to the refresh.
+        pending = self._refresher is not None and self._refresher.is_pending(user_id)
+        recs = self._compute(view, request, flt, rerank=not pending)
+        if self._cache is not None and not pending:
+            self._cache.put(key, recs)
+        self._remember(user_id, request)
+        return recs
+
+    def _cache_key(self, user_id: str, view: UserView | None, request: tuple) -> str:
+        version = 0 if view is None else view.version
+        return result_key(user_id, version, self.catalog.version, self.model_version, *request)
+
+    def _remember(self, user_id: str, request: tuple) -> None:
+        """Track hot users and their recent distinct requests (for near-line refresh)."""
+        with self._hot_lock:
+            reqs = self._hot.get(user_id)
+            if reqs is None:
+                reqs = self._hot[user_id] = OrderedDict()
+            self._hot.move_to_end(user_id)
+            reqs[request] = None
+            reqs.move_to_end(request)
+            while len(reqs) > _HOT_REQUESTS:
+                reqs.popitem(last=False)
+            while len(self._hot) > self.config.cache_entries:
+                self._hot.popitem(last=False)
+
+    def _refresh_user(self, user_id: str) -> None:
+        """Near-line job: recompute a hot user's recent requests and store them in the cache."""
+        with self._hot_lock:
+            requests = list(self._hot.get(user_id, ()))
+        for request in requests:
+            view = self.users.get(user_id)
+            recs = self._compute(view, request, parse_filter(request[2]), rerank=True)
+            self._cache.put(self._cache_key(user_id, view, request), recs, force=True)
+
+    def _compute(self, view: UserView | None, request: tuple, flt: Filter | None, *, rerank: bool) -> list[Recommendation]:
+        k, instruction, _ = request
+        inst_vec = self.embed_text(instruction, "instruction") if instruction is not None else None
         cands = self._recall(view, max(self.config.recall_n, k), inst_vec, flt)
         if len(cands) == 0:
             return []
-        final = self._order(view, cands, instruction)
-        order = np.argsort(-final, kind="stable")[:k]
-        return [self._explain(view, inst_vec, int(cands.rows[i]), float(final[i]), float(cands.scores[i]), rank, instruction)
-                for rank, i in enumerate(order.tolist(), start=1)]
+        final = self._order(view, cands, instruction, rerank=rerank)
+        out: list[Recommendation] = []
+        for i in np.argsort(-final, kind="stable").tolist():
+            row = int(cands.rows[i])
+            if not self.catalog.is_live(row):  # removed while this request ran
+                continue
+            out.append(self._explain(view, inst_vec, row, float(final[i]), float(cands.scores[i]), len(out) + 1, instruction))
+            if len(out) == k:
+                break
+        return out
 
-    def _order(self, view: UserView | None, cands: Candidates, instruction: str | None) -> np.ndarray:
+    def _order(self, view: UserView | None, cands: Candidates, instruction: str | None, *, rerank: bool = True) -> np.ndarray:
         """Final scores of candidates: the re-ranker's on the top ``rerank_n``, else recall order."""
         n = len(cands)
         recall_part = 1.0 - np.arange(n, dtype=np.float32) / max(n, 1)  # rank-normalised recall score
-        reranker = self.reranker
+        reranker = self.reranker if rerank else None
         if reranker is None:
             if self.config.reranker_model == "" and not self._reranker_missing_logged:
                 log.info("recsieve: no trained re-ranker configured; ordering by recall only")
                 self._reranker_missing_logged = True
             return recall_part
         m = min(n, self.config.rerank_n)
-        context = self.render_context(view, instruction)
-        texts = [self.catalog.text(int(r)) for r in cands.rows[:m]]
-        scores = check_scores(reranker.score(context, texts), m)
+        scores = self._rerank_scores(reranker, self.render_context(view, instruction), cands.rows[:m])
         final = np.full(n, -np.inf, dtype=np.float32)
         # Re-ranked candidates always stay above the ones the re-ranker did not read.
         final[:m] = scores + self.config.blend * recall_part[:m]
         final[m:] = scores.min() - 1.0 - np.arange(n - m, dtype=np.float32) if m else recall_part[m:]
         return final
 
+    def _rerank_scores(self, reranker: Reranker, context: str, rows: np.ndarray) -> np.ndarray:
+        """Re-ranker scores of ``rows`` for ``context``; only pairs missing from the score cache are scored."""
+        ckey = ScoreCache.context_key(self.model_version + "\x00" + context)
+        keys = [(int(r), self._hashes.get(int(r), "")) for r in rows]
+        cached = self._scores.lookup(ckey, keys)
+        todo = [i for i, v in enumerate(cached) if v is None]
+        scores = np.array([0.0 if v is None else v for v in cached], dtype=np.float32)
+        if todo:
+            from recsieve.rerankers.base import check_scores
+
+            texts = [self._item_text(keys[i][0]) for i in todo]
+            fresh = check_scores(reranker.score(context, texts), len(todo))
+            scores[todo] = fresh
+            self._scores.store(ckey, [keys[i] for i in todo], fresh.tolist())
+        return scores
+
+    def _item_text(self, row: int) -> str:
+        try:
+            return self.catalog.text(row)
+        except UnknownItemError:  # removed while this request ran; dropped from the answer later
+            return self.catalog.title(row)
+
     def render_context(self, view: UserView | None, instruction: str | None, now: float | None = None) -> str:
         """The user-context text the re-ranker reads (same rendering in training and serving)."""
+        from recsieve.rerankers.context import ContextEvent, render_context
+
         now = time.time() if now is None else now
         events = []
         if view is not None:
@@ -615,8 +713,12 @@ class Engine:
             self._snapshot_seq = seq
 
     def stats(self) -> dict[str, Any]:
-        """Counts describing the engine (items, users, events, index)."""
+        """Counts describing the engine: items, users, journal, index, caches and near-line refresh."""
         return {
+            "cache": self._cache.stats() if self._cache is not None else None,
+            "score_cache": self._scores.stats(),
+            "refresh": self._refresher.stats() if self._refresher is not None else None,
+            "hot_users": len(self._hot),
             "items": len(self.catalog),
             "users": len(self.users),
             "journal_seq": self.journal.last_seq,
@@ -629,8 +731,16 @@ class Engine:
         """Close the journal. Unsaved changes are safe in the journal and replayed on open."""
         if not self._closed:
             self._closed = True
+            if self._refresher is not None:
+                self._refresher.close(drain=False)
+            if self._cache is not None:
+                self._cache.close()
             if self.journal is not None:
                 self.journal.close()
+
+    def wait_refreshed(self, timeout: float | None = None) -> bool:
+        """Block until queued near-line refreshes are done (for tests and benchmarks)."""
+        return self._refresher is None or self._refresher.wait_idle(timeout)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -38,7 +38,8 @@ class NearlineRefresher:
         self._compute = compute
         self._queue: queue.Queue[Any] = queue.Queue()
         self._max_queue = max_queue
-        self._pending: dict[str, float] = {}  # user -> time of the oldest event not yet refreshed
+        self._pending: dict[str, float] = {}  # queued user -> time of the oldest event not yet refreshed
+        self._active: dict[str, int] = {}  # users whose refresh is running -> number of running jobs
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._running = 0
@@ -69,7 +70,7 @@ class NearlineRefresher:
 
     def is_pending(self, user_id: str) -> bool:
         """Whether a refresh of ``user_id`` is queued or running."""
-        return user_id in self._pending
+        return user_id in self._pending or user_id in self._active
 
     def _work(self) -> None:
         while True:
@@ -77,7 +78,9 @@ class NearlineRefresher:
             if user_id is _STOP:
                 return
             with self._lock:
-                started = self._pending.get(user_id)
+                # Leave the queue before computing: an event arriving from now on needs a new job.
+                started = self._pending.pop(user_id, None)
+                self._active[user_id] = self._active.get(user_id, 0) + 1
                 self._running += 1
             try:
                 self._compute(user_id)
@@ -86,7 +89,9 @@ class NearlineRefresher:
                 log.exception("recsieve: near-line refresh of user %r failed", user_id)
                 ok = False
             with self._lock:
-                self._pending.pop(user_id, None)
+                self._active[user_id] -= 1
+                if not self._active[user_id]:
+                    del self._active[user_id]
                 self._running -= 1
                 if ok:
                     self.done += 1
