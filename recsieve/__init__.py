@@ -29,7 +29,17 @@ _EXPORTS = {
     "Candidates": "recsieve.types",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [
+    "Engine",
+    "UpsertReport",
+    "build_index",
+    "EngineConfig",
+    "Item",
+    "Event",
+    "Recommendation",
+    "Candidates",
+    "__version__",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from recsieve.engine.config import EngineConfig

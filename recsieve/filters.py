@@ -21,7 +21,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from recsieve.errors import FilterSyntaxError
 
@@ -33,7 +33,7 @@ _SQL_OPS = {"==": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 _FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MAX_LEN = 10_000
 
-Literal = Union[str, int, float, bool]
+Literal = str | int | float | bool
 # Node shapes: ("and", [nodes]), ("or", [nodes]), ("not", node),
 # ("cmp", field, op, literal), ("in", field, (literals...), negated)
 Node = tuple

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 
@@ -14,7 +13,7 @@ from recsieve.errors import InvalidInputError
 __all__ = ["Scalar", "Item", "Event", "EVENT_KINDS", "Recommendation", "Candidates"]
 
 #: A metadata value usable in filters.
-Scalar = Union[str, int, float, bool]
+Scalar = str | int | float | bool
 
 #: Default weight of each event kind in a user's profile; negative kinds push away.
 EVENT_KINDS: Mapping[str, float] = {

@@ -489,6 +489,27 @@ class Engine:
         inst = self.embed_text(instruction, "instruction") if instruction is not None else None
         return self._recall(view, n or self.config.recall_n, inst, flt)
 
+    def history_view(self, rows: Sequence[int], kinds: Sequence[str] | None = None,
+                     times: Sequence[float] | None = None, user_id: str = "(history)") -> UserView:
+        """The view a user with this history would have (nothing is recorded or journaled).
+
+        Used to recall candidates for a point in the past, e.g. hard negatives for training.
+        """
+        store = UserStore(self.dim, recent_window=self.config.recent_window, half_life_days=self.config.half_life_days)
+        for i, row in enumerate(rows):
+            kind = kinds[i] if kinds is not None else "click"
+            ts = float(times[i]) if times is not None else float(i)
+            store.apply(user_id, int(row), self._vectors[int(row)], kind, ts, None, None)
+        view = store.get(user_id)
+        assert view is not None or not rows
+        return view
+
+    def recall_view(self, view: UserView | None, n: int, *, instruction: str | None = None,
+                    filters: str | Mapping[str, Any] | Filter | None = None) -> Candidates:
+        """The recall stage for a given user view (see :meth:`history_view`)."""
+        inst = self.embed_text(instruction, "instruction") if instruction is not None else None
+        return self._recall(view, n, inst, parse_filter(filters))
+
     def _query_vector(self, view: UserView | None, instruction: np.ndarray | None) -> np.ndarray | None:
         cfg = self.config
         q = np.zeros(self.dim, dtype=np.float64)
@@ -606,6 +627,20 @@ class Engine:
             if len(out) == k:
                 break
         return out
+
+    def rank(self, view: UserView | None, n: int | None = None, *, instruction: str | None = None,
+             filters: str | Mapping[str, Any] | Filter | None = None, rerank: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Both stages for a user view, no cache: ``(rows, final scores)`` of all recalled candidates, best first.
+
+        ``rerank=False`` gives the recall-only ordering. Used by evaluation and benchmarks.
+        """
+        inst = self.embed_text(instruction, "instruction") if instruction is not None else None
+        cands = self._recall(view, n or self.config.recall_n, inst, parse_filter(filters))
+        if len(cands) == 0:
+            return cands.rows, cands.scores
+        final = self._order(view, cands, instruction, rerank=rerank)
+        order = np.argsort(-final, kind="stable")
+        return cands.rows[order], final[order].astype(np.float32)
 
     def _order(self, view: UserView | None, cands: Candidates, instruction: str | None, *, rerank: bool = True) -> np.ndarray:
         """Final scores of candidates: the re-ranker's on the top ``rerank_n``, else recall order."""

@@ -1,0 +1,59 @@
+"""``recsieve evaluate``: the systems by name, evaluated in one run on one dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from recsieve.errors import InvalidInputError
+
+__all__ = ["run_evaluation", "SYSTEMS"]
+
+SYSTEMS = ("popularity", "item-knn", "transitions", "sasrec", "text-zero-shot", "recsieve-recall", "recsieve")
+
+
+def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = None, seed: int = 0,
+                   systems: str | list[str] = "popularity,transitions", reranker: str | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Load ``dataset`` from ``data_dir``, evaluate the named systems, print the table, return the report."""
+    from recsieve.embedding import SentenceTransformerEmbedder
+    from recsieve.evaluation.baselines import ItemKNN, Popularity, Transitions
+    from recsieve.evaluation.datasets import load_dataset
+    from recsieve.evaluation.harness import evaluate, format_table
+    from recsieve.evaluation.systems import CachedEmbedder, EngineSystem, TextZeroShot
+
+    names = [s.strip() for s in systems.split(",")] if isinstance(systems, str) else list(systems)
+    for name in names:
+        if name not in SYSTEMS:
+            raise InvalidInputError("systems", name, f"unknown system; expected some of {SYSTEMS}")
+    data = load_dataset(dataset, data_dir)
+    embedder = CachedEmbedder(SentenceTransformerEmbedder())
+    built = []
+    for name in names:
+        if name == "popularity":
+            built.append(Popularity())
+        elif name == "item-knn":
+            built.append(ItemKNN())
+        elif name == "transitions":
+            built.append(Transitions())
+        elif name == "sasrec":
+            from recsieve.evaluation.sasrec import SASRec
+
+            built.append(SASRec(seed=seed, time_budget=600.0))  # 10 minutes of CPU training at most
+        elif name == "text-zero-shot":
+            built.append(TextZeroShot(data, embedder))
+        elif name == "recsieve-recall":
+            built.append(EngineSystem(data, name=name, embedder=embedder, rerank=False, progress=progress))
+        else:
+            if not reranker:
+                raise InvalidInputError("reranker", reranker, "the 'recsieve' system needs --reranker MODEL")
+            from recsieve.rerankers.cross_encoder import CrossEncoderReranker
+
+            built.append(EngineSystem(data, name=name, embedder=embedder, reranker=CrossEncoderReranker(reranker),
+                                      progress=progress))
+    report = evaluate(data, built, users=users, seed=seed, progress=progress)
+    for system in built:
+        if isinstance(system, EngineSystem):
+            system.close()
+    print(format_table(report))
+    return report

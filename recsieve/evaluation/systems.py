@@ -1,0 +1,145 @@
+"""recsieve's own systems as evaluation scorers: zero-shot text recall and the engine itself.
+
+:class:`TextZeroShot` ranks all items by cosine similarity between item embeddings and a
+recency-weighted mean of the user's last items' embeddings (no training at all).
+:class:`EngineSystem` builds a real :class:`~recsieve.engine.engine.Engine` in a temporary
+directory, records the training sequences as events, and ranks with the engine's recall
+(``rerank=False``: "recsieve recall only") or recall + re-ranker ("recsieve"). Items outside
+the recalled candidates score ``-inf`` (counted as ties below every candidate).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from recsieve.embedding import Embedder, SentenceTransformerEmbedder
+from recsieve.engine.config import EngineConfig
+from recsieve.engine.engine import Engine
+from recsieve.errors import InvalidInputError
+from recsieve.evaluation.datasets import Dataset
+from recsieve.rerankers.base import Reranker
+from recsieve.types import Event
+from recsieve.vectors import normalize
+
+__all__ = ["TextZeroShot", "EngineSystem", "CachedEmbedder", "STEP_SECONDS"]
+
+#: Sequences without timestamps get one event per minute (oldest first).
+STEP_SECONDS = 60.0
+
+
+class TextZeroShot:
+    """Zero-shot text-embedding ranking: item embeddings vs the user's recent items' mean."""
+
+    def __init__(self, dataset: Dataset, embedder: Embedder, *, window: int = 10, decay: float = 0.8,
+                 name: str = "text-zero-shot") -> None:
+        self.dataset, self.embedder, self.window, self.decay, self.name = dataset, embedder, window, decay, name
+        self._vectors: np.ndarray | None = None
+
+    def fit(self, train_sequences: Sequence[np.ndarray], n_items: int) -> None:
+        if n_items != self.dataset.n_items:
+            raise InvalidInputError("n_items", n_items, f"expected {self.dataset.n_items}")
+        if self._vectors is None:
+            self._vectors = self.embedder.embed(list(self.dataset.item_texts))
+
+    def score(self, contexts: Sequence[np.ndarray]) -> np.ndarray:
+        assert self._vectors is not None, "fit first"
+        queries = np.zeros((len(contexts), self._vectors.shape[1]), np.float32)
+        for i, ctx in enumerate(contexts):
+            last = np.asarray(ctx[-self.window:], np.int64)
+            w = self.decay ** np.arange(len(last))[::-1]
+            queries[i] = (w[:, None] * self._vectors[last]).sum(0)
+        if not len(contexts):
+            return np.zeros((0, self._vectors.shape[0]), np.float32)
+        return normalize(queries) @ self._vectors.T
+
+
+class EngineSystem:
+    """The recsieve engine as a scorer (recall only, or recall + re-ranker)."""
+
+    def __init__(self, dataset: Dataset, *, name: str = "recsieve", config: EngineConfig | None = None,
+                 embedder: Embedder | None = None, reranker: Reranker | None = None, rerank: bool = True,
+                 progress: bool = True) -> None:
+        if rerank and reranker is None and not (config and config.reranker_model):
+            raise InvalidInputError("reranker", None, f"{name}: re-ranking needs a trained re-ranker")
+        self.dataset, self.name, self.rerank, self.progress = dataset, name, rerank, progress
+        self.config = config or EngineConfig(index="flat", cache="none", refresh_threads=0)
+        self.embedder = embedder or SentenceTransformerEmbedder(self.config.embedding_model)
+        self.reranker = reranker
+        self.engine: Engine | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._rows: np.ndarray | None = None
+
+    def fit(self, train_sequences: Sequence[np.ndarray], n_items: int) -> None:
+        if n_items != self.dataset.n_items:
+            raise InvalidInputError("n_items", n_items, f"expected {self.dataset.n_items}")
+        self.close()
+        self._tmp = tempfile.TemporaryDirectory(prefix="recsieve-eval-")
+        self.engine = Engine.create(Path(self._tmp.name) / "engine", self.config, embedder=self.embedder,
+                                    reranker=self.reranker)
+        self.engine.upsert_items(list(self.dataset.items), show_progress=self.progress)
+        self._rows = self.engine.catalog.rows(list(self.dataset.item_ids))
+        item_ids = self.dataset.item_ids
+        events: list[Event] = []
+        for u, seq in enumerate(tqdm(train_sequences, desc=f"{self.name}: events", unit="user",
+                                     disable=not self.progress, leave=False)):
+            events.extend(Event(f"u{u}", item_ids[i], "click", ts=t * STEP_SECONDS) for t, i in enumerate(seq.tolist()))
+            if len(events) >= 50_000:
+                self.engine.record(events)
+                events = []
+        self.engine.record(events)
+
+    def _view(self, ctx: np.ndarray):
+        rows = self._rows[np.asarray(ctx, np.int64)]
+        return self.engine.history_view(rows, times=np.arange(len(rows)) * STEP_SECONDS)
+
+    def score(self, contexts: Sequence[np.ndarray]) -> np.ndarray:
+        assert self.engine is not None and self._rows is not None, "fit first"
+        index_of = np.empty(self.engine.catalog.num_rows, np.int64)
+        index_of[self._rows] = np.arange(len(self._rows))
+        out = np.full((len(contexts), self.dataset.n_items), -np.inf, np.float32)
+        for i, ctx in enumerate(contexts):
+            rows, _ = self.engine.rank(self._view(ctx), rerank=self.rerank)
+            # Rank positions, not raw scores: candidates stay above -inf, order preserved, no accidental ties.
+            out[i, index_of[rows]] = np.arange(len(rows), 0, -1, dtype=np.float32)
+        return out
+
+    def candidates(self, contexts: Sequence[np.ndarray], n: int) -> list[np.ndarray]:
+        assert self.engine is not None and self._rows is not None, "fit first"
+        index_of = np.empty(self.engine.catalog.num_rows, np.int64)
+        index_of[self._rows] = np.arange(len(self._rows))
+        return [index_of[self.engine.recall_view(self._view(ctx), n).rows] for ctx in contexts]
+
+    def close(self) -> None:
+        """Close the engine and delete its temporary directory."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+class CachedEmbedder:
+    """An :class:`Embedder` that remembers texts it embedded (systems of one run share item texts)."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self._cache: dict[str, np.ndarray] = {}
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def embed(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
+        todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if todo:
+            for t, v in zip(todo, self.inner.embed(todo, show_progress=show_progress)):
+                self._cache[t] = v
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([self._cache[t] for t in texts])
