@@ -77,11 +77,10 @@ def engine_examples(
         if last is None:
             continue
         train_seqs.append(seq[:last])
-        # Only the last step can be chosen: every earlier position is masked as a negative-kind event.
-        valid_seqs.append([Step(s.item, "skip", s.ts, s.text) if 0 < t < last else s for t, s in enumerate(seq[: last + 1])])
+        valid_seqs.append(seq[: last + 1])
     common = dict(max_history=max_history, n_hard=n_hard, n_random=n_random, seed=seed)
     train = build_examples(train_seqs, texts, render, negatives, steps_per_user=steps_per_user, **common)
-    valid = build_examples(valid_seqs, texts, render, negatives, steps_per_user=1, **common)
+    valid = build_examples(valid_seqs, texts, render, negatives, last_only=True, **common)
     return train, valid
 
 
