@@ -650,6 +650,17 @@ class Catalog:
         """The text ``item`` would have in this catalog (it need not be in it)."""
         return self._template.render(item)
 
+    def is_current(self, item: Item) -> bool:
+        """Whether ``item`` is exactly the live item with its id (so upserting it changes nothing).
+
+        Stricter than ``==``: a metadata value of another type (``1`` vs ``True`` vs ``1.0``,
+        which filters tell apart) or attributes in another order (the rendered text follows
+        it) count as a change.
+        """
+        row = self._row_of.get(item.id) if isinstance(item.id, str) else None
+        old = self._items[row] if row is not None else None
+        return old is not None and _same_item(old, item)
+
     # -- writing ---------------------------------------------------------------------------
 
     def validate(self, items: Iterable[Item]) -> list[Item]:
@@ -694,7 +705,7 @@ class Catalog:
             old = self._items[row]
             if old is None:
                 self._live += 1
-            if old != item:
+            if old is None or not _same_item(old, item):
                 self._items[row] = item
                 self._texts.pop(row, None)
                 changed = True
@@ -794,6 +805,11 @@ class Catalog:
             raise CorruptStoreError(f"{path}: header says {live} live items, file has {cat._live}")
         cat.version = version
         return cat
+
+
+def _same_item(a: Item, b: Item) -> bool:
+    """Same content exactly: ``==`` plus metadata types, signed zeros and key order."""
+    return a == b and json.dumps(a.to_dict()) == json.dumps(b.to_dict())
 
 
 def _load_line(path: Path, lines: Sequence[str], n: int) -> Any:

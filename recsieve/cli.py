@@ -80,6 +80,15 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     events, skipped = read_events(args.events, skip_invalid=args.skip_invalid)
     with Engine.open(args.dir) as engine:
+        if args.skip_invalid:  # also skip lines the engine refuses (unknown item, far-future time)
+            valid = []
+            for ev in events:
+                try:
+                    engine.check_event(ev)
+                    valid.append(ev)
+                except RecsieveError:
+                    skipped += 1
+            events = valid
         n = engine.record(events)
         engine.save()
     print(f"{n} events recorded" + (f", {skipped} invalid lines skipped" if skipped else ""))

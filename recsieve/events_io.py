@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from recsieve.types import Event
 __all__ = ["read_events"]
 
 _FIELDS = ("user_id", "item_id", "kind", "ts", "weight", "text")
+_SURROGATE_RE = re.compile("[\udc80-\udcff]")
 
 
 def _event(record: dict[str, Any], where: str) -> Event:
@@ -39,34 +42,48 @@ def _event(record: dict[str, Any], where: str) -> Event:
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any] | InvalidInputError]]:
-    """(line number, record or the error that line raises) of each non-blank line."""
+    """(line number, record or the error that line raises) of each non-blank line.
+
+    Bytes that are not UTF-8 make an error of their own line (so ``skip_invalid`` skips just it).
+    """
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
-        with open(path, encoding="utf-8", errors="strict") as fh:
-            try:
-                for lineno, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        obj = InvalidInputError(f"{path.name} line {lineno}", line.strip()[:40], f"malformed JSON ({exc.msg})")
-                    if not isinstance(obj, (dict, InvalidInputError)):
-                        obj = InvalidInputError(f"{path.name} line {lineno}", obj, "expected a JSON object")
-                    yield lineno, obj
-            except UnicodeDecodeError as exc:
-                raise InvalidInputError(path.name, exc.object[exc.start : exc.end], "not UTF-8 text") from None
+        with open(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                where = f"{path.name} line {lineno}"
+                try:
+                    line = raw.decode("utf-8").removeprefix("\ufeff") if lineno == 1 else raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield lineno, InvalidInputError(where, raw[exc.start : exc.end], "not UTF-8 text")
+                    continue
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    obj = InvalidInputError(where, line.strip()[:40], f"malformed JSON ({exc.msg})")
+                if not isinstance(obj, (dict, InvalidInputError)):
+                    obj = InvalidInputError(where, obj, "expected a JSON object")
+                yield lineno, obj
     elif suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as fh:
-            try:
-                reader = csv.DictReader(fh)
-                for lineno, row in enumerate(reader, start=2):
-                    if None in row:
-                        yield lineno, InvalidInputError(f"{path.name} line {lineno}", row[None], "more cells than columns")
-                    else:
-                        yield lineno, row
-            except UnicodeDecodeError as exc:
-                raise InvalidInputError(path.name, exc.object[exc.start : exc.end], "not UTF-8 text") from None
+        text = path.read_bytes().decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            header = reader.fieldnames or []
+            if any(_SURROGATE_RE.search(h) for h in header):
+                raise InvalidInputError(f"{path.name} line 1: header", header, "not UTF-8 text")
+            for row in reader:
+                lineno = reader.line_num
+                where = f"{path.name} line {lineno}"
+                if None in row:
+                    yield lineno, InvalidInputError(where, row[None], "more cells than columns")
+                elif any(isinstance(v, str) and _SURROGATE_RE.search(v) for v in row.values()):
+                    bad = next(v for v in row.values() if isinstance(v, str) and _SURROGATE_RE.search(v))
+                    yield lineno, InvalidInputError(where, bad.encode("utf-8", "surrogateescape")[:40], "not UTF-8 text")
+                else:
+                    yield lineno, row
+        except csv.Error as exc:  # broken quoting or a huge cell: the rest of the file cannot be trusted
+            raise InvalidInputError(f"{path.name} line {reader.line_num}", path.name, f"malformed CSV: {exc}") from None
     else:
         raise InvalidInputError("events", str(path), "unsupported file type; use .jsonl or .csv")
 

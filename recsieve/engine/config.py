@@ -64,7 +64,7 @@ class EngineConfig:
     half_life_days: float = 30.0
     profile_weight: float = 0.5
     recent_weight: float = 1.0
-    instruction_weight: float = 1.5
+    instruction_weight: float = 3.0
     recall_n: int = 200
     channels: tuple[str, ...] = ("vector", "transitions", "popularity")
     channel_weights: tuple[float, ...] = (1.0, 1.0, 0.3)

@@ -46,6 +46,7 @@ from recsieve.errors import (
     UnknownItemError,
 )
 from recsieve.filters import Filter, parse_filter
+from recsieve.indexes._metadata import kind_of
 from recsieve.indexes.base import SearchParams, VectorIndex
 from recsieve.storage import GenerationDir, atomic_write_text
 from recsieve.types import Candidates, Event, Item, Recommendation
@@ -146,6 +147,8 @@ class Engine:
         self._dim: int | None = None
         self._vectors = np.zeros((0, 0), dtype=np.float32)
         self._hashes: dict[int, str] = {}
+        #: metadata field -> the one kind it holds (number, bool, string), as the index enforces it
+        self._field_kinds: dict[str, str] = {}
         self.index: VectorIndex | None = None
         self.users: UserStore | None = None
         self.journal: Journal | None = None
@@ -212,7 +215,11 @@ class Engine:
             raise StoreError(f"engine directory {directory} does not exist or is not a directory")
         config = config or EngineConfig.load(directory / CONFIG_FILE)
         engine = cls(directory, config, embedder=embedder, reranker=reranker)
-        engine._load()
+        try:
+            engine._load()
+        except BaseException:
+            engine.close()  # a failed open leaves no journal connection behind
+            raise
         engine._start_serving()
         return engine
 
@@ -258,6 +265,9 @@ class Engine:
             import json
 
             self._hashes = {int(k): v for k, v in json.loads((folder / hashes).read_text("utf-8")).items()}
+        self._field_kinds = dict(meta.get("field_kinds") or {})
+        for item in self.catalog:  # snapshots written before field kinds were saved
+            self._note_field_kinds(item)
         self.index = _BACKENDS[self.config.backend][1](folder / "index", self.directory)
         if self.index.dim != dim:
             raise StoreError(f"{self.directory}: index dimension {self.index.dim} != snapshot dimension {dim}")
@@ -266,6 +276,11 @@ class Engine:
         )
         self.users.load(folder / "users")
         self._snapshot_seq = int(meta["seq"])
+        if self._snapshot_seq > 0 and not (self.directory / "journal.sqlite").exists():
+            raise StoreError(
+                f"{self.directory}: journal.sqlite is missing but the snapshot needs its entries up to "
+                f"{self._snapshot_seq}; restore journal.sqlite (a new one is not created)"
+            )
         self.journal = Journal(self.directory / "journal.sqlite", dim)
         if self.journal.last_seq < self._snapshot_seq:
             raise StoreError(
@@ -338,6 +353,7 @@ class Engine:
         texts = [self.catalog.render(it) for it in items]
         hashes = [content_hash(t) for t in texts]
         with self._write_lock:
+            self._check_field_kinds(items)  # the index would refuse these after they were journaled
             added = updated = unchanged = 0
             vectors = np.zeros((len(items), self.dim), dtype=np.float32)
             todo = []
@@ -346,8 +362,9 @@ class Engine:
                     row = self.catalog.row(it.id)
                     if self._hashes.get(row) == h:
                         vectors[i] = self._vectors[row]
-                        unchanged += it == self.catalog.get(it.id)
-                        updated += it != self.catalog.get(it.id)
+                        same = self.catalog.is_current(it)
+                        unchanged += same
+                        updated += not same
                         continue
                     updated += 1
                 else:
@@ -359,6 +376,22 @@ class Engine:
                 self.journal.append_item_op("upsert", [it.to_dict() for it in items], vectors)
                 self._apply_upsert(items, vectors, hashes)
         return UpsertReport(added, updated, unchanged, len(todo), time.perf_counter() - t0)
+
+    def _check_field_kinds(self, items: Sequence[Item]) -> None:
+        """Each metadata field holds one kind of value (number, bool or string) for good."""
+        seen = dict(self._field_kinds)
+        for i, item in enumerate(items):
+            for key, value in item.metadata.items():
+                kind = kind_of(value)
+                known = seen.setdefault(key, kind)
+                if kind != known:
+                    raise InvalidInputError(
+                        f"items[{i}].metadata.{key}", value, f"field {key!r} holds {known} values in this engine, got {kind}"
+                    )
+
+    def _note_field_kinds(self, item: Item) -> None:
+        for key, value in item.metadata.items():
+            self._field_kinds.setdefault(key, kind_of(value))
 
     def _apply_upsert(self, items: Sequence[Item], vectors: np.ndarray, hashes: Sequence[str] | None = None) -> None:
         if hashes is None:
@@ -373,6 +406,8 @@ class Engine:
         for r, h in zip(rows.tolist(), hashes):
             self._hashes[r] = h
         self.index.upsert(rows, vectors, [dict(it.metadata) for it in items])
+        for it in items:
+            self._note_field_kinds(it)
 
     def remove_items(self, ids: Iterable[str]) -> int:
         """Remove items by id; unknown ids raise :class:`UnknownItemError` and nothing changes."""
@@ -411,15 +446,7 @@ class Engine:
         recs = []
         with self._write_lock:
             for i, ev in enumerate(batch):
-                if not isinstance(ev, Event):
-                    raise InvalidInputError(f"events[{i}]", type(ev).__name__, "expected a recsieve.Event")
-                if ev.item_id not in self.catalog:
-                    raise UnknownItemError(f"events[{i}].item_id", ev.item_id)
-                ts = now if ev.ts is None else float(ev.ts)
-                if ts > now + FUTURE_SLACK_S:
-                    raise InvalidInputError(f"events[{i}].ts", ev.ts, "more than a day in the future")
-                if ev.text is not None and len(ev.text) > MAX_INSTRUCTION:
-                    raise InvalidInputError(f"events[{i}].text", ev.text[:40], f"longer than {MAX_INSTRUCTION} characters")
+                ts = self.check_event(ev, f"events[{i}]", now)
                 recs.append((ev.user_id, ev.item_id, self.catalog.row(ev.item_id), ev.kind, ts, ev.weight, ev.text))
             if not recs:
                 return 0
@@ -433,6 +460,27 @@ class Engine:
                 if user in self._hot:
                     self._refresher.submit(user, t)
         return len(recs)
+
+    def check_event(self, event: Event, field: str = "event", now: float | None = None) -> float:
+        """Raise what :meth:`record` would raise for ``event`` (naming ``field``); return its timestamp.
+
+        Checks: an :class:`Event`, of an item in the catalog, at most a day in the future, with
+        ``text`` either ``None`` or non-empty and at most 2,000 characters. Changes nothing.
+        """
+        now = time.time() if now is None else now
+        if not isinstance(event, Event):
+            raise InvalidInputError(field, type(event).__name__, "expected a recsieve.Event")
+        if event.item_id not in self.catalog:
+            raise UnknownItemError(f"{field}.item_id", event.item_id)
+        ts = now if event.ts is None else float(event.ts)
+        if ts > now + FUTURE_SLACK_S:
+            raise InvalidInputError(f"{field}.ts", event.ts, "more than a day in the future")
+        if event.text is not None:
+            if not isinstance(event.text, str) or not event.text.strip():
+                raise InvalidInputError(f"{field}.text", event.text, "must be non-empty text when given (or None)")
+            if len(event.text) > MAX_INSTRUCTION:
+                raise InvalidInputError(f"{field}.text", event.text[:40], f"longer than {MAX_INSTRUCTION} characters")
+        return ts
 
     def _apply_event(self, rec: EventRecord, replay_stats: bool = True) -> None:
         self.users.apply(rec.user_id, rec.row, self._vectors[rec.row], rec.kind, rec.ts, rec.weight, rec.text)
@@ -608,8 +656,9 @@ class Engine:
             requests = list(self._hot.get(user_id, ()))
         for request in requests:
             view = self.users.get(user_id)
+            key = self._cache_key(user_id, view, request)  # before computing: a write meanwhile makes it stale
             recs = self._compute(view, request, parse_filter(request[2]), rerank=True)
-            self._cache.put(self._cache_key(user_id, view, request), recs, force=True)
+            self._cache.put(key, recs, force=True)
 
     def _compute(self, view: UserView | None, request: tuple, flt: Filter | None, *, rerank: bool) -> list[Recommendation]:
         k, instruction, _ = request
@@ -699,7 +748,9 @@ class Engine:
         rank: int, instruction: str | None,
     ) -> Recommendation:
         vec = self._vectors[row]
-        best, reason = -math.inf, "popular right now"
+        pop = next((c for c in self._channels if isinstance(c, PopularityChannel)), None)
+        reason = "popular right now" if pop is not None and pop.count(row) > 0 else "from the catalog (no signal yet)"
+        best = -math.inf
         if view is not None:
             for e in view.recent:
                 if e.weight <= 0:
@@ -740,6 +791,7 @@ class Engine:
                 "index": self.config.index,
                 "embedding_model": self.config.embedding_model,
                 "hashes_file": "hashes.json",
+                "field_kinds": dict(self._field_kinds),
                 "items": len(self.catalog),
                 "users": len(self.users),
             }

@@ -194,7 +194,12 @@ class PopularityChannel(RecallChannel):
             counts = np.zeros(n_rows, dtype=np.float64)
             m = min(n_rows, self._counts.shape[0])
             counts[:m] = self._counts[:m]
-        return _top_accepted(counts, request)
+        got = _top_accepted(counts, request)
+        if request.query is not None or request.recent_rows:
+            # Other channels have something to say: propose only items someone interacted with.
+            # For a cold request this channel is the only source, so never-seen items fill the list.
+            got = Candidates(got.rows[got.scores > 0], got.scores[got.scores > 0])
+        return got
 
 
 def fuse(lists: Sequence[Candidates], weights: Sequence[float], n: int, k0: float = 60.0) -> Candidates:
