@@ -8,7 +8,7 @@ re-ranks the engine's recall for a seeded subset of test users. Both orderings r
 candidates; items outside them score -inf (ties, counted honestly).
 
     python bench/rerank_quality.py --dataset ml-1m --data-dir ../shared/data/ml-1m \\
-        --train-users 1000 --eval-users 200 --json bench/out/rerank_ml1m.json
+        --train-users 400 --eval-users 200 --json bench/out/rerank_ml1m.json
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     ap.add_argument("--data-dir", required=True, type=Path)
-    ap.add_argument("--train-users", type=int, default=1000, help="users sampled for re-ranker training")
+    ap.add_argument("--train-users", type=int, default=400, help="users sampled for re-ranker training")
     ap.add_argument("--steps-per-user", type=int, default=2)
+    ap.add_argument("--n-hard", type=int, default=4, help="hard negatives (from recall) per example")
+    ap.add_argument("--n-random", type=int, default=1, help="random negatives per example")
     ap.add_argument("--eval-users", type=int, default=200, help="seeded subset of test users")
     ap.add_argument("--rerank-n", type=int, default=50, help="candidates the re-ranker reads")
     ap.add_argument("--max-length", type=int, default=128)
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             model = Path(tmp) / "reranker"
             t = time.perf_counter()
             report = train_engine_reranker(recall_only.engine, model, users=args.train_users,
-                                           steps_per_user=args.steps_per_user, epochs=args.epochs,
+                                           steps_per_user=args.steps_per_user, n_hard=args.n_hard,
+                                           n_random=args.n_random, epochs=args.epochs,
                                            max_length=args.max_length, loss=args.loss, seed=args.seed)
             train_info = dict(report.to_dict(), wall_seconds=time.perf_counter() - t)
             print(f"trained: validation NDCG@10 {report.valid_before['ndcg@10']:.4f} -> "

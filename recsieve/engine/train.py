@@ -91,6 +91,8 @@ def train_engine_reranker(
     *,
     users: int | None = None,
     steps_per_user: int = 3,
+    n_hard: int = 7,
+    n_random: int = 2,
     epochs: float = 1,
     batch_size: int = 16,
     max_length: int = 128,
@@ -103,7 +105,8 @@ def train_engine_reranker(
     sequences = engine_sequences(engine, events)
     if not sequences:
         raise InvalidInputError("events", 0, "no events to train on")
-    train, valid = engine_examples(engine, sequences, users=users, steps_per_user=steps_per_user, seed=seed)
+    train, valid = engine_examples(engine, sequences, users=users, steps_per_user=steps_per_user, n_hard=n_hard,
+                                   n_random=n_random, seed=seed)
     if not train or not valid:
         raise InvalidInputError("events", len(sequences), "too few users with 3+ events to train and validate")
     return train_reranker(train, valid, out=out, epochs=epochs, batch_size=batch_size, max_length=max_length,
