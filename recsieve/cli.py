@@ -172,6 +172,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from recsieve.bench import run_bench
+
+    sections = tuple(s.strip() for s in args.sections.split(",")) if args.sections else None
+    kwargs = {"sections": sections} if sections else {}
+    run_bench(quick=args.quick, json_out=args.json, plots_dir=args.plots, threads=args.threads,
+              reranker_model=args.reranker, progress=not args.quiet, **kwargs)
+    return 0
+
+
 def _show(engine: Engine, user: str, **kw) -> None:
     for r in engine.recommend(user, 5, **kw):
         it = engine.catalog.get(r.item_id)
@@ -262,6 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write the report as JSON to this path")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("bench", help="latency benchmark: index, engine stages, cache, re-ranker (JSON + PNG plots)")
+    s.add_argument("--quick", action="store_true", help="10k and 100k vectors and smaller loads (a few minutes) "
+                   "instead of 10k/100k/1M (about 15-20 minutes on 2 cores)")
+    s.add_argument("--json", help="write the full result JSON here")
+    s.add_argument("--plots", help="write PNG plots (latency CDF per stage, recall vs latency) into this folder")
+    s.add_argument("--threads", type=int, default=2, help="threads pinned for FAISS and torch during the run (default 2)")
+    s.add_argument("--sections", help="comma-separated subset of: index, engine, rerank (default: all)")
+    s.add_argument("--reranker", help="a trained re-ranker folder, to time the re-rank stage inside the engine")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("stats", help="print engine counts as JSON")
     s.add_argument("dir", help="engine directory")
