@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                                            steps_per_user=args.steps_per_user, n_hard=args.n_hard,
                                            n_random=args.n_random, epochs=args.epochs,
                                            max_length=args.max_length, loss=args.loss, seed=args.seed)
-            train_info = dict(report.to_dict(), wall_seconds=time.perf_counter() - t)
+            train_info = dict(report.to_dict(), out="(temporary folder)", wall_seconds=time.perf_counter() - t)
             print(f"trained: validation NDCG@10 {report.valid_before['ndcg@10']:.4f} -> "
                   f"{report.valid_after['ndcg@10']:.4f} ({report.train_examples} examples, {report.seconds:.0f}s)")
         full = EngineSystem(data, name="recsieve", config=config, embedder=embedder,

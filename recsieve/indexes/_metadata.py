@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from recsieve.errors import InvalidInputError
+from recsieve.errors import DuplicateIdError, InvalidInputError
 from recsieve.filters import Filter
+from recsieve.vectors import as_matrix
 
 __all__ = [
     "KINDS",
@@ -51,6 +52,17 @@ def check_ids(ids: object, field: str = "ids", n: int | None = None) -> np.ndarr
     if n is not None and arr.shape[0] != n:
         raise InvalidInputError(field, arr.shape[0], f"expected {n} ids, one per vector")
     return arr
+
+
+def check_upsert(ids: object, vectors: object, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate an upsert batch: ``(ids int64 (n,), vectors float32 (n, dim))``, ids unique."""
+    vecs = as_matrix(vectors, dim, "vectors")
+    arr = check_ids(ids, "ids", vecs.shape[0])
+    uniq, counts = np.unique(arr, return_counts=True)
+    if (counts > 1).any():
+        dups = uniq[counts > 1][:5].tolist()
+        raise DuplicateIdError("ids", dups, "the same id appears more than once in one upsert")
+    return arr, vecs
 
 
 def check_k(k: object) -> int:

@@ -37,7 +37,6 @@ import numpy as np
 
 from recsieve.errors import (
     CorruptStoreError,
-    DuplicateIdError,
     IncompatibleVersionError,
     InvalidInputError,
     StoreError,
@@ -49,6 +48,7 @@ from recsieve.indexes._metadata import (
     check_ids,
     check_k,
     check_positive,
+    check_upsert,
     clean_metadata,
 )
 from recsieve.indexes.base import Metadata, SearchParams, VectorIndex
@@ -177,12 +177,7 @@ class FaissIndex(VectorIndex):
         metadata: Sequence[Metadata] | None = None,
     ) -> None:
         """Insert or replace ``ids`` with ``vectors`` and ``metadata`` (see :class:`VectorIndex`)."""
-        vecs = as_matrix(vectors, self.dim, "vectors")
-        arr = check_ids(ids, "ids", vecs.shape[0])
-        uniq, counts = np.unique(arr, return_counts=True)
-        if (counts > 1).any():
-            dups = uniq[counts > 1][:5].tolist()
-            raise DuplicateIdError("ids", dups, "the same id appears more than once in one upsert")
+        arr, vecs = check_upsert(ids, vectors, self.dim)
         if not len(arr):
             return
         with self._lock.write():

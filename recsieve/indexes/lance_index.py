@@ -37,14 +37,20 @@ import numpy as np
 
 from recsieve.errors import (
     CorruptStoreError,
-    DuplicateIdError,
     IncompatibleVersionError,
     InvalidInputError,
     MissingDependencyError,
     StoreError,
 )
 from recsieve.filters import Filter
-from recsieve.indexes._metadata import RWLock, check_ids, check_k, check_positive, clean_metadata
+from recsieve.indexes._metadata import (
+    RWLock,
+    check_ids,
+    check_k,
+    check_positive,
+    check_upsert,
+    clean_metadata,
+)
 from recsieve.indexes.base import Metadata, SearchParams, VectorIndex
 from recsieve.storage import atomic_write_json, read_json
 from recsieve.vectors import as_matrix
@@ -233,12 +239,7 @@ class LanceIndex(VectorIndex):
         metadata: Sequence[Metadata] | None = None,
     ) -> None:
         """Insert or replace ``ids`` with ``vectors`` and ``metadata`` (see :class:`VectorIndex`)."""
-        vecs = as_matrix(vectors, self.dim, "vectors")
-        arr = check_ids(ids, "ids", vecs.shape[0])
-        uniq, counts = np.unique(arr, return_counts=True)
-        if (counts > 1).any():
-            dups = uniq[counts > 1][:5].tolist()
-            raise DuplicateIdError("ids", dups, "the same id appears more than once in one upsert")
+        arr, vecs = check_upsert(ids, vectors, self.dim)
         if not len(arr):
             return
         with self._lock.write():
