@@ -166,6 +166,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = run_evaluation(
         args.dataset, args.data_dir, users=args.users, seed=args.seed, systems=args.systems,
         reranker=args.reranker, progress=not args.quiet,
+        channel_weights=tuple(float(w) for w in args.channel_weights.split(",")) if args.channel_weights else None,
     )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -269,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated systems: popularity, item-knn, transitions, sasrec (trains up to 10 min), text-zero-shot, "
                         "recsieve-recall, recsieve (needs --reranker)")
     s.add_argument("--reranker", help="trained re-ranker folder for the 'recsieve' system")
+    s.add_argument("--channel-weights", help="recall fusion weights for vector,transitions,popularity in the recsieve "
+                   "systems (default: the engine's, 1.0,1.0,0.3); choose them on the validation stage, not on test")
     s.add_argument("--json", help="also write the report as JSON to this path")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_evaluate)

@@ -14,9 +14,10 @@ SYSTEMS = ("popularity", "item-knn", "transitions", "sasrec", "text-zero-shot", 
 
 def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = None, seed: int = 0,
                    systems: str | list[str] = "popularity,transitions", reranker: str | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, channel_weights: tuple[float, ...] | None = None) -> dict[str, Any]:
     """Load ``dataset`` from ``data_dir``, evaluate the named systems, print the table, return the report."""
     from recsieve.embedding import SentenceTransformerEmbedder
+    from recsieve.engine.config import EngineConfig
     from recsieve.evaluation.baselines import ItemKNN, Popularity, Transitions
     from recsieve.evaluation.datasets import load_dataset
     from recsieve.evaluation.harness import evaluate, format_table
@@ -27,6 +28,9 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
         if name not in SYSTEMS:
             raise InvalidInputError("systems", name, f"unknown system; expected some of {SYSTEMS}")
     data = load_dataset(dataset, data_dir)
+    config = EngineConfig(index="flat", cache="none", refresh_threads=0)
+    if channel_weights is not None:
+        config = config.replace(channel_weights=channel_weights)
     embedder = CachedEmbedder(SentenceTransformerEmbedder())
     built = []
     for name in names:
@@ -43,14 +47,15 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
         elif name == "text-zero-shot":
             built.append(TextZeroShot(data, embedder))
         elif name == "recsieve-recall":
-            built.append(EngineSystem(data, name=name, embedder=embedder, rerank=False, progress=progress))
+            built.append(EngineSystem(data, name=name, config=config, embedder=embedder, rerank=False,
+                                      progress=progress))
         else:
             if not reranker:
                 raise InvalidInputError("reranker", reranker, "the 'recsieve' system needs --reranker MODEL")
             from recsieve.rerankers.cross_encoder import CrossEncoderReranker
 
-            built.append(EngineSystem(data, name=name, embedder=embedder, reranker=CrossEncoderReranker(reranker),
-                                      progress=progress))
+            built.append(EngineSystem(data, name=name, config=config, embedder=embedder,
+                                      reranker=CrossEncoderReranker(reranker), progress=progress))
     report = evaluate(data, built, users=users, seed=seed, progress=progress)
     for system in built:
         if isinstance(system, EngineSystem):
