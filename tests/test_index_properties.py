@@ -43,7 +43,7 @@ def vectors_and_meta(ids: list[int], seed: int) -> tuple[np.ndarray, list[dict]]
     return x, meta
 
 
-def run_against_model(index, ops) -> None:
+def check_against_model(index, ops) -> None:
     model: dict[int, tuple[np.ndarray, dict]] = {}
     for kind, arg, seed in ops:
         if kind == "upsert":
@@ -78,17 +78,17 @@ PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[Healt
 @PROPERTY
 @given(ops=st.lists(op_st, min_size=1, max_size=12))
 def test_faiss_flat_matches_model(ops):
-    run_against_model(FaissIndex(DIM, "flat", compact_at=0.3), ops)
+    check_against_model(FaissIndex(DIM, "flat", compact_at=0.3), ops)
 
 
 @PROPERTY
 @given(ops=st.lists(op_st, min_size=1, max_size=12))
 def test_faiss_hnsw_small_matches_model(ops):
     """Below ``exact_below`` HNSW answers exactly, through tombstones and compactions."""
-    run_against_model(FaissIndex(DIM, "hnsw", compact_at=0.3), ops)
+    check_against_model(FaissIndex(DIM, "hnsw", compact_at=0.3), ops)
 
 
 @PROPERTY
 @given(ops=st.lists(op_st, min_size=1, max_size=8))
 def test_lance_exact_matches_model(ops):
-    run_against_model(LanceIndex(DIM, index_type="none"), ops)
+    check_against_model(LanceIndex(DIM, index_type="none"), ops)

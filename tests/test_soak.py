@@ -55,7 +55,7 @@ def build(tmp_path_factory, embedder, demo_items):
     return get
 
 
-def soak(path: Path, embedder, demo_items, seconds: float) -> None:
+def check_soak(path: Path, embedder, demo_items, seconds: float) -> None:
     eng = Engine.open(path, embedder=embedder)
     meta_of = {it.id: dict(it.metadata) for it in demo_items}  # every item ever upserted
     # each writer owns 12 demo items it removes over time; events only touch items never removed
@@ -156,7 +156,7 @@ def soak(path: Path, embedder, demo_items, seconds: float) -> None:
 def test_soak_short(build, tmp_path, embedder, demo_items):
     path = tmp_path / "eng"
     shutil.copytree(build("faiss"), path)
-    soak(path, embedder, demo_items, seconds=6)
+    check_soak(path, embedder, demo_items, seconds=6)
 
 
 @pytest.mark.slow
@@ -164,7 +164,7 @@ def test_soak_short(build, tmp_path, embedder, demo_items):
 def test_soak_long(build, tmp_path, embedder, demo_items, backend, seconds):
     path = tmp_path / "eng"
     shutil.copytree(build(backend), path)
-    soak(path, embedder, demo_items, seconds=seconds)
+    check_soak(path, embedder, demo_items, seconds=seconds)
 
 
 def test_nearline_refresh_never_caches_an_item_removed_meanwhile(build, tmp_path, embedder):
