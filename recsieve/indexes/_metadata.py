@@ -65,6 +65,15 @@ def check_upsert(ids: object, vectors: object, dim: int) -> tuple[np.ndarray, np
     return arr, vecs
 
 
+def check_search(queries: object, k: object, filter: object, exclude: object, dim: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """Validate a search call: ``(queries float32 (n, dim), k, exclude ids int64)``."""
+    q = as_matrix(queries, dim, "queries")
+    k = check_k(k)
+    if filter is not None and not isinstance(filter, Filter):
+        raise InvalidInputError("filter", filter, "must be a Filter (see recsieve.filters.parse_filter)")
+    return q, k, check_ids(exclude if exclude is not None else [], "exclude")
+
+
 def check_k(k: object) -> int:
     """Validate the number of results asked for."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:

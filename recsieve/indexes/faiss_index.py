@@ -46,14 +46,13 @@ from recsieve.indexes._metadata import (
     ColumnStore,
     RWLock,
     check_ids,
-    check_k,
     check_positive,
+    check_search,
     check_upsert,
     clean_metadata,
 )
 from recsieve.indexes.base import Metadata, SearchParams, VectorIndex
 from recsieve.storage import atomic_write_bytes, atomic_write_json, read_json
-from recsieve.vectors import as_matrix
 
 __all__ = ["FaissIndex", "FAISS_KINDS"]
 
@@ -239,13 +238,7 @@ class FaissIndex(VectorIndex):
         params: SearchParams | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(scores, ids)`` per query among live items matching ``filter``, not in ``exclude``."""
-        q = as_matrix(queries, self.dim, "queries")
-        k = check_k(k)
-        if filter is not None and not isinstance(filter, Filter):
-            raise InvalidInputError(
-                "filter", filter, "must be a Filter (see recsieve.filters.parse_filter)"
-            )
-        excl = check_ids(exclude if exclude is not None else [], "exclude")
+        q, k, excl = check_search(queries, k, filter, exclude, self.dim)
         params = params or SearchParams()
         ef = check_positive("params.ef_search", params.ef_search, allow_none=True) or self.ef_search
         nprobe = check_positive("params.nprobe", params.nprobe, allow_none=True) or self.nprobe

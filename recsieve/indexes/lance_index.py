@@ -46,14 +46,13 @@ from recsieve.filters import Filter
 from recsieve.indexes._metadata import (
     RWLock,
     check_ids,
-    check_k,
     check_positive,
+    check_search,
     check_upsert,
     clean_metadata,
 )
 from recsieve.indexes.base import Metadata, SearchParams, VectorIndex
 from recsieve.storage import atomic_write_json, read_json
-from recsieve.vectors import as_matrix
 
 try:
     import lancedb
@@ -376,13 +375,8 @@ class LanceIndex(VectorIndex):
         params: SearchParams | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(scores, ids)`` per query among rows matching ``filter``, not in ``exclude``."""
-        q = as_matrix(queries, self.dim, "queries")
-        k = check_k(k)
-        if filter is not None and not isinstance(filter, Filter):
-            raise InvalidInputError(
-                "filter", filter, "must be a Filter (see recsieve.filters.parse_filter)"
-            )
-        excl = np.unique(check_ids(exclude if exclude is not None else [], "exclude"))
+        q, k, excl = check_search(queries, k, filter, exclude, self.dim)
+        excl = np.unique(excl)
         params = params or SearchParams()
         ef = check_positive("params.ef_search", params.ef_search, allow_none=True) or self.ef_search
         nprobes = check_positive("params.nprobe", params.nprobe, allow_none=True) or self.nprobes
