@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rerank-n", type=int, default=50, help="candidates the re-ranker reads")
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--lr", type=float, default=5e-5, help="learning rate of the fine-tuning")
+    ap.add_argument("--channel-weights", default="1.0,1.0,0.3", help="recall fusion weights (vector,transitions,popularity)")
     ap.add_argument("--loss", choices=("bce", "listwise"), default="bce")
     ap.add_argument("--model", type=Path, help="reuse a trained model instead of training")
     ap.add_argument("--seed", type=int, default=0)
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     data = load_dataset(args.dataset, args.data_dir)
     split = leave_one_out(data, users=args.eval_users, seed=args.seed)
     embedder = CachedEmbedder(SentenceTransformerEmbedder())
-    config = EngineConfig(index="flat", cache="none", refresh_threads=0, rerank_n=args.rerank_n)
+    config = EngineConfig(index="flat", cache="none", refresh_threads=0, rerank_n=args.rerank_n,
+                          channel_weights=tuple(float(w) for w in args.channel_weights.split(",")))
     recall_only = EngineSystem(data, name="recsieve-recall", config=config, embedder=embedder, rerank=False)
     row_recall = evaluate_split(split, recall_only)  # fits: builds the engine from training events
     train_info = {}
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             report = train_engine_reranker(recall_only.engine, model, users=args.train_users,
                                            steps_per_user=args.steps_per_user, n_hard=args.n_hard,
-                                           n_random=args.n_random, epochs=args.epochs,
+                                           n_random=args.n_random, epochs=args.epochs, lr=args.lr,
                                            max_length=args.max_length, loss=args.loss, seed=args.seed)
             train_info = dict(report.to_dict(), out="(temporary folder)", wall_seconds=time.perf_counter() - t)
             print(f"trained: validation NDCG@10 {report.valid_before['ndcg@10']:.4f} -> "

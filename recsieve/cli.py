@@ -148,7 +148,7 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
     with Engine.open(args.dir) as engine:
         report = train_engine_reranker(
             engine, args.out, events, users=args.users, steps_per_user=args.steps_per_user,
-            n_hard=args.hard_negatives, n_random=args.random_negatives, epochs=args.epochs,
+            n_hard=args.hard_negatives, n_random=args.random_negatives, epochs=args.epochs, lr=args.lr,
             batch_size=args.batch_size, max_length=args.max_length, loss=args.loss, seed=args.seed,
             overwrite=args.overwrite,
         )
@@ -252,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hard-negatives", type=int, default=7, help="negatives per example from the engine's recall (default 7)")
     s.add_argument("--random-negatives", type=int, default=2, help="uniformly drawn negatives per example (default 2)")
     s.add_argument("--epochs", type=float, default=1.0, help="training epochs (default 1)")
+    s.add_argument("--lr", type=float, default=5e-5, help="learning rate (default 5e-5)")
     s.add_argument("--batch-size", type=int, default=16, help="pairs (bce) or lists (listwise) per step (default 16)")
     s.add_argument("--max-length", type=int, default=128, help="max tokens per (context, item) pair (default 128)")
     s.add_argument("--loss", choices=("bce", "listwise"), default="bce", help="training loss (default bce)")

@@ -94,6 +94,7 @@ def train_engine_reranker(
     n_hard: int = 7,
     n_random: int = 2,
     epochs: float = 1,
+    lr: float = 5e-5,
     batch_size: int = 16,
     max_length: int = 128,
     loss: str = "bce",
@@ -109,5 +110,5 @@ def train_engine_reranker(
                                    n_random=n_random, seed=seed)
     if not train or not valid:
         raise InvalidInputError("events", len(sequences), "too few users with 3+ events to train and validate")
-    return train_reranker(train, valid, out=out, epochs=epochs, batch_size=batch_size, max_length=max_length,
+    return train_reranker(train, valid, out=out, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
                           loss=loss, seed=seed, progress=progress, overwrite=overwrite)
