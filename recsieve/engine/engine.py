@@ -227,11 +227,12 @@ class Engine:
         self._dim = dim
         self._vectors = np.zeros((0, dim), dtype=np.float32)
         self.index = _index_factory(self.config, dim, self.directory)
-        self.users = UserStore(
-            dim, recent_window=self.config.recent_window, half_life_days=self.config.half_life_days
-        )
+        self.users = self._new_user_store(dim)
         self.journal = Journal(self.directory / "journal.sqlite", dim)
         self._build_channels()
+
+    def _new_user_store(self, dim: int) -> UserStore:
+        return UserStore(dim, recent_window=self.config.recent_window, half_life_days=self.config.half_life_days)
 
     def _build_channels(self) -> None:
         makers = {
@@ -271,9 +272,7 @@ class Engine:
         self.index = _BACKENDS[self.config.backend][1](folder / "index", self.directory)
         if self.index.dim != dim:
             raise StoreError(f"{self.directory}: index dimension {self.index.dim} != snapshot dimension {dim}")
-        self.users = UserStore(
-            dim, recent_window=self.config.recent_window, half_life_days=self.config.half_life_days
-        )
+        self.users = self._new_user_store(dim)
         self.users.load(folder / "users")
         self._snapshot_seq = int(meta["seq"])
         if self._snapshot_seq > 0 and not (self.directory / "journal.sqlite").exists():
@@ -543,7 +542,7 @@ class Engine:
 
         Used to recall candidates for a point in the past, e.g. hard negatives for training.
         """
-        store = UserStore(self.dim, recent_window=self.config.recent_window, half_life_days=self.config.half_life_days)
+        store = self._new_user_store(self.dim)
         for i, row in enumerate(rows):
             kind = kinds[i] if kinds is not None else "click"
             ts = float(times[i]) if times is not None else float(i)

@@ -13,12 +13,20 @@ import math
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recsieve.errors import DuplicateIdError, InvalidInputError
+from recsieve.errors import (
+    CorruptStoreError,
+    DuplicateIdError,
+    IncompatibleVersionError,
+    InvalidInputError,
+    StoreError,
+)
 from recsieve.filters import Filter
+from recsieve.storage import read_json
 from recsieve.vectors import as_matrix
 
 __all__ = [
@@ -72,6 +80,19 @@ def check_search(queries: object, k: object, filter: object, exclude: object, di
     if filter is not None and not isinstance(filter, Filter):
         raise InvalidInputError("filter", filter, "must be a Filter (see recsieve.filters.parse_filter)")
     return q, k, check_ids(exclude if exclude is not None else [], "exclude")
+
+
+def read_index_meta(directory: str | Path, name: str, fmt: str, version: int, what: str) -> dict:
+    """Read and check an index folder's description file (format marker and version)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise StoreError(f"index directory {directory} does not exist")
+    meta = read_json(directory / name, f"{what} index metadata")
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise CorruptStoreError(f"{directory / name} is not a recsieve {what} index description")
+    if meta.get("version") != version:
+        raise IncompatibleVersionError(f"{directory}: {what} index format {meta.get('version')!r}, expected {version}")
+    return meta
 
 
 def check_k(k: object) -> int:

@@ -37,7 +37,6 @@ import numpy as np
 
 from recsieve.errors import (
     CorruptStoreError,
-    IncompatibleVersionError,
     InvalidInputError,
     MissingDependencyError,
     StoreError,
@@ -50,9 +49,10 @@ from recsieve.indexes._metadata import (
     check_search,
     check_upsert,
     clean_metadata,
+    read_index_meta,
 )
 from recsieve.indexes.base import Metadata, SearchParams, VectorIndex
-from recsieve.storage import atomic_write_json, read_json
+from recsieve.storage import atomic_write_json
 
 try:
     import lancedb
@@ -462,17 +462,7 @@ class LanceIndex(VectorIndex):
         A missing or damaged folder raises :class:`StoreError` / :class:`CorruptStoreError`.
         """
         directory = Path(directory)
-        if not directory.is_dir():
-            raise StoreError(f"index directory {directory} does not exist")
-        meta = read_json(directory / _META_FILE, "lance index metadata")
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-            raise CorruptStoreError(
-                f"{directory / _META_FILE} is not a recsieve LanceDB index description"
-            )
-        if meta.get("version") != _VERSION:
-            raise IncompatibleVersionError(
-                f"{directory}: Lance index format {meta.get('version')!r}, expected {_VERSION}"
-            )
+        meta = read_index_meta(directory, _META_FILE, _FORMAT, _VERSION, "LanceDB")
         try:
             settings = dict(meta["settings"])
             rows, files = int(meta["rows"]), dict(meta["files"])
