@@ -16,7 +16,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["EngineConfig", "BACKENDS", "INDEX_KINDS", "CHANNELS"]
+__all__ = ["EngineConfig", "BACKENDS", "INDEX_KINDS", "CHANNELS", "RERANK_TIERS"]
 
 #: Vector index backends and the index kinds each accepts.
 BACKENDS = ("faiss", "lance")
@@ -25,6 +25,8 @@ INDEX_KINDS = {"faiss": ("flat", "hnsw", "ivf"), "lance": ("flat", "hnsw", "ivf"
 CHANNELS = ("vector", "transitions", "popularity")
 #: Result cache backends.
 CACHES = ("memory", "redis", "none")
+#: Re-rank tiers: ``full`` (ranking head + cross-encoder), ``fast`` (ranking head only).
+RERANK_TIERS = ("full", "fast")
 
 CONFIG_FILE = "recsieve.toml"
 
@@ -44,9 +46,12 @@ class EngineConfig:
     + ``instruction_weight`` * instruction embedding; ``recall_n`` candidates fused by reciprocal
     rank from ``channels`` (weights ``channel_weights``); ``exclude_consumed`` drops items the user
     already interacted with.
-    Re-ranking: ``reranker_model`` (a trained model folder, relative to the engine directory or
-    absolute; empty = recall-only ordering), ``rerank_n`` candidates re-ranked, ``blend`` weight of
-    the (rank-normalised) recall score mixed into the final score.
+    Re-ranking: ``reranker_model`` (a folder written by ``train-reranker``, relative to the engine
+    directory or absolute; empty = recall-only ordering). Such a folder holds a ranking head
+    over recall's features and, optionally, a cross-encoder: ``rerank_tier`` ``fast`` orders by
+    the head alone; ``full`` adds the cross-encoder's score (with the blend weight fitted at
+    training) on the head's top ``rerank_n``. A folder holding only a cross-encoder re-ranks the
+    top ``rerank_n`` by it, with ``blend`` weight of the (rank-normalised) recall score mixed in.
     Caching: ``cache`` (memory | redis | none) for result lists keyed by user version, catalog
     version, model version and request; bounded by ``cache_entries``, ``cache_mb``, ``cache_ttl_s``;
     ``score_cache_entries`` re-ranker scores per (context, item); ``refresh_threads`` near-line
@@ -71,6 +76,7 @@ class EngineConfig:
     exclude_consumed: bool = True
     reranker_model: str = ""
     rerank_n: int = 100
+    rerank_tier: str = "full"
     blend: float = 0.0
     cache: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -97,6 +103,8 @@ class EngineConfig:
                 raise InvalidInputError(name, value, "must be a finite number")
             if value < 0:
                 raise InvalidInputError(name, value, "must not be negative")
+        if self.rerank_tier not in RERANK_TIERS:
+            raise InvalidInputError("rerank_tier", self.rerank_tier, f"expected one of {RERANK_TIERS}")
         if self.cache not in CACHES:
             raise InvalidInputError("cache", self.cache, f"expected one of {CACHES}")
         if isinstance(self.refresh_threads, bool) or not isinstance(self.refresh_threads, int) or self.refresh_threads < 0:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from recsieve.engine.cache import MemoryCache, RedisCache, ResultCache, ScoreCac
 from recsieve.engine.config import CONFIG_FILE, EngineConfig
 from recsieve.engine.journal import EventRecord, ItemOp, Journal
 from recsieve.engine.nearline import NearlineRefresher
+from recsieve.engine.ranker import RANKER_FILE, RankingHead, candidate_features, feature_names
 from recsieve.engine.recall import (
     PopularityChannel,
     RecallChannel,
@@ -140,6 +141,8 @@ class Engine:
         self.config = config
         self._embedder = embedder
         self._reranker = reranker
+        self._head: RankingHead | None = None
+        self._models_loaded = False
         self._reranker_missing_logged = False
         self._write_lock = threading.RLock()
         self._store = GenerationDir(self.directory, "engine")
@@ -161,7 +164,7 @@ class Engine:
         self._refresher: NearlineRefresher | None = None
         self._hot: OrderedDict[str, OrderedDict[tuple, None]] = OrderedDict()
         self._hot_lock = threading.Lock()
-        self.model_version = config.reranker_model or "recall-only"
+        self.model_version = _model_version(config, None)
         self._closed = False
 
     def _start_serving(self) -> None:
@@ -235,6 +238,10 @@ class Engine:
         return UserStore(dim, recent_window=self.config.recent_window, half_life_days=self.config.half_life_days)
 
     def _build_channels(self) -> None:
+        self._channels = self._make_channels()
+
+    def _make_channels(self) -> list[RecallChannel]:
+        """Fresh recall channels as the config names them (statistics empty)."""
         makers = {
             "vector": lambda: VectorChannel(
                 self.index, SearchParams(ef_search=self.config.ef_search, nprobe=self.config.nprobe)
@@ -242,7 +249,7 @@ class Engine:
             "transitions": TransitionsChannel,
             "popularity": lambda: PopularityChannel(lambda: self.catalog.num_rows),
         }
-        self._channels = [makers[name]() for name in self.config.channels]
+        return [makers[name]() for name in self.config.channels]
 
     def _load(self) -> None:
         folder, meta = self._store.open()
@@ -318,17 +325,68 @@ class Engine:
             self._embedder = SentenceTransformerEmbedder(self.config.embedding_model)
         return self._embedder
 
+    def _load_models(self, config: EngineConfig) -> tuple[RankingHead | None, Reranker | None]:
+        """The ranking head and cross-encoder ``config`` asks for (nothing is assigned)."""
+        if not config.reranker_model:
+            return None, None
+        from recsieve.rerankers.cross_encoder import CrossEncoderReranker
+
+        path = Path(config.reranker_model)
+        path = path if path.is_absolute() else self.directory / path
+        if not (path / RANKER_FILE).exists():
+            return None, CrossEncoderReranker(str(path))
+        head = RankingHead.load(path)
+        expected = feature_names(config.channels)
+        if head.features != expected:
+            raise StoreError(
+                f"reranker_model {config.reranker_model!r} was trained on features {head.features}, "
+                f"but this engine's channels give {expected}; retrain it or restore the channels"
+            )
+        if config.rerank_tier == "full" and head.cross_encoder and head.blend > 0:
+            return head, CrossEncoderReranker(str(path / head.cross_encoder))
+        return head, None
+
+    def _ensure_models(self) -> None:
+        if not self._models_loaded:
+            with self._write_lock:
+                if not self._models_loaded:
+                    head, reranker = self._load_models(self.config)
+                    self._head = head
+                    self._reranker = self._reranker or reranker
+                    self._models_loaded = True
+
+    @property
+    def ranking_head(self) -> RankingHead | None:
+        """The trained ranking head (a ``reranker_model`` folder with ``ranker.json``), else ``None``."""
+        self._ensure_models()
+        return self._head
+
     @property
     def reranker(self) -> Reranker | None:
-        """The trained re-ranker, or ``None`` when the config names none (recall-only ordering)."""
-        if self._reranker is None and self.config.reranker_model:
-            from recsieve.rerankers.cross_encoder import CrossEncoderReranker
+        """The cross-encoder the ordering uses, or ``None`` (recall-only, or the ``fast`` tier).
 
-            path = Path(self.config.reranker_model)
-            if not path.is_absolute():
-                path = self.directory / path
-            self._reranker = CrossEncoderReranker(str(path))
+        With a ranking head, the cross-encoder is its ``cross-encoder/`` sub-folder, used in the
+        ``full`` tier when its fitted blend weight is positive.
+        """
+        self._ensure_models()
         return self._reranker
+
+    def use_model(self, path: str | Path | None, *, tier: str | None = None) -> None:
+        """Serve with the model folder ``path`` (``None``: recall-only) in ``tier`` from now on.
+
+        The new model is loaded completely before it replaces the old one, so a request never
+        sees half of it and a model that fails to load leaves the old one serving. Cached
+        results of the old model are not served again (the model version is in their keys).
+        The engine directory's config file is not changed.
+        """
+        self._check_open()
+        config = replace(self.config, reranker_model="" if path is None else str(path),
+                         rerank_tier=self.config.rerank_tier if tier is None else tier)
+        head, reranker = self._load_models(config)
+        with self._write_lock:
+            self.config = config
+            self._head, self._reranker, self._models_loaded = head, reranker, True
+            self.model_version = _model_version(config, head)
 
     @property
     def dim(self) -> int:
@@ -534,7 +592,7 @@ class Engine:
         view = self.users.get(_check_user(user_id))
         flt = parse_filter(filters)
         inst = self.embed_text(instruction, "instruction") if instruction is not None else None
-        return self._recall(view, n or self.config.recall_n, inst, flt)
+        return self._recall(view, n or self.config.recall_n, inst, flt).cands
 
     def history_view(self, rows: Sequence[int], kinds: Sequence[str] | None = None,
                      times: Sequence[float] | None = None, user_id: str = "(history)") -> UserView:
@@ -555,7 +613,7 @@ class Engine:
                     filters: str | Mapping[str, Any] | Filter | None = None) -> Candidates:
         """The recall stage for a given user view (see :meth:`history_view`)."""
         inst = self.embed_text(instruction, "instruction") if instruction is not None else None
-        return self._recall(view, n, inst, parse_filter(filters))
+        return self._recall(view, n, inst, parse_filter(filters)).cands
 
     def _query_vector(self, view: UserView | None, instruction: np.ndarray | None) -> np.ndarray | None:
         cfg = self.config
@@ -576,7 +634,10 @@ class Engine:
             return None
         return normalize(q, self.dim, "query")[0]
 
-    def _recall(self, view: UserView | None, n: int, instruction: np.ndarray | None, flt: Filter | None) -> Candidates:
+    def _recall(self, view: UserView | None, n: int, instruction: np.ndarray | None, flt: Filter | None,
+                channels: Sequence[RecallChannel] | None = None) -> Recalled:
+        """Recall with the engine's channels (or ``channels``, e.g. statistics that leave a step out)."""
+        channels = self._channels if channels is None else channels
         exclude = view.consumed if (view is not None and self.config.exclude_consumed) else frozenset()
         catalog = self.catalog
 
@@ -593,8 +654,8 @@ class Engine:
             exclude=exclude,
             accept=accept,
         )
-        lists = [ch.recall(request) for ch in self._channels]
-        return fuse(lists, self.config.channel_weights, n)
+        lists = [ch.recall(request) for ch in channels]
+        return Recalled(fuse(lists, self.config.channel_weights, n), lists, channels, instruction)
 
     def recommend(
         self,
@@ -662,10 +723,11 @@ class Engine:
     def _compute(self, view: UserView | None, request: tuple, flt: Filter | None, *, rerank: bool) -> list[Recommendation]:
         k, instruction, _ = request
         inst_vec = self.embed_text(instruction, "instruction") if instruction is not None else None
-        cands = self._recall(view, max(self.config.recall_n, k), inst_vec, flt)
+        recalled = self._recall(view, max(self.config.recall_n, k), inst_vec, flt)
+        cands = recalled.cands
         if len(cands) == 0:
             return []
-        final = self._order(view, cands, instruction, rerank=rerank)
+        final = self._order(view, recalled, instruction, rerank=rerank)
         out: list[Recommendation] = []
         for i in np.argsort(-final, kind="stable").tolist():
             row = int(cands.rows[i])
@@ -683,17 +745,35 @@ class Engine:
         ``rerank=False`` gives the recall-only ordering. Used by evaluation and benchmarks.
         """
         inst = self.embed_text(instruction, "instruction") if instruction is not None else None
-        cands = self._recall(view, n or self.config.recall_n, inst, parse_filter(filters))
+        recalled = self._recall(view, n or self.config.recall_n, inst, parse_filter(filters))
+        cands = recalled.cands
         if len(cands) == 0:
             return cands.rows, cands.scores
-        final = self._order(view, cands, instruction, rerank=rerank)
+        final = self._order(view, recalled, instruction, rerank=rerank)
         order = np.argsort(-final, kind="stable")
         return cands.rows[order], final[order].astype(np.float32)
 
-    def _order(self, view: UserView | None, cands: Candidates, instruction: str | None, *, rerank: bool = True) -> np.ndarray:
-        """Final scores of candidates: the re-ranker's on the top ``rerank_n``, else recall order."""
+    def features(self, view: UserView | None, recalled: Recalled) -> np.ndarray:
+        """The ranking head's features of recalled candidates (see :mod:`recsieve.engine.ranker`)."""
+        pop = next((c for c in recalled.channels if isinstance(c, PopularityChannel)), None)
+        rows = recalled.cands.rows
+        counts = np.array([pop.count(int(r)) for r in rows], np.float32) if pop else np.zeros(len(rows), np.float32)
+        return candidate_features(
+            recalled.cands, recalled.lists, self._vectors,
+            profile=None if view is None else view.profile,
+            recent_rows=[e.row for e in view.recent if e.weight > 0] if view is not None else [],
+            instruction=recalled.instruction, popularity=counts, short_term=self.config.short_term_events,
+        )
+
+    def _order(self, view: UserView | None, recalled: Recalled, instruction: str | None, *, rerank: bool = True) -> np.ndarray:
+        """Final scores of candidates: the ranking head's (plus the cross-encoder's on the top
+        ``rerank_n`` in the ``full`` tier), or a bare cross-encoder's, else recall order."""
+        cands = recalled.cands
         n = len(cands)
         recall_part = 1.0 - np.arange(n, dtype=np.float32) / max(n, 1)  # rank-normalised recall score
+        head = self.ranking_head if rerank else None
+        if head is not None:
+            return self._head_order(view, recalled, instruction, head)
         reranker = self.reranker if rerank else None
         if reranker is None:
             if self.config.reranker_model == "" and not self._reranker_missing_logged:
@@ -706,6 +786,24 @@ class Engine:
         # Re-ranked candidates always stay above the ones the re-ranker did not read.
         final[:m] = scores + self.config.blend * recall_part[:m]
         final[m:] = scores.min() - 1.0 - np.arange(n - m, dtype=np.float32) if m else recall_part[m:]
+        return final
+
+    def _head_order(self, view: UserView | None, recalled: Recalled, instruction: str | None,
+                    head: RankingHead) -> np.ndarray:
+        fast = head.score(self.features(view, recalled))
+        reranker = self.reranker
+        if reranker is None:
+            return fast
+        m = min(len(fast), self.config.rerank_n)
+        top = np.argsort(-fast, kind="stable")[:m]
+        text = self._rerank_scores(reranker, self.render_context(view, instruction), recalled.cands.rows[top])
+        final = fast.copy()
+        final[top] += head.blend * text
+        # Candidates the cross-encoder did not read stay below those it did, in the head's order.
+        rest = np.ones(len(fast), bool)
+        rest[top] = False
+        if rest.any():
+            final[rest] = final[top].min() - 1.0 - (fast[rest].max() - fast[rest])
         return final
 
     def _rerank_scores(self, reranker: Reranker, context: str, rows: np.ndarray) -> np.ndarray:
@@ -840,6 +938,25 @@ class Engine:
 
 
 _PAST = {"view": "viewed", "click": "clicked", "cart": "added to cart", "purchase": "bought", "rating": "rated"}
+
+
+@dataclass(frozen=True)
+class Recalled:
+    """What recall produced for one request: the fused candidates, each channel's own list,
+    the channels that made them, and the instruction's embedding (if any)."""
+
+    cands: Candidates
+    lists: list[Candidates]
+    channels: Sequence[RecallChannel]
+    instruction: np.ndarray | None
+
+
+def _model_version(config: EngineConfig, head: RankingHead | None) -> str:
+    """Names the model serving (keys of cached results and scores carry it)."""
+    if not config.reranker_model:
+        return "recall-only"
+    stamp = head.report.get("trained_at", "") if head is not None else ""
+    return f"{config.reranker_model}:{config.rerank_tier}:{stamp}"
 
 
 def _check_k(k: object) -> int:

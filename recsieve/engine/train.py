@@ -9,13 +9,20 @@ the target, plus random items.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from recsieve.engine.engine import Engine
+from recsieve.engine.ranker import feature_names, fit_head, listwise_ndcg
 from recsieve.errors import InvalidInputError, UnknownItemError
 from recsieve.rerankers.training import (
     Example,
@@ -27,7 +34,7 @@ from recsieve.rerankers.training import (
 )
 from recsieve.types import EVENT_KINDS, Event
 
-__all__ = ["engine_sequences", "engine_examples", "train_engine_reranker"]
+__all__ = ["engine_sequences", "engine_examples", "ranking_groups", "train_engine_reranker", "train_engine_ranker"]
 
 
 def engine_sequences(engine: Engine, events: Sequence[Event] | None = None) -> dict[str, list[Step]]:
@@ -112,3 +119,176 @@ def train_engine_reranker(
         raise InvalidInputError("events", len(sequences), "too few users with 3+ events to train and validate")
     return train_reranker(train, valid, out=out, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
                           loss=loss, seed=seed, progress=progress, overwrite=overwrite)
+
+
+def _last_positive(seq: Sequence[Step]) -> int | None:
+    return max((t for t in range(1, len(seq)) if EVENT_KINDS.get(seq[t].kind, 1.0) > 0), default=None)
+
+
+@dataclass
+class RankingGroup:
+    """One user's last step as a ranking example: the recalled candidates' features, the
+    target's position among them, and what is needed to score them with a cross-encoder."""
+
+    user_id: str
+    features: np.ndarray
+    target: int
+    rows: np.ndarray
+    context: str
+
+
+def ranking_groups(
+    engine: Engine,
+    sequences: dict[str, list[Step]],
+    *,
+    users: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[list[RankingGroup], int]:
+    """Ranking examples for the head: each sampled user's last positive step, with recall run on
+    the history before it and on statistics (transitions, popularity) that leave every user's
+    last step out -- the head never learns from a feature that already counts its own label.
+
+    Returns the groups whose target was recalled and the number of users tried.
+    """
+    channels = engine._make_channels()
+    lasts: dict[str, int] = {}
+    for u, seq in sequences.items():
+        last = _last_positive(seq)
+        cut = len(seq) if last is None else last
+        prev = None
+        for step in seq[:cut]:
+            positive = engine.users.event_weight(step.kind, None) > 0
+            for ch in channels:
+                ch.observe(prev, step.item, positive)
+            if positive:
+                prev = step.item
+        if last is not None:
+            lasts[u] = last
+    ids = sorted(lasts)
+    if users is not None and users < len(ids):
+        ids = sorted(np.random.default_rng(seed).choice(ids, size=users, replace=False).tolist())
+    groups = []
+    for u in tqdm(ids, desc="ranking examples", unit="user", disable=not progress, leave=False):
+        seq, last = sequences[u], lasts[u]
+        history = seq[:last]
+        view = engine.history_view([s.item for s in history], [s.kind for s in history],
+                                   [s.ts if s.ts is not None else float(i) for i, s in enumerate(history)])
+        recalled = engine._recall(view, engine.config.recall_n, None, None, channels)
+        hit = np.flatnonzero(recalled.cands.rows == seq[last].item)
+        if hit.size == 0:
+            continue
+        now = seq[last].ts if seq[last].ts is not None else float(last)
+        groups.append(RankingGroup(u, engine.features(view, recalled), int(hit[0]), recalled.cands.rows,
+                                   engine.render_context(view, None, now=now)))
+    return groups, len(ids)
+
+
+def _mean_ndcg(scores: Sequence[np.ndarray], groups: Sequence[RankingGroup]) -> float:
+    return float(np.mean([listwise_ndcg(s, g.target) for s, g in zip(scores, groups)])) if groups else 0.0
+
+
+def _recall_order(g: RankingGroup) -> np.ndarray:
+    return -np.arange(len(g.rows), dtype=np.float32)
+
+
+def fit_blend(head_scores: Sequence[np.ndarray], text_scores: Sequence[np.ndarray], groups: Sequence[RankingGroup],
+              top: int, grid: Sequence[float] = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)) -> tuple[float, dict[str, float]]:
+    """The cross-encoder weight (from ``grid``) with the best NDCG@10 on ``groups``; ties keep the smaller.
+
+    ``text_scores[i]`` scores the head's top ``top`` candidates of group ``i`` (head order).
+    """
+    table = {}
+    for w in grid:
+        finals = []
+        for hs, ts in zip(head_scores, text_scores):
+            order = np.argsort(-hs, kind="stable")[:top]
+            final = hs.copy()
+            final[order] += w * ts
+            rest = np.ones(len(hs), bool)
+            rest[order] = False
+            if rest.any():
+                final[rest] = final[order].min() - 1.0 - (hs[rest].max() - hs[rest])
+            finals.append(final)
+        table[str(w)] = _mean_ndcg(finals, groups)
+    best = max(grid, key=lambda w: (table[str(w)], -w))
+    return float(best), table
+
+
+def train_engine_ranker(
+    engine: Engine,
+    out: str | Path,
+    events: Sequence[Event] | None = None,
+    *,
+    users: int | None = 4000,
+    valid_fraction: float = 0.1,
+    hidden: int = 32,
+    epochs: int = 60,
+    train_cross_encoder: Callable[[Path], TrainReport] | None = None,
+    blend_top: int = 20,
+    seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train the engine's re-ranker into the folder ``out``: a ranking head over recall's
+    features and, when ``train_cross_encoder`` is given (a function that trains a cross-encoder
+    into the folder it is passed, e.g. a :func:`functools.partial` of
+    :func:`train_engine_reranker`), a cross-encoder whose weight in the ``full`` tier is fitted
+    on the head's validation users, re-scoring the head's top ``blend_top``. Returns the
+    training report.
+
+    Users are split by id into training and validation (``valid_fraction``); each contributes
+    its last step (see :func:`ranking_groups`). The folder is assembled next to ``out`` and
+    renamed into place when complete; an existing ``out`` is replaced only with ``overwrite``.
+    """
+    t0 = time.perf_counter()
+    out_path = Path(out).expanduser().absolute()
+    if out_path.exists() and not overwrite:
+        raise InvalidInputError("out", str(out_path), "already exists; pass overwrite=True to replace it")
+    if not 0.0 < valid_fraction < 1.0:
+        raise InvalidInputError("valid_fraction", valid_fraction, "must be between 0 and 1")
+    sequences = engine_sequences(engine, events)
+    groups, tried = ranking_groups(engine, sequences, users=users, seed=seed, progress=progress)
+    rng = np.random.default_rng(seed)
+    is_valid = rng.random(len(groups)) < valid_fraction
+    train = [g for g, v in zip(groups, is_valid) if not v]
+    valid = [g for g, v in zip(groups, is_valid) if v]
+    if len(train) < 2 or not valid:
+        raise InvalidInputError("events", len(sequences), "too few users whose next item recall finds to train and validate")
+    head = fit_head([g.features for g in train], [g.target for g in train], feature_names(engine.config.channels),
+                    valid=([g.features for g in valid], [g.target for g in valid]), hidden=hidden, epochs=epochs,
+                    seed=seed)
+    head_scores = [head.score(g.features) for g in valid]
+    report: dict[str, Any] = {
+        "users_tried": tried, "recalled_share": len(groups) / max(tried, 1),
+        "train_users": len(train), "valid_users": len(valid),
+        "valid_ndcg@10_recall_order": _mean_ndcg([_recall_order(g) for g in valid], valid),
+        "valid_ndcg@10_head": _mean_ndcg(head_scores, valid),
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.training-", dir=out_path.parent))
+    try:
+        if train_cross_encoder is not None:
+            from recsieve.rerankers.cross_encoder import CrossEncoderReranker
+
+            ce_report = train_cross_encoder(work / "cross-encoder")
+            ce = CrossEncoderReranker(str(work / "cross-encoder"))
+            text_scores = []
+            for g, hs in zip(tqdm(valid, desc="blend", unit="user", disable=not progress, leave=False), head_scores):
+                order = np.argsort(-hs, kind="stable")[:blend_top]
+                text_scores.append(ce.score(g.context, [engine._item_text(int(r)) for r in g.rows[order]]))
+            head.blend, table = fit_blend(head_scores, text_scores, valid, blend_top)
+            head.cross_encoder = "cross-encoder"
+            report.update(cross_encoder=ce_report.to_dict(), blend_table=table, blend=head.blend)
+        report["seconds"] = round(time.perf_counter() - t0, 1)
+        report["trained_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        head.report = {**head.report, **report}
+        head.save(work)
+        if out_path.exists():
+            shutil.rmtree(out_path)
+        work.rename(out_path)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return head.report
+

@@ -59,14 +59,23 @@ class TextZeroShot:
 
 
 class EngineSystem:
-    """The recsieve engine as a scorer (recall only, or recall + re-ranker)."""
+    """The recsieve engine as a scorer (recall only, or recall + re-ranker).
+
+    ``train_ranker=True`` trains the engine's re-ranker on the training part after recording it
+    (:func:`~recsieve.engine.train.train_engine_ranker`; with ``cross_encoder=True`` a
+    cross-encoder too) and serves it in ``tier``; its report lands in ``train_report``.
+    """
 
     def __init__(self, dataset: Dataset, *, name: str = "recsieve", config: EngineConfig | None = None,
                  embedder: Embedder | None = None, reranker: Reranker | None = None, rerank: bool = True,
-                 progress: bool = True) -> None:
-        if rerank and reranker is None and not (config and config.reranker_model):
+                 train_ranker: bool = False, cross_encoder: bool = False, tier: str = "full",
+                 ranker_users: int | None = 4000, progress: bool = True) -> None:
+        if rerank and reranker is None and not train_ranker and not (config and config.reranker_model):
             raise InvalidInputError("reranker", None, f"{name}: re-ranking needs a trained re-ranker")
         self.dataset, self.name, self.rerank, self.progress = dataset, name, rerank, progress
+        self.train_ranker, self.cross_encoder, self.tier = train_ranker, cross_encoder, tier
+        self.ranker_users = ranker_users
+        self.train_report: dict | None = None
         self.config = config or EngineConfig(index="flat", cache="none", refresh_threads=0)
         self.embedder = embedder or SentenceTransformerEmbedder(self.config.embedding_model)
         self.reranker = reranker
@@ -92,6 +101,20 @@ class EngineSystem:
                 self.engine.record(events)
                 events = []
         self.engine.record(events)
+        if self.train_ranker:
+            from recsieve.engine.train import train_engine_ranker
+
+            model = Path(self._tmp.name) / "model"
+            ce = None
+            if self.cross_encoder:
+                from functools import partial
+
+                from recsieve.engine.train import train_engine_reranker
+
+                ce = partial(train_engine_reranker, self.engine, users=600, lr=3e-4, progress=self.progress)
+            self.train_report = train_engine_ranker(self.engine, model, users=self.ranker_users,
+                                                    train_cross_encoder=ce, progress=self.progress)
+            self.engine.use_model(model, tier=self.tier)
 
     def _view(self, ctx: np.ndarray):
         rows = self._rows[np.asarray(ctx, np.int64)]
