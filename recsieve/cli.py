@@ -138,7 +138,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train_reranker(args: argparse.Namespace) -> int:
-    from recsieve.engine.train import train_engine_reranker
+    from functools import partial
+
+    from recsieve.engine.train import train_engine_ranker, train_engine_reranker
 
     events = None
     if args.events:
@@ -146,17 +148,27 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
         if skipped:
             print(f"{skipped} invalid lines skipped")
     with Engine.open(args.dir) as engine:
-        report = train_engine_reranker(
-            engine, args.out, events, users=args.users, steps_per_user=args.steps_per_user,
-            n_hard=args.hard_negatives, n_random=args.random_negatives, epochs=args.epochs, lr=args.lr,
-            batch_size=args.batch_size, max_length=args.max_length, loss=args.loss, seed=args.seed,
+        ce = None
+        if not args.no_cross_encoder:
+            ce = partial(
+                train_engine_reranker, engine, events=events, users=args.ce_users,
+                steps_per_user=args.ce_steps_per_user, n_hard=args.hard_negatives, n_random=args.random_negatives,
+                epochs=args.ce_epochs, lr=args.ce_lr, batch_size=args.batch_size, max_length=args.max_length,
+                loss=args.loss, seed=args.seed,
+            )
+        report = train_engine_ranker(
+            engine, args.out, events, users=args.users, steps_per_user=args.steps_per_user, hidden=args.hidden,
+            epochs=args.epochs, train_cross_encoder=ce, blend_top=args.blend_top, seed=args.seed,
             overwrite=args.overwrite,
         )
-    before, after = report.valid_before, report.valid_after
-    print(f"saved {report.out}: {report.train_examples} training / {report.valid_examples} validation examples, "
-          f"{report.steps} steps in {report.seconds:.0f}s; validation NDCG@10 {before['ndcg@10']:.4f} -> "
-          f"{after['ndcg@10']:.4f}")
-    print(f"use it: set reranker_model = {json.dumps(str(Path(args.out).resolve()))} in {args.dir}/recsieve.toml")
+    print(f"saved {args.out}: ranking head trained on {report['train_users']} users' last steps in "
+          f"{report['seconds']:.0f}s; held-out users ({report['valid_users']}) NDCG@10 "
+          f"{report['valid_ndcg@10_recall_order']:.4f} (recall order) -> {report['valid_ndcg@10_head']:.4f} (head)")
+    if "blend" in report:
+        table = ", ".join(f"{w}: {v:.4f}" for w, v in report["blend_table"].items())
+        print(f"cross-encoder weight fitted on held-out users: {report['blend']} (NDCG@10 by weight: {table})")
+    print(f"use it: set reranker_model = {json.dumps(str(Path(args.out).resolve()))} in {args.dir}/recsieve.toml "
+          f"(rerank_tier = \"fast\" for the head alone)")
     return 0
 
 
@@ -165,7 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     report = run_evaluation(
         args.dataset, args.data_dir, users=args.users, seed=args.seed, systems=args.systems,
-        reranker=args.reranker, progress=not args.quiet,
+        cross_encoder=args.cross_encoder, progress=not args.quiet,
         channel_weights=tuple(float(w) for w in args.channel_weights.split(",")) if args.channel_weights else None,
     )
     if args.json:
@@ -243,19 +255,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print a JSON list of {item_id, score, recall_score, rank, reason}")
     s.set_defaults(func=cmd_recommend)
 
-    s = sub.add_parser("train-reranker", help="fine-tune the cross-encoder re-ranker on interaction data")
-    s.add_argument("dir", help="engine directory (its catalog gives item texts; its recall gives hard negatives)")
+    s = sub.add_parser("train-reranker", help="train the re-ranker (ranking head + cross-encoder) on interaction data",
+                       description="Train the re-ranker on the engine's interaction log (or --events): a ranking "
+                       "head over recall's features (the 'fast' tier), then a cross-encoder fine-tuned from the "
+                       "bundled MiniLM whose weight in the 'full' tier is fitted on held-out users.")
+    s.add_argument("dir", help="engine directory (its catalog gives item texts; its recall gives candidates)")
     s.add_argument("--events", help="events file (.jsonl/.csv); default: the engine's own journal")
     s.add_argument("--out", required=True, help="folder to write the trained model to")
-    s.add_argument("--users", type=int, help="train on a seeded sample of this many users (default: all)")
-    s.add_argument("--steps-per-user", type=int, default=3, help="training targets sampled per user (default 3)")
-    s.add_argument("--hard-negatives", type=int, default=7, help="negatives per example from the engine's recall (default 7)")
-    s.add_argument("--random-negatives", type=int, default=2, help="uniformly drawn negatives per example (default 2)")
-    s.add_argument("--epochs", type=float, default=1.0, help="training epochs (default 1)")
-    s.add_argument("--lr", type=float, default=5e-5, help="learning rate (default 5e-5)")
-    s.add_argument("--batch-size", type=int, default=16, help="pairs (bce) or lists (listwise) per step (default 16)")
-    s.add_argument("--max-length", type=int, default=128, help="max tokens per (context, item) pair (default 128)")
-    s.add_argument("--loss", choices=("bce", "listwise"), default="bce", help="training loss (default bce)")
+    s.add_argument("--users", type=int, help="ranking head: train on a seeded sample of this many users (default: all)")
+    s.add_argument("--steps-per-user", type=int, default=3,
+                   help="ranking head: each user's last N steps are targets, left out of recall statistics (default 3)")
+    s.add_argument("--hidden", type=int, default=32, help="ranking head: hidden units (default 32)")
+    s.add_argument("--epochs", type=int, default=60, help="ranking head: epochs, best on held-out users kept (default 60)")
+    s.add_argument("--no-cross-encoder", action="store_true", help="train the ranking head only (minutes instead of "
+                   "tens of minutes on 2 cores); the model then serves the fast tier in either setting")
+    s.add_argument("--blend-top", type=int, default=20,
+                   help="cross-encoder weight is fitted re-scoring the head's top N on held-out users (default 20)")
+    s.add_argument("--ce-users", type=int, default=600, help="cross-encoder: seeded sample of users (default 600)")
+    s.add_argument("--ce-steps-per-user", type=int, default=3, help="cross-encoder: targets sampled per user (default 3)")
+    s.add_argument("--hard-negatives", type=int, default=7,
+                   help="cross-encoder: negatives per example from the engine's recall (default 7)")
+    s.add_argument("--random-negatives", type=int, default=2,
+                   help="cross-encoder: uniformly drawn negatives per example (default 2)")
+    s.add_argument("--ce-epochs", type=float, default=1.0, help="cross-encoder: training epochs (default 1)")
+    s.add_argument("--ce-lr", type=float, default=3e-4, help="cross-encoder: learning rate (default 3e-4)")
+    s.add_argument("--batch-size", type=int, default=16,
+                   help="cross-encoder: pairs (bce) or lists (listwise) per step (default 16)")
+    s.add_argument("--max-length", type=int, default=128, help="cross-encoder: max tokens per (context, item) pair (default 128)")
+    s.add_argument("--loss", choices=("bce", "listwise"), default="bce", help="cross-encoder: training loss (default bce)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     s.add_argument("--skip-invalid", action="store_true", help="skip malformed event lines instead of failing")
@@ -267,10 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", required=True, help="folder holding the dataset's files")
     s.add_argument("--users", type=int, help="evaluate a fixed seeded subset of this many users (default: all)")
     s.add_argument("--seed", type=int, default=0, help="seed for the user subset and training (default 0)")
-    s.add_argument("--systems", default="popularity,item-knn,transitions,text-zero-shot,recsieve-recall",
+    s.add_argument("--systems", default="popularity,item-knn,transitions,text-zero-shot,recsieve-recall,recsieve",
                    help="comma-separated systems: popularity, item-knn, transitions, sasrec (trains up to 10 min), text-zero-shot, "
-                        "recsieve-recall, recsieve (needs --reranker)")
-    s.add_argument("--reranker", help="trained re-ranker folder for the 'recsieve' system")
+                        "recsieve-recall, recsieve-fast (recall + ranking head trained on the training part), "
+                        "recsieve (the full tier: with --cross-encoder, head + cross-encoder)")
+    s.add_argument("--cross-encoder", action="store_true", help="the 'recsieve' system also fine-tunes a "
+                   "cross-encoder (600 users, about 10 minutes on 2 cores) and fits its weight on held-out users")
     s.add_argument("--channel-weights", help="recall fusion weights for vector,transitions,popularity in the recsieve "
                    "systems (default: the engine's, 1.0,1.0,0.3); choose them on the validation stage, not on test")
     s.add_argument("--json", help="also write the report as JSON to this path")

@@ -1,4 +1,4 @@
-"""train-reranker end to end on a toy log: CLI -> saved model -> the engine re-ranks with it."""
+"""train-reranker end to end on a toy log: CLI -> saved head + cross-encoder -> the engine re-ranks with them."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from recsieve import Engine, EngineConfig, Event
 from recsieve.catalog import read_items
 from recsieve.cli import main
+from recsieve.engine.ranker import RANKER_FILE, RankingHead
 from recsieve.rerankers.cross_encoder import MARKER_FILE
 
 DEMO = Path(str(resources.files("recsieve") / "data" / "demo_items.jsonl"))
@@ -32,7 +33,7 @@ def trained(tmp_path_factory, embedder):
         by_cat.setdefault(str(it.metadata["category"]), []).append(it.id)
     rng = np.random.default_rng(0)
     lines = []
-    for u in range(24):
+    for u in range(40):
         cat = sorted(by_cat)[u % len(by_cat)]
         for t, item in enumerate(rng.choice(by_cat[cat], size=4, replace=False)):
             lines.append(json.dumps({"user_id": f"u{u}", "item_id": str(item), "kind": "click", "ts": 1000.0 + 60 * t}))
@@ -40,24 +41,66 @@ def trained(tmp_path_factory, embedder):
     events.write_text("\n".join(lines) + "\n")
     model = root / "reranker"
     rc = main(["train-reranker", str(root / "engine"), "--events", str(events), "--out", str(model),
-               "--steps-per-user", "1", "--hard-negatives", "2", "--random-negatives", "1",
-               "--max-length", "48", "--batch-size", "8", "--epochs", "1"])
+               "--epochs", "10", "--ce-users", "24", "--ce-steps-per-user", "1", "--hard-negatives", "2",
+               "--random-negatives", "1", "--max-length", "48", "--batch-size", "8", "--ce-epochs", "1"])
     assert rc == 0
     return root, model
 
 
-def test_cli_writes_a_marked_model(trained, capsys):
+def test_cli_writes_a_head_and_a_marked_cross_encoder(trained, capsys):
     _, model = trained
-    marker = json.loads((model / MARKER_FILE).read_text())
+    head = RankingHead.load(model)
+    assert head.cross_encoder == "cross-encoder" and head.blend >= 0
+    assert head.report["train_users"] > 0 and head.report["valid_users"] > 0
+    assert set(head.report["blend_table"]) >= {"0.0", "1.0"}
+    marker = json.loads((model / head.cross_encoder / MARKER_FILE).read_text())
     assert marker["train_examples"] > 0 and marker["valid_examples"] > 0
     assert set(marker["valid_after"]) >= {"ndcg@10", "mrr"}
 
 
-def test_engine_reranks_with_the_trained_model(trained, tmp_path, embedder):
+def _with_blend(model: Path, folder: Path, blend: float) -> Path:
+    """A copy of the trained model whose cross-encoder weight is ``blend``."""
+    shutil.copytree(model, folder)
+    head = RankingHead.load(folder)
+    head.blend = blend
+    head.save(folder)
+    return folder
+
+
+def test_full_tier_adds_the_cross_encoder_to_the_head(trained, tmp_path, embedder):
     root, model = trained
     path = tmp_path / "engine"
     shutil.copytree(root / "engine", path)
-    cfg = EngineConfig.load(path).replace(reranker_model=str(model), rerank_n=20, cache="none")
+    blended = _with_blend(model, tmp_path / "blended", 0.5)
+    cfg = EngineConfig.load(path).replace(reranker_model=str(blended), rerank_n=20, cache="none")
+    (path / "recsieve.toml").write_text(cfg.to_toml())
+    eng = Engine.open(path, embedder=embedder)
+    try:
+        eng.record([Event("x", "kit-001", "click"), Event("x", "kit-002", "click")])
+        view = eng.users.get("x")
+        recalled = eng._recall(view, eng.config.recall_n, None, None)
+        fast = eng.ranking_head.score(eng.features(view, recalled))
+        top = np.argsort(-fast, kind="stable")[:20]
+        texts = [eng.catalog.text(int(r)) for r in recalled.cands.rows[top]]
+        text = eng.reranker.score(eng.render_context(view, None), texts)
+        rows, scores = eng.rank(view)
+        expected = recalled.cands.rows[top][np.argsort(-(fast[top] + 0.5 * text), kind="stable")]
+        np.testing.assert_array_equal(rows[:20], expected)  # the head's top 20, re-ordered with the text score
+        assert set(rows[20:].tolist()) == set(recalled.cands.rows.tolist()) - set(expected.tolist())
+        assert np.all(np.diff(scores) <= 0)
+        eng.use_model(blended, tier="fast")
+        assert eng.reranker is None
+        fast_rows, _ = eng.rank(view)
+        np.testing.assert_array_equal(fast_rows, recalled.cands.rows[np.argsort(-fast, kind="stable")])
+    finally:
+        eng.close()
+
+
+def test_engine_reranks_with_a_bare_cross_encoder(trained, tmp_path, embedder):
+    root, model = trained
+    path = tmp_path / "engine"
+    shutil.copytree(root / "engine", path)
+    cfg = EngineConfig.load(path).replace(reranker_model=str(model / "cross-encoder"), rerank_n=20, cache="none")
     (path / "recsieve.toml").write_text(cfg.to_toml())
     eng = Engine.open(path, embedder=embedder)
     try:

@@ -336,7 +336,7 @@ class Engine:
         if not (path / RANKER_FILE).exists():
             return None, CrossEncoderReranker(str(path))
         head = RankingHead.load(path)
-        expected = feature_names(config.channels)
+        expected = self.feature_names()
         if head.features != expected:
             raise StoreError(
                 f"reranker_model {config.reranker_model!r} was trained on features {head.features}, "
@@ -655,7 +655,7 @@ class Engine:
             accept=accept,
         )
         lists = [ch.recall(request) for ch in channels]
-        return Recalled(fuse(lists, self.config.channel_weights, n), lists, channels, instruction)
+        return Recalled(fuse(lists, self.config.channel_weights, n), lists, channels, instruction, request)
 
     def recommend(
         self,
@@ -763,7 +763,12 @@ class Engine:
             profile=None if view is None else view.profile,
             recent_rows=[e.row for e in view.recent if e.weight > 0] if view is not None else [],
             instruction=recalled.instruction, popularity=counts, short_term=self.config.short_term_events,
+            extra=np.concatenate([ch.features(recalled.request, rows) for ch in recalled.channels], axis=1),
         )
+
+    def feature_names(self) -> tuple[str, ...]:
+        """The ranking head's feature layout for this engine's channels."""
+        return feature_names([c.name for c in self._channels], {c.name: c.extra_features for c in self._channels})
 
     def _order(self, view: UserView | None, recalled: Recalled, instruction: str | None, *, rerank: bool = True) -> np.ndarray:
         """Final scores of candidates: the ranking head's (plus the cross-encoder's on the top
@@ -949,6 +954,7 @@ class Recalled:
     lists: list[Candidates]
     channels: Sequence[RecallChannel]
     instruction: np.ndarray | None
+    request: RecallRequest
 
 
 def _model_version(config: EngineConfig, head: RankingHead | None) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,10 +50,12 @@ _SHARED_FEATURES = (
 )
 
 
-def feature_names(channels: Sequence[str]) -> tuple[str, ...]:
-    """The feature layout for an engine with these recall channels."""
+def feature_names(channels: Sequence[str], extras: Mapping[str, Sequence[str]] | None = None) -> tuple[str, ...]:
+    """The feature layout for an engine with these recall channels (``extras``: each channel's
+    own extra features, see :attr:`RecallChannel.extra_features`)."""
     per_channel = tuple(f"{c}.{what}" for c in channels for what in ("inv_rank", "score"))
-    return per_channel + _SHARED_FEATURES
+    extra = tuple(f"{c}.{x}" for c in channels for x in (extras or {}).get(c, ()))
+    return per_channel + _SHARED_FEATURES + extra
 
 
 def _unit(v: np.ndarray | None) -> np.ndarray | None:
@@ -72,6 +74,7 @@ def candidate_features(
     recent_rows: Sequence[int],
     instruction: np.ndarray | None,
     popularity: np.ndarray,
+    extra: np.ndarray | None = None,
     short_term: int = 5,
 ) -> np.ndarray:
     """Features of each candidate (``float32``, shape ``(len(cands), F)``, layout :func:`feature_names`).
@@ -79,7 +82,7 @@ def candidate_features(
     ``lists``: each channel's own candidates (same order as the channel names); ``vectors``:
     the engine's item vectors (indexed by row, unit length); ``recent_rows``: the user's
     positive recent items, most recent last; ``popularity``: positive-event counts of the
-    candidates' rows.
+    candidates' rows; ``extra``: the channels' own features, appended last.
     """
     rows = cands.rows
     n = rows.shape[0]
@@ -114,7 +117,8 @@ def candidate_features(
     cols.append(np.full(n, 1.0 if inst is not None else 0.0, np.float32))
     cols.append(np.log1p(np.asarray(popularity, np.float32)))
     cols.append(np.full(n, np.log1p(len(recent)), np.float32))
-    return np.stack(cols, axis=1).astype(np.float32, copy=False)
+    x = np.stack(cols, axis=1).astype(np.float32, copy=False)
+    return x if extra is None or extra.shape[1] == 0 else np.concatenate([x, extra.astype(np.float32)], axis=1)
 
 
 @dataclass

@@ -62,6 +62,8 @@ class RecallChannel(ABC):
     """One source of candidates. ``observe`` lets a channel learn from the event stream."""
 
     name: str = "channel"
+    #: Names of the extra ranking-head features :meth:`features` gives (beside rank and score).
+    extra_features: tuple[str, ...] = ()
 
     @abstractmethod
     def recall(self, request: RecallRequest) -> Candidates:
@@ -69,6 +71,11 @@ class RecallChannel(ABC):
 
     def observe(self, previous_row: int | None, row: int, positive: bool) -> None:  # noqa: B027
         """Learn from one event of a user (``previous_row``: that user's previous item). Default: nothing."""
+
+    def features(self, request: RecallRequest, rows: np.ndarray) -> np.ndarray:
+        """Extra features of candidate ``rows`` for the ranking head: ``float32``, shape
+        ``(len(rows), len(self.extra_features))``. Default: none."""
+        return np.zeros((len(rows), 0), np.float32)
 
 
 class VectorChannel(RecallChannel):
@@ -134,6 +141,7 @@ class TransitionsChannel(RecallChannel):
     """
 
     name = "transitions"
+    extra_features = ("last",)
 
     def __init__(self, depth: int = 10, decay: float = 0.7) -> None:
         self.depth = depth
@@ -162,6 +170,17 @@ class TransitionsChannel(RecallChannel):
                 for j, c in nxt.items():
                     scores[j] = scores.get(j, 0.0) + w * c
         return _top_accepted(scores, request)
+
+    def features(self, request: RecallRequest, rows: np.ndarray) -> np.ndarray:
+        """``last``: the share of transitions out of the user's last item that went to each row."""
+        out = np.zeros((len(rows), 1), np.float32)
+        if request.recent_rows:
+            last = request.recent_rows[-1]
+            with self._lock:
+                nxt, total = self._next.get(last), self._out.get(last, 0.0)
+                if nxt and total:
+                    out[:, 0] = [nxt.get(int(r), 0.0) / total for r in rows]
+        return out
 
 
 class PopularityChannel(RecallChannel):

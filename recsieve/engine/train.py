@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from recsieve.engine.engine import Engine
-from recsieve.engine.ranker import feature_names, fit_head, listwise_ndcg
+from recsieve.engine.ranker import fit_head, listwise_ndcg
 from recsieve.errors import InvalidInputError, UnknownItemError
 from recsieve.rerankers.training import (
     Example,
@@ -121,8 +121,9 @@ def train_engine_reranker(
                           loss=loss, seed=seed, progress=progress, overwrite=overwrite)
 
 
-def _last_positive(seq: Sequence[Step]) -> int | None:
-    return max((t for t in range(1, len(seq)) if EVENT_KINDS.get(seq[t].kind, 1.0) > 0), default=None)
+def _last_positives(seq: Sequence[Step], k: int) -> list[int]:
+    """Positions of the last ``k`` positive steps that have some history before them."""
+    return [t for t in range(1, len(seq)) if EVENT_KINDS.get(seq[t].kind, 1.0) > 0][-k:]
 
 
 @dataclass
@@ -142,20 +143,22 @@ def ranking_groups(
     sequences: dict[str, list[Step]],
     *,
     users: int | None = None,
+    steps_per_user: int = 1,
     seed: int = 0,
     progress: bool = False,
 ) -> tuple[list[RankingGroup], int]:
-    """Ranking examples for the head: each sampled user's last positive step, with recall run on
-    the history before it and on statistics (transitions, popularity) that leave every user's
-    last step out -- the head never learns from a feature that already counts its own label.
+    """Ranking examples for the head: each sampled user's last ``steps_per_user`` positive steps,
+    with recall run on the history before each and on statistics (transitions, popularity)
+    that leave every user's last ``steps_per_user`` steps out -- the head never learns from a
+    feature that already counts its own label.
 
     Returns the groups whose target was recalled and the number of users tried.
     """
     channels = engine._make_channels()
-    lasts: dict[str, int] = {}
+    lasts: dict[str, list[int]] = {}
     for u, seq in sequences.items():
-        last = _last_positive(seq)
-        cut = len(seq) if last is None else last
+        targets = _last_positives(seq, steps_per_user)
+        cut = targets[0] if targets else len(seq)
         prev = None
         for step in seq[:cut]:
             positive = engine.users.event_weight(step.kind, None) > 0
@@ -163,24 +166,25 @@ def ranking_groups(
                 ch.observe(prev, step.item, positive)
             if positive:
                 prev = step.item
-        if last is not None:
-            lasts[u] = last
+        if targets:
+            lasts[u] = targets
     ids = sorted(lasts)
     if users is not None and users < len(ids):
         ids = sorted(np.random.default_rng(seed).choice(ids, size=users, replace=False).tolist())
     groups = []
     for u in tqdm(ids, desc="ranking examples", unit="user", disable=not progress, leave=False):
-        seq, last = sequences[u], lasts[u]
-        history = seq[:last]
-        view = engine.history_view([s.item for s in history], [s.kind for s in history],
-                                   [s.ts if s.ts is not None else float(i) for i, s in enumerate(history)])
-        recalled = engine._recall(view, engine.config.recall_n, None, None, channels)
-        hit = np.flatnonzero(recalled.cands.rows == seq[last].item)
-        if hit.size == 0:
-            continue
-        now = seq[last].ts if seq[last].ts is not None else float(last)
-        groups.append(RankingGroup(u, engine.features(view, recalled), int(hit[0]), recalled.cands.rows,
-                                   engine.render_context(view, None, now=now)))
+        seq = sequences[u]
+        for last in lasts[u]:
+            history = seq[:last]
+            view = engine.history_view([s.item for s in history], [s.kind for s in history],
+                                       [s.ts if s.ts is not None else float(i) for i, s in enumerate(history)])
+            recalled = engine._recall(view, engine.config.recall_n, None, None, channels)
+            hit = np.flatnonzero(recalled.cands.rows == seq[last].item)
+            if hit.size == 0:
+                continue
+            now = seq[last].ts if seq[last].ts is not None else float(last)
+            groups.append(RankingGroup(u, engine.features(view, recalled), int(hit[0]), recalled.cands.rows,
+                                       engine.render_context(view, None, now=now)))
     return groups, len(ids)
 
 
@@ -221,11 +225,13 @@ def train_engine_ranker(
     events: Sequence[Event] | None = None,
     *,
     users: int | None = 4000,
+    steps_per_user: int = 3,
     valid_fraction: float = 0.1,
     hidden: int = 32,
     epochs: int = 60,
     train_cross_encoder: Callable[[Path], TrainReport] | None = None,
     blend_top: int = 20,
+    blend_groups: int = 300,
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
@@ -234,11 +240,11 @@ def train_engine_ranker(
     features and, when ``train_cross_encoder`` is given (a function that trains a cross-encoder
     into the folder it is passed, e.g. a :func:`functools.partial` of
     :func:`train_engine_reranker`), a cross-encoder whose weight in the ``full`` tier is fitted
-    on the head's validation users, re-scoring the head's top ``blend_top``. Returns the
-    training report.
+    on (at most ``blend_groups`` of) the head's validation examples, re-scoring the head's top
+    ``blend_top``. Returns the training report.
 
-    Users are split by id into training and validation (``valid_fraction``); each contributes
-    its last step (see :func:`ranking_groups`). The folder is assembled next to ``out`` and
+    Users are split at random into training and validation (``valid_fraction``); each
+    contributes its last ``steps_per_user`` steps (see :func:`ranking_groups`). The folder is assembled next to ``out`` and
     renamed into place when complete; an existing ``out`` is replaced only with ``overwrite``.
     """
     t0 = time.perf_counter()
@@ -248,14 +254,16 @@ def train_engine_ranker(
     if not 0.0 < valid_fraction < 1.0:
         raise InvalidInputError("valid_fraction", valid_fraction, "must be between 0 and 1")
     sequences = engine_sequences(engine, events)
-    groups, tried = ranking_groups(engine, sequences, users=users, seed=seed, progress=progress)
+    groups, tried = ranking_groups(engine, sequences, users=users, steps_per_user=steps_per_user, seed=seed,
+                                   progress=progress)
     rng = np.random.default_rng(seed)
-    is_valid = rng.random(len(groups)) < valid_fraction
-    train = [g for g, v in zip(groups, is_valid) if not v]
-    valid = [g for g, v in zip(groups, is_valid) if v]
+    user_ids = sorted({g.user_id for g in groups})
+    valid_users = {u for u, v in zip(user_ids, rng.random(len(user_ids)) < valid_fraction) if v}
+    train = [g for g in groups if g.user_id not in valid_users]
+    valid = [g for g in groups if g.user_id in valid_users]
     if len(train) < 2 or not valid:
         raise InvalidInputError("events", len(sequences), "too few users whose next item recall finds to train and validate")
-    head = fit_head([g.features for g in train], [g.target for g in train], feature_names(engine.config.channels),
+    head = fit_head([g.features for g in train], [g.target for g in train], engine.feature_names(),
                     valid=([g.features for g in valid], [g.target for g in valid]), hidden=hidden, epochs=epochs,
                     seed=seed)
     head_scores = [head.score(g.features) for g in valid]
@@ -274,10 +282,12 @@ def train_engine_ranker(
             ce_report = train_cross_encoder(work / "cross-encoder")
             ce = CrossEncoderReranker(str(work / "cross-encoder"))
             text_scores = []
-            for g, hs in zip(tqdm(valid, desc="blend", unit="user", disable=not progress, leave=False), head_scores):
+            fit_on = valid[:blend_groups]
+            for g, hs in zip(tqdm(fit_on, desc="blend", unit="user", disable=not progress, leave=False), head_scores):
                 order = np.argsort(-hs, kind="stable")[:blend_top]
                 text_scores.append(ce.score(g.context, [engine._item_text(int(r)) for r in g.rows[order]]))
-            head.blend, table = fit_blend(head_scores, text_scores, valid, blend_top)
+            head.blend, table = fit_blend(head_scores[: len(fit_on)], text_scores, fit_on, blend_top)
+            report["blend_groups"] = len(fit_on)
             head.cross_encoder = "cross-encoder"
             report.update(cross_encoder=ce_report.to_dict(), blend_table=table, blend=head.blend)
         report["seconds"] = round(time.perf_counter() - t0, 1)

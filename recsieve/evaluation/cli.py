@@ -9,13 +9,19 @@ from recsieve.errors import InvalidInputError
 
 __all__ = ["run_evaluation", "SYSTEMS"]
 
-SYSTEMS = ("popularity", "item-knn", "transitions", "sasrec", "text-zero-shot", "recsieve-recall", "recsieve")
+SYSTEMS = ("popularity", "item-knn", "transitions", "sasrec", "text-zero-shot", "recsieve-recall", "recsieve-fast",
+           "recsieve")
 
 
 def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = None, seed: int = 0,
-                   systems: str | list[str] = "popularity,transitions", reranker: str | None = None,
+                   systems: str | list[str] = "popularity,transitions", cross_encoder: bool = False,
                    progress: bool = True, channel_weights: tuple[float, ...] | None = None) -> dict[str, Any]:
-    """Load ``dataset`` from ``data_dir``, evaluate the named systems, print the table, return the report."""
+    """Load ``dataset`` from ``data_dir``, evaluate the named systems, print the table, return the report.
+
+    ``recsieve-fast`` and ``recsieve`` train the engine's re-ranker on the training part
+    (:func:`~recsieve.engine.train.train_engine_ranker`); ``recsieve`` serves the ``full`` tier,
+    which includes a cross-encoder only with ``cross_encoder=True`` (tens of minutes on 2 cores).
+    """
     from recsieve.embedding import SentenceTransformerEmbedder
     from recsieve.engine.config import EngineConfig
     from recsieve.evaluation.baselines import ItemKNN, Popularity, Transitions
@@ -50,15 +56,15 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
             built.append(EngineSystem(data, name=name, config=config, embedder=embedder, rerank=False,
                                       progress=progress))
         else:
-            if not reranker:
-                raise InvalidInputError("reranker", reranker, "the 'recsieve' system needs --reranker MODEL")
-            from recsieve.rerankers.cross_encoder import CrossEncoderReranker
-
-            built.append(EngineSystem(data, name=name, config=config, embedder=embedder,
-                                      reranker=CrossEncoderReranker(reranker), progress=progress))
+            fast = name == "recsieve-fast"
+            built.append(EngineSystem(data, name=name, config=config, embedder=embedder, train_ranker=True,
+                                      cross_encoder=cross_encoder and not fast, tier="fast" if fast else "full",
+                                      progress=progress))
     report = evaluate(data, built, users=users, seed=seed, progress=progress)
-    for system in built:
+    for system, row in zip(built, report["results"]):
         if isinstance(system, EngineSystem):
+            if system.train_report is not None:
+                row["train_report"] = system.train_report
             system.close()
     print(format_table(report))
     return report

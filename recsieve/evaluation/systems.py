@@ -69,12 +69,12 @@ class EngineSystem:
     def __init__(self, dataset: Dataset, *, name: str = "recsieve", config: EngineConfig | None = None,
                  embedder: Embedder | None = None, reranker: Reranker | None = None, rerank: bool = True,
                  train_ranker: bool = False, cross_encoder: bool = False, tier: str = "full",
-                 ranker_users: int | None = 4000, progress: bool = True) -> None:
+                 ranker_users: int | None = 4000, ranker_steps: int = 3, progress: bool = True) -> None:
         if rerank and reranker is None and not train_ranker and not (config and config.reranker_model):
             raise InvalidInputError("reranker", None, f"{name}: re-ranking needs a trained re-ranker")
         self.dataset, self.name, self.rerank, self.progress = dataset, name, rerank, progress
         self.train_ranker, self.cross_encoder, self.tier = train_ranker, cross_encoder, tier
-        self.ranker_users = ranker_users
+        self.ranker_users, self.ranker_steps = ranker_users, ranker_steps
         self.train_report: dict | None = None
         self.config = config or EngineConfig(index="flat", cache="none", refresh_threads=0)
         self.embedder = embedder or SentenceTransformerEmbedder(self.config.embedding_model)
@@ -113,6 +113,7 @@ class EngineSystem:
 
                 ce = partial(train_engine_reranker, self.engine, users=600, lr=3e-4, progress=self.progress)
             self.train_report = train_engine_ranker(self.engine, model, users=self.ranker_users,
+                                                    steps_per_user=self.ranker_steps,
                                                     train_cross_encoder=ce, progress=self.progress)
             self.engine.use_model(model, tier=self.tier)
 
