@@ -191,7 +191,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     sections = tuple(s.strip() for s in args.sections.split(",")) if args.sections else None
     kwargs = {"sections": sections} if sections else {}
     run_bench(quick=args.quick, json_out=args.json, plots_dir=args.plots, threads=args.threads,
-              reranker_model=args.reranker, progress=not args.quiet, **kwargs)
+              reranker_model=args.reranker, quality_report=args.quality, progress=not args.quiet, **kwargs)
     return 0
 
 
@@ -313,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plots", help="write PNG plots (latency CDF per stage, recall vs latency) into this folder")
     s.add_argument("--threads", type=int, default=2, help="threads pinned for FAISS and torch during the run (default 2)")
     s.add_argument("--sections", help="comma-separated subset of: index, engine, rerank (default: all)")
-    s.add_argument("--reranker", help="a trained re-ranker folder, to time the re-rank stage inside the engine")
+    s.add_argument("--reranker", help="a trained re-ranker folder for the engine (default: the bench trains a "
+                   "ranking head on its generated users and serves the fast tier)")
+    s.add_argument("--quality", help="an evaluation report (recsieve evaluate --json) with recsieve-fast and "
+                   "recsieve rows: gives rerank_ndcg_ratio (fast/full NDCG@10)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_bench)
 

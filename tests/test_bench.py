@@ -13,6 +13,7 @@ from recsieve.bench import (
     encoder_flops,
     exact_topk,
     latency_summary,
+    quality_ratio,
     recall_at_k,
     run_bench,
 )
@@ -41,9 +42,11 @@ def test_json_has_headline_keys_and_machine(tiny):
         assert key in written, key
     assert written["machine"]["versions"]["faiss-cpu"]
     assert written["machine"]["threads"] == 1
-    # no fast tier yet: explicitly null, with the reason noted
-    assert written["rerank_speedup_vs_naive"] is None and written["rerank_ndcg_ratio"] is None
-    assert any("rerank_speedup_vs_naive" in n for n in written["notes"])
+    # the fast tier ran (a head trained on the generated users); no quality report: null, with the reason
+    assert written["rerank_speedup_vs_naive"] > 0
+    assert written["engine"]["ranking_head"]["train_users"] > 0
+    assert written["rerank_ndcg_ratio"] is None
+    assert any("rerank_ndcg_ratio" in n for n in written["notes"])
     assert written["recall_at_100_vs_exact"] == result["recall_default"]["recall_at_100"]
 
 
@@ -68,7 +71,7 @@ def test_recalls_are_fractions_and_exact_search_is_exact(tiny):
 def test_engine_and_rerank_sections(tiny):
     _, written, _ = tiny
     eng = written["engine"]
-    assert {"embed", "recall", "cache_hit", "cold_request"} <= set(eng["stages"])
+    assert {"embed", "recall", "cache_hit", "cold_request", "rerank_fast"} <= set(eng["stages"])
     assert [r["threads"] for r in eng["throughput_uncached"]] == [1, 2, 4, 8]
     assert 0.0 <= eng["zipf"]["hit_ratio_steady"] <= 1.0
     assert eng["event_to_refresh"]["latency"]["n"] > 0
@@ -91,6 +94,16 @@ def test_plots_are_png_files(tiny):
 
 
 # -------------------------------------------------------------------------- helpers
+
+
+def test_quality_ratio_from_an_evaluation_report():
+    report = {"dataset": "d", "users": 3, "results": [
+        {"system": "recsieve-fast", "ndcg@10": 0.15},
+        {"system": "recsieve", "ndcg@10": 0.20, "train_report": {"blend": 0.3}}]}
+    q = quality_ratio(report)
+    assert q["ratio"] == pytest.approx(0.75) and q["full_blend"] == 0.3
+    with pytest.raises(InvalidInputError, match="recsieve-fast"):
+        quality_ratio({"results": [{"system": "recsieve", "ndcg@10": 0.2}]})
 
 
 def test_recall_at_k_hand_computed():

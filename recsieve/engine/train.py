@@ -259,6 +259,8 @@ def train_engine_ranker(
     rng = np.random.default_rng(seed)
     user_ids = sorted({g.user_id for g in groups})
     valid_users = {u for u, v in zip(user_ids, rng.random(len(user_ids)) < valid_fraction) if v}
+    if not valid_users and len(user_ids) >= 2:  # a small log: still hold one user out
+        valid_users = {user_ids[int(rng.integers(len(user_ids)))]}
     train = [g for g in groups if g.user_id not in valid_users]
     valid = [g for g in groups if g.user_id in valid_users]
     if len(train) < 2 or not valid:

@@ -69,7 +69,7 @@ class EngineSystem:
     def __init__(self, dataset: Dataset, *, name: str = "recsieve", config: EngineConfig | None = None,
                  embedder: Embedder | None = None, reranker: Reranker | None = None, rerank: bool = True,
                  train_ranker: bool = False, cross_encoder: bool = False, tier: str = "full",
-                 ranker_users: int | None = 4000, ranker_steps: int = 3, progress: bool = True) -> None:
+                 ranker_users: int | None = None, ranker_steps: int = 3, progress: bool = True) -> None:
         if rerank and reranker is None and not train_ranker and not (config and config.reranker_model):
             raise InvalidInputError("reranker", None, f"{name}: re-ranking needs a trained re-ranker")
         self.dataset, self.name, self.rerank, self.progress = dataset, name, rerank, progress
