@@ -37,7 +37,7 @@ def test_features_by_hand() -> None:
     fused = _cands([2, 0, 3])
     lists = [_cands([0, 2], [0.8, 0.4]), _cands([3], [2.0])]
     x = candidate_features(fused, lists, vectors, profile=np.array([0, 0, 2.0, 0]), recent_rows=[1, 2],
-                           instruction=None, popularity=np.array([3.0, 0.0, 1.0]))
+                           instruction=None, popularity=np.array([0.3, 0.0, 0.1]))
     names = feature_names(["a", "b"])
     assert x.shape == (3, len(names)) and x.dtype == np.float32
     col = {n: x[:, i] for i, n in enumerate(names)}
@@ -50,7 +50,7 @@ def test_features_by_hand() -> None:
     np.testing.assert_allclose(col["sim.recent_max"], [1.0, 0.0, 0.0])
     np.testing.assert_allclose(col["sim.short_term"], [1 / np.sqrt(2), 0.0, 0.0])
     assert not col["has_instruction"].any() and not col["sim.instruction"].any()
-    np.testing.assert_allclose(col["popularity"], np.log1p([3.0, 0.0, 1.0]))
+    np.testing.assert_allclose(col["popularity"], np.log1p([3000.0, 0.0, 1000.0]), rtol=1e-6)
     np.testing.assert_allclose(col["history_len"], np.log1p(2.0))
 
 

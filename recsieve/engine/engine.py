@@ -327,12 +327,11 @@ class Engine:
 
     def _load_models(self, config: EngineConfig) -> tuple[RankingHead | None, Reranker | None]:
         """The ranking head and cross-encoder ``config`` asks for (nothing is assigned)."""
-        if not config.reranker_model:
+        path = self._model_dir(config)
+        if path is None:
             return None, None
         from recsieve.rerankers.cross_encoder import CrossEncoderReranker
 
-        path = Path(config.reranker_model)
-        path = path if path.is_absolute() else self.directory / path
         if not (path / RANKER_FILE).exists():
             return None, CrossEncoderReranker(str(path))
         head = RankingHead.load(path)
@@ -371,19 +370,30 @@ class Engine:
         self._ensure_models()
         return self._reranker
 
-    def use_model(self, path: str | Path | None, *, tier: str | None = None) -> None:
+    def _model_dir(self, config: EngineConfig | None = None) -> Path | None:
+        """The model folder ``config`` (default: the serving one) names, or ``None``."""
+        config = config or self.config
+        if not config.reranker_model:
+            return None
+        path = Path(config.reranker_model)
+        return path if path.is_absolute() else self.directory / path
+
+    def use_model(self, path: str | Path | None, *, tier: str | None = None, persist: bool = False) -> None:
         """Serve with the model folder ``path`` (``None``: recall-only) in ``tier`` from now on.
 
         The new model is loaded completely before it replaces the old one, so a request never
         sees half of it and a model that fails to load leaves the old one serving. Cached
         results of the old model are not served again (the model version is in their keys).
-        The engine directory's config file is not changed.
+        ``persist=True`` also rewrites the engine directory's config file (atomically) to name
+        it, so a reopened engine serves it; otherwise the file is not changed.
         """
         self._check_open()
         config = replace(self.config, reranker_model="" if path is None else str(path),
                          rerank_tier=self.config.rerank_tier if tier is None else tier)
         head, reranker = self._load_models(config)
         with self._write_lock:
+            if persist:
+                atomic_write_text(self.directory / CONFIG_FILE, config.to_toml())
             self.config = config
             self._head, self._reranker, self._models_loaded = head, reranker, True
             self.model_version = _model_version(config, head)
@@ -757,7 +767,7 @@ class Engine:
         """The ranking head's features of recalled candidates (see :mod:`recsieve.engine.ranker`)."""
         pop = next((c for c in recalled.channels if isinstance(c, PopularityChannel)), None)
         rows = recalled.cands.rows
-        counts = np.array([pop.count(int(r)) for r in rows], np.float32) if pop else np.zeros(len(rows), np.float32)
+        counts = np.array([pop.share(int(r)) for r in rows], np.float32) if pop else np.zeros(len(rows), np.float32)
         return candidate_features(
             recalled.cands, recalled.lists, self._vectors,
             profile=None if view is None else view.profile,
@@ -865,6 +875,16 @@ class Engine:
             if sim >= best:
                 reason = f"matches your request {instruction!r}"
         return Recommendation(self.catalog.item_id(row), score, recall_score, rank, reason)
+
+    def learn(self, *, steps_per_user: int = 3, replay: int = 2000, epochs: int = 10,
+              budget_s: float | None = None) -> dict[str, Any]:
+        """Update the ranking head from events recorded since it was trained, mixed with a
+        replay of older examples, and switch to it atomically (see :mod:`recsieve.engine.learn`);
+        returns the update's report (``updated``: whether the head was replaced)."""
+        from recsieve.engine.learn import learn
+
+        self._check_open()
+        return learn(self, steps_per_user=steps_per_user, replay=replay, epochs=epochs, budget_s=budget_s)
 
     # -- persistence -------------------------------------------------------------------
 

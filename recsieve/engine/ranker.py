@@ -81,8 +81,8 @@ def candidate_features(
 
     ``lists``: each channel's own candidates (same order as the channel names); ``vectors``:
     the engine's item vectors (indexed by row, unit length); ``recent_rows``: the user's
-    positive recent items, most recent last; ``popularity``: positive-event counts of the
-    candidates' rows; ``extra``: the channels' own features, appended last.
+    positive recent items, most recent last; ``popularity``: each candidate's share of all
+    positive events (the feature is ``log1p(10_000 * share)``); ``extra``: the channels' own features, appended last.
     """
     rows = cands.rows
     n = rows.shape[0]
@@ -115,7 +115,7 @@ def candidate_features(
     inst = _unit(instruction)
     cols.append(item @ inst if inst is not None else zero)
     cols.append(np.full(n, 1.0 if inst is not None else 0.0, np.float32))
-    cols.append(np.log1p(np.asarray(popularity, np.float32)))
+    cols.append(np.log1p(10_000.0 * np.asarray(popularity, np.float32)))
     cols.append(np.full(n, np.log1p(len(recent)), np.float32))
     x = np.stack(cols, axis=1).astype(np.float32, copy=False)
     return x if extra is None or extra.shape[1] == 0 else np.concatenate([x, extra.astype(np.float32)], axis=1)
@@ -214,12 +214,18 @@ def fit_head(
     weight_decay: float = 1e-4,
     batch: int = 256,
     seed: int = 0,
+    init: RankingHead | None = None,
+    budget_s: float | None = None,
 ) -> RankingHead:
     """Train a head with a listwise softmax loss: each group is one request's candidates
     (features ``(n_i, F)``), ``targets[i]`` the position of the item the user took next.
 
     With ``valid``, the epoch with the best validation NDCG@10 is kept (early stopping).
+    ``init``: continue from this head (its normalisation and weights; ``hidden`` is then
+    its). ``budget_s``: stop after the epoch that exceeds this many seconds.
     """
+    import time
+
     import torch
 
     if not groups or len(groups) != len(targets):
@@ -230,9 +236,14 @@ def fit_head(
             raise InvalidInputError(f"groups[{i}]", g.shape, f"expected (n, {f})")
         if not 0 <= t < g.shape[0]:
             raise InvalidInputError(f"targets[{i}]", t, f"must index a candidate of its group (0..{g.shape[0] - 1})")
-    allx = np.concatenate(list(groups))
-    mean = allx.mean(0).astype(np.float32)
-    std = np.maximum(allx.std(0), 1e-6).astype(np.float32)
+    if init is not None:
+        if tuple(init.features) != tuple(names):
+            raise InvalidInputError("init", init.features, f"was trained on other features than {tuple(names)}")
+        mean, std, hidden = init.mean, init.std, init.b1.shape[0]
+    else:
+        allx = np.concatenate(list(groups))
+        mean = allx.mean(0).astype(np.float32)
+        std = np.maximum(allx.std(0), 1e-6).astype(np.float32)
     width = max(g.shape[0] for g in groups)
 
     def pack(gs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,6 +259,13 @@ def fit_head(
     x, mask = pack(groups)
     y = torch.as_tensor(np.asarray(targets, np.int64))
     model = torch.nn.Sequential(torch.nn.Linear(f, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    if init is not None:
+        with torch.no_grad():
+            model[0].weight.copy_(torch.from_numpy(init.w1.T.copy()))
+            model[0].bias.copy_(torch.from_numpy(init.b1))
+            model[2].weight.copy_(torch.from_numpy(init.w2[None, :].copy()))
+            model[2].bias.fill_(init.b2)
+    started = time.perf_counter()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
 
@@ -261,7 +279,14 @@ def fit_head(
         return float(np.mean([listwise_ndcg(head.score(g), t) for g, t in zip(*valid)]))
 
     best, best_score, history = head_of(), -1.0, []
+    if valid is not None and init is not None:  # an update must beat the head it started from
+        best_score = valid_ndcg(best)
+        history.append(round(best_score, 5))
+    epochs_run = 0
     for _ in range(epochs):
+        if budget_s is not None and time.perf_counter() - started > budget_s:
+            break
+        epochs_run += 1
         model.train()
         for idx in torch.randperm(len(groups), generator=gen).split(batch):
             logits = model(x[idx]).squeeze(-1).masked_fill(~mask[idx], -1e9)
@@ -277,6 +302,6 @@ def fit_head(
         history.append(round(score, 5))
         if score > best_score:
             best, best_score = head, score
-    best.report = {"train_groups": len(groups), "epochs": epochs, "hidden": hidden,
+    best.report = {"train_groups": len(groups), "epochs": epochs_run, "hidden": hidden,
                    "valid_ndcg@10": best_score if valid is not None else None, "valid_history": history}
     return best

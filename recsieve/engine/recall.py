@@ -191,6 +191,7 @@ class PopularityChannel(RecallChannel):
     def __init__(self, num_rows: Callable[[], int]) -> None:
         self._num_rows = num_rows
         self._counts = np.zeros(0, dtype=np.float64)
+        self._total = 0.0
         self._lock = threading.Lock()
 
     def observe(self, previous_row: int | None, row: int, positive: bool) -> None:
@@ -202,10 +203,16 @@ class PopularityChannel(RecallChannel):
                 grown[: self._counts.shape[0]] = self._counts
                 self._counts = grown
             self._counts[row] += 1.0
+            self._total += 1.0
 
     def count(self, row: int) -> float:
         """How many positive events ``row`` has."""
         return float(self._counts[row]) if row < self._counts.shape[0] else 0.0
+
+    def share(self, row: int) -> float:
+        """``row``'s share of all positive events (0 when there are none): a rate that does not
+        grow with the log, so statistics over part of the users read like those over all."""
+        return self.count(row) / self._total if self._total else 0.0
 
     def recall(self, request: RecallRequest) -> Candidates:
         n_rows = self._num_rows()

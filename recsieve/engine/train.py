@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,37 +144,67 @@ def ranking_groups(
     *,
     users: int | None = None,
     steps_per_user: int = 1,
+    folds: int = 4,
     seed: int = 0,
     progress: bool = False,
+    new_from: Mapping[str, int] | None = None,
 ) -> tuple[list[RankingGroup], int]:
     """Ranking examples for the head: each sampled user's last ``steps_per_user`` positive steps,
-    with recall run on the history before each and on statistics (transitions, popularity)
-    that leave every user's last ``steps_per_user`` steps out -- the head never learns from a
-    feature that already counts its own label.
+    with recall run on the history before each.
+
+    Recall statistics (transitions, popularity) are cross-fitted: users are split at random
+    into ``folds`` folds, and a user's examples are built on statistics of the *other* folds'
+    users only -- the head never learns from a feature that already counts its own label,
+    while everyone else's behaviour up to the present (a trend, a newly popular item) is
+    there to learn from. ``new_from``: only positions from ``new_from[user]`` on may be
+    targets (users not in it give none) -- for continual updates.
 
     Returns the groups whose target was recalled and the number of users tried.
     """
-    channels = engine._make_channels()
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise InvalidInputError("folds", folds, "must be an integer >= 2")
     lasts: dict[str, list[int]] = {}
     for u, seq in sequences.items():
         targets = _last_positives(seq, steps_per_user)
-        cut = targets[0] if targets else len(seq)
-        prev = None
-        for step in seq[:cut]:
-            positive = engine.users.event_weight(step.kind, None) > 0
-            for ch in channels:
-                ch.observe(prev, step.item, positive)
-            if positive:
-                prev = step.item
+        if new_from is not None:
+            targets = [t for t in targets if t >= new_from.get(u, len(seq))]
         if targets:
             lasts[u] = targets
+    rng = np.random.default_rng(seed)
     ids = sorted(lasts)
     if users is not None and users < len(ids):
-        ids = sorted(np.random.default_rng(seed).choice(ids, size=users, replace=False).tolist())
+        ids = sorted(rng.choice(ids, size=users, replace=False).tolist())
+    everyone = sorted(sequences)
+    fold_of = dict(zip(everyone, rng.permutation(len(everyone)) % folds))
+    groups: list[RankingGroup] = []
+    for f in range(folds):
+        channels = engine._make_channels()
+        for u in everyone:
+            if fold_of[u] != f:
+                observe_steps(engine, channels, sequences[u])
+        mine = {u: lasts[u] for u in ids if fold_of[u] == f}
+        groups += groups_for(engine, sequences, mine, channels, progress=progress)
+    return groups, len(ids)
+
+
+def observe_steps(engine: Engine, channels: Sequence[Any], steps: Sequence[Step]) -> None:
+    """Feed one user's steps, in order, to recall channels' statistics (as the engine does)."""
+    prev = None
+    for step in steps:
+        positive = engine.users.event_weight(step.kind, None) > 0
+        for ch in channels:
+            ch.observe(prev, step.item, positive)
+        if positive:
+            prev = step.item
+
+
+def groups_for(engine: Engine, sequences: dict[str, list[Step]], targets: dict[str, list[int]],
+               channels: Sequence[Any], *, progress: bool = False) -> list[RankingGroup]:
+    """A :class:`RankingGroup` per (user, target position) whose target recall (on ``channels``) finds."""
     groups = []
-    for u in tqdm(ids, desc="ranking examples", unit="user", disable=not progress, leave=False):
+    for u in tqdm(sorted(targets), desc="ranking examples", unit="user", disable=not progress, leave=False):
         seq = sequences[u]
-        for last in lasts[u]:
+        for last in targets[u]:
             history = seq[:last]
             view = engine.history_view([s.item for s in history], [s.kind for s in history],
                                        [s.ts if s.ts is not None else float(i) for i, s in enumerate(history)])
@@ -185,7 +215,37 @@ def ranking_groups(
             now = seq[last].ts if seq[last].ts is not None else float(last)
             groups.append(RankingGroup(u, engine.features(view, recalled), int(hit[0]), recalled.cands.rows,
                                        engine.render_context(view, None, now=now)))
-    return groups, len(ids)
+    return groups
+
+
+def save_replay(folder: Path, groups: Sequence[RankingGroup], limit: int = 2000, seed: int = 0) -> None:
+    """Keep a sample of (at most ``limit``) training groups beside a head, for replay in later updates."""
+    if len(groups) > limit:
+        pick = np.random.default_rng(seed).choice(len(groups), size=limit, replace=False)
+        groups = [groups[i] for i in sorted(pick)]
+    if not groups:
+        return
+    tmp = folder / "replay.npz.tmp"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, x=np.concatenate([g.features for g in groups]).astype(np.float16),
+                 sizes=np.array([len(g.rows) for g in groups], np.int64),
+                 targets=np.array([g.target for g in groups], np.int64),
+                 users=np.array([g.user_id for g in groups]))
+    tmp.replace(folder / "replay.npz")
+
+
+def load_replay(folder: Path) -> list[RankingGroup]:
+    """The replay sample saved by :func:`save_replay` (empty when there is none)."""
+    path = folder / "replay.npz"
+    if not path.exists():
+        return []
+    with np.load(path, allow_pickle=False) as z:
+        x, sizes, targets, users = z["x"].astype(np.float32), z["sizes"], z["targets"], z["users"]
+    out, start = [], 0
+    for n, t, u in zip(sizes.tolist(), targets.tolist(), users.tolist()):
+        out.append(RankingGroup(str(u), x[start:start + n], int(t), np.zeros(n, np.int64), ""))
+        start += n
+    return out
 
 
 def _mean_ndcg(scores: Sequence[np.ndarray], groups: Sequence[RankingGroup]) -> float:
@@ -294,8 +354,10 @@ def train_engine_ranker(
             report.update(cross_encoder=ce_report.to_dict(), blend_table=table, blend=head.blend)
         report["seconds"] = round(time.perf_counter() - t0, 1)
         report["trained_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        report["journal_seq"] = engine.journal.last_seq if events is None else 0
         head.report = {**head.report, **report}
         head.save(work)
+        save_replay(work, train)
         if out_path.exists():
             shutil.rmtree(out_path)
         work.rename(out_path)
