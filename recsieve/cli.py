@@ -109,6 +109,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learn(args: argparse.Namespace) -> int:
+    with Engine.open(args.dir) as engine:
+        report = engine.learn(steps_per_user=args.steps_per_user, replay=args.replay, epochs=args.epochs,
+                              budget_s=args.budget_s)
+        if report["updated"]:
+            engine.save()
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     items = resources.files("recsieve") / "data" / "demo_items.jsonl"
     with tempfile.TemporaryDirectory(prefix="recsieve-demo-") as tmp:
@@ -319,6 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "recsieve rows: gives rerank_ndcg_ratio (fast/full NDCG@10)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("learn", help="update the ranking head from events recorded since it was trained",
+                       description="Continue training the serving ranking head on each user's new steps (since "
+                       "the head was trained) mixed with a replay of older examples; the new head is kept only if "
+                       "it does at least as well on held-out new examples, written to DIR/models/, and named in "
+                       "DIR/recsieve.toml. Prints the update's report as JSON.")
+    s.add_argument("dir", help="engine directory (its config must name a trained ranking head)")
+    s.add_argument("--steps-per-user", type=int, default=3, help="each user's last N new steps become examples (default 3)")
+    s.add_argument("--replay", type=int, default=2000, help="older examples mixed in, at most (default 2000)")
+    s.add_argument("--epochs", type=int, default=10, help="epochs of continued training (default 10)")
+    s.add_argument("--budget-s", type=float, help="stop training after the epoch that passes this many seconds")
+    s.set_defaults(func=cmd_learn)
 
     s = sub.add_parser("stats", help="print engine counts as JSON")
     s.add_argument("dir", help="engine directory")

@@ -157,3 +157,20 @@ def test_background_learner_updates_on_schedule(trained) -> None:
     finally:
         learner.stop(timeout=30)
     assert learner.updates == 1 and eng.ranking_head.report["journal_seq"] == eng.journal.last_seq
+
+
+def test_learn_cli(trained, embedder, capsys, monkeypatch) -> None:
+    import json
+
+    from recsieve.cli import main
+
+    eng = trained
+    eng.record(_phase_two(range(150), 9000.0, 1))
+    eng.save()
+    eng.close()
+    assert main(["learn", str(eng.directory), "--epochs", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["updated"] and report["new_examples"] > 0
+    assert EngineConfig.load(eng.directory).reranker_model == report["model"]
+    assert main(["learn", str(eng.directory)]) == 0
+    assert json.loads(capsys.readouterr().out)["reason"] == "no new events"
