@@ -109,6 +109,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_stream(args: argparse.Namespace) -> int:
+    from recsieve.evaluation.cli import run_streaming
+
+    report = run_streaming(args.dataset, args.data_dir, chunks=args.chunks, start=args.start, eval_users=args.eval_users,
+                           ranker_users=args.ranker_users, seed=args.seed, progress=not args.quiet)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
 def cmd_learn(args: argparse.Namespace) -> int:
     with Engine.open(args.dir) as engine:
         report = engine.learn(steps_per_user=args.steps_per_user, replay=args.replay, epochs=args.epochs,
@@ -315,6 +326,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write the report as JSON to this path")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("evaluate-stream", help="streaming evaluation: never updating vs learn() vs full retraining",
+                       description="Replay a dataset in time order (timestamps, else each event's relative position "
+                       "in its user's history): train a ranking head on the first part, then before each chunk "
+                       "measure NDCG@10 on the chunk's next items for three heads -- never updated, updated by "
+                       "learn() after each chunk, retrained from scratch after each chunk -- and time the updates.")
+    s.add_argument("--dataset", required=True, choices=("ml-1m", "ml-100k", "amazon-scientific", "custom"),
+                   help="dataset format")
+    s.add_argument("--data-dir", required=True, help="folder holding the dataset's files")
+    s.add_argument("--chunks", type=int, default=4, help="chunks after the training part (default 4)")
+    s.add_argument("--start", type=float, default=0.5, help="share of the stream used for initial training (default 0.5)")
+    s.add_argument("--eval-users", type=int, default=500, help="users evaluated per chunk, seeded sample (default 500)")
+    s.add_argument("--ranker-users", type=int, default=2000,
+                   help="users sampled for each training or update of the head (default 2000)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--json", help="also write the report as JSON to this path")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_evaluate_stream)
 
     s = sub.add_parser("bench", help="latency benchmark: index, engine stages, cache, re-ranker (JSON + PNG plots)")
     s.add_argument("--quick", action="store_true", help="10k and 100k vectors and smaller loads (a few minutes) "

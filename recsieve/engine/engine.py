@@ -876,7 +876,7 @@ class Engine:
                 reason = f"matches your request {instruction!r}"
         return Recommendation(self.catalog.item_id(row), score, recall_score, rank, reason)
 
-    def learn(self, *, steps_per_user: int = 3, replay: int = 2000, epochs: int = 10,
+    def learn(self, *, steps_per_user: int = 3, replay: int = 2000, epochs: int = 10, users: int | None = None,
               budget_s: float | None = None) -> dict[str, Any]:
         """Update the ranking head from events recorded since it was trained, mixed with a
         replay of older examples, and switch to it atomically (see :mod:`recsieve.engine.learn`);
@@ -884,7 +884,8 @@ class Engine:
         from recsieve.engine.learn import learn
 
         self._check_open()
-        return learn(self, steps_per_user=steps_per_user, replay=replay, epochs=epochs, budget_s=budget_s)
+        return learn(self, steps_per_user=steps_per_user, replay=replay, epochs=epochs, users=users,
+                     budget_s=budget_s)
 
     # -- persistence -------------------------------------------------------------------
 

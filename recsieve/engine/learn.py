@@ -57,6 +57,7 @@ def learn(
     epochs: int = 10,
     lr: float = 1e-3,
     valid_fraction: float = 0.2,
+    users: int | None = None,
     budget_s: float | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -64,6 +65,7 @@ def learn(
 
     ``steps_per_user``: each user's last N new positive steps become examples; ``replay``:
     older examples mixed in (at most); ``epochs`` and ``lr`` of the continued training;
+    ``users``: a seeded sample of this many users with new steps (default: all);
     ``budget_s``: stop training after the epoch that exceeds it. The report says whether the
     head was replaced (``updated``) and why not when it was not.
     """
@@ -87,7 +89,8 @@ def learn(
         first = next((i for i, (_, q, _) in enumerate(steps) if q > since), None)
         if first is not None:
             new_from[u] = first
-    fresh, tried = ranking_groups(engine, sequences, steps_per_user=steps_per_user, new_from=new_from)
+    fresh, tried = ranking_groups(engine, sequences, users=users, steps_per_user=steps_per_user, new_from=new_from,
+                                  seed=seed)
     report.update(users=tried, new_examples=len(fresh))
     if len(fresh) < 2:
         return {**report, "reason": "too few new examples recall finds", "seconds": round(time.perf_counter() - t0, 3)}

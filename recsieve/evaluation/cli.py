@@ -7,7 +7,7 @@ from typing import Any
 
 from recsieve.errors import InvalidInputError
 
-__all__ = ["run_evaluation", "SYSTEMS"]
+__all__ = ["run_evaluation", "run_streaming", "SYSTEMS"]
 
 SYSTEMS = ("popularity", "item-knn", "transitions", "sasrec", "text-zero-shot", "recsieve-recall", "recsieve-fast",
            "recsieve")
@@ -67,4 +67,27 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
                 row["train_report"] = system.train_report
             system.close()
     print(format_table(report))
+    return report
+
+
+def run_streaming(dataset: str, data_dir: str | Path, *, chunks: int = 4, start: float = 0.5, eval_users: int = 500,
+                  ranker_users: int | None = 2000, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Load ``dataset``, run :func:`~recsieve.evaluation.streaming.streaming_evaluation`, print a table."""
+    from recsieve.evaluation.datasets import load_dataset
+    from recsieve.evaluation.streaming import STRATEGIES, streaming_evaluation
+
+    report = streaming_evaluation(load_dataset(dataset, data_dir), chunks=chunks, start=start, eval_users=eval_users,
+                                  ranker_users=ranker_users, seed=seed, progress=progress)
+    print(f"{report['dataset']}: {report['events']:,} events in stream order by {report['order']}; "
+          f"first {start:.0%} to train, then {chunks} chunks")
+    print("chunk  users  " + "  ".join(f"{s:>10}" for s in STRATEGIES) + "  continual_s  retrain_s")
+    for r in report["chunks"]:
+        vals = "  ".join(f"{r[f'ndcg@10_{s}']:10.4f}" if r[f"ndcg@10_{s}"] is not None else f"{'-':>10}"
+                         for s in STRATEGIES)
+        print(f"{r['chunk']:>5}  {r['evaluated_users']:>5}  {vals}  {r.get('continual_seconds', 0):11.1f}  "
+              f"{r.get('retrain_seconds', 0):9.1f}")
+    print("mean NDCG@10 over chunks 2..: " + ", ".join(f"{s} {report[f'mean_ndcg@10_{s}']:.4f}" for s in STRATEGIES
+                                                        if report[f"mean_ndcg@10_{s}"] is not None)
+          + f"; update time: continual {report['continual_seconds_total']:.0f}s, "
+            f"retrain {report['retrain_seconds_total']:.0f}s")
     return report
