@@ -114,10 +114,22 @@ def cmd_evaluate_stream(args: argparse.Namespace) -> int:
 
     report = run_streaming(args.dataset, args.data_dir, chunks=args.chunks, start=args.start, eval_users=args.eval_users,
                            ranker_users=args.ranker_users, seed=args.seed, progress=not args.quiet)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _write_json(args.json, report)
     return 0
+
+
+def cmd_evaluate_instructions(args: argparse.Namespace) -> int:
+    from recsieve.evaluation.cli import run_instructions
+
+    report = run_instructions(args.dataset, args.data_dir, users=args.users, seed=args.seed, progress=not args.quiet)
+    _write_json(args.json, report)
+    return 0
+
+
+def _write_json(path: str | None, report: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
@@ -201,8 +213,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cross_encoder=args.cross_encoder, progress=not args.quiet,
         channel_weights=tuple(float(w) for w in args.channel_weights.split(",")) if args.channel_weights else None,
     )
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _write_json(args.json, report)
     return 0
 
 
@@ -344,6 +355,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write the report as JSON to this path")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_evaluate_stream)
+
+    s = sub.add_parser("evaluate-instructions", help="instruction following: hit rate and satisfying share of the "
+                       "top 10, with and without a request and with and without instruction training",
+                       description="For held-out users, make a plain-words request from the held-out target's own "
+                       "category or decade; compare no request, the request with a head trained without requests, "
+                       "and the request with a head trained with requests on half of its examples.")
+    s.add_argument("--dataset", required=True, choices=("ml-1m", "ml-100k", "amazon-scientific", "custom"),
+                   help="dataset format (items need categories or a year)")
+    s.add_argument("--data-dir", required=True, help="folder holding the dataset's files")
+    s.add_argument("--users", type=int, default=500, help="held-out users, seeded sample (default 500)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--json", help="also write the report as JSON to this path")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_evaluate_instructions)
 
     s = sub.add_parser("bench", help="latency benchmark: index, engine stages, cache, re-ranker (JSON + PNG plots)")
     s.add_argument("--quick", action="store_true", help="10k and 100k vectors and smaller loads (a few minutes) "

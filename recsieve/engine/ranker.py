@@ -243,7 +243,11 @@ def fit_head(
     else:
         allx = np.concatenate(list(groups))
         mean = allx.mean(0).astype(np.float32)
-        std = np.maximum(allx.std(0), 1e-6).astype(np.float32)
+        std = allx.std(0).astype(np.float32)
+    # A feature that never varied in training (no request was ever given, say) carries no
+    # learned meaning: its weights are pinned at zero, so an unseen value cannot swing scores.
+    constant = std < 1e-6
+    std = np.where(constant, 1.0, std).astype(np.float32)
     width = max(g.shape[0] for g in groups)
 
     def pack(gs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,6 +275,7 @@ def fit_head(
 
     def head_of() -> RankingHead:
         w1, b1 = model[0].weight.detach().numpy().T.copy(), model[0].bias.detach().numpy().copy()
+        w1[constant] = 0.0
         w2, b2 = model[2].weight.detach().numpy()[0].copy(), float(model[2].bias.detach()[0])
         return RankingHead(tuple(names), mean, std, w1, b1, w2, b2)
 

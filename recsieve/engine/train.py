@@ -148,6 +148,7 @@ def ranking_groups(
     seed: int = 0,
     progress: bool = False,
     new_from: Mapping[str, int] | None = None,
+    instruction_for: Callable[[int], str | None] | None = None,
 ) -> tuple[list[RankingGroup], int]:
     """Ranking examples for the head: each sampled user's last ``steps_per_user`` positive steps,
     with recall run on the history before each.
@@ -157,7 +158,8 @@ def ranking_groups(
     users only -- the head never learns from a feature that already counts its own label,
     while everyone else's behaviour up to the present (a trend, a newly popular item) is
     there to learn from. ``new_from``: only positions from ``new_from[user]`` on may be
-    targets (users not in it give none) -- for continual updates.
+    targets (users not in it give none) -- for continual updates. ``instruction_for``: see
+    :func:`groups_for`.
 
     Returns the groups whose target was recalled and the number of users tried.
     """
@@ -183,7 +185,7 @@ def ranking_groups(
             if fold_of[u] != f:
                 observe_steps(engine, channels, sequences[u])
         mine = {u: lasts[u] for u in ids if fold_of[u] == f}
-        groups += groups_for(engine, sequences, mine, channels, progress=progress)
+        groups += groups_for(engine, sequences, mine, channels, progress=progress, instruction_for=instruction_for)
     return groups, len(ids)
 
 
@@ -199,8 +201,13 @@ def observe_steps(engine: Engine, channels: Sequence[Any], steps: Sequence[Step]
 
 
 def groups_for(engine: Engine, sequences: dict[str, list[Step]], targets: dict[str, list[int]],
-               channels: Sequence[Any], *, progress: bool = False) -> list[RankingGroup]:
-    """A :class:`RankingGroup` per (user, target position) whose target recall (on ``channels``) finds."""
+               channels: Sequence[Any], *, progress: bool = False,
+               instruction_for: Callable[[int], str | None] | None = None) -> list[RankingGroup]:
+    """A :class:`RankingGroup` per (user, target position) whose target recall (on ``channels``) finds.
+
+    ``instruction_for(target_row)``: a request the target satisfies, or ``None``; when given,
+    recall, features and context read it as serving would.
+    """
     groups = []
     for u in tqdm(sorted(targets), desc="ranking examples", unit="user", disable=not progress, leave=False):
         seq = sequences[u]
@@ -208,13 +215,15 @@ def groups_for(engine: Engine, sequences: dict[str, list[Step]], targets: dict[s
             history = seq[:last]
             view = engine.history_view([s.item for s in history], [s.kind for s in history],
                                        [s.ts if s.ts is not None else float(i) for i, s in enumerate(history)])
-            recalled = engine._recall(view, engine.config.recall_n, None, None, channels)
+            text = instruction_for(seq[last].item) if instruction_for is not None else None
+            inst = engine.embed_text(text, "instruction") if text is not None else None
+            recalled = engine._recall(view, engine.config.recall_n, inst, None, channels)
             hit = np.flatnonzero(recalled.cands.rows == seq[last].item)
             if hit.size == 0:
                 continue
             now = seq[last].ts if seq[last].ts is not None else float(last)
             groups.append(RankingGroup(u, engine.features(view, recalled), int(hit[0]), recalled.cands.rows,
-                                       engine.render_context(view, None, now=now)))
+                                       engine.render_context(view, text, now=now)))
     return groups
 
 
@@ -286,6 +295,7 @@ def train_engine_ranker(
     *,
     users: int | None = 4000,
     steps_per_user: int = 3,
+    instruction_share: float = 0.0,
     valid_fraction: float = 0.1,
     hidden: int = 32,
     epochs: int = 60,
@@ -304,7 +314,10 @@ def train_engine_ranker(
     ``blend_top``. Returns the training report.
 
     Users are split at random into training and validation (``valid_fraction``); each
-    contributes its last ``steps_per_user`` steps (see :func:`ranking_groups`). The folder is assembled next to ``out`` and
+    contributes its last ``steps_per_user`` steps (see :func:`ranking_groups`). With
+    ``instruction_share`` > 0, that share of examples carries a plain-words request made from
+    the target's own attributes (:func:`~recsieve.engine.requests.request_for`), so the head
+    learns how much an instruction should count. The folder is assembled next to ``out`` and
     renamed into place when complete; an existing ``out`` is replaced only with ``overwrite``.
     """
     t0 = time.perf_counter()
@@ -313,9 +326,23 @@ def train_engine_ranker(
         raise InvalidInputError("out", str(out_path), "already exists; pass overwrite=True to replace it")
     if not 0.0 < valid_fraction < 1.0:
         raise InvalidInputError("valid_fraction", valid_fraction, "must be between 0 and 1")
+    if not 0.0 <= instruction_share <= 1.0:
+        raise InvalidInputError("instruction_share", instruction_share, "must be between 0 and 1")
     sequences = engine_sequences(engine, events)
+    instruction_for = None
+    if instruction_share > 0:
+        from recsieve.engine.requests import request_for
+
+        ask = np.random.default_rng(seed + 1)
+
+        def instruction_for(row: int) -> str | None:
+            if ask.random() >= instruction_share:
+                return None
+            request = request_for(engine.catalog.get(engine.catalog.item_id(row)), ask)
+            return None if request is None else request.text
+
     groups, tried = ranking_groups(engine, sequences, users=users, steps_per_user=steps_per_user, seed=seed,
-                                   progress=progress)
+                                   progress=progress, instruction_for=instruction_for)
     rng = np.random.default_rng(seed)
     user_ids = sorted({g.user_id for g in groups})
     valid_users = {u for u, v in zip(user_ids, rng.random(len(user_ids)) < valid_fraction) if v}

@@ -7,7 +7,7 @@ from typing import Any
 
 from recsieve.errors import InvalidInputError
 
-__all__ = ["run_evaluation", "run_streaming", "SYSTEMS"]
+__all__ = ["run_evaluation", "run_streaming", "run_instructions", "SYSTEMS"]
 
 SYSTEMS = ("popularity", "item-knn", "transitions", "sasrec", "text-zero-shot", "recsieve-recall", "recsieve-fast",
            "recsieve")
@@ -90,4 +90,18 @@ def run_streaming(dataset: str, data_dir: str | Path, *, chunks: int = 4, start:
                                                         if report[f"mean_ndcg@10_{s}"] is not None)
           + f"; update time: continual {report['continual_seconds_total']:.0f}s, "
             f"retrain {report['retrain_seconds_total']:.0f}s")
+    return report
+
+
+def run_instructions(dataset: str, data_dir: str | Path, *, users: int = 500, seed: int = 0,
+                     progress: bool = True) -> dict[str, Any]:
+    """Load ``dataset``, run :func:`~recsieve.evaluation.instructions.instruction_evaluation`, print a table."""
+    from recsieve.evaluation.datasets import load_dataset
+    from recsieve.evaluation.instructions import instruction_evaluation
+
+    report = instruction_evaluation(load_dataset(dataset, data_dir), users=users, seed=seed, progress=progress)
+    print(f"{report['dataset']}: {report['users']} held-out users, {report['protocol']}")
+    print(f"{'condition':<22} {'hr@10':>7} {'ndcg@10':>8} {'satisfying@10':>14}")
+    for r in report["results"]:
+        print(f"{r['condition']:<22} {r['hr@10']:7.4f} {r['ndcg@10']:8.4f} {r['satisfying@10']:14.4f}")
     return report
