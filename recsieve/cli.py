@@ -126,6 +126,15 @@ def cmd_evaluate_instructions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_args(s: argparse.ArgumentParser, what: str = "dataset format") -> None:
+    """The options every dataset-reading evaluation command shares."""
+    s.add_argument("--dataset", required=True, choices=("ml-1m", "ml-100k", "amazon-scientific", "custom"), help=what)
+    s.add_argument("--data-dir", required=True, help="folder holding the dataset's files")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--json", help="also write the report as JSON to this path")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _write_json(path: str | None, report: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -343,17 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "in its user's history): train a ranking head on the first part, then before each chunk "
                        "measure NDCG@10 on the chunk's next items for three heads -- never updated, updated by "
                        "learn() after each chunk, retrained from scratch after each chunk -- and time the updates.")
-    s.add_argument("--dataset", required=True, choices=("ml-1m", "ml-100k", "amazon-scientific", "custom"),
-                   help="dataset format")
-    s.add_argument("--data-dir", required=True, help="folder holding the dataset's files")
+    _dataset_args(s)
     s.add_argument("--chunks", type=int, default=4, help="chunks after the training part (default 4)")
     s.add_argument("--start", type=float, default=0.5, help="share of the stream used for initial training (default 0.5)")
     s.add_argument("--eval-users", type=int, default=500, help="users evaluated per chunk, seeded sample (default 500)")
     s.add_argument("--ranker-users", type=int, default=2000,
                    help="users sampled for each training or update of the head (default 2000)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument("--json", help="also write the report as JSON to this path")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_evaluate_stream)
 
     s = sub.add_parser("evaluate-instructions", help="instruction following: hit rate and satisfying share of the "
@@ -361,13 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="For held-out users, make a plain-words request from the held-out target's own "
                        "category or decade; compare no request, the request with a head trained without requests, "
                        "and the request with a head trained with requests on half of its examples.")
-    s.add_argument("--dataset", required=True, choices=("ml-1m", "ml-100k", "amazon-scientific", "custom"),
-                   help="dataset format (items need categories or a year)")
-    s.add_argument("--data-dir", required=True, help="folder holding the dataset's files")
+    _dataset_args(s, "dataset format (items need categories or a year)")
     s.add_argument("--users", type=int, default=500, help="held-out users, seeded sample (default 500)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument("--json", help="also write the report as JSON to this path")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_evaluate_instructions)
 
     s = sub.add_parser("bench", help="latency benchmark: index, engine stages, cache, re-ranker (JSON + PNG plots)")

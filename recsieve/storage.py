@@ -15,13 +15,15 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from recsieve.errors import CorruptStoreError, IncompatibleVersionError, StoreError
 
 __all__ = [
+    "replacing_folder",
     "FORMAT_VERSION",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -63,6 +65,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             pass
         raise
     fsync_dir(path.parent)
+
+
+@contextmanager
+def replacing_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Assemble a folder in a temporary sibling; when the block completes it replaces ``folder``
+    (renamed into place), and on any failure it is deleted and ``folder`` stays as it was."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        yield work
+        if folder.exists():
+            shutil.rmtree(folder)
+        work.rename(folder)
+        fsync_dir(folder.parent)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from recsieve import Engine, EngineConfig, Event
 from recsieve.catalog import read_items
 from recsieve.cli import main
-from recsieve.engine.ranker import RANKER_FILE, RankingHead
+from recsieve.engine.ranker import RankingHead
 from recsieve.rerankers.cross_encoder import MARKER_FILE
 
 DEMO = Path(str(resources.files("recsieve") / "data" / "demo_items.jsonl"))

@@ -20,12 +20,9 @@ schedule in a background thread with a time budget per update.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import threading
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,6 +31,7 @@ from recsieve.engine.ranker import fit_head
 from recsieve.engine.train import RankingGroup, load_replay, ranking_groups, save_replay
 from recsieve.errors import InvalidInputError, ModelNotTrainedError
 from recsieve.rerankers.training import Step
+from recsieve.storage import replacing_folder
 
 if TYPE_CHECKING:
     from recsieve.engine.engine import Engine
@@ -119,17 +117,9 @@ def learn(
     new_head.report = {**new_head.report, "journal_seq": last, "parent": str(model_dir),
                        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "learn": report}
     folder = engine.directory / "models" / f"head-{last}"
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with replacing_folder(folder) as work:
         new_head.save(work)
         save_replay(work, old + train, limit=replay, seed=seed)
-        if folder.exists():
-            shutil.rmtree(folder)
-        work.rename(folder)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
     engine.use_model(folder, persist=True)
     report.update(updated=True, model=str(folder), seconds=round(time.perf_counter() - t0, 3))
     return report

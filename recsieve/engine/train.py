@@ -9,8 +9,6 @@ the target, plus random items.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +30,7 @@ from recsieve.rerankers.training import (
     make_render,
     train_reranker,
 )
+from recsieve.storage import replacing_folder
 from recsieve.types import EVENT_KINDS, Event
 
 __all__ = ["engine_sequences", "engine_examples", "ranking_groups", "train_engine_reranker", "train_engine_ranker"]
@@ -362,9 +361,7 @@ def train_engine_ranker(
         "valid_ndcg@10_recall_order": _mean_ndcg([_recall_order(g) for g in valid], valid),
         "valid_ndcg@10_head": _mean_ndcg(head_scores, valid),
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.training-", dir=out_path.parent))
-    try:
+    with replacing_folder(out_path) as work:
         if train_cross_encoder is not None:
             from recsieve.rerankers.cross_encoder import CrossEncoderReranker
 
@@ -385,11 +382,5 @@ def train_engine_ranker(
         head.report = {**head.report, **report}
         head.save(work)
         save_replay(work, train)
-        if out_path.exists():
-            shutil.rmtree(out_path)
-        work.rename(out_path)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
     return head.report
 
