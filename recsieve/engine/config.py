@@ -50,8 +50,9 @@ class EngineConfig:
     directory or absolute; empty = recall-only ordering). Such a folder holds a ranking head
     over recall's features and, optionally, a cross-encoder: ``rerank_tier`` ``fast`` orders by
     the head alone; ``full`` adds the cross-encoder's score (with the blend weight fitted at
-    training) on the head's top ``rerank_n``. A folder holding only a cross-encoder re-ranks the
-    top ``rerank_n`` by it, with ``blend`` weight of the (rank-normalised) recall score mixed in.
+    training) on the head's top ``rerank_n`` (at most as many as the weight was fitted on). A
+    folder holding only a cross-encoder re-ranks the top ``rerank_n`` by it, with ``blend``
+    weight of the (rank-normalised) recall score mixed in.
     Caching: ``cache`` (memory | redis | none) for result lists keyed by user version, catalog
     version, model version and request; bounded by ``cache_entries``, ``cache_mb``, ``cache_ttl_s``;
     ``score_cache_entries`` re-ranker scores per (context, item); ``refresh_threads`` near-line

@@ -809,7 +809,7 @@ class Engine:
         reranker = self.reranker
         if reranker is None:
             return fast
-        m = min(len(fast), self.config.rerank_n)
+        m = min(len(fast), self.config.rerank_n, head.blend_top or len(fast))  # as many as the weight was fitted on
         top = np.argsort(-fast, kind="stable")[:m]
         text = self._rerank_scores(reranker, self.render_context(view, instruction), recalled.cands.rows[top])
         final = fast.copy()

@@ -111,7 +111,7 @@ def learn(
     if valid and after < before:
         return {**report, "reason": "the update did not beat the serving head on held-out new examples",
                 "seconds": round(time.perf_counter() - t0, 3)}
-    new_head.blend = head.blend
+    new_head.blend, new_head.blend_top = head.blend, head.blend_top
     if head.cross_encoder and model_dir is not None:
         new_head.cross_encoder = str((model_dir / head.cross_encoder).resolve())
     new_head.report = {**new_head.report, "journal_seq": last, "parent": str(model_dir),

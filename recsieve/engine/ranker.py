@@ -126,8 +126,8 @@ class RankingHead:
     """A trained two-layer MLP over candidate features (numpy inference).
 
     ``score(features)`` gives one ``float32`` score per candidate, higher = better.
-    ``blend`` is the cross-encoder's weight in the ``full`` tier; ``cross_encoder`` the
-    sub-folder holding it (empty: none was trained).
+    ``blend`` is the cross-encoder's weight in the ``full`` tier, fitted re-scoring the head's
+    top ``blend_top``; ``cross_encoder`` the sub-folder holding it (empty: none was trained).
     """
 
     features: tuple[str, ...]
@@ -139,6 +139,7 @@ class RankingHead:
     b2: float
     blend: float = 0.0
     cross_encoder: str = ""
+    blend_top: int = 0
     report: dict[str, Any] = field(default_factory=dict)
 
     def score(self, x: np.ndarray) -> np.ndarray:
@@ -159,7 +160,7 @@ class RankingHead:
             os.fsync(fh.fileno())
         os.replace(tmp, folder / _WEIGHTS_FILE)
         meta = {"format": _FORMAT, "features": list(self.features), "b2": self.b2, "blend": self.blend,
-                "cross_encoder": self.cross_encoder, "report": self.report}
+                "blend_top": self.blend_top, "cross_encoder": self.cross_encoder, "report": self.report}
         tmp = folder / (RANKER_FILE + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2), "utf-8")
         with open(tmp, "rb") as fh:
@@ -185,7 +186,7 @@ class RankingHead:
             if arrays[k].shape != shape:
                 raise StoreError(f"{folder}/{_WEIGHTS_FILE}: {k} has shape {arrays[k].shape}, expected {shape}")
         return cls(names, b2=float(meta["b2"]), blend=float(meta.get("blend", 0.0)),
-                   cross_encoder=str(meta.get("cross_encoder", "")), report=dict(meta.get("report") or {}), **arrays)
+                   blend_top=int(meta.get("blend_top", 0)), cross_encoder=str(meta.get("cross_encoder", "")), report=dict(meta.get("report") or {}), **arrays)
 
 
 def listwise_ndcg(scores: np.ndarray, target: int, k: int = 10) -> float:

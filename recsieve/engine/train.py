@@ -374,7 +374,7 @@ def train_engine_ranker(
                 text_scores.append(ce.score(g.context, [engine._item_text(int(r)) for r in g.rows[order]]))
             head.blend, table = fit_blend(head_scores[: len(fit_on)], text_scores, fit_on, blend_top)
             report["blend_groups"] = len(fit_on)
-            head.cross_encoder = "cross-encoder"
+            head.cross_encoder, head.blend_top = "cross-encoder", blend_top
             report.update(cross_encoder=ce_report.to_dict(), blend_table=table, blend=head.blend)
         report["seconds"] = round(time.perf_counter() - t0, 1)
         report["trained_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
