@@ -140,9 +140,9 @@ class Engine:
         self.directory = Path(directory)
         self.config = config
         self._embedder = embedder
-        self._reranker = reranker
-        self._head: RankingHead | None = None
-        self._models_loaded = False
+        self._given_reranker = reranker
+        #: (ranking head, cross-encoder) serving now; replaced as one tuple, so a request reads a consistent pair
+        self._models: tuple[RankingHead | None, Reranker | None] | None = None
         self._reranker_missing_logged = False
         self._write_lock = threading.RLock()
         self._store = GenerationDir(self.directory, "engine")
@@ -346,19 +346,16 @@ class Engine:
         return head, None
 
     def _ensure_models(self) -> None:
-        if not self._models_loaded:
+        if self._models is None:
             with self._write_lock:
-                if not self._models_loaded:
+                if self._models is None:
                     head, reranker = self._load_models(self.config)
-                    self._head = head
-                    self._reranker = self._reranker or reranker
-                    self._models_loaded = True
+                    self._models = (head, self._given_reranker or reranker)
 
     @property
     def ranking_head(self) -> RankingHead | None:
         """The trained ranking head (a ``reranker_model`` folder with ``ranker.json``), else ``None``."""
-        self._ensure_models()
-        return self._head
+        return self._serving()[0]
 
     @property
     def reranker(self) -> Reranker | None:
@@ -367,8 +364,12 @@ class Engine:
         With a ranking head, the cross-encoder is its ``cross-encoder/`` sub-folder, used in the
         ``full`` tier when its fitted blend weight is positive.
         """
+        return self._serving()[1]
+
+    def _serving(self) -> tuple[RankingHead | None, Reranker | None]:
         self._ensure_models()
-        return self._reranker
+        assert self._models is not None
+        return self._models
 
     def _model_dir(self, config: EngineConfig | None = None) -> Path | None:
         """The model folder ``config`` (default: the serving one) names, or ``None``."""
@@ -395,7 +396,7 @@ class Engine:
             if persist:
                 atomic_write_text(self.directory / CONFIG_FILE, config.to_toml())
             self.config = config
-            self._head, self._reranker, self._models_loaded = head, reranker, True
+            self._models = (head, reranker)
             self.model_version = _model_version(config, head)
 
     @property
@@ -696,7 +697,7 @@ class Engine:
         # While a near-line refresh of this user is on its way, answer fresh but fast (recall
         # ordering, no re-ranker) and leave caching to the refresh.
         pending = self._refresher is not None and self._refresher.is_pending(user_id)
-        recs = self._compute(view, request, flt, rerank=not pending)
+        recs = self._compute(view, request, flt, cross_encoder=not pending)
         if self._cache is not None and not pending:
             self._cache.put(key, recs)
         self._remember(user_id, request)
@@ -727,17 +728,18 @@ class Engine:
         for request in requests:
             view = self.users.get(user_id)
             key = self._cache_key(user_id, view, request)  # before computing: a write meanwhile makes it stale
-            recs = self._compute(view, request, parse_filter(request[2]), rerank=True)
+            recs = self._compute(view, request, parse_filter(request[2]), cross_encoder=True)
             self._cache.put(key, recs, force=True)
 
-    def _compute(self, view: UserView | None, request: tuple, flt: Filter | None, *, rerank: bool) -> list[Recommendation]:
+    def _compute(self, view: UserView | None, request: tuple, flt: Filter | None, *,
+                 cross_encoder: bool) -> list[Recommendation]:
         k, instruction, _ = request
         inst_vec = self.embed_text(instruction, "instruction") if instruction is not None else None
         recalled = self._recall(view, max(self.config.recall_n, k), inst_vec, flt)
         cands = recalled.cands
         if len(cands) == 0:
             return []
-        final = self._order(view, recalled, instruction, rerank=rerank)
+        final = self._order(view, recalled, instruction, cross_encoder=cross_encoder)
         out: list[Recommendation] = []
         for i in np.argsort(-final, kind="stable").tolist():
             row = int(cands.rows[i])
@@ -780,16 +782,19 @@ class Engine:
         """The ranking head's feature layout for this engine's channels."""
         return feature_names([c.name for c in self._channels], {c.name: c.extra_features for c in self._channels})
 
-    def _order(self, view: UserView | None, recalled: Recalled, instruction: str | None, *, rerank: bool = True) -> np.ndarray:
+    def _order(self, view: UserView | None, recalled: Recalled, instruction: str | None, *, rerank: bool = True,
+               cross_encoder: bool = True) -> np.ndarray:
         """Final scores of candidates: the ranking head's (plus the cross-encoder's on the top
-        ``rerank_n`` in the ``full`` tier), or a bare cross-encoder's, else recall order."""
+        ``rerank_n`` in the ``full`` tier), or a bare cross-encoder's, else recall order.
+        ``cross_encoder=False`` (a refresh is pending): the head alone, never a cross-encoder."""
         cands = recalled.cands
         n = len(cands)
         recall_part = 1.0 - np.arange(n, dtype=np.float32) / max(n, 1)  # rank-normalised recall score
-        head = self.ranking_head if rerank else None
+        head, reranker = self._serving() if rerank else (None, None)
+        if not cross_encoder:
+            reranker = None
         if head is not None:
-            return self._head_order(view, recalled, instruction, head)
-        reranker = self.reranker if rerank else None
+            return self._head_order(view, recalled, instruction, head, reranker)
         if reranker is None:
             if self.config.reranker_model == "" and not self._reranker_missing_logged:
                 log.info("recsieve: no trained re-ranker configured; ordering by recall only")
@@ -804,9 +809,8 @@ class Engine:
         return final
 
     def _head_order(self, view: UserView | None, recalled: Recalled, instruction: str | None,
-                    head: RankingHead) -> np.ndarray:
+                    head: RankingHead, reranker: Reranker | None) -> np.ndarray:
         fast = head.score(self.features(view, recalled))
-        reranker = self.reranker
         if reranker is None:
             return fast
         m = min(len(fast), self.config.rerank_n, head.blend_top or len(fast))  # as many as the weight was fitted on
