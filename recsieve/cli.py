@@ -203,8 +203,8 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
             epochs=args.epochs, train_cross_encoder=ce, blend_top=args.blend_top, seed=args.seed,
             overwrite=args.overwrite,
         )
-    print(f"saved {args.out}: ranking head trained on {report['train_users']} users' last steps in "
-          f"{report['seconds']:.0f}s; held-out users ({report['valid_users']}) NDCG@10 "
+    print(f"saved {args.out}: ranking head trained on {report['train_examples']} steps of {report['train_users']} "
+          f"users in {report['seconds']:.0f}s; held-out users ({report['valid_users']}) NDCG@10 "
           f"{report['valid_ndcg@10_recall_order']:.4f} (recall order) -> {report['valid_ndcg@10_head']:.4f} (head)")
     if "blend" in report:
         table = ", ".join(f"{w}: {v:.4f}" for w, v in report["blend_table"].items())

@@ -356,8 +356,9 @@ def train_engine_ranker(
                     seed=seed)
     head_scores = [head.score(g.features) for g in valid]
     report: dict[str, Any] = {
-        "users_tried": tried, "recalled_share": len(groups) / max(tried, 1),
-        "train_users": len(train), "valid_users": len(valid),
+        "users_tried": tried, "examples": len(groups),
+        "train_users": len({g.user_id for g in train}), "valid_users": len(valid_users),
+        "train_examples": len(train), "valid_examples": len(valid),
         "valid_ndcg@10_recall_order": _mean_ndcg([_recall_order(g) for g in valid], valid),
         "valid_ndcg@10_head": _mean_ndcg(head_scores, valid),
     }
