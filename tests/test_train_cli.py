@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 from importlib import resources
 from pathlib import Path
 
@@ -88,9 +89,21 @@ def test_full_tier_adds_the_cross_encoder_to_the_head(trained, tmp_path, embedde
         np.testing.assert_array_equal(rows[:20], expected)  # the head's top 20, re-ordered with the text score
         assert set(rows[20:].tolist()) == set(recalled.cands.rows.tolist()) - set(expected.tolist())
         assert np.all(np.diff(scores) <= 0)
+        # while a near-line refresh of the user is pending, the request path skips the cross-encoder
+        scored = eng.stats()["score_cache"]["entries"]
+        eng.record(Event("x", "kit-003", "click"))
+        now = eng.users.get("x")
+        eng._refresher = SimpleNamespace(is_pending=lambda user: True)
+        pending = [r.item_id for r in eng.recommend("x", 10)]
+        eng._refresher = None
+        again = eng._recall(now, eng.config.recall_n, None, None)
+        head_order = again.cands.rows[np.argsort(-eng.ranking_head.score(eng.features(now, again)), kind="stable")]
+        assert pending == [eng.catalog.item_id(int(r)) for r in head_order[:10]]
+        assert eng.stats()["score_cache"]["entries"] == scored
         eng.use_model(blended, tier="fast")
         assert eng.reranker is None
-        fast_rows, _ = eng.rank(view)
+        fast_rows, _ = eng.rank(now)
+        recalled, fast = again, eng.ranking_head.score(eng.features(now, again))
         np.testing.assert_array_equal(fast_rows, recalled.cands.rows[np.argsort(-fast, kind="stable")])
     finally:
         eng.close()
