@@ -123,6 +123,7 @@ def test_unknown_model_fails_at_construction():
         ({"max_seq_length": -1}, "max_seq_length"),
         ({"device": ""}, "device"),
         ({"show_progress": "yes"}, "show_progress"),
+        ({"query_threads": 0}, "query_threads"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, field):
@@ -163,3 +164,14 @@ def test_max_seq_length_truncates(embedder):
     np.testing.assert_allclose(a, b, atol=1e-6)
     full_a, full_b = embedder.embed([long_a, long_b])
     assert float(full_a @ full_b) < 0.99
+
+
+def test_single_query_on_one_thread_matches_and_restores_threads(embedder):
+    import torch
+
+    before = torch.get_num_threads()
+    texts = ["something lighter, under $30", "a blue raincoat for kids"]
+    together = embedder.embed(texts)
+    alone = np.stack([embedder.embed([t])[0] for t in texts])  # each on query_threads=1
+    assert torch.get_num_threads() == before
+    np.testing.assert_allclose(alone, together, atol=1e-5)
