@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -72,8 +73,9 @@ def run_and_kill(path: Path, op: str, delay: float) -> list[int]:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     reader.join(10)
-    acked = [int(line.split()[1]) for line in lines if line.startswith("ACK ")]
-    return acked
+    # A line cut short by the kill ("ACK" with no number, or no newline) was never a complete
+    # acknowledgement: only whole "ACK <n>" lines count.
+    return [int(m.group(1)) for line in lines if (m := re.fullmatch(r"ACK (\d+)\n", line))]
 
 
 DELAYS = {"ingest": (0.5, 2.0), "upsert": (1.0, 2.5), "remove": (0.5, 2.0), "save": (1.5, 4.0)}
