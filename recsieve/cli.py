@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("learn", help="update the ranking head from events recorded since it was trained",
                        description="Continue training the serving ranking head on each user's new steps (since "
                        "the head was trained) mixed with a replay of older examples; the new head is kept only if "
-                       "it does at least as well on held-out new examples, written to DIR/models/, and named in "
+                       "it does better on held-out new examples, written to DIR/models/, and named in "
                        "DIR/recsieve.toml. Prints the update's report as JSON.")
     s.add_argument("dir", help="engine directory (its config must name a trained ranking head)")
     s.add_argument("--steps-per-user", type=int, default=3, help="each user's last N new steps become examples (default 3)")

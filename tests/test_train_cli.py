@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from types import SimpleNamespace
 from importlib import resources
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest

@@ -5,8 +5,8 @@ An update takes the events journaled since the serving head was trained (its rep
 run on that user's history before the step, with recall statistics that leave those steps
 out (as in training), so no example sees its own label -- mixes them with a replay sample of older
 examples kept beside the head (so old behaviour is not forgotten), and continues training
-the serving head for a few epochs. The update is kept only if it does at least as well as
-the serving head on held-out new examples.
+the serving head for a few epochs. The update is kept only if some epoch does better than the
+serving head on held-out new examples.
 
 The new head is written to ``models/head-<seq>/`` in the engine directory (assembled in a
 temporary folder and renamed into place), the engine switches to it with
@@ -108,8 +108,8 @@ def learn(
     before, after = _ndcg(head, valid), _ndcg(new_head, valid)
     report.update(train_examples=len(train), replay_examples=len(old), valid_examples=len(valid),
                   valid_ndcg_before=before, valid_ndcg_after=after, epochs=new_head.report["epochs"])
-    if valid and after < before:
-        return {**report, "reason": "the update did not beat the serving head on held-out new examples",
+    if valid and new_head.report["best_epoch"] == 0:  # no epoch beat the starting weights
+        return {**report, "reason": "no epoch beat the serving head on held-out new examples",
                 "seconds": round(time.perf_counter() - t0, 3)}
     new_head.blend, new_head.blend_top = head.blend, head.blend_top
     if head.cross_encoder and model_dir is not None:

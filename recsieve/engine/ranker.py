@@ -284,7 +284,7 @@ def fit_head(
         assert valid is not None
         return float(np.mean([listwise_ndcg(head.score(g), t) for g, t in zip(*valid)]))
 
-    best, best_score, history = head_of(), -1.0, []
+    best, best_score, history, best_epoch = head_of(), -1.0, [], 0
     if valid is not None and init is not None:  # an update must beat the head it started from
         best_score = valid_ndcg(best)
         history.append(round(best_score, 5))
@@ -307,7 +307,7 @@ def fit_head(
         score = valid_ndcg(head)
         history.append(round(score, 5))
         if score > best_score:
-            best, best_score = head, score
-    best.report = {"train_groups": len(groups), "epochs": epochs_run, "hidden": hidden,
+            best, best_score, best_epoch = head, score, epochs_run
+    best.report = {"train_groups": len(groups), "epochs": epochs_run, "best_epoch": best_epoch, "hidden": hidden,
                    "valid_ndcg@10": best_score if valid is not None else None, "valid_history": history}
     return best
