@@ -59,6 +59,14 @@ def test_cli_writes_a_head_and_a_marked_cross_encoder(trained, capsys):
     assert set(marker["valid_after"]) >= {"ndcg@10", "mrr"}
 
 
+def _open_copy(root: Path, tmp_path: Path, embedder, **settings) -> Engine:
+    """The trained fixture's engine, copied and reopened with ``settings`` in its config file."""
+    path = tmp_path / "engine"
+    shutil.copytree(root / "engine", path)
+    (path / "recsieve.toml").write_text(EngineConfig.load(path).replace(**settings).to_toml())
+    return Engine.open(path, embedder=embedder)
+
+
 def _with_blend(model: Path, folder: Path, blend: float) -> Path:
     """A copy of the trained model whose cross-encoder weight is ``blend``."""
     shutil.copytree(model, folder)
@@ -70,12 +78,8 @@ def _with_blend(model: Path, folder: Path, blend: float) -> Path:
 
 def test_full_tier_adds_the_cross_encoder_to_the_head(trained, tmp_path, embedder):
     root, model = trained
-    path = tmp_path / "engine"
-    shutil.copytree(root / "engine", path)
     blended = _with_blend(model, tmp_path / "blended", 0.5)
-    cfg = EngineConfig.load(path).replace(reranker_model=str(blended), rerank_n=20, cache="none")
-    (path / "recsieve.toml").write_text(cfg.to_toml())
-    eng = Engine.open(path, embedder=embedder)
+    eng = _open_copy(root, tmp_path, embedder, reranker_model=str(blended), rerank_n=20, cache="none")
     try:
         eng.record([Event("x", "kit-001", "click"), Event("x", "kit-002", "click")])
         view = eng.users.get("x")
@@ -111,11 +115,7 @@ def test_full_tier_adds_the_cross_encoder_to_the_head(trained, tmp_path, embedde
 
 def test_engine_reranks_with_a_bare_cross_encoder(trained, tmp_path, embedder):
     root, model = trained
-    path = tmp_path / "engine"
-    shutil.copytree(root / "engine", path)
-    cfg = EngineConfig.load(path).replace(reranker_model=str(model / "cross-encoder"), rerank_n=20, cache="none")
-    (path / "recsieve.toml").write_text(cfg.to_toml())
-    eng = Engine.open(path, embedder=embedder)
+    eng = _open_copy(root, tmp_path, embedder, reranker_model=str(model / "cross-encoder"), rerank_n=20, cache="none")
     try:
         eng.record([Event("x", "kit-001", "click"), Event("x", "kit-002", "click")])
         recs = eng.recommend("x", 10)
@@ -135,11 +135,7 @@ def test_engine_reranks_with_a_bare_cross_encoder(trained, tmp_path, embedder):
 
 def test_missing_model_is_refused(tmp_path, trained, embedder):
     root, _ = trained
-    path = tmp_path / "engine"
-    shutil.copytree(root / "engine", path)
-    cfg = EngineConfig.load(path).replace(reranker_model=str(tmp_path / "nope"))
-    (path / "recsieve.toml").write_text(cfg.to_toml())
-    eng = Engine.open(path, embedder=embedder)
+    eng = _open_copy(root, tmp_path, embedder, reranker_model=str(tmp_path / "nope"))
     try:
         from recsieve.errors import ModelNotTrainedError
 
