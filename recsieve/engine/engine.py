@@ -330,10 +330,13 @@ class Engine:
         path = self._model_dir(config)
         if path is None:
             return None, None
-        from recsieve.rerankers.cross_encoder import CrossEncoderReranker
+        from recsieve.rerankers.cross_encoder import open_cross_encoder
+
+        def cross_encoder(folder: Path) -> Reranker:
+            return open_cross_encoder(folder, backend=config.ce_backend, max_length=config.ce_max_length or None)
 
         if not (path / RANKER_FILE).exists():
-            return None, CrossEncoderReranker(str(path))
+            return None, cross_encoder(path)
         head = RankingHead.load(path)
         expected = self.feature_names()
         if head.features != expected:
@@ -342,7 +345,7 @@ class Engine:
                 f"but this engine's channels give {expected}; retrain it or restore the channels"
             )
         if config.rerank_tier == "full" and head.cross_encoder and head.blend > 0:
-            return head, CrossEncoderReranker(str(path / head.cross_encoder))
+            return head, cross_encoder(path / head.cross_encoder)
         return head, None
 
     def _ensure_models(self) -> None:
@@ -987,7 +990,7 @@ def _model_version(config: EngineConfig, head: RankingHead | None) -> str:
     if not config.reranker_model:
         return "recall-only"
     stamp = head.report.get("trained_at", "") if head is not None else ""
-    return f"{config.reranker_model}:{config.rerank_tier}:{stamp}"
+    return f"{config.reranker_model}:{config.rerank_tier}:{config.ce_backend}:{config.ce_max_length}:{stamp}"
 
 
 def _check_k(k: object) -> int:
