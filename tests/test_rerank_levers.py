@@ -84,7 +84,9 @@ def test_bf16_keeps_the_order(model: str, torch_scores: list[np.ndarray]) -> Non
     want = np.concatenate(torch_scores)
     assert got.dtype == np.float32
     assert np.corrcoef(got, want)[0, 1] > 0.98
-    assert bf16.model_id != CrossEncoderReranker(model).model_id  # score caches never mix the two
+    ids = {CrossEncoderReranker(model).model_id, bf16.model_id, CrossEncoderReranker(model, max_length=32).model_id,
+           OnnxReranker(model).model_id, OnnxReranker(model, int8=True).model_id}
+    assert len(ids) == 5  # score caches never mix two ways of scoring
 
 
 def test_shorter_inputs_change_only_long_pairs(model: str) -> None:

@@ -353,7 +353,7 @@ class Engine:
             with self._write_lock:
                 if self._models is None:
                     head, reranker = self._load_models(self.config)
-                    self._models = (head, self._given_reranker or reranker)
+                    self._models = (head, _cross_encoder(self.config, head, self._given_reranker or reranker))
 
     @property
     def ranking_head(self) -> RankingHead | None:
@@ -382,8 +382,13 @@ class Engine:
         path = Path(config.reranker_model)
         return path if path.is_absolute() else self.directory / path
 
-    def use_model(self, path: str | Path | None, *, tier: str | None = None, persist: bool = False) -> None:
+    def use_model(self, path: str | Path | None, *, tier: str | None = None, persist: bool = False,
+                  reranker: Reranker | None = None) -> None:
         """Serve with the model folder ``path`` (``None``: recall-only) in ``tier`` from now on.
+
+        ``reranker`` serves in place of the folder's cross-encoder (for instance one of
+        :func:`~recsieve.rerankers.levers.lever_rerankers`); by default the re-ranker given
+        when the engine was opened, if any, else the folder's own.
 
         The new model is loaded completely before it replaces the old one, so a request never
         sees half of it and a model that fails to load leaves the old one serving. Cached
@@ -394,13 +399,14 @@ class Engine:
         self._check_open()
         config = replace(self.config, reranker_model="" if path is None else str(path),
                          rerank_tier=self.config.rerank_tier if tier is None else tier)
-        head, reranker = self._load_models(config)
+        head, own = self._load_models(config)
+        chosen = _cross_encoder(config, head, reranker or self._given_reranker or own)
         with self._write_lock:
             if persist:
                 atomic_write_text(self.directory / CONFIG_FILE, config.to_toml())
             self.config = config
-            self._models = (head, reranker)
-            self.model_version = _model_version(config, head)
+            self._models = (head, chosen)
+            self.model_version = _model_version(config, head) + (f":{chosen.model_id}" if chosen is not own else "")
 
     @property
     def dim(self) -> int:
@@ -983,6 +989,14 @@ class Recalled:
     channels: Sequence[RecallChannel]
     instruction: np.ndarray | None
     request: RecallRequest
+
+
+def _cross_encoder(config: EngineConfig, head: RankingHead | None, reranker: Reranker | None) -> Reranker | None:
+    """``reranker`` where the ordering reads one: always without a ranking head; with a head, in
+    the ``full`` tier when the head's fitted blend weight is positive."""
+    if head is not None and (config.rerank_tier != "full" or head.blend <= 0):
+        return None
+    return reranker
 
 
 def _model_version(config: EngineConfig, head: RankingHead | None) -> str:

@@ -63,7 +63,7 @@ def instruction_evaluation(dataset: Dataset, *, users: int = 500, seed: int = 0,
                                                ("instruction, trained", "trained", True)):
                 engine.use_model(heads[head], tier="fast")
                 for ctx, target, request in tqdm(cases, desc=condition, disable=not progress, leave=False):
-                    ranked, _ = engine.rank(system._view(ctx), instruction=request.text if with_text else None)
+                    ranked, _ = engine.rank(system.view(ctx), instruction=request.text if with_text else None)
                     top = ranked[:10]
                     hit = np.flatnonzero(ranked == target)
                     m = rows[condition]

@@ -67,18 +67,20 @@ class EngineSystem:
 
     ``train_ranker=True`` trains the engine's re-ranker on the training part after recording it
     (:func:`~recsieve.engine.train.train_engine_ranker`; with ``cross_encoder=True`` a
-    cross-encoder too) and serves it in ``tier``; its report lands in ``train_report``.
+    cross-encoder too, on ``ce_users`` users) and serves it in ``tier``; its report lands in
+    ``train_report``.
     """
 
     def __init__(self, dataset: Dataset, *, name: str = "recsieve", config: EngineConfig | None = None,
                  embedder: Embedder | None = None, reranker: Reranker | None = None, rerank: bool = True,
                  train_ranker: bool = False, cross_encoder: bool = False, tier: str = "full",
-                 ranker_users: int | None = None, ranker_steps: int = 3, progress: bool = True) -> None:
+                 ranker_users: int | None = None, ranker_steps: int = 3, ce_users: int = CE_USERS,
+                 progress: bool = True) -> None:
         if rerank and reranker is None and not train_ranker and not (config and config.reranker_model):
             raise InvalidInputError("reranker", None, f"{name}: re-ranking needs a trained re-ranker")
         self.dataset, self.name, self.rerank, self.progress = dataset, name, rerank, progress
         self.train_ranker, self.cross_encoder, self.tier = train_ranker, cross_encoder, tier
-        self.ranker_users, self.ranker_steps = ranker_users, ranker_steps
+        self.ranker_users, self.ranker_steps, self.ce_users = ranker_users, ranker_steps, ce_users
         self.train_report: dict | None = None
         self.config = config or EngineConfig(index="flat", cache="none", refresh_threads=0)
         self.embedder = embedder or SentenceTransformerEmbedder(self.config.embedding_model)
@@ -115,14 +117,15 @@ class EngineSystem:
 
                 from recsieve.engine.train import train_engine_reranker
 
-                ce = partial(train_engine_reranker, self.engine, users=CE_USERS, steps_per_user=CE_STEPS, lr=3e-4,
+                ce = partial(train_engine_reranker, self.engine, users=self.ce_users, steps_per_user=CE_STEPS, lr=3e-4,
                              progress=self.progress)
             self.train_report = train_engine_ranker(self.engine, model, users=self.ranker_users,
                                                     steps_per_user=self.ranker_steps,
                                                     train_cross_encoder=ce, progress=self.progress)
             self.engine.use_model(model, tier=self.tier)
 
-    def _view(self, ctx: np.ndarray):
+    def view(self, ctx: np.ndarray):
+        """The engine's view of a user whose history is ``ctx`` (dataset item indices, oldest first)."""
         rows = self._rows[np.asarray(ctx, np.int64)]
         return self.engine.history_view(rows, times=np.arange(len(rows)) * STEP_SECONDS)
 
@@ -132,7 +135,7 @@ class EngineSystem:
         index_of[self._rows] = np.arange(len(self._rows))
         out = np.full((len(contexts), self.dataset.n_items), -np.inf, np.float32)
         for i, ctx in enumerate(contexts):
-            rows, _ = self.engine.rank(self._view(ctx), rerank=self.rerank)
+            rows, _ = self.engine.rank(self.view(ctx), rerank=self.rerank)
             # Rank positions, not raw scores: candidates stay above -inf, order preserved, no accidental ties.
             out[i, index_of[rows]] = np.arange(len(rows), 0, -1, dtype=np.float32)
         return out
@@ -141,7 +144,7 @@ class EngineSystem:
         assert self.engine is not None and self._rows is not None, "fit first"
         index_of = np.empty(self.engine.catalog.num_rows, np.int64)
         index_of[self._rows] = np.arange(len(self._rows))
-        return [index_of[self.engine.recall_view(self._view(ctx), n).rows] for ctx in contexts]
+        return [index_of[self.engine.recall_view(self.view(ctx), n).rows] for ctx in contexts]
 
     def close(self) -> None:
         """Close the engine and delete its temporary directory."""

@@ -97,7 +97,9 @@ class CrossEncoderReranker(Reranker):
             raise InvalidInputError("device", device, "must be a torch device string such as 'cpu'")
         if dtype not in DTYPES:
             raise InvalidInputError("dtype", dtype, f"expected one of {DTYPES}")
-        self.model_id = str(model) if dtype == "float32" else f"{model}#{dtype}"
+        # how the scores are made is part of the identity, so caches keyed by it never mix two ways
+        self.model_id = str(model) + ("" if dtype == "float32" else f"#{dtype}") + (
+            "" if max_length is None else f"#max_length={max_length}")
         self.folder = str(model)
         self.dtype = dtype
         self.batch_size = batch_size

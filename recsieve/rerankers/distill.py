@@ -34,7 +34,22 @@ from recsieve.rerankers.cross_encoder import (
 )
 from recsieve.storage import atomic_write_json, replacing_folder
 
-__all__ = ["distill_reranker", "spearman"]
+__all__ = ["distill_reranker", "keep_layers", "spearman"]
+
+
+def keep_layers(cross_encoder: Any, layers: int) -> list[int]:
+    """Cut a sentence-transformers ``CrossEncoder`` down to ``layers`` evenly spaced transformer
+    layers (first and last kept), in place; returns the indices kept."""
+    import torch
+
+    encoder = cross_encoder.model.base_model.encoder
+    n = len(encoder.layer)
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= n:
+        raise InvalidInputError("layers", layers, f"must be between 1 and the model's {n} layers")
+    keep = sorted({int(round(x)) for x in np.linspace(0, n - 1, layers)})
+    encoder.layer = torch.nn.ModuleList([encoder.layer[i] for i in keep])
+    cross_encoder.model.config.num_hidden_layers = len(keep)
+    return keep
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -107,13 +122,8 @@ def distill_reranker(
 
     student = CrossEncoder(str(teacher), max_length=max_length, local_files_only=True,
                            activation_fn=torch.nn.Identity())
-    encoder = student.model.base_model.encoder
-    n_layers = len(encoder.layer)
-    if layers > n_layers:
-        raise InvalidInputError("layers", layers, f"the teacher has only {n_layers} layers")
-    keep = sorted({int(round(x)) for x in np.linspace(0, n_layers - 1, layers)})
-    encoder.layer = torch.nn.ModuleList([encoder.layer[i] for i in keep])
-    student.model.config.num_hidden_layers = len(keep)
+    n_layers = len(student.model.base_model.encoder.layer)
+    keep = keep_layers(student, layers)
     before = _agreement(student, valid, batch_size)
 
     pairs = [(c, t, float(s)) for c, items, target in train for t, s in zip(items, target)]

@@ -17,6 +17,7 @@ short pairs are not padded to the longest one. Needs the ``onnx`` extra
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import warnings
@@ -81,7 +82,13 @@ def export_onnx(model: str | os.PathLike, *, int8: bool = False, force: bool = F
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         tmp = out / ".model-int8.onnx.tmp"
-        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # quantize_dynamic logs a generic pre-processing hint as a warning
+        try:
+            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            root.setLevel(level)
         os.replace(tmp, q8)
         files.add("model-int8.onnx")
     atomic_write_json(info_path, {"source": _stamp(marker), "files": sorted(files)})
@@ -126,7 +133,8 @@ class OnnxReranker(Reranker):
         for field, value in (("batch_size", batch_size), ("max_length", max_length or 1), ("threads", threads or 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(field, value, "must be a positive integer")
-        self.model_id = f"{model}#{'onnx-int8' if int8 else 'onnx'}"
+        self.model_id = f"{model}#{'onnx-int8' if int8 else 'onnx'}" + (
+            "" if max_length is None else f"#max_length={max_length}")
         self.folder, self.int8, self.max_length = Path(model), int8, max_length
         self.batch_size, self.threads = batch_size, threads
         self._lock = threading.Lock()
