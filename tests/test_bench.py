@@ -50,6 +50,30 @@ def test_json_has_headline_keys_and_machine(tiny):
     assert written["recall_at_100_vs_exact"] == result["recall_default"]["recall_at_100"]
 
 
+def test_headline_recall_is_the_fastest_setting_meeting_the_target():
+    from recsieve.bench import RECALL_TARGET, _pick_default
+
+    def row(setting, recall, p99):
+        return {"setting": setting, "recall_at_100": recall, "latency": {"p99_ms": p99}}
+
+    section = {"sizes": {"1000": {"indexes": {"faiss_flat": {"settings": [row({}, 1.0, 0.1)]}}},
+                         "50000": {"indexes": {
+                             "faiss_flat": {"settings": [row({}, 1.0, 0.5)]},  # exact: never the headline
+                             "faiss_hnsw": {"settings": [row({"ef_search": 64}, RECALL_TARGET - 0.01, 0.2),
+                                                         row({"ef_search": 512}, 0.99, 3.0)]},
+                             "faiss_ivf": {"settings": [row({"nprobe": 4}, 0.999, 1.2),
+                                                        row({"nprobe": 1}, 0.80, 0.1)]}}}}}
+    chosen = _pick_default(section)
+    assert (chosen["size"], chosen["index"], chosen["setting"], chosen["meets_target"]) == (
+        50000, "faiss_ivf", {"nprobe": 4}, True)
+    for idx in section["sizes"]["50000"]["indexes"].values():  # nothing reaches the target: best recall
+        for r in idx["settings"]:
+            r["recall_at_100"] = min(r["recall_at_100"], 0.9)
+    section["sizes"]["50000"]["indexes"]["faiss_hnsw"]["settings"][1]["recall_at_100"] = 0.93
+    chosen = _pick_default(section)
+    assert (chosen["index"], chosen["recall_at_100"], chosen["meets_target"]) == ("faiss_hnsw", 0.93, False)
+
+
 def test_recalls_are_fractions_and_exact_search_is_exact(tiny):
     _, written, _ = tiny
     indexes = written["index"]["sizes"]["3000"]["indexes"]

@@ -153,6 +153,34 @@ def shop(tmp_path_factory, embedder):
     eng.close()
 
 
+def test_examples_see_statistics_of_everyone_but_their_user(shop) -> None:
+    from recsieve.engine.train import engine_sequences, groups_for, observe_steps, ranking_groups
+
+    eng, _, _ = shop
+    sequences = engine_sequences(eng)
+    groups, tried = ranking_groups(eng, sequences, users=5, steps_per_user=2, seed=3)
+    assert tried == 5 and groups
+    for user in sorted({g.user_id for g in groups}):
+        others = eng._make_channels()
+        for u in sorted(sequences):
+            if u != user:
+                observe_steps(eng, others, sequences[u])
+        lasts = [t for t in range(1, len(sequences[user]))][-2:]
+        want = groups_for(eng, sequences, {user: lasts}, others)
+        got = [g for g in groups if g.user_id == user]
+        assert [g.target for g in got] == [g.target for g in want]
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a.features, b.features, rtol=1e-6)
+    # without leaving the user out, the user's own next step is counted: features differ
+    everyone = eng._make_channels()
+    for u in sorted(sequences):
+        observe_steps(eng, everyone, sequences[u])
+    user = groups[0].user_id
+    leaky = groups_for(eng, sequences, {user: [t for t in range(1, len(sequences[user]))][-2:]}, everyone)
+    assert any(not np.allclose(a.features, b.features) for a, b in
+               zip([g for g in groups if g.user_id == user], leaky))
+
+
 def test_trained_head_beats_recall_order_on_held_out_users(shop) -> None:
     _, _, report = shop
     assert report["valid_users"] > 0 and report["train_users"] > report["valid_users"]

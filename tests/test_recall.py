@@ -52,3 +52,44 @@ def test_popularity_head_path_matches_full_sort():
     got = ch.recall(RecallRequest(n=50, accept=lambda r: r % 3 != 0))
     full = sorted((r for r in range(n) if r % 3 != 0), key=lambda r: (-ch.count(r), r))[:50]
     assert got.rows.tolist() == full
+
+
+def _stream(seed: int) -> list[tuple[int | None, int, bool]]:
+    rng = np.random.default_rng(seed)
+    out, prev = [], None
+    for _ in range(300):
+        row, positive = int(rng.integers(0, 40)), bool(rng.random() < 0.8)
+        out.append((prev, row, positive))
+        if positive:
+            prev = row
+    return out
+
+
+def _state(ch) -> tuple:
+    request = RecallRequest(n=40, recent_rows=(3, 7, 11))
+    got = ch.recall(request)
+    feats = ch.features(request, np.arange(40))
+    return got.rows.tolist(), np.round(got.scores, 6).tolist(), feats.tolist()
+
+
+def test_forget_undoes_observe_and_copies_are_independent():
+    kept, dropped = _stream(0), _stream(1)
+    for make in (lambda: TransitionsChannel(depth=3), lambda: PopularityChannel(lambda: 40)):
+        alone = make()
+        for ev in kept:
+            alone.observe(*ev)
+        both = make()
+        for ev in kept + dropped:
+            both.observe(*ev)
+        before = _state(both)
+        twin = both.copy()
+        for ev in dropped:
+            twin.forget(*ev)
+        assert _state(twin) == _state(alone)  # the copy without the dropped events = never seen them
+        assert _state(both) == before  # the original is untouched
+        for ev in dropped:
+            twin.observe(*ev)
+        assert _state(twin) == before
+        twin.forget(None, 100, True)  # forgetting what was never seen changes nothing
+        twin.forget(100, 3, True)
+        assert _state(twin) == before

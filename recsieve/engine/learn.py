@@ -2,8 +2,9 @@
 
 An update takes the events journaled since the serving head was trained (its report's
 ``journal_seq``), turns each user's last new positive steps into ranking examples -- recall
-run on that user's history before the step, with recall statistics that leave those steps
-out (as in training), so no example sees its own label -- mixes them with a replay sample of older
+run on that user's history before the step, with recall statistics that leave that user
+out (as in training; a copy of the live statistics, so the log is not replayed), so no
+example sees its own label -- mixes them with a replay sample of older
 examples kept beside the head (so old behaviour is not forgotten), and continues training
 the serving head for a few epochs. The update is kept only if some epoch does better than the
 serving head on held-out new examples.
@@ -72,12 +73,16 @@ def learn(
     if head is None:
         raise ModelNotTrainedError("learn() updates a trained ranking head: run train-reranker first")
     since = int(head.report.get("journal_seq", 0))
-    last = engine.journal.last_seq
+    with engine._write_lock:  # the statistics and the journal position of one moment
+        channels = [ch.copy() for ch in engine._channels]
+        last = engine.journal.last_seq
     report: dict[str, Any] = {"updated": False, "since_seq": since, "to_seq": last}
     if last <= since:
         return {**report, "reason": "no new events", "seconds": round(time.perf_counter() - t0, 3)}
     by_user: dict[str, list[tuple[float, int, Step]]] = defaultdict(list)
     for rec in engine.journal.events():
+        if rec.seq > last:
+            break
         by_user[rec.user_id].append((rec.ts, rec.seq, Step(rec.row, rec.kind, rec.ts, rec.text)))
     sequences: dict[str, list[Step]] = {}
     new_from: dict[str, int] = {}
@@ -87,8 +92,10 @@ def learn(
         first = next((i for i, (_, q, _) in enumerate(steps) if q > since), None)
         if first is not None:
             new_from[u] = first
+    # The live statistics observed these very events (in journal order; a user whose events
+    # were recorded out of time order is taken out approximately), so no replay of the log.
     fresh, tried = ranking_groups(engine, sequences, users=users, steps_per_user=steps_per_user, new_from=new_from,
-                                  seed=seed)
+                                  seed=seed, channels=channels)
     report.update(users=tried, new_examples=len(fresh))
     if len(fresh) < 2:
         return {**report, "reason": "too few new examples recall finds", "seconds": round(time.perf_counter() - t0, 3)}

@@ -72,6 +72,14 @@ class RecallChannel(ABC):
     def observe(self, previous_row: int | None, row: int, positive: bool) -> None:  # noqa: B027
         """Learn from one event of a user (``previous_row``: that user's previous item). Default: nothing."""
 
+    def forget(self, previous_row: int | None, row: int, positive: bool) -> None:  # noqa: B027
+        """Undo :meth:`observe` of the same event (counts never go below zero). Default: nothing."""
+
+    def copy(self) -> RecallChannel:
+        """An independent copy whose statistics can be changed without touching this one's.
+        Default (no statistics): the channel itself."""
+        return self
+
     def features(self, request: RecallRequest, rows: np.ndarray) -> np.ndarray:
         """Extra features of candidate ``rows`` for the ranking head: ``float32``, shape
         ``(len(rows), len(self.extra_features))``. Default: none."""
@@ -158,6 +166,30 @@ class TransitionsChannel(RecallChannel):
             nxt[row] = nxt.get(row, 0.0) + 1.0
             self._out[previous_row] += 1.0
 
+    def forget(self, previous_row: int | None, row: int, positive: bool) -> None:
+        if previous_row is None or not positive or previous_row == row:
+            return
+        with self._lock:
+            nxt = self._next.get(previous_row)
+            if not nxt or row not in nxt:
+                return
+            left = nxt[row] - 1.0
+            if left > 0:
+                nxt[row] = left
+            else:
+                del nxt[row]
+            self._out[previous_row] = max(0.0, self._out[previous_row] - 1.0)
+            if not nxt:
+                del self._next[previous_row]
+                self._out.pop(previous_row, None)
+
+    def copy(self) -> TransitionsChannel:
+        twin = TransitionsChannel(self.depth, self.decay)
+        with self._lock:
+            twin._next.update((r, dict(nxt)) for r, nxt in self._next.items())
+            twin._out.update(self._out)
+        return twin
+
     def recall(self, request: RecallRequest) -> Candidates:
         scores: dict[int, float] = {}
         recent = list(reversed(request.recent_rows))[: self.depth]
@@ -204,6 +236,20 @@ class PopularityChannel(RecallChannel):
                 self._counts = grown
             self._counts[row] += 1.0
             self._total += 1.0
+
+    def forget(self, previous_row: int | None, row: int, positive: bool) -> None:
+        if not positive:
+            return
+        with self._lock:
+            if row < self._counts.shape[0] and self._counts[row] >= 1.0:
+                self._counts[row] -= 1.0
+                self._total -= 1.0
+
+    def copy(self) -> PopularityChannel:
+        twin = PopularityChannel(self._num_rows)
+        with self._lock:
+            twin._counts, twin._total = self._counts.copy(), self._total
+        return twin
 
     def count(self, row: int) -> float:
         """How many positive events ``row`` has."""

@@ -143,27 +143,28 @@ def ranking_groups(
     *,
     users: int | None = None,
     steps_per_user: int = 1,
-    folds: int = 4,
     seed: int = 0,
     progress: bool = False,
     new_from: Mapping[str, int] | None = None,
     instruction_for: Callable[[int], str | None] | None = None,
+    channels: Sequence[Any] | None = None,
 ) -> tuple[list[RankingGroup], int]:
     """Ranking examples for the head: each sampled user's last ``steps_per_user`` positive steps,
     with recall run on the history before each.
 
-    Recall statistics (transitions, popularity) are cross-fitted: users are split at random
-    into ``folds`` folds, and a user's examples are built on statistics of the *other* folds'
-    users only -- the head never learns from a feature that already counts its own label,
-    while everyone else's behaviour up to the present (a trend, a newly popular item) is
-    there to learn from. ``new_from``: only positions from ``new_from[user]`` on may be
-    targets (users not in it give none) -- for continual updates. ``instruction_for``: see
-    :func:`groups_for`.
+    Recall statistics (transitions, popularity) **leave the user out**: they count every
+    user's steps, and while a user's examples are built that user's own steps are taken out
+    of them (:meth:`~recsieve.engine.recall.RecallChannel.forget`) and put back after. So
+    the head never learns from a feature that already counts its own label, while everyone
+    else's behaviour up to the present (a trend, a newly popular item) is there to learn
+    from, at the strength serving sees it. ``channels``: statistics that already observed
+    exactly ``sequences`` (they are changed while this runs and restored after; pass a copy
+    of live ones), else they are built here. ``new_from``: only positions from
+    ``new_from[user]`` on may be targets (users not in it give none) -- for continual
+    updates. ``instruction_for``: see :func:`groups_for`.
 
     Returns the groups whose target was recalled and the number of users tried.
     """
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise InvalidInputError("folds", folds, "must be an integer >= 2")
     lasts: dict[str, list[int]] = {}
     for u, seq in sequences.items():
         targets = _last_positives(seq, steps_per_user)
@@ -175,26 +176,28 @@ def ranking_groups(
     ids = sorted(lasts)
     if users is not None and users < len(ids):
         ids = sorted(rng.choice(ids, size=users, replace=False).tolist())
-    everyone = sorted(sequences)
-    fold_of = dict(zip(everyone, rng.permutation(len(everyone)) % folds))
-    groups: list[RankingGroup] = []
-    for f in range(folds):
+    if channels is None:
         channels = engine._make_channels()
-        for u in everyone:
-            if fold_of[u] != f:
-                observe_steps(engine, channels, sequences[u])
-        mine = {u: lasts[u] for u in ids if fold_of[u] == f}
-        groups += groups_for(engine, sequences, mine, channels, progress=progress, instruction_for=instruction_for)
+        for u in sorted(sequences):
+            observe_steps(engine, channels, sequences[u])
+    groups: list[RankingGroup] = []
+    for u in tqdm(ids, desc="ranking examples", unit="user", disable=not progress, leave=False):
+        observe_steps(engine, channels, sequences[u], forget=True)
+        try:
+            groups += groups_for(engine, sequences, {u: lasts[u]}, channels, instruction_for=instruction_for)
+        finally:
+            observe_steps(engine, channels, sequences[u])
     return groups, len(ids)
 
 
-def observe_steps(engine: Engine, channels: Sequence[Any], steps: Sequence[Step]) -> None:
-    """Feed one user's steps, in order, to recall channels' statistics (as the engine does)."""
+def observe_steps(engine: Engine, channels: Sequence[Any], steps: Sequence[Step], *, forget: bool = False) -> None:
+    """Feed one user's steps, in order, to recall channels' statistics (as the engine does);
+    ``forget=True`` takes exactly those steps out again."""
     prev = None
     for step in steps:
         positive = engine.users.event_weight(step.kind, None) > 0
         for ch in channels:
-            ch.observe(prev, step.item, positive)
+            (ch.forget if forget else ch.observe)(prev, step.item, positive)
         if positive:
             prev = step.item
 
