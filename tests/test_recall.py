@@ -91,5 +91,5 @@ def test_forget_undoes_observe_and_copies_are_independent():
             twin.observe(*ev)
         assert _state(twin) == before
         twin.forget(None, 100, True)  # forgetting what was never seen changes nothing
-        twin.forget(100, 3, True)
+        twin.forget(100, 101, True)
         assert _state(twin) == before
