@@ -112,8 +112,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_evaluate_stream(args: argparse.Namespace) -> int:
     from recsieve.evaluation.cli import run_streaming
 
-    report = run_streaming(args.dataset, args.data_dir, chunks=args.chunks, start=args.start, eval_users=args.eval_users,
-                           ranker_users=args.ranker_users, seed=args.seed, progress=not args.quiet)
+    report = run_streaming(args.dataset, args.data_dir, chunks=args.chunks, start=args.start,
+                           eval_users=args.eval_users or None, ranker_users=args.ranker_users,
+                           learn_users=args.learn_users, seed=args.seed, progress=not args.quiet)
     _write_json(args.json, report)
     return 0
 
@@ -355,9 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     _dataset_args(s)
     s.add_argument("--chunks", type=int, default=4, help="chunks after the training part (default 4)")
     s.add_argument("--start", type=float, default=0.5, help="share of the stream used for initial training (default 0.5)")
-    s.add_argument("--eval-users", type=int, default=500, help="users evaluated per chunk, seeded sample (default 500)")
+    s.add_argument("--eval-users", type=int, default=1000,
+                   help="users evaluated per chunk, seeded sample; 0 = every active user (default 1000)")
+    s.add_argument("--learn-users", type=int, default=500,
+                   help="users with new events each continual update samples: its bounded compute (default 500)")
     s.add_argument("--ranker-users", type=int, default=2000,
-                   help="users sampled for each training or update of the head (default 2000)")
+                   help="users sampled for the initial training and each full retraining (default 2000)")
     s.set_defaults(func=cmd_evaluate_stream)
 
     s = sub.add_parser("evaluate-instructions", help="instruction following: hit rate and satisfying share of the "

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from recsieve.cli import main
+from recsieve.errors import InvalidInputError
 from recsieve.evaluation.datasets import Dataset
 from recsieve.evaluation.streaming import STRATEGIES, stream_order
 from recsieve.types import Item
@@ -55,4 +57,24 @@ def test_streaming_cli_end_to_end(tmp_path, capsys) -> None:
             assert 0.0 <= row[f"ndcg@10_{s}"] <= 1.0
     # before any update all strategies serve the same head
     assert first["ndcg@10_never"] == first["ndcg@10_continual"] == first["ndcg@10_retrain"]
+    for name in ("continual", "retrain"):
+        gain = report["gain_vs_never"][name]
+        assert gain["users"] > 0 and gain["ci95"][0] <= gain["mean"] <= gain["ci95"][1]
     assert "mean NDCG@10" in capsys.readouterr().out
+
+
+def test_paired_gain_interval() -> None:
+    from recsieve.evaluation.streaming import paired_gain
+
+    flat = paired_gain([0.5] * 50, [0.3] * 50)
+    assert flat["mean"] == pytest.approx(0.2) and flat["ci95"] == pytest.approx([0.2, 0.2]) and flat["users"] == 50
+    rng = np.random.default_rng(0)
+    b = rng.random(400).tolist()
+    noisy = paired_gain([x + d for x, d in zip(b, rng.normal(0.0, 1.0, 400))], b)
+    assert noisy["ci95"][0] < noisy["mean"] < noisy["ci95"][1]
+    assert noisy["ci95"][0] < 0 < noisy["ci95"][1]  # pure noise: the interval includes no gain
+    shifted = paired_gain([x + 0.5 + d for x, d in zip(b, rng.normal(0.0, 1.0, 400))], b)
+    assert shifted["ci95"][0] > 0
+    assert paired_gain([], [])["mean"] is None
+    with pytest.raises(InvalidInputError):
+        paired_gain([1.0], [])

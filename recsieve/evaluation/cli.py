@@ -70,14 +70,15 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
     return report
 
 
-def run_streaming(dataset: str, data_dir: str | Path, *, chunks: int = 4, start: float = 0.5, eval_users: int = 500,
-                  ranker_users: int | None = 2000, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+def run_streaming(dataset: str, data_dir: str | Path, *, chunks: int = 4, start: float = 0.5,
+                  eval_users: int | None = 1000, ranker_users: int | None = 2000, learn_users: int | None = 500,
+                  seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Load ``dataset``, run :func:`~recsieve.evaluation.streaming.streaming_evaluation`, print a table."""
     from recsieve.evaluation.datasets import load_dataset
     from recsieve.evaluation.streaming import STRATEGIES, streaming_evaluation
 
     report = streaming_evaluation(load_dataset(dataset, data_dir), chunks=chunks, start=start, eval_users=eval_users,
-                                  ranker_users=ranker_users, seed=seed, progress=progress)
+                                  ranker_users=ranker_users, learn_users=learn_users, seed=seed, progress=progress)
     print(f"{report['dataset']}: {report['events']:,} events in stream order by {report['order']}; "
           f"first {start:.0%} to train, then {chunks} chunks")
     print("chunk  users  " + "  ".join(f"{s:>10}" for s in STRATEGIES) + "  continual_s  retrain_s")
@@ -90,6 +91,13 @@ def run_streaming(dataset: str, data_dir: str | Path, *, chunks: int = 4, start:
                                                         if report[f"mean_ndcg@10_{s}"] is not None)
           + f"; update time: continual {report['continual_seconds_total']:.0f}s, "
             f"retrain {report['retrain_seconds_total']:.0f}s")
+    for name, gain in report["gain_vs_never"].items():
+        if gain["mean"] is not None:
+            print(f"{name} - never: {gain['mean']:+.4f} NDCG@10 (95% CI {gain['ci95'][0]:+.4f} .. "
+                  f"{gain['ci95'][1]:+.4f}, {gain['users']} paired users)")
+    share = report["recovered_share"]
+    print(f"continual recovers {share:.0%} of retraining's gain" if share is not None
+          else report["recovered_share_note"])
     return report
 
 
