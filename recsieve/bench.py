@@ -829,7 +829,7 @@ def _lever_speeds(model: Any, pairs: list[list[str]], repeats: int, workdir: Pat
     from recsieve.storage import atomic_write_json
 
     folders = {}
-    for name, layers, length in (("ce", None, model.max_length), ("student", 2, 64)):
+    for name, layers, length in (("ce", None, model.max_seq_length), ("student", 2, 64)):
         net = copy.deepcopy(model)
         if layers:
             keep_layers(net, layers)
