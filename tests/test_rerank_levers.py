@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_rerankers import CONTEXT, ITEMS, RerankerContract
 
 from recsieve.engine.config import CE_BACKENDS, EngineConfig
 from recsieve.errors import CorruptStoreError, InvalidInputError, ModelNotTrainedError
@@ -26,7 +27,6 @@ from recsieve.rerankers.cross_encoder import (
 )
 from recsieve.rerankers.distill import distill_reranker, spearman
 from recsieve.rerankers.onnx import OnnxReranker, export_onnx
-from tests.test_rerankers import CONTEXT, ITEMS, RerankerContract
 
 pytest.importorskip("onnxruntime")
 
@@ -159,8 +159,9 @@ def test_distilled_student_is_smaller_and_learns_its_teacher(tmp_path: Path, mod
 
 
 def test_engine_serves_the_configured_backend(tmp_path: Path, embedder, model: str) -> None:
+    from test_engine import DEMO
+
     from recsieve.engine.engine import Engine
-    from tests.test_engine import DEMO
 
     lists = {}
     for backend in ("torch", "onnx"):
