@@ -316,7 +316,6 @@ def _build(make: Callable[[], Any], ids: np.ndarray, base: np.ndarray) -> tuple[
 def _index_section(cfg: dict[str, Any], seed: int, bar: _Bar, notes: list[str]) -> dict[str, Any]:
     import faiss
 
-    from recsieve.indexes.base import SearchParams
     from recsieve.indexes.faiss_index import FaissIndex
 
     pinned = faiss.omp_get_max_threads()
@@ -358,12 +357,7 @@ def _index_section(cfg: dict[str, Any], seed: int, bar: _Bar, notes: list[str]) 
             bar.step(f"index {n:,}: hnsw build (efC={efc})")
             hnsw, info = _build(lambda e=efc: FaissIndex(DIM, "hnsw", hnsw_m=32, ef_construction=e), ids, base)
             info.update(hnsw_m=32, ef_construction=efc)
-            rows = []
-            for ef in cfg["hnsw_ef"]:
-                bar.step(f"index {n:,}: hnsw ef={ef}")
-                p = SearchParams(ef_search=ef)
-                found, lat = _single_queries(lambda q, ix=hnsw, p=p: ix.search(q, K, params=p)[1], queries)
-                rows.append(_setting_row({"ef_search": ef}, found, lat, truth, flat_p50))
+            rows = _sweep(hnsw, "ef_search", cfg["hnsw_ef"], queries, truth, flat_p50, bar, f"index {n:,}")
             res["indexes"]["faiss_hnsw"] = {**info, "settings": rows}
             del hnsw
         else:
@@ -374,18 +368,13 @@ def _index_section(cfg: dict[str, Any], seed: int, bar: _Bar, notes: list[str]) 
         bar.step(f"index {n:,}: ivf build (nlist={nlist})")
         ivf, info = _build(lambda nl=nlist: FaissIndex(DIM, "ivf", nlist=nl), ids, base)
         info.update(nlist=nlist)
-        rows = []
         # FaissIndex answers a query exactly when the probed lists hold fewer than k items, so
         # settings probing fewer than ~4k items on average would time that fallback, not IVF
-        sweep = [p for p in cfg["ivf_nprobe"] if p < nlist and p * n / nlist >= 4 * K]
+        probes = [p for p in cfg["ivf_nprobe"] if p < nlist and p * n / nlist >= 4 * K]
         if n <= 20_000 or nlist in cfg["ivf_nprobe"]:
-            sweep.append(nlist)  # every list probed: exhaustive, must match exact search
-        for nprobe in sweep:
-            bar.step(f"index {n:,}: ivf nprobe={nprobe}")
-            p = SearchParams(nprobe=nprobe)
-            found, lat = _single_queries(lambda q, ix=ivf, p=p: ix.search(q, K, params=p)[1], queries)
-            rows.append(_setting_row({"nprobe": nprobe}, found, lat, truth, flat_p50))
-        res["indexes"]["faiss_ivf"] = {**info, "settings": rows}
+            probes.append(nlist)  # every list probed: exhaustive, must match exact search
+        res["indexes"]["faiss_ivf"] = {**info, "settings": _sweep(ivf, "nprobe", probes, queries, truth, flat_p50,
+                                                                 bar, f"index {n:,}")}
         del ivf
 
         if n in cfg["lance_sizes"]:
@@ -394,6 +383,20 @@ def _index_section(cfg: dict[str, Any], seed: int, bar: _Bar, notes: list[str]) 
         del base, queries
         gc.collect()
     return out
+
+
+def _sweep(index: Any, knob: str, values: Sequence[int], queries: np.ndarray, truth: np.ndarray, flat_p50: float,
+           bar: _Bar, label: str) -> list[dict[str, Any]]:
+    """Single-query latency and recall@100 of a FAISS ``index`` at each value of its search ``knob``."""
+    from recsieve.indexes.base import SearchParams
+
+    rows = []
+    for value in values:
+        bar.step(f"{label}: {index.kind} {knob}={value}")
+        params = SearchParams(**{knob: value})
+        found, lat = _single_queries(lambda q, p=params: index.search(q, K, params=p)[1], queries)
+        rows.append(_setting_row({knob: value}, found, lat, truth, flat_p50))
+    return rows
 
 
 def _lance_index(n: int, ids: np.ndarray, base: np.ndarray, queries: np.ndarray, truth: np.ndarray,

@@ -17,7 +17,7 @@ import numpy as np
 
 from recsieve.errors import InvalidInputError
 
-__all__ = ["Reranker", "check_scores"]
+__all__ = ["Reranker", "check_pair_input", "check_scores"]
 
 
 class Reranker(ABC):
@@ -37,6 +37,18 @@ class Reranker(ABC):
         Returns a ``float32`` array of shape ``(len(items),)``, finite, higher = better. An
         empty ``items`` gives an empty array.
         """
+
+
+def check_pair_input(context: object, items: object) -> None:
+    """Check a :meth:`Reranker.score` call's arguments: a string context and a sequence of
+    string item texts; raises :class:`~recsieve.errors.InvalidInputError` naming the bad one."""
+    if not isinstance(context, str):
+        raise InvalidInputError("context", context, "must be a string")
+    if isinstance(items, str) or not isinstance(items, Sequence):
+        raise InvalidInputError("items", type(items).__name__, "must be a sequence of item texts")
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            raise InvalidInputError(f"items[{i}]", text, "must be a string")
 
 
 def check_scores(scores: object, n: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from recsieve.errors import CorruptStoreError, InvalidInputError, ModelNotTrainedError, StoreError
-from recsieve.rerankers.base import Reranker, check_scores
+from recsieve.rerankers.base import Reranker, check_pair_input, check_scores
 from recsieve.storage import read_json
 
 __all__ = ["CrossEncoderReranker", "MARKER_FILE", "MARKER_FORMAT", "DEFAULT_MAX_LENGTH", "DTYPES", "read_marker",
@@ -147,13 +147,7 @@ class CrossEncoderReranker(Reranker):
 
     def score(self, context: str, items: Sequence[str]) -> np.ndarray:
         """Raw logits of ``(context, item)`` for each item, ``float32`` of shape ``(len(items),)``."""
-        if not isinstance(context, str):
-            raise InvalidInputError("context", context, "must be a string")
-        if isinstance(items, str) or not isinstance(items, Sequence):
-            raise InvalidInputError("items", type(items).__name__, "must be a sequence of item texts")
-        for i, text in enumerate(items):
-            if not isinstance(text, str):
-                raise InvalidInputError(f"items[{i}]", text, "must be a string")
+        check_pair_input(context, items)
         self.load()
         if not items:
             return np.empty(0, dtype=np.float32)

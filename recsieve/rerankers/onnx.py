@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from recsieve.errors import CorruptStoreError, InvalidInputError
-from recsieve.rerankers.base import Reranker, check_scores
+from recsieve.rerankers.base import Reranker, check_pair_input, check_scores
 from recsieve.rerankers.cross_encoder import DEFAULT_MAX_LENGTH, read_marker
 from recsieve.storage import atomic_write_json, read_json
 
@@ -177,13 +177,7 @@ class OnnxReranker(Reranker):
 
     def score(self, context: str, items: Sequence[str]) -> np.ndarray:
         """Raw logits of ``(context, item)`` for each item, ``float32`` of shape ``(len(items),)``."""
-        if not isinstance(context, str):
-            raise InvalidInputError("context", context, "must be a string")
-        if isinstance(items, str) or not isinstance(items, Sequence):
-            raise InvalidInputError("items", type(items).__name__, "must be a sequence of item texts")
-        for i, text in enumerate(items):
-            if not isinstance(text, str):
-                raise InvalidInputError(f"items[{i}]", text, "must be a string")
+        check_pair_input(context, items)
         self.load()
         out = np.empty(len(items), dtype=np.float32)
         if not items:
