@@ -145,7 +145,7 @@ def _write_json(path: str | None, report: dict) -> None:
 def cmd_learn(args: argparse.Namespace) -> int:
     with Engine.open(args.dir) as engine:
         report = engine.learn(steps_per_user=args.steps_per_user, replay=args.replay, epochs=args.epochs,
-                              budget_s=args.budget_s)
+                              users=args.users or None, budget_s=args.budget_s)
         if report["updated"]:
             engine.save()
     print(json.dumps(report, indent=2))
@@ -396,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps-per-user", type=int, default=3, help="each user's last N new steps become examples (default 3)")
     s.add_argument("--replay", type=int, default=2000, help="older examples mixed in, at most (default 2000)")
     s.add_argument("--epochs", type=int, default=10, help="epochs of continued training (default 10)")
+    s.add_argument("--users", type=int, default=0,
+                   help="read at most this many users with new events, a seeded sample: bounds the update's "
+                        "compute (default 0: all of them)")
     s.add_argument("--budget-s", type=float, help="stop training after the epoch that passes this many seconds")
     s.set_defaults(func=cmd_learn)
 

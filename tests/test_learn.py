@@ -174,3 +174,8 @@ def test_learn_cli(trained, embedder, capsys, monkeypatch) -> None:
     assert EngineConfig.load(eng.directory).reranker_model == report["model"]
     assert main(["learn", str(eng.directory)]) == 0
     assert json.loads(capsys.readouterr().out)["reason"] == "no new events"
+    with Engine.open(eng.directory, embedder=embedder) as again:
+        again.record(_phase_two(range(150), 20000.0, 2))
+        again.save()
+    assert main(["learn", str(eng.directory), "--epochs", "1", "--users", "40"]) == 0
+    assert json.loads(capsys.readouterr().out)["users"] == 40  # a bounded sample of the 150 users with new events
