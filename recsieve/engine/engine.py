@@ -326,7 +326,8 @@ class Engine:
         return self._embedder
 
     def _load_models(self, config: EngineConfig) -> tuple[RankingHead | None, Reranker | None]:
-        """The ranking head and cross-encoder ``config`` asks for (nothing is assigned)."""
+        """The ranking head and cross-encoder of the folder ``config`` names (nothing is assigned;
+        :func:`_cross_encoder` decides whether the ordering reads that cross-encoder)."""
         path = self._model_dir(config)
         if path is None:
             return None, None
@@ -344,9 +345,7 @@ class Engine:
                 f"reranker_model {config.reranker_model!r} was trained on features {head.features}, "
                 f"but this engine's channels give {expected}; retrain it or restore the channels"
             )
-        if config.rerank_tier == "full" and head.cross_encoder and head.blend > 0:
-            return head, cross_encoder(path / head.cross_encoder)
-        return head, None
+        return head, cross_encoder(path / head.cross_encoder) if head.cross_encoder else None
 
     def _ensure_models(self) -> None:
         if self._models is None:
@@ -406,7 +405,8 @@ class Engine:
                 atomic_write_text(self.directory / CONFIG_FILE, config.to_toml())
             self.config = config
             self._models = (head, chosen)
-            self.model_version = _model_version(config, head) + (f":{chosen.model_id}" if chosen is not own else "")
+            given = chosen is not None and chosen is not own
+            self.model_version = _model_version(config, head) + (f":{chosen.model_id}" if given else "")
 
     @property
     def dim(self) -> int:
