@@ -117,7 +117,8 @@ def streaming_evaluation(
                 for u, i in zip(users[lo:hi].tolist(), positions[lo:hi].tolist())]
 
     report: dict[str, Any] = {"dataset": dataset.name, "order": how, "events": n, "start": start, "chunks": [],
-                              "strategies": list(STRATEGIES), "eval_users_per_chunk": eval_users, "seed": seed}
+                              "strategies": list(STRATEGIES), "eval_users_per_chunk": eval_users, "seed": seed,
+                              "ranker_users": ranker_users, "learn_users": learn_users, "learn_epochs": learn_epochs}
     with tempfile.TemporaryDirectory(prefix="recsieve-stream-") as tmp:
         root = Path(tmp)
         engine = Engine.create(root / "engine", config, embedder=embedder)
