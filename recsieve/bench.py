@@ -622,7 +622,7 @@ def _engine_section(cfg: dict[str, Any], seed: int, bar: _Bar, notes: list[str],
                 texts = [engine.catalog.text(int(r)) for r in rows]
                 sw.run("rerank", lambda c=ctx, t=texts: reranker.score(c, t))
         else:
-            notes.append("re-rank stage skipped: no trained re-ranker configured (requests are ordered by recall)")
+            notes.append("cross-encoder stage skipped: no cross-encoder configured (the engine orders by its fast tier, or by recall without a head)")
 
         # ---- cache hits: a request seen twice is admitted, the third is a hit
         hot_users = users[: min(len(users), 200)]
