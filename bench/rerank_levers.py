@@ -43,6 +43,7 @@ from recsieve.evaluation.harness import evaluate_split
 from recsieve.evaluation.protocol import leave_one_out, training_sequences
 from recsieve.evaluation.systems import CE_USERS, CachedEmbedder, EngineSystem
 from recsieve.rerankers.base import Reranker
+from recsieve.rerankers.cross_encoder import open_cross_encoder
 from recsieve.rerankers.distill import distill_reranker, spearman
 from recsieve.rerankers.levers import lever_rerankers
 
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         levers: dict[str, tuple[Reranker, int]] = {
             name: (rr, args.top) for name, rr in lever_rerankers(teacher, student=work / "student",
                                                                   short=args.short).items()}
-        levers["top-10"] = (lever_rerankers(teacher, short=args.short)["baseline"], 10)
+        levers["top-10"] = (open_cross_encoder(teacher), 10)
         folders = {m: ce_order_folder(model, head, m, work / f"ce-order-{m}") for m in {m for _, m in levers.values()}}
         recorded: dict[str, Recording] = {}
         for name, (reranker, top) in levers.items():

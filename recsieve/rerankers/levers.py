@@ -34,16 +34,18 @@ def lever_rerankers(model: str | os.PathLike, *, student: str | os.PathLike | No
     ``student``: a distilled student's folder (its levers are left out without one);
     ``short``: the token limit of the shorter-input levers.
     """
+    def lever(folder: str | os.PathLike, backend: str = "torch", max_length: int | None = None) -> Reranker:
+        return open_cross_encoder(folder, backend=backend, max_length=max_length, batch_size=batch_size)
+
     levers = {
-        "baseline": open_cross_encoder(model, batch_size=batch_size),
-        f"max_length={short}": open_cross_encoder(model, max_length=short, batch_size=batch_size),
-        "torch-bf16": open_cross_encoder(model, backend="torch-bf16", batch_size=batch_size),
-        "onnx": open_cross_encoder(model, backend="onnx", batch_size=batch_size),
-        "onnx-int8": open_cross_encoder(model, backend="onnx-int8", batch_size=batch_size),
-        f"onnx-int8+max_length={short}": open_cross_encoder(model, backend="onnx-int8", max_length=short,
-                                                            batch_size=batch_size),
+        "baseline": lever(model),
+        f"max_length={short}": lever(model, max_length=short),
+        "torch-bf16": lever(model, "torch-bf16"),
+        "onnx": lever(model, "onnx"),
+        "onnx-int8": lever(model, "onnx-int8"),
+        f"onnx-int8+max_length={short}": lever(model, "onnx-int8", short),
     }
     if student is not None:
-        levers["student"] = open_cross_encoder(student, batch_size=batch_size)
-        levers["student+onnx-int8"] = open_cross_encoder(student, backend="onnx-int8", batch_size=batch_size)
+        levers["student"] = lever(student)
+        levers["student+onnx-int8"] = lever(student, "onnx-int8")
     return levers
