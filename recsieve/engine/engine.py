@@ -635,6 +635,41 @@ class Engine:
         inst = self.embed_text(instruction, "instruction") if instruction is not None else None
         return self._recall(view, n, inst, parse_filter(filters)).cands
 
+    def recall_stage(self, view: UserView | None, n: int | None = None, *, instruction: str | None = None,
+                     filters: str | Mapping[str, Any] | Filter | None = None,
+                     statistics: Sequence[RecallChannel] | None = None) -> Recalled:
+        """Recall for a user view with everything the ordering stage reads (:class:`Recalled`).
+
+        ``statistics``: recall channels to use instead of the live ones (for instance a copy
+        from :meth:`statistics` that leaves one user's steps out, when building training data).
+        """
+        inst = self.embed_text(instruction, "instruction") if instruction is not None else None
+        return self._recall(view, n or self.config.recall_n, inst, parse_filter(filters), statistics)
+
+    def order_stage(self, view: UserView | None, recalled: Recalled, instruction: str | None = None, *,
+                    rerank: bool = True) -> np.ndarray:
+        """Final scores of ``recalled``'s candidates (in recall order) as :meth:`recommend` orders them."""
+        return self._order(view, recalled, instruction, rerank=rerank)
+
+    def statistics(self) -> tuple[list[RecallChannel], int]:
+        """A copy of the live recall statistics (channels) and the journal sequence they include,
+        taken at one moment under the write lock."""
+        with self._write_lock:
+            return [ch.copy() for ch in self._channels], self.journal.last_seq
+
+    def new_statistics(self) -> list[RecallChannel]:
+        """Fresh recall channels as the config names them, with empty statistics."""
+        return self._make_channels()
+
+    @property
+    def model_dir(self) -> Path | None:
+        """The serving model folder (absolute), or ``None`` when ordering by recall only."""
+        return self._model_dir()
+
+    def item_text(self, row: int) -> str:
+        """The rendered text of the item at ``row`` (its title if it was removed meanwhile)."""
+        return self._item_text(row)
+
     def _query_vector(self, view: UserView | None, instruction: np.ndarray | None) -> np.ndarray | None:
         cfg = self.config
         q = np.zeros(self.dim, dtype=np.float64)
