@@ -43,8 +43,8 @@ from recsieve.evaluation.harness import evaluate_split
 from recsieve.evaluation.protocol import leave_one_out, training_sequences
 from recsieve.evaluation.systems import CE_USERS, CachedEmbedder, EngineSystem
 from recsieve.rerankers.base import Reranker
-from recsieve.rerankers.cross_encoder import open_cross_encoder
 from recsieve.rerankers.distill import distill_reranker, spearman
+from recsieve.rerankers.factory import open_cross_encoder
 from recsieve.rerankers.levers import lever_rerankers
 
 

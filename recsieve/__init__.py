@@ -23,6 +23,8 @@ _EXPORTS = {
     "UpsertReport": "recsieve.engine.engine",
     "build_index": "recsieve.engine.engine",
     "EngineConfig": "recsieve.engine.config",
+    "learn": "recsieve.training.learn",
+    "Learner": "recsieve.training.learn",
     "Item": "recsieve.types",
     "Event": "recsieve.types",
     "Recommendation": "recsieve.types",
@@ -34,6 +36,8 @@ __all__ = [
     "UpsertReport",
     "build_index",
     "EngineConfig",
+    "learn",
+    "Learner",
     "Item",
     "Event",
     "Recommendation",
@@ -44,6 +48,7 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from recsieve.engine.config import EngineConfig
     from recsieve.engine.engine import Engine, UpsertReport, build_index
+    from recsieve.training.learn import Learner, learn
     from recsieve.types import Candidates, Event, Item, Recommendation
 
 

@@ -144,8 +144,10 @@ def _write_json(path: str | None, report: dict) -> None:
 
 def cmd_learn(args: argparse.Namespace) -> int:
     with Engine.open(args.dir) as engine:
-        report = engine.learn(steps_per_user=args.steps_per_user, replay=args.replay, epochs=args.epochs,
-                              users=args.users or None, budget_s=args.budget_s)
+        from recsieve.training import learn
+
+        report = learn(engine, steps_per_user=args.steps_per_user, replay=args.replay, epochs=args.epochs,
+                       users=args.users or None, budget_s=args.budget_s)
         if report["updated"]:
             engine.save()
     print(json.dumps(report, indent=2))
@@ -183,7 +185,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_train_reranker(args: argparse.Namespace) -> int:
     from functools import partial
 
-    from recsieve.engine.train import train_engine_ranker, train_engine_reranker
+    from recsieve.training import train_engine_ranker, train_engine_reranker
 
     events = None
     if args.events:

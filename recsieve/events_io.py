@@ -5,18 +5,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from recsieve.errors import InvalidInputError, RecsieveError
+from recsieve.items_io import NOT_UTF8_RE
 from recsieve.types import Event
 
 __all__ = ["read_events"]
 
 _FIELDS = ("user_id", "item_id", "kind", "ts", "weight", "text")
-_SURROGATE_RE = re.compile("[\udc80-\udcff]")
 
 
 def _event(record: dict[str, Any], where: str) -> Event:
@@ -70,15 +69,15 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any] | InvalidInputErr
         reader = csv.DictReader(io.StringIO(text, newline=""))
         try:
             header = reader.fieldnames or []
-            if any(_SURROGATE_RE.search(h) for h in header):
+            if any(NOT_UTF8_RE.search(h) for h in header):
                 raise InvalidInputError(f"{path.name} line 1: header", header, "not UTF-8 text")
             for row in reader:
                 lineno = reader.line_num
                 where = f"{path.name} line {lineno}"
                 if None in row:
                     yield lineno, InvalidInputError(where, row[None], "more cells than columns")
-                elif any(isinstance(v, str) and _SURROGATE_RE.search(v) for v in row.values()):
-                    bad = next(v for v in row.values() if isinstance(v, str) and _SURROGATE_RE.search(v))
+                elif any(isinstance(v, str) and NOT_UTF8_RE.search(v) for v in row.values()):
+                    bad = next(v for v in row.values() if isinstance(v, str) and NOT_UTF8_RE.search(v))
                     yield lineno, InvalidInputError(where, bad.encode("utf-8", "surrogateescape")[:40], "not UTF-8 text")
                 else:
                     yield lineno, row

@@ -1,8 +1,11 @@
 """Result caches: one contract for the in-process LRU and Redis; admission, bounds, TTL; score cache."""
 
+import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -97,7 +100,37 @@ def test_key_covers_every_input():
         args[i] = changed
         keys.add(result_key(*args))
     assert len(keys) == 8
-    assert result_key(*base) == result_key(*base)
+
+
+#: Requests whose keys must agree across processes: strings (salted by ``hash``), None, unicode.
+KEY_CASES = [
+    ["u", 1, 2, "m", 10, "cheap", "price < 3"],
+    ["u", 1, 2, "m", 10, None, None],
+    ["user-42", 0, 0, "", 5, "quelque chose de léger, moins de 30 €", 'category in ("books", "music")'],
+    ["u1", 12, 2, "m", 10, None, None],
+    ["u11", 2, 2, "m", 10, None, None],
+    ["u", 1, 2, "m", 10, "", None],
+    ["u", 1, 2, "m", 10, None, ""],
+]
+KEY_CHILD = (
+    "import json, sys\n"
+    "from recsieve.engine.cache import result_key\n"
+    "print(json.dumps([result_key(*case) for case in json.loads(sys.argv[1])]))\n"
+)
+
+
+def test_keys_are_the_same_in_every_process():
+    """Web workers share a Redis cache: two processes must compute the same key for the same
+    request, whatever their hash randomisation (``PYTHONHASHSEED``) is."""
+    runs = []
+    for seed in ("0", "1", "4242"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", KEY_CHILD, json.dumps(KEY_CASES)], env=env,
+                             capture_output=True, text=True, timeout=60, check=True)
+        runs.append(json.loads(out.stdout))
+    here = [result_key(*case) for case in KEY_CASES]
+    assert runs[0] == runs[1] == runs[2] == here
+    assert len(set(here)) == len(KEY_CASES)  # different requests, different keys
 
 
 def test_memory_lru_bound_and_scan_resistance():

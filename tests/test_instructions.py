@@ -73,8 +73,8 @@ def test_instruction_evaluation_end_to_end(tmp_path, capsys) -> None:
 
 @pytest.mark.parametrize("share", [-0.1, 1.5])
 def test_instruction_share_is_checked(share, tmp_path) -> None:
-    from recsieve.engine.train import train_engine_ranker
     from recsieve.errors import InvalidInputError
+    from recsieve.training import train_engine_ranker
 
     with pytest.raises(InvalidInputError, match="instruction_share"):
         train_engine_ranker(None, tmp_path / "m", instruction_share=share)  # type: ignore[arg-type]

@@ -10,10 +10,10 @@ import pytest
 
 from recsieve import Engine, EngineConfig, Event
 from recsieve.catalog import read_items
-from recsieve.engine.learn import Learner
 from recsieve.engine.ranker import RankingHead
-from recsieve.engine.train import train_engine_ranker
 from recsieve.errors import ModelNotTrainedError
+from recsieve.training import train_engine_ranker
+from recsieve.training.learn import Learner, learn
 
 DEMO = Path(str(resources.files("recsieve") / "data" / "demo_items.jsonl"))
 HOT = 5  # items everyone takes next in the second phase
@@ -74,7 +74,7 @@ def _mean_rank_of_hot(eng: Engine, head: RankingHead, users: list[str]) -> float
     ranks = []
     for u in users:
         view = eng.users.get(u)
-        recalled = eng._recall(view, eng.config.recall_n, None, None)
+        recalled = eng.recall_stage(view)
         order = recalled.cands.rows[np.argsort(-head.score(eng.features(view, recalled)), kind="stable")]
         ranks += [i for i, r in enumerate(order.tolist()) if r in hot_rows]
     return float(np.mean(ranks))
@@ -83,12 +83,12 @@ def _mean_rank_of_hot(eng: Engine, head: RankingHead, users: list[str]) -> float
 def test_learn_moves_scores_toward_the_new_behaviour(trained) -> None:
     eng = trained
     before = eng.ranking_head
-    assert eng.learn()["reason"] == "no new events"
+    assert learn(eng)["reason"] == "no new events"
     eng.record(_phase_two(range(150), 9000.0, 1))
     # probe users: two category items each, none of the hot ones yet
     probes = _phase_two(range(1000, 1020), 20000.0, 2)
     eng.record([e for i, e in enumerate(probes) if i % 3 != 2])
-    report = eng.learn(epochs=30)
+    report = learn(eng, epochs=30)
     assert report["updated"], report
     assert report["new_examples"] > 0 and report["replay_examples"] > 0
     after = eng.ranking_head
@@ -97,13 +97,13 @@ def test_learn_moves_scores_toward_the_new_behaviour(trained) -> None:
     # same features, two heads: the updated one ranks the newly popular items higher
     assert _mean_rank_of_hot(eng, after, probe_users) < _mean_rank_of_hot(eng, before, probe_users) - 1.0
     assert after.report["journal_seq"] == eng.journal.last_seq
-    assert eng.learn()["reason"] == "no new events"
+    assert learn(eng)["reason"] == "no new events"
 
 
 def test_learned_head_survives_reopen(trained, embedder) -> None:
     eng = trained
     eng.record(_phase_two(range(150), 9000.0, 1))
-    report = eng.learn(epochs=5)
+    report = learn(eng, epochs=5)
     assert report["updated"]
     eng.save()
     eng.close()
@@ -127,7 +127,7 @@ def test_a_failed_update_leaves_the_previous_head_serving(trained, monkeypatch) 
 
     monkeypatch.setattr(RankingHead, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        eng.learn(epochs=2)
+        learn(eng, epochs=2)
     assert eng.model_version == version
     assert (eng.directory / "recsieve.toml").read_text() == config_text
     assert not list((eng.directory / "models").glob("head-*"))  # nothing half-written left in place
@@ -138,7 +138,7 @@ def test_learn_needs_a_trained_head(tmp_path, embedder) -> None:
     eng = Engine.create(tmp_path / "e", EngineConfig(index="flat", refresh_threads=0), embedder=embedder)
     try:
         with pytest.raises(ModelNotTrainedError):
-            eng.learn()
+            learn(eng)
     finally:
         eng.close()
 

@@ -16,11 +16,10 @@ from recsieve.engine.ranker import (
     RankingHead,
     candidate_features,
     feature_names,
-    fit_head,
     listwise_ndcg,
 )
-from recsieve.engine.train import train_engine_ranker
 from recsieve.errors import InvalidInputError, StoreError
+from recsieve.training import fit_head, train_engine_ranker
 from recsieve.types import Candidates
 
 DEMO = Path(str(resources.files("recsieve") / "data" / "demo_items.jsonl"))
@@ -154,14 +153,19 @@ def shop(tmp_path_factory, embedder):
 
 
 def test_examples_see_statistics_of_everyone_but_their_user(shop) -> None:
-    from recsieve.engine.train import engine_sequences, groups_for, observe_steps, ranking_groups
+    from recsieve.training.examples import (
+        engine_sequences,
+        groups_for,
+        observe_steps,
+        ranking_groups,
+    )
 
     eng, _, _ = shop
     sequences = engine_sequences(eng)
     groups, tried = ranking_groups(eng, sequences, users=5, steps_per_user=2, seed=3)
     assert tried == 5 and groups
     for user in sorted({g.user_id for g in groups}):
-        others = eng._make_channels()
+        others = eng.new_statistics()
         for u in sorted(sequences):
             if u != user:
                 observe_steps(eng, others, sequences[u])
@@ -172,7 +176,7 @@ def test_examples_see_statistics_of_everyone_but_their_user(shop) -> None:
         for a, b in zip(got, want):
             np.testing.assert_allclose(a.features, b.features, rtol=1e-6)
     # without leaving the user out, the user's own next step is counted: features differ
-    everyone = eng._make_channels()
+    everyone = eng.new_statistics()
     for u in sorted(sequences):
         observe_steps(eng, everyone, sequences[u])
     user = groups[0].user_id
@@ -199,7 +203,7 @@ def test_engine_serves_the_head(shop) -> None:
         assert eng.reranker is None and eng.ranking_head is not None
         rows, scores = eng.rank(view)
         assert set(rows.tolist()) == set(plain_rows.tolist())
-        recalled = eng._recall(view, eng.config.recall_n, None, None)
+        recalled = eng.recall_stage(view)
         expected = eng.ranking_head.score(eng.features(view, recalled))
         order = recalled.cands.rows[np.argsort(-expected, kind="stable")]
         np.testing.assert_array_equal(rows, order)

@@ -395,10 +395,11 @@ def current_generation(path: Path) -> Path:
 def test_unknown_config_key_on_open(engine_dir, embedder, capsys):
     toml = engine_dir / "recsieve.toml"
     original = toml.read_text()
-    toml.write_text(original + "recal_n = 50\n")
+    assert "\n[recall]\n" in original  # settings are written in tables
+    toml.write_text(original.replace("\n[recall]\n", "\n[recall]\nrecal_n = 50\n"))
     with pytest.raises(InvalidInputError, match="unknown setting") as info:
         Engine.open(engine_dir, embedder=embedder)
-    assert info.value.field.endswith("recsieve.toml: recal_n") and info.value.value == 50
+    assert info.value.field.endswith("recsieve.toml: recall.recal_n") and info.value.value == 50
     assert_cli_error(capsys, "recal_n", "recommend", engine_dir, "--user", "u")
     toml.write_bytes(original.encode() + b"# caf\xe9\n")
     with pytest.raises(InvalidInputError, match="malformed TOML"):

@@ -19,13 +19,11 @@ from test_rerankers import CONTEXT, ITEMS, RerankerContract
 from recsieve.engine.config import CE_BACKENDS, EngineConfig
 from recsieve.errors import CorruptStoreError, InvalidInputError, ModelNotTrainedError
 from recsieve.rerankers.base import Reranker
-from recsieve.rerankers.cross_encoder import (
-    BACKENDS,
-    MARKER_FILE,
-    CrossEncoderReranker,
-    open_cross_encoder,
-)
+from recsieve.rerankers.cross_encoder import CrossEncoderReranker
 from recsieve.rerankers.distill import distill_reranker, spearman
+from recsieve.rerankers.factory import CE_BACKENDS as BACKENDS
+from recsieve.rerankers.factory import open_cross_encoder
+from recsieve.rerankers.folder import MARKER_FILE
 from recsieve.rerankers.onnx import OnnxReranker, export_onnx
 
 pytest.importorskip("onnxruntime")

@@ -83,7 +83,7 @@ def test_full_tier_adds_the_cross_encoder_to_the_head(trained, tmp_path, embedde
     try:
         eng.record([Event("x", "kit-001", "click"), Event("x", "kit-002", "click")])
         view = eng.users.get("x")
-        recalled = eng._recall(view, eng.config.recall_n, None, None)
+        recalled = eng.recall_stage(view)
         fast = eng.ranking_head.score(eng.features(view, recalled))
         top = np.argsort(-fast, kind="stable")[:20]
         texts = [eng.catalog.text(int(r)) for r in recalled.cands.rows[top]]
@@ -97,10 +97,10 @@ def test_full_tier_adds_the_cross_encoder_to_the_head(trained, tmp_path, embedde
         scored = eng.stats()["score_cache"]["entries"]
         eng.record(Event("x", "kit-003", "click"))
         now = eng.users.get("x")
-        eng._refresher = SimpleNamespace(is_pending=lambda user: True)
+        eng._hot.refresher = SimpleNamespace(is_pending=lambda user: True)
         pending = [r.item_id for r in eng.recommend("x", 10)]
-        eng._refresher = None
-        again = eng._recall(now, eng.config.recall_n, None, None)
+        eng._hot.refresher = None
+        again = eng.recall_stage(now)
         head_order = again.cands.rows[np.argsort(-eng.ranking_head.score(eng.features(now, again)), kind="stable")]
         assert pending == [eng.catalog.item_id(int(r)) for r in head_order[:10]]
         assert eng.stats()["score_cache"]["entries"] == scored

@@ -6,7 +6,7 @@ vector (:func:`candidate_features`) — each channel's rank and normalised score
 rank, cosine similarity to the user's long-term profile, short-term vector, last item and
 most similar recent item, to the instruction, and the item's popularity — and a two-layer
 MLP turns it into a score. It is trained with a listwise softmax loss on each user's last
-step, with recall statistics that exclude that step (see :mod:`recsieve.engine.train`).
+step, with recall statistics that exclude that step (see :mod:`recsieve.training`).
 
 Inference is numpy only (microseconds for a few hundred candidates): this is the ``fast``
 re-rank tier. The ``full`` tier adds the cross-encoder's score with the weight ``blend``
@@ -31,7 +31,7 @@ import numpy as np
 from recsieve.errors import InvalidInputError, StoreError
 from recsieve.types import Candidates
 
-__all__ = ["RANKER_FILE", "RankingHead", "candidate_features", "feature_names", "fit_head", "listwise_ndcg"]
+__all__ = ["RANKER_FILE", "RankingHead", "blend_scores", "candidate_features", "feature_names", "listwise_ndcg"]
 
 RANKER_FILE = "ranker.json"
 _WEIGHTS_FILE = "ranker.npz"
@@ -189,6 +189,22 @@ class RankingHead:
                    blend_top=int(meta.get("blend_top", 0)), cross_encoder=str(meta.get("cross_encoder", "")), report=dict(meta.get("report") or {}), **arrays)
 
 
+def blend_scores(head_scores: np.ndarray, text_scores: np.ndarray, top: np.ndarray, weight: float) -> np.ndarray:
+    """The ``full`` tier's final scores: the head's, plus ``weight`` times the cross-encoder's
+    score on the candidates ``top`` (positions the cross-encoder read, ``text_scores`` in that
+    order). Candidates it did not read stay below those it did, in the head's order.
+
+    The one blend rule: serving orders by it and training fits ``weight`` through it.
+    """
+    final = head_scores.astype(np.float32, copy=True)
+    final[top] += weight * np.asarray(text_scores, dtype=np.float32)
+    rest = np.ones(len(final), bool)
+    rest[top] = False
+    if rest.any():
+        final[rest] = final[top].min() - 1.0 - (head_scores[rest].max() - head_scores[rest])
+    return final
+
+
 def listwise_ndcg(scores: np.ndarray, target: int, k: int = 10) -> float:
     """NDCG@k of one list whose single relevant candidate is at position ``target``.
 
@@ -201,113 +217,3 @@ def listwise_ndcg(scores: np.ndarray, target: int, k: int = 10) -> float:
     for r in range(better, better + ties + 1):
         total += 1.0 / np.log2(r + 2.0) if r < k else 0.0
     return total / (ties + 1)
-
-
-def fit_head(
-    groups: Sequence[np.ndarray],
-    targets: Sequence[int],
-    names: Sequence[str],
-    *,
-    valid: tuple[Sequence[np.ndarray], Sequence[int]] | None = None,
-    hidden: int = 32,
-    epochs: int = 60,
-    lr: float = 3e-3,
-    weight_decay: float = 1e-4,
-    batch: int = 256,
-    seed: int = 0,
-    init: RankingHead | None = None,
-    budget_s: float | None = None,
-) -> RankingHead:
-    """Train a head with a listwise softmax loss: each group is one request's candidates
-    (features ``(n_i, F)``), ``targets[i]`` the position of the item the user took next.
-
-    With ``valid``, the epoch with the best validation NDCG@10 is kept (early stopping).
-    ``init``: continue from this head (its normalisation and weights; ``hidden`` is then
-    its). ``budget_s``: stop after the epoch that exceeds this many seconds.
-    """
-    import time
-
-    import torch
-
-    if not groups or len(groups) != len(targets):
-        raise InvalidInputError("groups", len(groups), f"need one target per group ({len(targets)} targets)")
-    f = len(names)
-    for i, (g, t) in enumerate(zip(groups, targets)):
-        if g.ndim != 2 or g.shape[1] != f:
-            raise InvalidInputError(f"groups[{i}]", g.shape, f"expected (n, {f})")
-        if not 0 <= t < g.shape[0]:
-            raise InvalidInputError(f"targets[{i}]", t, f"must index a candidate of its group (0..{g.shape[0] - 1})")
-    if init is not None:
-        if tuple(init.features) != tuple(names):
-            raise InvalidInputError("init", init.features, f"was trained on other features than {tuple(names)}")
-        mean, std, hidden = init.mean, init.std, init.b1.shape[0]
-    else:
-        allx = np.concatenate(list(groups))
-        mean = allx.mean(0).astype(np.float32)
-        std = allx.std(0).astype(np.float32)
-    # A feature that never varied in training (no request was ever given, say) carries no
-    # learned meaning: its weights are pinned at zero, so an unseen value cannot swing scores.
-    constant = std < 1e-6
-    std = np.where(constant, 1.0, std).astype(np.float32)
-    width = max(g.shape[0] for g in groups)
-
-    def pack(gs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        x = np.zeros((len(gs), width, f), np.float32)
-        mask = np.zeros((len(gs), width), bool)
-        for i, g in enumerate(gs):
-            m = min(g.shape[0], width)
-            x[i, :m] = (g[:m] - mean) / std
-            mask[i, :m] = True
-        return torch.from_numpy(x), torch.from_numpy(mask)
-
-    torch.manual_seed(seed)
-    x, mask = pack(groups)
-    y = torch.as_tensor(np.asarray(targets, np.int64))
-    model = torch.nn.Sequential(torch.nn.Linear(f, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
-    if init is not None:
-        with torch.no_grad():
-            model[0].weight.copy_(torch.from_numpy(init.w1.T.copy()))
-            model[0].bias.copy_(torch.from_numpy(init.b1))
-            model[2].weight.copy_(torch.from_numpy(init.w2[None, :].copy()))
-            model[2].bias.fill_(init.b2)
-    started = time.perf_counter()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-
-    def head_of() -> RankingHead:
-        w1, b1 = model[0].weight.detach().numpy().T.copy(), model[0].bias.detach().numpy().copy()
-        w1[constant] = 0.0
-        w2, b2 = model[2].weight.detach().numpy()[0].copy(), float(model[2].bias.detach()[0])
-        return RankingHead(tuple(names), mean, std, w1, b1, w2, b2)
-
-    def valid_ndcg(head: RankingHead) -> float:
-        assert valid is not None
-        return float(np.mean([listwise_ndcg(head.score(g), t) for g, t in zip(*valid)]))
-
-    best, best_score, history, best_epoch = head_of(), -1.0, [], 0
-    if valid is not None and init is not None:  # an update must beat the head it started from
-        best_score = valid_ndcg(best)
-        history.append(round(best_score, 5))
-    epochs_run = 0
-    for _ in range(epochs):
-        if budget_s is not None and time.perf_counter() - started > budget_s:
-            break
-        epochs_run += 1
-        model.train()
-        for idx in torch.randperm(len(groups), generator=gen).split(batch):
-            logits = model(x[idx]).squeeze(-1).masked_fill(~mask[idx], -1e9)
-            loss = torch.nn.functional.cross_entropy(logits, y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        head = head_of()
-        if valid is None:
-            best = head
-            continue
-        score = valid_ndcg(head)
-        history.append(round(score, 5))
-        if score > best_score:
-            best, best_score, best_epoch = head, score, epochs_run
-    best.report = {"train_groups": len(groups), "epochs": epochs_run, "best_epoch": best_epoch, "hidden": hidden,
-                   "valid_ndcg@10": best_score if valid is not None else None, "valid_history": history}
-    return best

@@ -19,7 +19,7 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
     """Load ``dataset`` from ``data_dir``, evaluate the named systems, print the table, return the report.
 
     ``recsieve-fast`` and ``recsieve`` train the engine's re-ranker on the training part
-    (:func:`~recsieve.engine.train.train_engine_ranker`); ``recsieve`` serves the ``full`` tier,
+    (:func:`~recsieve.training.train_engine_ranker`); ``recsieve`` serves the ``full`` tier,
     which includes a cross-encoder only with ``cross_encoder=True`` (tens of minutes on 2 cores).
     """
     from recsieve.embedding import SentenceTransformerEmbedder

@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from recsieve.catalog import read_items, render
 from recsieve.errors import InvalidInputError, StoreError
+from recsieve.items_io import read_items
+from recsieve.rendering import render
 from recsieve.types import EVENT_KINDS, Item
 
 __all__ = [
@@ -488,7 +489,7 @@ def load_custom(path: str | Path) -> Dataset:
     Interactions have columns ``user_id, item_id, ts`` (seconds, or ISO-8601 text) and
     optionally ``kind`` (one of :data:`~recsieve.types.EVENT_KINDS`, default ``click``) and
     ``rating`` (ignored by the protocol). Items are in the catalog format
-    (:func:`recsieve.catalog.read_items`). Events are sorted per user by ``ts``, ties in file
+    (:func:`recsieve.items_io.read_items`). Events are sorted per user by ``ts``, ties in file
     order. Every catalog item is ranked, also those nobody interacted with.
     """
     folder = Path(path)

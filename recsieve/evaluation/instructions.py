@@ -7,7 +7,7 @@ its categories, or its decade). Conditions, all on the same engine and recall st
 - ``no instruction``: the user's context alone, ranking head trained without requests;
 - ``instruction``: the request, same head (recall and features read it; the head never saw one);
 - ``instruction, trained``: the request, a head trained with requests attached to half of
-  its examples (:func:`~recsieve.engine.train.train_engine_ranker` ``instruction_share=0.5``).
+  its examples (:func:`~recsieve.training.train_engine_ranker` ``instruction_share=0.5``).
 
 Metrics: HR@10 and NDCG@10 of the target, and the share of the top 10 that satisfies the
 request (``satisfying@10``; for ``no instruction`` it is measured against the same request).
@@ -26,10 +26,10 @@ from recsieve.embedding import Embedder
 from recsieve.engine.config import EngineConfig
 from recsieve.engine.ranker import listwise_ndcg
 from recsieve.engine.requests import request_for
-from recsieve.engine.train import train_engine_ranker
 from recsieve.evaluation.datasets import Dataset
 from recsieve.evaluation.protocol import leave_one_out, training_sequences
 from recsieve.evaluation.systems import EngineSystem
+from recsieve.training import train_engine_ranker
 
 __all__ = ["CONDITIONS", "instruction_evaluation"]
 

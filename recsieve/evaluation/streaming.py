@@ -39,9 +39,9 @@ from recsieve.embedding import Embedder, SentenceTransformerEmbedder
 from recsieve.engine.config import EngineConfig
 from recsieve.engine.engine import Engine
 from recsieve.engine.ranker import listwise_ndcg
-from recsieve.engine.train import train_engine_ranker
 from recsieve.errors import InvalidInputError
 from recsieve.evaluation.datasets import Dataset
+from recsieve.training import learn, train_engine_ranker
 from recsieve.types import Event
 
 __all__ = ["STRATEGIES", "paired_gain", "stream_order", "streaming_evaluation"]
@@ -163,7 +163,7 @@ def streaming_evaluation(
                     break
                 engine.use_model(heads["continual"], tier="fast")
                 t = time.perf_counter()
-                learned = engine.learn(epochs=learn_epochs, users=learn_users)
+                learned = learn(engine, epochs=learn_epochs, users=learn_users)
                 row["continual_seconds"] = time.perf_counter() - t
                 row["continual_updated"] = learned["updated"]
                 if learned["updated"]:

@@ -66,7 +66,7 @@ class EngineSystem:
     """The recsieve engine as a scorer (recall only, or recall + re-ranker).
 
     ``train_ranker=True`` trains the engine's re-ranker on the training part after recording it
-    (:func:`~recsieve.engine.train.train_engine_ranker`; with ``cross_encoder=True`` a
+    (:func:`~recsieve.training.train_engine_ranker`; with ``cross_encoder=True`` a
     cross-encoder too, on ``ce_users`` users) and serves it in ``tier``; its report lands in
     ``train_report``.
     """
@@ -108,14 +108,14 @@ class EngineSystem:
                 events = []
         self.engine.record(events)
         if self.train_ranker:
-            from recsieve.engine.train import train_engine_ranker
+            from recsieve.training import train_engine_ranker
 
             model = Path(self._tmp.name) / "model"
             ce = None
             if self.cross_encoder:
                 from functools import partial
 
-                from recsieve.engine.train import train_engine_reranker
+                from recsieve.training import train_engine_reranker
 
                 ce = partial(train_engine_reranker, self.engine, users=self.ce_users, steps_per_user=CE_STEPS, lr=3e-4,
                              progress=self.progress)

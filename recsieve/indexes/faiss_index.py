@@ -41,9 +41,9 @@ from recsieve.errors import (
     StoreError,
 )
 from recsieve.filters import Filter
-from recsieve.indexes._metadata import (
-    ColumnStore,
-    RWLock,
+from recsieve.indexes.base import Metadata, SearchParams, VectorIndex
+from recsieve.indexes.checks import (
+    META_FILE,
     check_ids,
     check_positive,
     check_search,
@@ -51,7 +51,8 @@ from recsieve.indexes._metadata import (
     clean_metadata,
     read_index_meta,
 )
-from recsieve.indexes.base import Metadata, SearchParams, VectorIndex
+from recsieve.indexes.columns import ColumnStore
+from recsieve.locks import RWLock
 from recsieve.storage import atomic_write_bytes, atomic_write_json
 
 __all__ = ["FaissIndex", "FAISS_KINDS"]
@@ -62,7 +63,6 @@ _FORMAT = "recsieve-faiss-index"
 _VERSION = 1
 _INDEX_FILE = "index.faiss"
 _STATE_FILE = "state.npz"
-_META_FILE = "meta.json"
 _MAGICS = (b"IxFI", b"IHNf", b"IwFl")  # IndexFlatIP, IndexHNSWFlat, IndexIVFFlat
 
 
@@ -332,13 +332,13 @@ class FaissIndex(VectorIndex):
                 "index_sha256": hashlib.sha256(blob).hexdigest(),
             }
         atomic_write_bytes(directory / _INDEX_FILE, blob)
-        atomic_write_json(directory / _META_FILE, meta)
+        atomic_write_json(directory / META_FILE, meta)
 
     @classmethod
     def load(cls, directory: Path) -> FaissIndex:
         """Read an index written by :meth:`save`; a damaged folder raises :class:`CorruptStoreError`."""
         directory = Path(directory)
-        meta = read_index_meta(directory, _META_FILE, _FORMAT, _VERSION, "FAISS")
+        meta = read_index_meta(directory, _FORMAT, _VERSION, "FAISS")
         try:
             settings = dict(meta["settings"])
             self = cls(**settings)
@@ -351,7 +351,7 @@ class FaissIndex(VectorIndex):
             desc = meta["metadata"]
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptStoreError(
-                f"{directory / _META_FILE}: bad or missing entry ({exc})"
+                f"{directory / META_FILE}: bad or missing entry ({exc})"
             ) from None
         try:
             blob = (directory / _INDEX_FILE).read_bytes()
@@ -387,7 +387,7 @@ class FaissIndex(VectorIndex):
             or len(np.unique(pos_ids[alive])) != n_live
         ):
             raise CorruptStoreError(
-                f"{directory / _STATE_FILE}: id maps are inconsistent with {_META_FILE}"
+                f"{directory / _STATE_FILE}: id maps are inconsistent with {META_FILE}"
             )
         try:
             index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
@@ -401,7 +401,7 @@ class FaissIndex(VectorIndex):
             or index.metric_type != faiss.METRIC_INNER_PRODUCT
         ):
             raise CorruptStoreError(
-                f"{directory / _INDEX_FILE}: dimension/size/metric do not match {_META_FILE}"
+                f"{directory / _INDEX_FILE}: dimension/size/metric do not match {META_FILE}"
             )
         self._index = index
         self._trained_at = trained_at

@@ -42,16 +42,18 @@ from recsieve.errors import (
     StoreError,
 )
 from recsieve.filters import Filter
-from recsieve.indexes._metadata import (
-    RWLock,
+from recsieve.indexes.base import Metadata, SearchParams, VectorIndex
+from recsieve.indexes.checks import (
+    META_FILE,
     check_ids,
     check_positive,
     check_search,
     check_upsert,
     clean_metadata,
+    literal_kind,
     read_index_meta,
 )
-from recsieve.indexes.base import Metadata, SearchParams, VectorIndex
+from recsieve.locks import RWLock
 from recsieve.storage import atomic_write_json
 
 try:
@@ -69,7 +71,6 @@ __all__ = ["LanceIndex", "LANCE_INDEX_TYPES"]
 LANCE_INDEX_TYPES = ("hnsw_sq", "ivf_pq", "none")
 _FORMAT = "recsieve-lance-index"
 _VERSION = 1
-_META_FILE = "meta.json"
 _NULL = "CAST(NULL AS BOOLEAN)"  # SQL "unknown"
 _ARROW = {"number": pa.float64(), "bool": pa.bool_(), "string": pa.string()}
 _KIND_OF = {pa.float64(): "number", pa.bool_(): "bool", pa.string(): "string"}
@@ -79,12 +80,6 @@ _OPTIMIZE_EVERY = 64  # writes between compactions of the small fragments each w
 
 def _ids_sql(ids: Sequence[int]) -> str:
     return ", ".join(str(int(i)) for i in ids)
-
-
-def _lit_kind(lit: Any) -> str:
-    return (
-        "bool" if isinstance(lit, bool) else "number" if isinstance(lit, (int, float)) else "string"
-    )
 
 
 def _sql_lit(lit: Any) -> str:
@@ -104,7 +99,7 @@ def filter_sql(node: tuple, schema: Mapping[str, str]) -> str:
     kind = node[0]
     if kind == "cmp":
         name, op, lit = node[1], node[2], node[3]
-        if schema.get(name) != _lit_kind(lit):
+        if schema.get(name) != literal_kind(lit):
             return _NULL
         return f"(`{name}` {'=' if op == '==' else op} {_sql_lit(lit)})"
     if kind == "in":
@@ -113,7 +108,7 @@ def filter_sql(node: tuple, schema: Mapping[str, str]) -> str:
             return _NULL
         if not lits:  # unknown when the value is missing, else false (true when negated)
             return f"(`{name}` {'=' if negated else '<>'} `{name}`)"
-        values = ", ".join(_sql_lit(v) if _lit_kind(v) == schema[name] else "NULL" for v in lits)
+        values = ", ".join(_sql_lit(v) if literal_kind(v) == schema[name] else "NULL" for v in lits)
         return f"(`{name}` {'NOT IN' if negated else 'IN'} ({values}))"
     if kind == "not":
         return f"(NOT {filter_sql(node[1], schema)})"
@@ -453,7 +448,7 @@ class LanceIndex(VectorIndex):
                     if p.is_file()
                 },
             }
-        atomic_write_json(directory / _META_FILE, meta)
+        atomic_write_json(directory / META_FILE, meta)
 
     @classmethod
     def load(cls, directory: Path, *, uri: str | Path | None = None) -> LanceIndex:
@@ -462,7 +457,7 @@ class LanceIndex(VectorIndex):
         A missing or damaged folder raises :class:`StoreError` / :class:`CorruptStoreError`.
         """
         directory = Path(directory)
-        meta = read_index_meta(directory, _META_FILE, _FORMAT, _VERSION, "LanceDB")
+        meta = read_index_meta(directory, _FORMAT, _VERSION, "LanceDB")
         try:
             settings = dict(meta["settings"])
             rows, files = int(meta["rows"]), dict(meta["files"])
@@ -471,7 +466,7 @@ class LanceIndex(VectorIndex):
                 raise ValueError(f"bad table name {name!r}")
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptStoreError(
-                f"{directory / _META_FILE}: bad or missing entry ({exc})"
+                f"{directory / META_FILE}: bad or missing entry ({exc})"
             ) from None
         source = directory / f"{name}.lance"
         if not source.is_dir():

@@ -1,13 +1,18 @@
 """A re-ranker over a cross-encoder trained by recsieve (sentence-transformers ``CrossEncoder``).
 
-The model is a folder written by :func:`recsieve.rerankers.training.train_reranker`. That
-folder carries a marker file (``recsieve_reranker.json``: base model, loss, steps, validation
-metrics); a folder without it -- for instance the bi-encoder that training starts from, which
-``CrossEncoder`` would happily load with a freshly initialised, meaningless head -- is refused
-with :class:`~recsieve.errors.ModelNotTrainedError`. An untrained head is never served.
+The model is a folder written by :func:`recsieve.rerankers.training.train_reranker`; its
+marker is read and checked by :func:`recsieve.rerankers.folder.read_marker` -- a folder not
+trained by recsieve is refused with :class:`~recsieve.errors.ModelNotTrainedError`, so an
+untrained head is never served. :func:`recsieve.rerankers.factory.open_cross_encoder` picks
+between this torch re-ranker and the ONNX one by backend name.
 
 Construction is cheap; the model loads on first use (or :meth:`CrossEncoderReranker.load`),
 once, under a lock. Scores are the raw logits, ``float32``.
+
+``MARKER_FILE``, ``MARKER_FORMAT``, ``DEFAULT_MAX_LENGTH`` and ``read_marker`` (from
+:mod:`recsieve.rerankers.folder`) are still importable from here; ``open_cross_encoder`` and
+the backend names (``CE_BACKENDS``) are in :mod:`recsieve.rerankers.factory`, which imports
+this module (so this module cannot re-export them without an import cycle).
 """
 
 from __future__ import annotations
@@ -15,60 +20,26 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recsieve.errors import CorruptStoreError, InvalidInputError, ModelNotTrainedError, StoreError
+from recsieve.errors import CorruptStoreError, InvalidInputError
 from recsieve.rerankers.base import Reranker, check_pair_input, check_scores
-from recsieve.storage import read_json
+from recsieve.rerankers.folder import (
+    DEFAULT_MAX_LENGTH,
+    MARKER_FILE,
+    MARKER_FORMAT,
+    read_marker,
+    trained_max_length,
+)
 
-__all__ = ["CrossEncoderReranker", "MARKER_FILE", "MARKER_FORMAT", "DEFAULT_MAX_LENGTH", "DTYPES", "read_marker",
-           "open_cross_encoder", "BACKENDS"]
+__all__ = ["CrossEncoderReranker", "DTYPES",
+           # re-exported from recsieve.rerankers.folder
+           "MARKER_FILE", "MARKER_FORMAT", "DEFAULT_MAX_LENGTH", "read_marker"]
 
-#: Ways to run a trained cross-encoder: torch fp32 / bf16, ONNX Runtime fp32 / int8.
-BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
-
-#: Name of the file that marks a folder as a cross-encoder trained by recsieve.
-MARKER_FILE = "recsieve_reranker.json"
-#: Version of the marker's layout.
-MARKER_FORMAT = 1
 #: Number formats a cross-encoder can run in.
 DTYPES = ("float32", "bfloat16")
-#: Token limit of a (context, item) pair when neither the caller nor the marker gives one.
-DEFAULT_MAX_LENGTH = 256
-
-
-def read_marker(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check the training marker of a model folder.
-
-    Raises :class:`~recsieve.errors.ModelNotTrainedError` when ``path`` is not a folder or holds
-    no marker (not trained by recsieve), :class:`~recsieve.errors.CorruptStoreError` when the
-    marker is unreadable or not recsieve's.
-    """
-    folder = Path(path)
-    if not folder.is_dir():
-        raise ModelNotTrainedError(
-            f"no trained re-ranker at {str(folder)!r}: not a folder; train one with "
-            "`recsieve train-reranker` (recsieve.rerankers.training.train_reranker)"
-        )
-    marker_path = folder / MARKER_FILE
-    if not marker_path.is_file():
-        raise ModelNotTrainedError(
-            f"{str(folder)!r} has no {MARKER_FILE}: it is not a re-ranker trained by recsieve "
-            "(an untrained classification head is never served); train one with `recsieve train-reranker`"
-        )
-    try:
-        marker = read_json(marker_path, "re-ranker marker")
-    except StoreError as exc:
-        raise CorruptStoreError(str(exc)) from None
-    if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
-        raise CorruptStoreError(
-            f"{marker_path}: not a recsieve re-ranker marker of format {MARKER_FORMAT} "
-            f"(got {marker.get('format') if isinstance(marker, dict) else type(marker).__name__!r})"
-        )
-    return marker
 
 
 class CrossEncoderReranker(Reranker):
@@ -128,9 +99,7 @@ class CrossEncoderReranker(Reranker):
                 return
             marker = read_marker(self.folder)
             if self.max_length is None:
-                trained = marker.get("max_length")
-                ok = isinstance(trained, int) and not isinstance(trained, bool) and trained > 0
-                self.max_length = trained if ok else DEFAULT_MAX_LENGTH
+                self.max_length = trained_max_length(marker)
             import torch
             from sentence_transformers import CrossEncoder
 
@@ -159,20 +128,3 @@ class CrossEncoderReranker(Reranker):
                                       show_progress_bar=False, convert_to_numpy=True)
         scores = np.ascontiguousarray(np.asarray(raw, dtype=np.float32).reshape(-1))
         return check_scores(scores, len(items))
-
-
-def open_cross_encoder(model: str | os.PathLike, *, backend: str = "torch", max_length: int | None = None,
-                       batch_size: int = 32) -> Reranker:
-    """The trained cross-encoder in folder ``model``, run by ``backend`` (one of :data:`BACKENDS`).
-
-    ``max_length``: tokens per pair (``None``: as trained). ONNX backends export the model
-    into its folder on first use (:func:`recsieve.rerankers.onnx.export_onnx`).
-    """
-    if backend not in BACKENDS:
-        raise InvalidInputError("backend", backend, f"expected one of {BACKENDS}")
-    if backend.startswith("onnx"):
-        from recsieve.rerankers.onnx import OnnxReranker
-
-        return OnnxReranker(model, int8=backend == "onnx-int8", max_length=max_length, batch_size=batch_size)
-    return CrossEncoderReranker(model, max_length=max_length, batch_size=batch_size,
-                                dtype="bfloat16" if backend == "torch-bf16" else "float32")

@@ -26,12 +26,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from recsieve.errors import InvalidInputError
-from recsieve.rerankers.cross_encoder import (
-    MARKER_FILE,
-    MARKER_FORMAT,
-    CrossEncoderReranker,
-    read_marker,
-)
+from recsieve.rerankers.cross_encoder import CrossEncoderReranker
+from recsieve.rerankers.folder import MARKER_FILE, MARKER_FORMAT, read_marker
 from recsieve.storage import atomic_write_json, replacing_folder
 
 __all__ = ["distill_reranker", "keep_layers", "spearman"]

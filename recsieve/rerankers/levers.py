@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 
 from recsieve.rerankers.base import Reranker
-from recsieve.rerankers.cross_encoder import open_cross_encoder
+from recsieve.rerankers.factory import open_cross_encoder
 
 __all__ = ["lever_rerankers"]
 

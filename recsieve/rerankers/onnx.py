@@ -29,7 +29,7 @@ import numpy as np
 
 from recsieve.errors import CorruptStoreError, InvalidInputError
 from recsieve.rerankers.base import Reranker, check_pair_input, check_scores
-from recsieve.rerankers.cross_encoder import DEFAULT_MAX_LENGTH, read_marker
+from recsieve.rerankers.folder import read_marker, trained_max_length
 from recsieve.storage import atomic_write_json, read_json
 
 __all__ = ["export_onnx", "OnnxReranker", "ONNX_FOLDER"]
@@ -167,9 +167,7 @@ class OnnxReranker(Reranker):
                 raise CorruptStoreError(f"{path}: not a loadable ONNX model ({exc}); delete "
                                         f"{path.parent} to export it again") from None
             if self.max_length is None:
-                trained = marker.get("max_length")
-                ok = isinstance(trained, int) and not isinstance(trained, bool) and trained > 0
-                self.max_length = trained if ok else DEFAULT_MAX_LENGTH
+                self.max_length = trained_max_length(marker)
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
             self._names = [i.name for i in session.get_inputs()]
             self._pad = int(self._tokenizer.pad_token_id or 0)

@@ -39,7 +39,7 @@ from recsieve.embedding import DEFAULT_MODEL, resolve_model_path
 from recsieve.errors import InvalidInputError, MissingDependencyError
 from recsieve.rerankers.base import Reranker, check_scores
 from recsieve.rerankers.context import ContextEvent, render_context
-from recsieve.rerankers.cross_encoder import MARKER_FILE, MARKER_FORMAT
+from recsieve.rerankers.folder import MARKER_FILE, MARKER_FORMAT
 from recsieve.storage import atomic_write_json, fsync_dir
 from recsieve.types import EVENT_KINDS
 

@@ -1,0 +1,289 @@
+"""Latency benchmark harness behind ``recsieve bench``: JSON figures, PNG plots, a text summary.
+
+:func:`run_bench` measures, after warm-up and with FAISS/torch thread counts pinned for the run
+(and restored after), three sections, one module each:
+
+``index`` (:mod:`recsieve.bench.index`)
+    FAISS flat/HNSW/IVF and LanceDB on synthetic clustered vectors: build time, single-query
+    latency and recall@100 against exact search over each index's search knob.
+``engine`` (:mod:`recsieve.bench.engine`, with :mod:`recsieve.bench.cache`)
+    An engine over the demo catalog plus generated items and users, through its public API:
+    per-stage latency, cold and hot end-to-end requests, throughput with 1/2/4/8 caller
+    threads, cache hit ratio under a Zipf user load, and event -> refreshed cached list latency.
+``rerank`` (:mod:`recsieve.bench.rerank`)
+    ``CrossEncoder.predict`` on a MiniLM cross-encoder (speed only), its achieved GFLOP/s
+    against the machine's measured fp32 GEMM peak (``rerank_mfu``), and each lever's speed.
+
+Shared helpers and synthetic data are in :mod:`recsieve.bench.common`; the summary, plots and
+``rerank_ndcg_ratio`` in :mod:`recsieve.bench.report`. This is a measuring tool, not
+request-path code: it sets process-wide thread counts while it runs. Figures from a machine
+shared with other work are noisy; the JSON records the load average before and after each
+section.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from recsieve.bench.common import (
+    DIM,
+    RECALL_TARGET,
+    RERANK_CANDIDATES,
+    K,
+    ProgressBar,
+    clustered_vectors,
+    exact_topk,
+    latency_summary,
+    load_average,
+    machine_info,
+    pinned_threads,
+    recall_at_k,
+)
+from recsieve.bench.engine import engine_section
+from recsieve.bench.index import HNSW_EF, IVF_NPROBE, LANCE_EF, index_section, pick_default
+from recsieve.bench.report import format_summary, quality_ratio, write_plots
+from recsieve.bench.rerank import encoder_flops, fallback_pairs, gemm_peak_gflops, rerank_section
+from recsieve.errors import InvalidInputError
+
+__all__ = [
+    "DIM",
+    "HEADLINE_KEYS",
+    "HNSW_EF",
+    "IVF_NPROBE",
+    "K",
+    "LANCE_EF",
+    "RECALL_TARGET",
+    "RERANK_CANDIDATES",
+    "SECTIONS",
+    "clustered_vectors",
+    "encoder_flops",
+    "exact_topk",
+    "format_summary",
+    "gemm_peak_gflops",
+    "latency_summary",
+    "machine_info",
+    "pick_default",
+    "quality_ratio",
+    "recall_at_k",
+    "run_bench",
+]
+
+#: Keys every result JSON carries at the top level (``None`` where not measurable yet).
+HEADLINE_KEYS = (
+    "rerank_speedup_vs_naive",
+    "rerank_ndcg_ratio",
+    "cold_p95_ms",
+    "hot_p99_ms",
+    "recall_p99_ms",
+    "recall_at_100_vs_exact",
+    "rerank_mfu",
+)
+#: The sections :func:`run_bench` can run, in order.
+SECTIONS = ("index", "engine", "rerank")
+
+_FULL: dict[str, Any] = {
+    "sizes": (10_000, 100_000, 1_000_000),
+    "queries": 1000,
+    "flat_queries_large": 100,  # single-query exact search at >= 1M items is ~100 ms each
+    # HNSW over 1M x 384 takes ~5 minutes to build on 2 cores even at efConstruction 40, and reached
+    # recall@100 0.933 at best (IVF: 1.000 at p99 1.2 ms); IVF is the index for that size
+    "hnsw_max_size": 100_000,
+    "lance_sizes": (100_000,),
+    "engine_items": 5000,
+    "engine_users": 2000,
+    "engine_requests": 500,
+    "load_seconds": 3.0,
+    "refresh_samples": 100,
+    "rerank_pairs": 100,
+    "rerank_repeats": 3,
+}
+_QUICK: dict[str, Any] = {
+    "sizes": (10_000, 100_000),
+    "queries": 300,
+    "flat_queries_large": 100,
+    "hnsw_max_size": 100_000,
+    "lance_sizes": (10_000,),
+    "engine_items": 1000,
+    "engine_users": 500,
+    "engine_requests": 200,
+    "load_seconds": 1.5,
+    "refresh_samples": 30,
+    "rerank_pairs": 100,
+    "rerank_repeats": 1,
+}
+
+
+def run_bench(
+    *,
+    quick: bool = False,
+    json_out: str | Path | None = None,
+    plots_dir: str | Path | None = None,
+    threads: int = 2,
+    progress: bool = True,
+    sections: Sequence[str] = SECTIONS,
+    sizes: Sequence[int] | None = None,
+    queries: int | None = None,
+    lance_sizes: Sequence[int] | None = None,
+    engine_items: int | None = None,
+    engine_users: int | None = None,
+    engine_requests: int | None = None,
+    load_seconds: float | None = None,
+    rerank_pairs: int | None = None,
+    reranker_model: str | None = None,
+    quality_report: str | Path | None = None,
+    seed: int = 0,
+    summary: bool = True,
+) -> dict[str, Any]:
+    """Run the benchmark; return the result dict (also written to ``json_out`` as JSON).
+
+    ``quick`` uses 10k and 100k vectors and smaller loads (a few minutes); the full run adds
+    1M vectors (about 15 minutes on 2 cores). ``sections`` picks from :data:`SECTIONS`.
+    The other keyword arguments override the preset's sizes (``sizes``: index sizes;
+    ``queries``: single queries per setting; ``lance_sizes``: sizes also built on LanceDB;
+    ``engine_*``: generated catalog items, users and timed requests per stage;
+    ``load_seconds``: per throughput point; ``rerank_pairs``). ``reranker_model``: a trained
+    re-ranker folder for the engine (its stage is then measured); without one, the engine
+    trains a ranking head on its generated users and serves the fast tier, whose ordering of
+    100 candidates is timed against ``CrossEncoder.predict`` on 100 pairs
+    (``rerank_speedup_vs_naive``). ``quality_report``: an evaluation report with
+    ``recsieve-fast`` and ``recsieve`` rows, for ``rerank_ndcg_ratio``. ``plots_dir``
+    receives ``latency_cdf.png``, ``recall_vs_latency.png`` and ``throughput.png``. The headline
+    keys (:data:`HEADLINE_KEYS`) are always present, ``None`` where not measured, with a reason
+    in ``notes``.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InvalidInputError("threads", threads, "must be a positive integer")
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown or not sections:
+        raise InvalidInputError("sections", list(sections), f"choose from {SECTIONS}")
+    cfg = _config(quick, {"sizes": sizes, "queries": queries, "lance_sizes": lance_sizes,
+                          "engine_items": engine_items, "engine_users": engine_users,
+                          "engine_requests": engine_requests, "load_seconds": load_seconds,
+                          "rerank_pairs": rerank_pairs})
+
+    started = time.time()
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    result: dict[str, Any] = {key: None for key in HEADLINE_KEYS}
+    result.update(
+        schema=1, quick=quick, threads=threads, seed=seed, sections=list(sections),
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        machine=machine_info(threads), load_avg={"start": load_average()}, notes=notes,
+        parameters={k: v for k, v in cfg.items() if not callable(v)},
+    )
+    result["parameters"]["ef_construction_by_size"] = {str(n): cfg["ef_construction"](n) for n in cfg["sizes"]
+                                                       if n <= cfg["hnsw_max_size"]}
+    if any(20_000 < n <= cfg["hnsw_max_size"] for n in cfg["sizes"]):
+        notes.append("HNSW efConstruction is 200 (FaissIndex's default) up to 20k items and 100 above, "
+                     "to keep the run under 15 minutes on 2 cores")
+    stage_samples: dict[str, list[float]] = {}
+    pairs: list[tuple[str, str]] = []
+    bar = ProgressBar(len(sections), progress)
+    workdir = Path(tempfile.mkdtemp(prefix="recsieve-bench-"))
+    try:
+        with pinned_threads(threads):
+            if "index" in sections:
+                _run_index(result, cfg, seed, bar, notes)
+                bar.advance()
+            if "engine" in sections:
+                stage_samples, pairs = _run_engine(result, cfg, seed, bar, notes, reranker_model, workdir)
+                bar.advance()
+            if "rerank" in sections:
+                _run_rerank(result, cfg, seed, bar, notes, pairs, workdir)
+                bar.advance()
+    finally:
+        bar.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if quality_report is not None:
+        q = quality_ratio(json.loads(Path(quality_report).read_text("utf-8")))
+        result["rerank_quality"] = {**q, "source": str(quality_report)}
+        result["rerank_ndcg_ratio"] = q["ratio"]
+    else:
+        notes.append("rerank_ndcg_ratio is null: pass quality_report (an evaluation report with "
+                     "recsieve-fast and recsieve rows)")
+    result["load_avg"]["end"] = load_average()
+    result["wall_s"] = time.perf_counter() - t0
+    if plots_dir is not None:
+        result["plots"] = write_plots(result, stage_samples, Path(plots_dir))
+    if json_out is not None:
+        path = Path(json_out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    if summary:
+        print(format_summary(result), file=sys.stdout)
+    return result
+
+
+def _config(quick: bool, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The preset with ``overrides`` (those not ``None``) applied and checked."""
+    cfg = dict(_QUICK if quick else _FULL)
+    for key, value in overrides.items():
+        if value is not None:
+            cfg[key] = tuple(value) if key in ("sizes", "lance_sizes") else value
+    for key in ("queries", "engine_items", "engine_users", "engine_requests", "rerank_pairs"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise InvalidInputError(key, cfg[key], "must be a positive integer")
+    for n in cfg["sizes"]:
+        if isinstance(n, bool) or not isinstance(n, int) or n < K:
+            raise InvalidInputError("sizes", n, f"each size must be an integer >= {K}")
+    cfg["lance_queries"] = min(cfg["queries"], 200)
+    cfg["hnsw_ef"], cfg["ivf_nprobe"], cfg["lance_ef"] = HNSW_EF, IVF_NPROBE, LANCE_EF
+    # building HNSW over 100k x 384 at FaissIndex's efConstruction=200 takes too long on 2 cores
+    cfg["ef_construction"] = lambda n: 200 if n <= 20_000 else 100
+    return cfg
+
+
+def _run_index(result: dict[str, Any], cfg: dict[str, Any], seed: int, bar: ProgressBar,
+               notes: list[str]) -> None:
+    load0 = load_average()
+    result["index"] = index_section(cfg, seed, bar, notes)
+    result["index"]["load_avg"] = {"start": load0, "end": load_average()}
+    chosen = pick_default(result["index"])
+    result["recall_default"] = chosen
+    if chosen:
+        result["recall_p99_ms"] = chosen["latency"]["p99_ms"]
+        result["recall_at_100_vs_exact"] = chosen["recall_at_100"]
+        if not chosen["meets_target"]:
+            notes.append(f"no approximate index reached recall@100 >= {RECALL_TARGET} at "
+                         f"{chosen['size']:,}; the best recall is reported")
+        notes.append("recall_p99_ms / recall_at_100_vs_exact: at the largest size, the approximate "
+                     "index and setting with the lowest p99 among those reaching the recall target")
+
+
+def _run_engine(result: dict[str, Any], cfg: dict[str, Any], seed: int, bar: ProgressBar, notes: list[str],
+                reranker_model: str | None, workdir: Path
+                ) -> tuple[dict[str, list[float]], list[tuple[str, str]]]:
+    load0 = load_average()
+    eng, stage_samples, pairs = engine_section(cfg, seed, bar, notes, reranker_model, workdir)
+    eng["load_avg"] = {"start": load0, "end": load_average()}
+    result["engine"] = eng
+    result["cold_p95_ms"] = eng["stages"]["cold_request"]["p95_ms"]
+    result["hot_p99_ms"] = eng["stages"]["cache_hit"]["p99_ms"]
+    notes.append("cold_p95_ms: a new user with 5 events and a never-seen instruction "
+                 "(embedding + recall of 200 + ordering), no re-ranker unless one is configured")
+    return stage_samples, pairs
+
+
+def _run_rerank(result: dict[str, Any], cfg: dict[str, Any], seed: int, bar: ProgressBar, notes: list[str],
+                pairs: list[tuple[str, str]], workdir: Path) -> None:
+    load0 = load_average()
+    rr = rerank_section(cfg, pairs or fallback_pairs(cfg["rerank_pairs"], seed), bar, notes, workdir)
+    fast = result.get("engine", {}).get("stages", {}).get("rerank_fast")
+    if fast:
+        rr["fast_tier"] = {"candidates": RERANK_CANDIDATES, "p50_ms": fast["p50_ms"],
+                           "p99_ms": fast["p99_ms"], "what": "features + ranking head, 100 candidates"}
+        result["rerank_speedup_vs_naive"] = rr["ms_per_100_pairs"] * RERANK_CANDIDATES / 100 / fast["p50_ms"]
+        notes.append("rerank_speedup_vs_naive: CrossEncoder.predict time for 100 pairs / the fast "
+                     "tier's p50 ordering time for 100 candidates (features + head)")
+    else:
+        notes.append("rerank_speedup_vs_naive is null: the engine section did not run the fast tier")
+    rr["load_avg"] = {"start": load0, "end": load_average()}
+    result["rerank"] = rr
+    result["rerank_mfu"] = rr["mfu"]

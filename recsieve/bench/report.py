@@ -1,0 +1,157 @@
+"""What ``recsieve bench`` hands back besides the JSON: the text summary
+(:func:`format_summary`), PNG plots (:func:`write_plots`), and ``rerank_ndcg_ratio`` from an
+evaluation report (:func:`quality_ratio`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsieve.bench.common import DIM, RECALL_TARGET
+from recsieve.errors import InvalidInputError
+
+__all__ = ["format_summary", "quality_ratio", "write_plots"]
+
+
+def quality_ratio(report: dict[str, Any]) -> dict[str, Any]:
+    """``rerank_ndcg_ratio`` from an evaluation report (``recsieve evaluate --json``) holding both
+    ``recsieve-fast`` and ``recsieve`` (the full tier) rows: fast NDCG@10 / full NDCG@10."""
+    rows = {r["system"]: r for r in report.get("results", [])}
+    if "recsieve-fast" not in rows or "recsieve" not in rows:
+        raise InvalidInputError("quality report", sorted(rows), "needs rows for 'recsieve-fast' and 'recsieve'")
+    fast, full = rows["recsieve-fast"]["ndcg@10"], rows["recsieve"]["ndcg@10"]
+    return {"dataset": report.get("dataset"), "users": report.get("users"), "fast_ndcg@10": fast,
+            "full_ndcg@10": full, "ratio": fast / full if full else None,
+            "full_blend": (rows["recsieve"].get("train_report") or {}).get("blend")}
+
+
+# ---------------------------------------------------------------------------------- plots
+
+
+def write_plots(result: dict[str, Any], stage_samples: dict[str, list[float]], plots_dir: Path) -> list[str]:
+    """Write ``latency_cdf.png`` (per engine stage), ``recall_vs_latency.png`` (per index size) and
+    ``throughput.png`` into ``plots_dir``, each where its data was measured; the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    sizes = (result.get("index") or {}).get("sizes") or {}
+    eng = result.get("engine") or {}
+    for name, draw, data in (("latency_cdf.png", _latency_cdf, stage_samples),
+                             ("recall_vs_latency.png", _recall_vs_latency, sizes),
+                             ("throughput.png", _throughput, eng if eng.get("throughput_uncached") else None)):
+        if not data:
+            continue
+        fig = draw(plt, data)
+        fig.tight_layout()
+        path = plots_dir / name
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(str(path))
+    return written
+
+
+def _latency_cdf(plt: Any, stage_samples: dict[str, list[float]]) -> Any:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, samples in sorted(stage_samples.items()):
+        ms = np.sort(np.asarray(samples) * 1000)
+        ax.step(ms, np.arange(1, len(ms) + 1) / len(ms), where="post", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, log scale)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title("Engine: single-request latency CDF per stage")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _recall_vs_latency(plt: Any, sizes: dict[str, Any]) -> Any:
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4.2), squeeze=False)
+    for ax, (n, res) in zip(axes[0], sorted(sizes.items(), key=lambda kv: int(kv[0])), strict=False):
+        for name, idx in res["indexes"].items():
+            rows = idx.get("settings") or []
+            if not rows:
+                continue
+            x = [r["latency"]["p50_ms"] for r in rows]
+            y = [r["recall_at_100"] for r in rows]
+            (line,) = ax.plot(x, y, marker="o", label=name)
+            ax.plot([r["latency"]["p99_ms"] for r in rows], y, linestyle="--", marker=".",
+                    linewidth=0.8, alpha=0.6, color=line.get_color())
+            for r, xi, yi in zip(rows, x, y, strict=True):
+                if r["setting"]:
+                    ax.annotate(str(next(iter(r["setting"].values()))), (xi, yi), fontsize=6,
+                                textcoords="offset points", xytext=(3, -8))
+        ax.axhline(RECALL_TARGET, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("single-query latency, ms (log): p50 solid, p99 dashed")
+        ax.set_ylabel("recall@100 vs exact")
+        ax.set_title(f"{int(n):,} x {DIM}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def _throughput(plt: Any, eng: dict[str, Any]) -> Any:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, rows in (("uncached", eng["throughput_uncached"]),
+                        ("zipf load, cached", (eng.get("zipf") or {}).get("throughput") or [])):
+        if rows:
+            ax.plot([r["threads"] for r in rows], [r["requests_per_s"] for r in rows], marker="o", label=label)
+    ax.set_xlabel("concurrent caller threads")
+    ax.set_ylabel("requests / s")
+    ax.set_xscale("log", base=2)
+    ax.set_title("Engine throughput")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return fig
+
+
+# ---------------------------------------------------------------------------------- text summary
+
+
+def _fmt(x: Any, spec: str = ".3g") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """A few lines of text with the headline figures of a :func:`~recsieve.bench.run_bench` result."""
+    m = result["machine"]
+    lines = [
+        f"recsieve bench ({'quick' if result['quick'] else 'full'}) on {m['cpu_model']}, "
+        f"{m['usable_cpus']} cpus, {result['threads']} threads; wall {result['wall_s']:.0f}s; "
+        f"load avg start {result['load_avg']['start']} end {result['load_avg']['end']}",
+    ]
+    rd = result.get("recall_default")
+    if rd:
+        lines.append(
+            f"recall: {rd['size']:,} items, {rd['index']} {rd['setting']}: recall@100 "
+            f"{rd['recall_at_100']:.3f}, p50 {rd['latency']['p50_ms']:.2f} ms, p99 {rd['latency']['p99_ms']:.2f} ms "
+            f"(target p99 <= 2 ms, recall >= {RECALL_TARGET}); {_fmt(rd.get('speedup_p50_vs_flat'), '.0f')}x faster than flat"
+        )
+    eng = result.get("engine")
+    if eng:
+        st = eng["stages"]
+        parts = [f"{k} p50 {v['p50_ms']:.2f}/p99 {v['p99_ms']:.2f}" for k, v in st.items()]
+        lines.append("engine stages (ms): " + "; ".join(parts))
+        lines.append(
+            f"cold p95 {_fmt(result['cold_p95_ms'], '.1f')} ms, hot p99 {_fmt(result['hot_p99_ms'], '.3f')} ms, "
+            f"zipf hit ratio {eng['zipf']['hit_ratio_steady']:.2f}, event->refresh p95 "
+            f"{eng['event_to_refresh']['latency']['p95_ms']:.1f} ms"
+        )
+        lines.append("throughput req/s (1/2/4/8 threads): uncached "
+                     + "/".join(f"{r['requests_per_s']:.0f}" for r in eng["throughput_uncached"])
+                     + ", zipf cached " + "/".join(f"{r['requests_per_s']:.0f}" for r in eng["zipf"]["throughput"]))
+    rr = result.get("rerank")
+    if rr:
+        lines.append(
+            f"rerank: CrossEncoder.predict {rr['pairs_per_s']:.0f} pairs/s ({rr['tokens_mean']:.0f} tokens/pair), "
+            f"{rr['achieved_gflops']:.0f} GFLOP/s of {rr['gemm_peak']['best_gflops']:.0f} peak: MFU {rr['mfu']:.2f}; "
+            f"fast-tier speed-up {_fmt(result['rerank_speedup_vs_naive'], '.1f')}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,246 @@
+"""The request pipeline: query → recall → order → explain, for one user view.
+
+Recall fuses the channels' candidate lists (:mod:`recsieve.engine.recall`); the ordering
+reads the serving model (:mod:`recsieve.engine.models`): a ranking head over recall's
+features, blended with a cross-encoder's score by :func:`~recsieve.engine.ranker.blend_scores`
+(the same function training fits the weight through), or a bare cross-encoder, or recall
+order. Everything here reads state; nothing writes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from recsieve.engine.cache import ScoreCache
+from recsieve.engine.models import ModelSlot
+from recsieve.engine.ranker import RankingHead, blend_scores, candidate_features, feature_names
+from recsieve.engine.recall import PopularityChannel, RecallChannel, RecallRequest, fuse
+from recsieve.engine.store import Store
+from recsieve.engine.users import UserView
+from recsieve.errors import InvalidInputError, UnknownItemError
+from recsieve.filters import Filter
+from recsieve.types import Candidates, Recommendation
+from recsieve.vectors import normalize
+
+if TYPE_CHECKING:  # pragma: no cover
+    from recsieve.rerankers.base import Reranker
+
+__all__ = ["Pipeline", "Recalled", "MAX_INSTRUCTION"]
+
+log = logging.getLogger("recsieve")
+
+#: Longest instruction accepted, in characters.
+MAX_INSTRUCTION = 2_000
+
+_PAST = {"view": "viewed", "click": "clicked", "cart": "added to cart", "purchase": "bought", "rating": "rated"}
+
+
+@dataclass(frozen=True)
+class Recalled:
+    """What recall produced for one request: the fused candidates, each channel's own list,
+    the channels that made them, and the instruction's embedding (if any)."""
+
+    cands: Candidates
+    lists: list[Candidates]
+    channels: Sequence[RecallChannel]
+    instruction: np.ndarray | None
+    request: RecallRequest
+
+
+class Pipeline:
+    """Recall and ordering over a :class:`~recsieve.engine.store.Store` with the models of a
+    :class:`~recsieve.engine.models.ModelSlot`. ``embed``: the text embedder (called lazily)."""
+
+    def __init__(self, store: Store, models: ModelSlot, embed: Callable[[list[str]], np.ndarray],
+                 score_cache: ScoreCache) -> None:
+        self.store = store
+        self.models = models
+        self._embed = embed
+        self.scores = score_cache
+        self._texts: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._reranker_missing_logged = False
+
+    # -- query ---------------------------------------------------------------------------
+
+    def embed_text(self, text: str, field: str = "text") -> np.ndarray:
+        """Embed one query text (cached), validated: non-empty and at most 2,000 characters."""
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInputError(field, text, "must be a non-empty string")
+        if len(text) > MAX_INSTRUCTION:
+            raise InvalidInputError(field, text[:40], f"longer than {MAX_INSTRUCTION} characters")
+        key = " ".join(text.split())
+        vec = self._texts.get(key)
+        if vec is None:
+            vec = self._embed([key])[0]
+            self._texts[key] = vec
+            while len(self._texts) > 1024:
+                self._texts.popitem(last=False)
+        return vec
+
+    def query_vector(self, view: UserView | None, instruction: np.ndarray | None) -> np.ndarray | None:
+        """The vector channel's query: long-term profile + short-term vector + instruction."""
+        cfg, vectors, dim = self.store.config, self.store.vectors, self.store.dim
+        q = np.zeros(dim, dtype=np.float64)
+        if view is not None:
+            if view.profile is not None:
+                q += cfg.profile_weight * view.profile / np.linalg.norm(view.profile)
+            recent = view.recent[-cfg.short_term_events :]
+            if recent:
+                short = sum(e.weight * vectors[e.row].astype(np.float64) for e in recent)
+                norm = np.linalg.norm(short)
+                if norm > 1e-9:
+                    q += cfg.recent_weight * short / norm
+        if instruction is not None:
+            q += cfg.instruction_weight * instruction
+        if np.linalg.norm(q) < 1e-9:
+            return None
+        return normalize(q, dim, "query")[0]
+
+    # -- recall --------------------------------------------------------------------------
+
+    def recall(self, view: UserView | None, n: int, instruction: np.ndarray | None, flt: Filter | None,
+               channels: Sequence[RecallChannel] | None = None) -> Recalled:
+        """Recall with the store's channels (or ``channels``, e.g. statistics that leave a step out)."""
+        channels = self.store.channels if channels is None else channels
+        exclude = view.consumed if (view is not None and self.store.config.exclude_consumed) else frozenset()
+        catalog = self.store.catalog
+
+        def accept(row: int) -> bool:
+            if not catalog.is_live(row):
+                return False
+            return flt is None or flt.matches(catalog.metadata(row))
+
+        request = RecallRequest(
+            n=n,
+            query=self.query_vector(view, instruction),
+            recent_rows=tuple(e.row for e in view.recent if e.weight > 0) if view else (),
+            filter=flt,
+            exclude=exclude,
+            accept=accept,
+        )
+        lists = [ch.recall(request) for ch in channels]
+        return Recalled(fuse(lists, self.store.config.channel_weights, n), lists, channels, instruction, request)
+
+    # -- order ---------------------------------------------------------------------------
+
+    def features(self, view: UserView | None, recalled: Recalled) -> np.ndarray:
+        """The ranking head's features of recalled candidates (see :mod:`recsieve.engine.ranker`)."""
+        pop = next((c for c in recalled.channels if isinstance(c, PopularityChannel)), None)
+        rows = recalled.cands.rows
+        counts = np.array([pop.share(int(r)) for r in rows], np.float32) if pop else np.zeros(len(rows), np.float32)
+        return candidate_features(
+            recalled.cands, recalled.lists, self.store.vectors,
+            profile=None if view is None else view.profile,
+            recent_rows=[e.row for e in view.recent if e.weight > 0] if view is not None else [],
+            instruction=recalled.instruction, popularity=counts, short_term=self.store.config.short_term_events,
+            extra=np.concatenate([ch.features(recalled.request, rows) for ch in recalled.channels], axis=1),
+        )
+
+    def feature_names(self) -> tuple[str, ...]:
+        """The ranking head's feature layout for the store's channels."""
+        channels = self.store.channels
+        return feature_names([c.name for c in channels], {c.name: c.extra_features for c in channels})
+
+    def order(self, view: UserView | None, recalled: Recalled, instruction: str | None, *, rerank: bool = True,
+              cross_encoder: bool = True) -> np.ndarray:
+        """Final scores of candidates (in recall order): the ranking head's (plus the cross-encoder's
+        on the top ``rerank_n`` in the ``full`` tier), or a bare cross-encoder's, else recall order.
+        ``cross_encoder=False`` (a refresh is pending): the head alone, never a cross-encoder."""
+        cands = recalled.cands
+        n = len(cands)
+        recall_part = 1.0 - np.arange(n, dtype=np.float32) / max(n, 1)  # rank-normalised recall score
+        if not rerank:
+            return recall_part
+        serving = self.models.current()
+        head, reranker, cfg = serving.head, serving.reranker if cross_encoder else None, serving.config
+        if head is not None:
+            return self._head_order(view, recalled, instruction, head, reranker, serving.version)
+        if reranker is None:
+            if cfg.reranker_model == "" and not self._reranker_missing_logged:
+                log.info("recsieve: no trained re-ranker configured; ordering by recall only")
+                self._reranker_missing_logged = True
+            return recall_part
+        m = min(n, cfg.rerank_n)
+        scores = self.rerank_scores(reranker, self.render_context(view, instruction), cands.rows[:m], serving.version)
+        final = np.full(n, -np.inf, dtype=np.float32)
+        # Re-ranked candidates always stay above the ones the re-ranker did not read.
+        final[:m] = scores + cfg.blend * recall_part[:m]
+        final[m:] = scores.min() - 1.0 - np.arange(n - m, dtype=np.float32) if m else recall_part[m:]
+        return final
+
+    def _head_order(self, view: UserView | None, recalled: Recalled, instruction: str | None,
+                    head: RankingHead, reranker: Reranker | None, version: str) -> np.ndarray:
+        fast = head.score(self.features(view, recalled))
+        if reranker is None:
+            return fast
+        rerank_n = self.models.config.rerank_n
+        m = min(len(fast), rerank_n, head.blend_top or len(fast))  # as many as the weight was fitted on
+        top = np.argsort(-fast, kind="stable")[:m]
+        text = self.rerank_scores(reranker, self.render_context(view, instruction), recalled.cands.rows[top], version)
+        return blend_scores(fast, text, top, head.blend)
+
+    def rerank_scores(self, reranker: Reranker, context: str, rows: np.ndarray, version: str) -> np.ndarray:
+        """Re-ranker scores of ``rows`` for ``context``; only pairs missing from the score cache are scored."""
+        ckey = ScoreCache.context_key(version + "\x00" + context)
+        keys = [(int(r), self.store.hashes.get(int(r), "")) for r in rows]
+        cached = self.scores.lookup(ckey, keys)
+        todo = [i for i, v in enumerate(cached) if v is None]
+        scores = np.array([0.0 if v is None else v for v in cached], dtype=np.float32)
+        if todo:
+            from recsieve.rerankers.base import check_scores
+
+            texts = [self.item_text(keys[i][0]) for i in todo]
+            fresh = check_scores(reranker.score(context, texts), len(todo))
+            scores[todo] = fresh
+            self.scores.store(ckey, [keys[i] for i in todo], fresh.tolist())
+        return scores
+
+    def item_text(self, row: int) -> str:
+        """The rendered text of the item at ``row`` (its title if it was removed meanwhile)."""
+        try:
+            return self.store.catalog.text(row)
+        except UnknownItemError:  # removed while this request ran; dropped from the answer later
+            return self.store.catalog.title(row)
+
+    def render_context(self, view: UserView | None, instruction: str | None, now: float | None = None) -> str:
+        """The user-context text the re-ranker reads (same rendering in training and serving)."""
+        from recsieve.rerankers.context import ContextEvent, render_context
+
+        now = time.time() if now is None else now
+        events = []
+        if view is not None:
+            for e in reversed(view.recent):
+                events.append(ContextEvent(self.store.catalog.title(e.row), e.kind, max(0.0, now - e.ts), e.text))
+        events.reverse()
+        return render_context(events, instruction)
+
+    # -- explain -------------------------------------------------------------------------
+
+    def explain(self, view: UserView | None, inst_vec: np.ndarray | None, row: int, score: float,
+                recall_score: float, rank: int, instruction: str | None) -> Recommendation:
+        """A :class:`Recommendation` with a short reason: the closest recent event, the request, or popularity."""
+        vectors, catalog = self.store.vectors, self.store.catalog
+        vec = vectors[row]
+        pop = next((c for c in self.store.channels if isinstance(c, PopularityChannel)), None)
+        reason = "popular right now" if pop is not None and pop.count(row) > 0 else "from the catalog (no signal yet)"
+        best = -math.inf
+        if view is not None:
+            for e in view.recent:
+                if e.weight <= 0:
+                    continue
+                sim = float(vec @ vectors[e.row])
+                if sim > best:
+                    best, reason = sim, f"because you {_PAST.get(e.kind, e.kind)} {catalog.title(e.row)!r}"
+        if inst_vec is not None:
+            sim = float(vec @ inst_vec)
+            if sim >= best:
+                reason = f"matches your request {instruction!r}"
+        return Recommendation(catalog.item_id(row), score, recall_score, rank, reason)

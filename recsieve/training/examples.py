@@ -1,0 +1,222 @@
+"""Training data from an engine's interaction log: per-user step sequences, the cross-encoder's
+(context, candidates) examples, and the ranking head's groups (recall run on each user's history
+before a step, with statistics that leave that user out).
+
+For each user, events are ordered by time. Contexts are rendered exactly as serving renders
+them (:meth:`~recsieve.engine.engine.Engine.render_context`); candidates come from the
+engine's own recall (:meth:`~recsieve.engine.engine.Engine.recall_stage`), and features from
+the same function serving uses (:meth:`~recsieve.engine.engine.Engine.features`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from recsieve.engine.engine import Engine
+from recsieve.errors import UnknownItemError
+from recsieve.rerankers.training import Example, Step, build_examples, make_render
+from recsieve.types import EVENT_KINDS, Event
+
+__all__ = ["engine_sequences", "engine_examples", "RankingGroup", "ranking_groups", "observe_steps", "groups_for",
+           "save_replay", "load_replay"]
+
+
+def engine_sequences(engine: Engine, events: Sequence[Event] | None = None) -> dict[str, list[Step]]:
+    """Per-user time-ordered steps (catalog rows) from ``events``, or from the engine's journal."""
+    by_user: dict[str, list[tuple[float, int, Step]]] = defaultdict(list)
+    if events is None:
+        for rec in engine.journal.events():
+            by_user[rec.user_id].append((rec.ts, rec.seq, Step(rec.row, rec.kind, rec.ts, rec.text)))
+    else:
+        for i, ev in enumerate(events):
+            if ev.item_id not in engine.catalog:
+                raise UnknownItemError(f"events[{i}].item_id", ev.item_id)
+            ts = float(ev.ts) if ev.ts is not None else float(i)
+            by_user[ev.user_id].append((ts, i, Step(engine.catalog.row(ev.item_id), ev.kind, ts, ev.text)))
+    return {u: [s for _, _, s in sorted(steps, key=lambda x: (x[0], x[1]))] for u, steps in by_user.items()}
+
+
+def engine_examples(
+    engine: Engine,
+    sequences: dict[str, list[Step]],
+    *,
+    users: int | None = None,
+    steps_per_user: int = 3,
+    n_hard: int = 7,
+    n_random: int = 2,
+    max_history: int = 10,
+    seed: int = 0,
+) -> tuple[list[Example], list[Example]]:
+    """(train, valid) examples: valid = each sampled user's last positive step, train = earlier steps."""
+    rng = np.random.default_rng(seed)
+    ids = sorted(u for u, s in sequences.items() if len(s) >= 3)
+    if users is not None and users < len(ids):
+        ids = sorted(rng.choice(ids, size=users, replace=False).tolist())
+    n_rows = engine.catalog.num_rows
+    texts = [engine.catalog.text(r) if engine.catalog.is_live(r) else engine.catalog.title(r) for r in range(n_rows)]
+    titles = [engine.catalog.title(r) for r in range(n_rows)]
+    render = make_render(titles)
+
+    def negatives(history: list[int], n: int) -> list[int]:
+        view = engine.history_view(history)
+        return engine.recall_view(view, max(n * 4, 20)).rows.tolist()
+
+    train_seqs, valid_seqs = [], []
+    for u in ids:
+        seq = sequences[u]
+        last = max((t for t in range(1, len(seq)) if EVENT_KINDS.get(seq[t].kind, 1.0) > 0), default=None)
+        if last is None:
+            continue
+        train_seqs.append(seq[:last])
+        valid_seqs.append(seq[: last + 1])
+    common = dict(max_history=max_history, n_hard=n_hard, n_random=n_random, seed=seed)
+    train = build_examples(train_seqs, texts, render, negatives, steps_per_user=steps_per_user, **common)
+    valid = build_examples(valid_seqs, texts, render, negatives, last_only=True, **common)
+    return train, valid
+
+
+def _last_positives(seq: Sequence[Step], k: int) -> list[int]:
+    """Positions of the last ``k`` positive steps that have some history before them."""
+    return [t for t in range(1, len(seq)) if EVENT_KINDS.get(seq[t].kind, 1.0) > 0][-k:]
+
+
+@dataclass
+class RankingGroup:
+    """One user's last step as a ranking example: the recalled candidates' features, the
+    target's position among them, and what is needed to score them with a cross-encoder."""
+
+    user_id: str
+    features: np.ndarray
+    target: int
+    rows: np.ndarray
+    context: str
+
+
+def ranking_groups(
+    engine: Engine,
+    sequences: dict[str, list[Step]],
+    *,
+    users: int | None = None,
+    steps_per_user: int = 1,
+    seed: int = 0,
+    progress: bool = False,
+    new_from: Mapping[str, int] | None = None,
+    instruction_for: Callable[[int], str | None] | None = None,
+    channels: Sequence[Any] | None = None,
+) -> tuple[list[RankingGroup], int]:
+    """Ranking examples for the head: each sampled user's last ``steps_per_user`` positive steps,
+    with recall run on the history before each.
+
+    Recall statistics (transitions, popularity) **leave the user out**: they count every
+    user's steps, and while a user's examples are built that user's own steps are taken out
+    of them (:meth:`~recsieve.engine.recall.RecallChannel.forget`) and put back after. So
+    the head never learns from a feature that already counts its own label, while everyone
+    else's behaviour up to the present (a trend, a newly popular item) is there to learn
+    from, at the strength serving sees it. ``channels``: statistics that already observed
+    exactly ``sequences`` (they are changed while this runs and restored after; pass a copy
+    of live ones), else they are built here. ``new_from``: only positions from
+    ``new_from[user]`` on may be targets (users not in it give none) -- for continual
+    updates. ``instruction_for``: see :func:`groups_for`.
+
+    Returns the groups whose target was recalled and the number of users tried.
+    """
+    lasts: dict[str, list[int]] = {}
+    for u, seq in sequences.items():
+        targets = _last_positives(seq, steps_per_user)
+        if new_from is not None:
+            targets = [t for t in targets if t >= new_from.get(u, len(seq))]
+        if targets:
+            lasts[u] = targets
+    rng = np.random.default_rng(seed)
+    ids = sorted(lasts)
+    if users is not None and users < len(ids):
+        ids = sorted(rng.choice(ids, size=users, replace=False).tolist())
+    if channels is None:
+        channels = engine.new_statistics()
+        for u in sorted(sequences):
+            observe_steps(engine, channels, sequences[u])
+    groups: list[RankingGroup] = []
+    for u in tqdm(ids, desc="ranking examples", unit="user", disable=not progress, leave=False):
+        observe_steps(engine, channels, sequences[u], forget=True)
+        try:
+            groups += groups_for(engine, sequences, {u: lasts[u]}, channels, instruction_for=instruction_for)
+        finally:
+            observe_steps(engine, channels, sequences[u])
+    return groups, len(ids)
+
+
+def observe_steps(engine: Engine, channels: Sequence[Any], steps: Sequence[Step], *, forget: bool = False) -> None:
+    """Feed one user's steps, in order, to recall channels' statistics (as the engine does);
+    ``forget=True`` takes exactly those steps out again."""
+    prev = None
+    for step in steps:
+        positive = engine.users.event_weight(step.kind, None) > 0
+        for ch in channels:
+            (ch.forget if forget else ch.observe)(prev, step.item, positive)
+        if positive:
+            prev = step.item
+
+
+def groups_for(engine: Engine, sequences: dict[str, list[Step]], targets: dict[str, list[int]],
+               channels: Sequence[Any], *, progress: bool = False,
+               instruction_for: Callable[[int], str | None] | None = None) -> list[RankingGroup]:
+    """A :class:`RankingGroup` per (user, target position) whose target recall (on ``channels``) finds.
+
+    ``instruction_for(target_row)``: a request the target satisfies, or ``None``; when given,
+    recall, features and context read it as serving would.
+    """
+    groups = []
+    for u in tqdm(sorted(targets), desc="ranking examples", unit="user", disable=not progress, leave=False):
+        seq = sequences[u]
+        for last in targets[u]:
+            history = seq[:last]
+            view = engine.history_view([s.item for s in history], [s.kind for s in history],
+                                       [s.ts if s.ts is not None else float(i) for i, s in enumerate(history)])
+            text = instruction_for(seq[last].item) if instruction_for is not None else None
+            recalled = engine.recall_stage(view, instruction=text, statistics=channels)
+            hit = np.flatnonzero(recalled.cands.rows == seq[last].item)
+            if hit.size == 0:
+                continue
+            now = seq[last].ts if seq[last].ts is not None else float(last)
+            groups.append(RankingGroup(u, engine.features(view, recalled), int(hit[0]), recalled.cands.rows,
+                                       engine.render_context(view, text, now=now)))
+    return groups
+
+
+def save_replay(folder: Path, groups: Sequence[RankingGroup], limit: int = 2000, seed: int = 0) -> None:
+    """Keep a sample of (at most ``limit``) training groups beside a head, for replay in later updates."""
+    if len(groups) > limit:
+        pick = np.random.default_rng(seed).choice(len(groups), size=limit, replace=False)
+        groups = [groups[i] for i in sorted(pick)]
+    if not groups:
+        return
+    tmp = folder / "replay.npz.tmp"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, x=np.concatenate([g.features for g in groups]).astype(np.float16),
+                 sizes=np.array([len(g.rows) for g in groups], np.int64),
+                 targets=np.array([g.target for g in groups], np.int64),
+                 users=np.array([g.user_id for g in groups]))
+    tmp.replace(folder / "replay.npz")
+
+
+def load_replay(folder: Path) -> list[RankingGroup]:
+    """The replay sample saved by :func:`save_replay` (empty when there is none)."""
+    path = folder / "replay.npz"
+    if not path.exists():
+        return []
+    with np.load(path, allow_pickle=False) as z:
+        x, sizes, targets, users = z["x"].astype(np.float32), z["sizes"], z["targets"], z["users"]
+    out, start = [], 0
+    for n, t, u in zip(sizes.tolist(), targets.tolist(), users.tolist()):
+        out.append(RankingGroup(str(u), x[start:start + n], int(t), np.zeros(n, np.int64), ""))
+        start += n
+    return out
+
+

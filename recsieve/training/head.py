@@ -1,0 +1,258 @@
+"""Training the ranking head (``recsieve train-reranker``): a two-layer MLP over recall's
+features of each candidate, fitted with a listwise softmax loss on each user's last steps, and
+optionally a cross-encoder whose weight in the ``full`` tier is fitted on held-out users through
+:func:`~recsieve.engine.ranker.blend_scores`, the rule serving orders by.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from recsieve.engine.engine import Engine
+from recsieve.engine.ranker import RankingHead, blend_scores, listwise_ndcg
+from recsieve.errors import InvalidInputError
+from recsieve.rerankers.training import TrainReport
+from recsieve.storage import replacing_folder
+from recsieve.training.examples import RankingGroup, engine_sequences, ranking_groups, save_replay
+from recsieve.types import Event
+
+__all__ = ["fit_head", "fit_blend", "train_engine_ranker"]
+
+
+def fit_head(
+    groups: Sequence[np.ndarray],
+    targets: Sequence[int],
+    names: Sequence[str],
+    *,
+    valid: tuple[Sequence[np.ndarray], Sequence[int]] | None = None,
+    hidden: int = 32,
+    epochs: int = 60,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    batch: int = 256,
+    seed: int = 0,
+    init: RankingHead | None = None,
+    budget_s: float | None = None,
+) -> RankingHead:
+    """Train a head with a listwise softmax loss: each group is one request's candidates
+    (features ``(n_i, F)``), ``targets[i]`` the position of the item the user took next.
+
+    With ``valid``, the epoch with the best validation NDCG@10 is kept (early stopping).
+    ``init``: continue from this head (its normalisation and weights; ``hidden`` is then
+    its). ``budget_s``: stop after the epoch that exceeds this many seconds.
+    """
+    import time
+
+    import torch
+
+    if not groups or len(groups) != len(targets):
+        raise InvalidInputError("groups", len(groups), f"need one target per group ({len(targets)} targets)")
+    f = len(names)
+    for i, (g, t) in enumerate(zip(groups, targets)):
+        if g.ndim != 2 or g.shape[1] != f:
+            raise InvalidInputError(f"groups[{i}]", g.shape, f"expected (n, {f})")
+        if not 0 <= t < g.shape[0]:
+            raise InvalidInputError(f"targets[{i}]", t, f"must index a candidate of its group (0..{g.shape[0] - 1})")
+    if init is not None:
+        if tuple(init.features) != tuple(names):
+            raise InvalidInputError("init", init.features, f"was trained on other features than {tuple(names)}")
+        mean, std, hidden = init.mean, init.std, init.b1.shape[0]
+    else:
+        allx = np.concatenate(list(groups))
+        mean = allx.mean(0).astype(np.float32)
+        std = allx.std(0).astype(np.float32)
+    # A feature that never varied in training (no request was ever given, say) carries no
+    # learned meaning: its weights are pinned at zero, so an unseen value cannot swing scores.
+    constant = std < 1e-6
+    std = np.where(constant, 1.0, std).astype(np.float32)
+    width = max(g.shape[0] for g in groups)
+
+    def pack(gs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = np.zeros((len(gs), width, f), np.float32)
+        mask = np.zeros((len(gs), width), bool)
+        for i, g in enumerate(gs):
+            m = min(g.shape[0], width)
+            x[i, :m] = (g[:m] - mean) / std
+            mask[i, :m] = True
+        return torch.from_numpy(x), torch.from_numpy(mask)
+
+    torch.manual_seed(seed)
+    x, mask = pack(groups)
+    y = torch.as_tensor(np.asarray(targets, np.int64))
+    model = torch.nn.Sequential(torch.nn.Linear(f, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    if init is not None:
+        with torch.no_grad():
+            model[0].weight.copy_(torch.from_numpy(init.w1.T.copy()))
+            model[0].bias.copy_(torch.from_numpy(init.b1))
+            model[2].weight.copy_(torch.from_numpy(init.w2[None, :].copy()))
+            model[2].bias.fill_(init.b2)
+    started = time.perf_counter()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+
+    def head_of() -> RankingHead:
+        w1, b1 = model[0].weight.detach().numpy().T.copy(), model[0].bias.detach().numpy().copy()
+        w1[constant] = 0.0
+        w2, b2 = model[2].weight.detach().numpy()[0].copy(), float(model[2].bias.detach()[0])
+        return RankingHead(tuple(names), mean, std, w1, b1, w2, b2)
+
+    def valid_ndcg(head: RankingHead) -> float:
+        assert valid is not None
+        return float(np.mean([listwise_ndcg(head.score(g), t) for g, t in zip(*valid)]))
+
+    best, best_score, history, best_epoch = head_of(), -1.0, [], 0
+    if valid is not None and init is not None:  # an update must beat the head it started from
+        best_score = valid_ndcg(best)
+        history.append(round(best_score, 5))
+    epochs_run = 0
+    for _ in range(epochs):
+        if budget_s is not None and time.perf_counter() - started > budget_s:
+            break
+        epochs_run += 1
+        model.train()
+        for idx in torch.randperm(len(groups), generator=gen).split(batch):
+            logits = model(x[idx]).squeeze(-1).masked_fill(~mask[idx], -1e9)
+            loss = torch.nn.functional.cross_entropy(logits, y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        head = head_of()
+        if valid is None:
+            best = head
+            continue
+        score = valid_ndcg(head)
+        history.append(round(score, 5))
+        if score > best_score:
+            best, best_score, best_epoch = head, score, epochs_run
+    best.report = {"train_groups": len(groups), "epochs": epochs_run, "best_epoch": best_epoch, "hidden": hidden,
+                   "valid_ndcg@10": best_score if valid is not None else None, "valid_history": history}
+    return best
+
+
+def _mean_ndcg(scores: Sequence[np.ndarray], groups: Sequence[RankingGroup]) -> float:
+    return float(np.mean([listwise_ndcg(s, g.target) for s, g in zip(scores, groups)])) if groups else 0.0
+
+
+def _recall_order(g: RankingGroup) -> np.ndarray:
+    return -np.arange(len(g.rows), dtype=np.float32)
+
+
+def fit_blend(head_scores: Sequence[np.ndarray], text_scores: Sequence[np.ndarray], groups: Sequence[RankingGroup],
+              top: int, grid: Sequence[float] = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)) -> tuple[float, dict[str, float]]:
+    """The cross-encoder weight (from ``grid``) with the best NDCG@10 on ``groups``; ties keep the smaller.
+
+    ``text_scores[i]`` scores the head's top ``top`` candidates of group ``i`` (head order).
+    """
+    table = {}
+    for w in grid:
+        finals = [blend_scores(hs, ts, np.argsort(-hs, kind="stable")[:top], w)
+                  for hs, ts in zip(head_scores, text_scores)]
+        table[str(w)] = _mean_ndcg(finals, groups)
+    best = max(grid, key=lambda w: (table[str(w)], -w))
+    return float(best), table
+
+
+def train_engine_ranker(
+    engine: Engine,
+    out: str | Path,
+    events: Sequence[Event] | None = None,
+    *,
+    users: int | None = 4000,
+    steps_per_user: int = 3,
+    instruction_share: float = 0.0,
+    valid_fraction: float = 0.1,
+    hidden: int = 32,
+    epochs: int = 60,
+    train_cross_encoder: Callable[[Path], TrainReport] | None = None,
+    blend_top: int = 20,
+    blend_groups: int = 300,
+    seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train the engine's re-ranker into the folder ``out``: a ranking head over recall's
+    features and, when ``train_cross_encoder`` is given (a function that trains a cross-encoder
+    into the folder it is passed, e.g. a :func:`functools.partial` of
+    :func:`train_engine_reranker`), a cross-encoder whose weight in the ``full`` tier is fitted
+    on (at most ``blend_groups`` of) the head's validation examples, re-scoring the head's top
+    ``blend_top``. Returns the training report.
+
+    Users are split at random into training and validation (``valid_fraction``); each
+    contributes its last ``steps_per_user`` steps (see :func:`ranking_groups`). With
+    ``instruction_share`` > 0, that share of examples carries a plain-words request made from
+    the target's own attributes (:func:`~recsieve.engine.requests.request_for`), so the head
+    learns how much an instruction should count. The folder is assembled next to ``out`` and
+    renamed into place when complete; an existing ``out`` is replaced only with ``overwrite``.
+    """
+    t0 = time.perf_counter()
+    out_path = Path(out).expanduser().absolute()
+    if out_path.exists() and not overwrite:
+        raise InvalidInputError("out", str(out_path), "already exists; pass overwrite=True to replace it")
+    if not 0.0 < valid_fraction < 1.0:
+        raise InvalidInputError("valid_fraction", valid_fraction, "must be between 0 and 1")
+    if not 0.0 <= instruction_share <= 1.0:
+        raise InvalidInputError("instruction_share", instruction_share, "must be between 0 and 1")
+    sequences = engine_sequences(engine, events)
+    instruction_for = None
+    if instruction_share > 0:
+        from recsieve.engine.requests import request_for
+
+        ask = np.random.default_rng(seed + 1)
+
+        def instruction_for(row: int) -> str | None:
+            if ask.random() >= instruction_share:
+                return None
+            request = request_for(engine.catalog.get(engine.catalog.item_id(row)), ask)
+            return None if request is None else request.text
+
+    groups, tried = ranking_groups(engine, sequences, users=users, steps_per_user=steps_per_user, seed=seed,
+                                   progress=progress, instruction_for=instruction_for)
+    rng = np.random.default_rng(seed)
+    user_ids = sorted({g.user_id for g in groups})
+    valid_users = {u for u, v in zip(user_ids, rng.random(len(user_ids)) < valid_fraction) if v}
+    if not valid_users and len(user_ids) >= 2:  # a small log: still hold one user out
+        valid_users = {user_ids[int(rng.integers(len(user_ids)))]}
+    train = [g for g in groups if g.user_id not in valid_users]
+    valid = [g for g in groups if g.user_id in valid_users]
+    if len(train) < 2 or not valid:
+        raise InvalidInputError("events", len(sequences), "too few users whose next item recall finds to train and validate")
+    head = fit_head([g.features for g in train], [g.target for g in train], engine.feature_names(),
+                    valid=([g.features for g in valid], [g.target for g in valid]), hidden=hidden, epochs=epochs,
+                    seed=seed)
+    head_scores = [head.score(g.features) for g in valid]
+    report: dict[str, Any] = {
+        "users_tried": tried, "examples": len(groups),
+        "train_users": len({g.user_id for g in train}), "valid_users": len(valid_users),
+        "train_examples": len(train), "valid_examples": len(valid),
+        "valid_ndcg@10_recall_order": _mean_ndcg([_recall_order(g) for g in valid], valid),
+        "valid_ndcg@10_head": _mean_ndcg(head_scores, valid),
+    }
+    with replacing_folder(out_path) as work:
+        if train_cross_encoder is not None:
+            from recsieve.rerankers.cross_encoder import CrossEncoderReranker
+
+            ce_report = train_cross_encoder(work / "cross-encoder")
+            ce = CrossEncoderReranker(str(work / "cross-encoder"))
+            text_scores = []
+            fit_on = valid[:blend_groups]
+            for g, hs in zip(tqdm(fit_on, desc="blend", unit="user", disable=not progress, leave=False), head_scores):
+                order = np.argsort(-hs, kind="stable")[:blend_top]
+                text_scores.append(ce.score(g.context, [engine.item_text(int(r)) for r in g.rows[order]]))
+            head.blend, table = fit_blend(head_scores[: len(fit_on)], text_scores, fit_on, blend_top)
+            report["blend_groups"] = len(fit_on)
+            head.cross_encoder, head.blend_top = "cross-encoder", blend_top
+            report.update(cross_encoder=ce_report.to_dict(), blend_table=table, blend=head.blend)
+        report["seconds"] = round(time.perf_counter() - t0, 1)
+        report["trained_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        report["journal_seq"] = engine.journal.last_seq if events is None else 0
+        head.report = {**head.report, **report}
+        head.save(work)
+        save_replay(work, train)
+    return head.report
+
