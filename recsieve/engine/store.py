@@ -20,7 +20,7 @@ import json
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -42,7 +42,16 @@ from recsieve.storage import GenerationDir
 from recsieve.types import Item
 from recsieve.vectors import as_matrix
 
-__all__ = ["Store", "new_index", "load_index"]
+__all__ = ["Store", "ItemListener", "new_index", "load_index"]
+
+
+class ItemListener(Protocol):
+    """Told of every catalog change as it is applied (by this process or replayed from the
+    journal), under the store's write lock: e.g. a second index over other item vectors."""
+
+    def items_upserted(self, rows: np.ndarray, text_vectors: np.ndarray) -> None: ...
+
+    def items_removed(self, rows: np.ndarray) -> None: ...
 
 
 def _faiss_new(config: EngineConfig, dim: int) -> VectorIndex:
@@ -114,6 +123,8 @@ class Store:
         self.snapshot_seq = 0
         #: recall channels (their statistics: transitions, popularity) in config order
         self.channels: list[RecallChannel] = []
+        #: told of every catalog change (see :class:`ItemListener`)
+        self.listeners: list[ItemListener] = []
         self._last_row: dict[str, int] = {}
         self._generations = GenerationDir(directory, "engine")
 
@@ -252,6 +263,8 @@ class Store:
         self.index.upsert(rows, vectors, [dict(it.metadata) for it in items])
         for it in items:
             self._note_field_kinds(it)
+        for listener in self.listeners:
+            listener.items_upserted(rows, vectors)
 
     def journal_remove(self, ids: list[str]) -> None:
         """Journal a removal durably, then apply it (caller holds ``write_lock``)."""
@@ -261,6 +274,8 @@ class Store:
     def apply_remove(self, ids: list[str]) -> None:
         rows = self.catalog.rows(ids)
         self.index.remove(rows)  # first the index, so a concurrent search never sees a dangling row
+        for listener in self.listeners:
+            listener.items_removed(rows)
         self.catalog.remove(ids)
 
     # -- events ------------------------------------------------------------------------
