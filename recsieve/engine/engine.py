@@ -161,6 +161,15 @@ class Engine:
     def _embed(self, texts: list[str]) -> np.ndarray:
         return self.embedder.embed(texts)
 
+    def catch_up(self) -> int:
+        """Apply what other processes wrote to this directory since this one last looked, and
+        serve a model another process switched to with ``use_model(persist=True)``. Every public
+        read and write does this first (one cheap check when nothing is new). Returns the
+        number of journal entries applied."""
+        self._check_open()
+        self._slot.sync()
+        return self._store.catch_up()
+
     # -- models ------------------------------------------------------------------------
 
     @property
@@ -221,7 +230,12 @@ class Engine:
         items = store.catalog.validate(list(items))
         texts = [store.catalog.render(it) for it in items]
         hashes = [content_hash(t) for t in texts]
-        with store.write_lock:
+        self.catch_up()
+        store.check_field_kinds(items)  # refused before anything is embedded
+        fresh = store.stale_texts(items, hashes)  # embedded outside any lock
+        embedded = dict(zip(fresh, self.embedder.embed([texts[i] for i in fresh], show_progress=show_progress))
+                        if fresh else ())
+        with store.writing():  # every process's writes before this one applied
             store.check_field_kinds(items)  # the index would refuse these after they were journaled
             added = updated = unchanged = 0
             vectors = np.zeros((len(items), self.dim), dtype=np.float32)
@@ -239,11 +253,14 @@ class Engine:
                 else:
                     added += 1
                 todo.append(i)
-            if todo:
-                vectors[todo] = self.embedder.embed([texts[i] for i in todo], show_progress=show_progress)
+            late = [i for i in todo if i not in embedded]  # changed by another process meanwhile
+            if late:
+                embedded.update(zip(late, self.embedder.embed([texts[i] for i in late])))
+            for i in todo:
+                vectors[i] = embedded[i]
             if items and (added or updated):
                 store.journal_upsert(items, vectors, hashes)
-        return UpsertReport(added, updated, unchanged, len(todo), time.perf_counter() - t0)
+        return UpsertReport(added, updated, unchanged, len(embedded), time.perf_counter() - t0)
 
     def remove_items(self, ids: Iterable[str]) -> int:
         """Remove items by id; unknown ids raise :class:`UnknownItemError` and nothing changes."""
@@ -252,7 +269,7 @@ class Engine:
         for i, item_id in enumerate(ids):
             if not isinstance(item_id, str):
                 raise InvalidInputError(f"ids[{i}]", item_id, "item ids are strings")
-        with self._store.write_lock:
+        with self._store.writing():
             for i, item_id in enumerate(ids):
                 if item_id not in self.catalog:
                     raise UnknownItemError(f"ids[{i}]", item_id)
@@ -274,7 +291,7 @@ class Engine:
         batch = [events] if isinstance(events, Event) else list(events)
         now = time.time()
         recs = []
-        with self._store.write_lock:
+        with self._store.writing():
             for i, ev in enumerate(batch):
                 ts = self.check_event(ev, f"events[{i}]", now)
                 recs.append((ev.user_id, ev.item_id, self.catalog.row(ev.item_id), ev.kind, ts, ev.weight, ev.text))
@@ -313,7 +330,7 @@ class Engine:
 
     def search(self, text: str, k: int = 10, *, filters: Filters = None) -> list[tuple[str, float]]:
         """Items nearest to ``text`` (no user involved): ``[(item_id, score), ...]``."""
-        self._check_open()
+        self.catch_up()
         k = _check_k(k)
         flt = parse_filter(filters)
         query = self.embed_text(text, "text")
@@ -324,7 +341,7 @@ class Engine:
     def recall(self, user_id: str, *, n: int | None = None, instruction: str | None = None,
                filters: Filters = None) -> Candidates:
         """The recall stage alone: fused candidates for a user (rows and fused scores)."""
-        self._check_open()
+        self.catch_up()
         return self.recall_stage(self.users.get(_check_user(user_id)), n, instruction=instruction,
                                  filters=filters).cands
 
@@ -348,6 +365,7 @@ class Engine:
         ``statistics``: recall channels to use instead of the live ones (for instance a copy
         from :meth:`statistics` that leaves one user's steps out, when building training data).
         """
+        self.catch_up()
         inst = self.embed_text(instruction, "instruction") if instruction is not None else None
         return self._pipeline.recall(view, n or self.config.recall_n, inst, parse_filter(filters), statistics)
 
@@ -359,6 +377,7 @@ class Engine:
     def statistics(self) -> tuple[list[RecallChannel], int]:
         """A copy of the live recall statistics (channels) and the journal sequence they include,
         taken at one moment under the write lock."""
+        self.catch_up()
         return self._store.statistics()
 
     def new_statistics(self) -> list[RecallChannel]:
@@ -371,7 +390,7 @@ class Engine:
         and restricted by metadata ``filters`` (``'price < 30 and category == "books"'`` or a mapping
         of equalities). An unknown user gets a cold-start list (instruction and popularity).
         """
-        self._check_open()
+        self.catch_up()
         k = _check_k(k)
         user_id = _check_user(user_id)
         flt = parse_filter(filters)
@@ -465,6 +484,7 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         """Counts describing the engine: items, users, journal, index, caches and near-line refresh."""
+        self.catch_up()
         cfg = self.config
         return {
             **self._hot.stats(),
@@ -473,6 +493,7 @@ class Engine:
             "users": len(self.users),
             "journal_seq": self.journal.last_seq,
             "snapshot_seq": self._store.snapshot_seq,
+            "applied_seq": self._store.applied_seq,
             "index": {"backend": cfg.backend, "kind": cfg.index, "size": len(self.index), "dim": self.dim},
             "reranker": cfg.reranker_model or None,
         }

@@ -1,25 +1,51 @@
-"""The write-ahead journal: every acknowledged event and item change, in SQLite (WAL mode).
+"""The write-ahead journal: every acknowledged event and item change, shared by every process
+that opens the engine directory.
 
-Writes reach the journal (committed, synced) *before* they change any in-memory state, so
-a crash loses nothing acknowledged: on open, the engine loads its last snapshot and replays
-the journal entries after the snapshot's sequence number. Events and item operations share
-one sequence, so replay interleaves them in the order they happened.
+Writes reach the journal (committed, synced) *before* they change any in-memory state, so a
+crash loses nothing acknowledged: on open, the engine loads its last snapshot and applies the
+journal entries after the snapshot's sequence number. Events and item operations share one
+sequence, so they are applied in the order they happened.
+
+Many processes (web workers, an ingest job, a trainer) append to one journal. The journal, not
+a process, assigns sequence numbers, inside its write transaction; a process keeps the sequence
+it has applied and reads the :meth:`~JournalBackend.tail` after it before it answers. A writer
+takes the journal's write transaction, applies the tail, checks its write against the state
+that now holds, appends and commits: so every process applies every entry in journal order, and
+catalog rows (assigned in the order upserts are applied) agree in every process.
+
+:class:`JournalBackend` is that protocol; :class:`SQLiteJournal` implements it for the
+processes of one machine (WAL, ``BEGIN IMMEDIATE``, a busy timeout with a clear error past it).
+A Redis Streams implementation can serve many machines behind the same protocol.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from recsieve.errors import CorruptStoreError, StoreError
+from recsieve.errors import CorruptStoreError, IncompatibleVersionError, StoreError
 
-__all__ = ["Journal", "EventRecord", "ItemOp"]
+__all__ = [
+    "JournalBackend",
+    "SQLiteJournal",
+    "Journal",
+    "EventRecord",
+    "ItemOp",
+    "Entry",
+    "JournalTruncated",
+    "JournalMoved",
+    "NETWORK_FILESYSTEMS",
+    "network_filesystem",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -41,7 +67,24 @@ CREATE TABLE IF NOT EXISTS item_ops (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-_JOURNAL_VERSION = "1"
+#: Version 2: sequence numbers are assigned by the journal inside its write transaction, so many
+#: processes may append; ``seq_floor`` is the sequence up to which item operations were dropped.
+#: Version 1 (one process) has the same tables and is upgraded on open.
+_JOURNAL_VERSION = "2"
+_UPGRADES = {"1"}
+#: Seconds a writer waits for another process's write transaction before it gives up.
+BUSY_TIMEOUT_S = 30.0
+#: Sequence numbers read per page of a tail (one short read transaction each).
+_PAGE = 4096
+_HEAD_SQL = (
+    "SELECT max(coalesce((SELECT max(seq) FROM events), 0), coalesce((SELECT max(seq) FROM item_ops), 0), "
+    "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key='seq_floor'), 0))"
+)
+_FLOOR_SQL = "SELECT coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key='seq_floor'), 0)"
+
+#: Filesystem types (``/proc/mounts``) on which SQLite's locks and WAL shared memory are unsafe.
+NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "ncpfs", "afs",
+                                 "fuse.sshfs", "sshfs"})
 
 
 @dataclass(frozen=True)
@@ -68,113 +111,356 @@ class ItemOp:
     vectors: np.ndarray | None
 
 
-class Journal:
-    """Append-only SQLite journal of events and item operations (one writer, many readers)."""
+#: One journal entry. Given to :meth:`JournalBackend.append` its ``seq`` is ignored (0 will do).
+Entry = EventRecord | ItemOp
 
-    def __init__(self, path: str | Path, dim: int) -> None:
+
+class JournalTruncated(StoreError):
+    """The tail after ``after`` is incomplete: item operations up to ``floor`` were dropped once a
+    snapshot held them. Load the newest snapshot (its sequence is at least ``floor``) and read
+    the tail after it."""
+
+    def __init__(self, path: object, after: int, floor: int) -> None:
+        self.after = after
+        self.floor = floor
+        super().__init__(f"journal {path}: entries after {after} were compacted up to {floor}; "
+                         "reload from the newest snapshot")
+
+
+class JournalMoved(StoreError):
+    """An append expected the journal to end at ``expected`` but another writer had appended."""
+
+    def __init__(self, path: object, expected: int, head: int) -> None:
+        self.expected = expected
+        self.head = head
+        super().__init__(f"journal {path}: expected to append after {expected}, but it ends at {head}")
+
+
+class JournalBackend(Protocol):
+    """A journal shared by every process of an engine directory.
+
+    Sequence numbers are the journal's: :meth:`append` assigns them atomically, consecutively,
+    after every entry appended before. :meth:`tail` returns what follows a sequence in order.
+    :meth:`writing` is an exclusive append section: inside it no other writer appends, so a
+    writer can apply the tail, check its write against the state that results, and append it
+    as the very next entries (``append(..., after=...)`` checks that nothing came between).
+    """
+
+    dim: int
+
+    def append(self, entries: Sequence[Entry], *, after: int | None = None) -> int:
+        """Durably append ``entries`` (their ``seq`` is ignored); return the last sequence
+        assigned (the entries get ``last - len(entries) + 1 .. last``). With ``after``, raise
+        :class:`JournalMoved` unless the journal ends at ``after``."""
+        ...
+
+    def tail(self, after_seq: int) -> Iterator[Entry]:
+        """Entries with ``seq > after_seq``, in order; :class:`JournalTruncated` if some were
+        compacted away (``after_seq`` is below :meth:`floor`)."""
+        ...
+
+    def head(self) -> int:
+        """The last sequence assigned (never goes back, even after compaction)."""
+        ...
+
+    def floor(self) -> int:
+        """Item operations up to this sequence were compacted away (0: none)."""
+        ...
+
+    def version(self) -> int:
+        """A cheap token that changes whenever another writer commits (compare it with the one
+        taken before the last :meth:`tail`; equal means nothing new)."""
+        ...
+
+    def writing(self) -> AbstractContextManager[None]:
+        """Exclusive append section: appends inside it commit together when it ends."""
+        ...
+
+    def events(self, user_id: str | None = None, *, upto: int | None = None) -> list[EventRecord]:
+        """Journaled events (of one user; up to sequence ``upto``), in order."""
+        ...
+
+    def truncate_item_ops(self, upto_seq: int) -> None:
+        """Compact: drop item operations up to ``upto_seq`` (a snapshot holds them); events stay."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _unescape_mount(field: str) -> str:
+    r"""``/proc/mounts`` writes space, tab, newline and backslash as ``\040`` etc."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def network_filesystem(path: str | os.PathLike, mounts: str | os.PathLike = "/proc/mounts") -> str | None:
+    """The filesystem type of ``path``'s mount point if it is a network filesystem where SQLite's
+    locking is unsafe (:data:`NETWORK_FILESYSTEMS`), else ``None`` (also where ``mounts`` is
+    unreadable, e.g. not Linux)."""
+    try:
+        text = Path(mounts).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best, fstype = "", None
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = _unescape_mount(parts[1])
+        prefix = point.rstrip("/") + "/"
+        if (real == point or real.startswith(prefix)) and len(point) >= len(best):
+            best, fstype = point, parts[2]  # the longest mount point holding path; later mounts win
+    return fstype if fstype in NETWORK_FILESYSTEMS else None
+
+
+class SQLiteJournal:
+    """The journal in one SQLite file (WAL, ``synchronous=FULL``), for the processes of one machine.
+
+    Writers serialise on SQLite's write lock (``BEGIN IMMEDIATE``), waiting up to
+    ``busy_timeout_s`` for another process's transaction; readers never wait (WAL). One
+    connection serves this object's writes and tails; a second one serves history reads
+    (:meth:`events`, :meth:`head`), so they never see a write half done.
+    """
+
+    def __init__(self, path: str | Path, dim: int, *, busy_timeout_s: float = BUSY_TIMEOUT_S,
+                 mounts: str | os.PathLike = "/proc/mounts") -> None:
         self.path = Path(path)
         self.dim = dim
-        self._lock = threading.Lock()
+        self.busy_timeout_s = busy_timeout_s
+        self._lock = threading.RLock()  # this connection's write transaction and tails
+        self._read_lock = threading.Lock()
+        self._in_write = False
+        self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         if self.path.is_dir():
             raise StoreError(f"journal: {self.path} is a directory, expected a SQLite file")
+        fstype = network_filesystem(self.path.parent, mounts)
+        if fstype is not None:
+            raise StoreError(
+                f"journal {self.path}: the directory is on a {fstype} network filesystem, where SQLite's "
+                "locks and shared memory are unsafe for a journal shared by several processes; keep the "
+                "engine directory on a local disk"
+            )
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = self._connect()
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"journal {self.path}: SQLite refused WAL mode here (got {mode!r})")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta VALUES ('version', ?)", (_JOURNAL_VERSION,))
-            elif row[0] != _JOURNAL_VERSION:
-                raise CorruptStoreError(f"journal {self.path}: version {row[0]!r}, expected {_JOURNAL_VERSION}")
-            self._seq = self._db.execute(
-                "SELECT max(coalesce((SELECT max(seq) FROM events), 0), "
-                "coalesce((SELECT max(seq) FROM item_ops), 0), "
-                "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key='seq_floor'), 0))"
-            ).fetchone()[0]
+            with self.writing():
+                for statement in _SCHEMA.split(";"):  # not executescript: it would commit first
+                    if statement.strip():
+                        self._db.execute(statement)
+                row = self._db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+                if row is None:
+                    self._db.execute("INSERT INTO meta VALUES ('version', ?)", (_JOURNAL_VERSION,))
+                elif row[0] in _UPGRADES:
+                    self._db.execute("UPDATE meta SET value=? WHERE key='version'", (_JOURNAL_VERSION,))
+                elif row[0] != _JOURNAL_VERSION:
+                    raise IncompatibleVersionError(
+                        f"journal {self.path}: version {row[0]!r}; this recsieve reads version {_JOURNAL_VERSION}"
+                    )
+            self._reader = self._connect()
         except sqlite3.DatabaseError as exc:
+            self.close()
             raise CorruptStoreError(f"journal {self.path}: not a readable SQLite database ({exc})") from None
+        except BaseException:
+            self.close()
+            raise
 
-    @property
-    def last_seq(self) -> int:
-        """Sequence number of the last entry written."""
-        return self._seq
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=self.busy_timeout_s, check_same_thread=False, isolation_level=None)
 
-    def append_events(self, events: Sequence[tuple[str, str, int, str, float, float | None, str | None]]) -> int:
-        """Durably append events ``(user_id, item_id, row, kind, ts, weight, text)``; return the last seq."""
+    # -- writing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """The write transaction (``BEGIN IMMEDIATE``): appends inside it commit together at the
+        end, or none does. Re-entrant; other threads of this process wait for it."""
         with self._lock:
-            start = self._seq
-            rows = [(start + i + 1, *e) for i, e in enumerate(events)]
-            self._write("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            self._seq = start + len(rows)
-            return self._seq
-
-    def append_item_op(self, op: str, payload: list, vectors: np.ndarray | None = None) -> int:
-        """Durably append an item operation; return its seq."""
-        blob = None if vectors is None else np.ascontiguousarray(vectors, dtype="<f4").tobytes()
-        with self._lock:
-            seq = self._seq + 1
-            self._write("INSERT INTO item_ops VALUES (?, ?, ?, ?)", [(seq, op, json.dumps(payload), blob)])
-            self._seq = seq
-            return seq
-
-    def _write(self, sql: str, rows: list[tuple]) -> None:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
+            if self._in_write:
+                yield
+                return
+            self._execute_write("BEGIN IMMEDIATE")
+            self._in_write = True
             try:
-                self._db.executemany(sql, rows)
-                self._db.execute("COMMIT")
+                yield
             except BaseException:
+                self._in_write = False
                 self._db.execute("ROLLBACK")
                 raise
+            self._in_write = False
+            try:
+                self._execute_write("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _execute_write(self, sql: str, rows: list[tuple] | None = None) -> None:
+        try:
+            if rows is None:
+                self._db.execute(sql)
+            else:
+                self._db.executemany(sql, rows)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreError(
+                    f"journal {self.path}: busy: another process held the journal's write lock for more than "
+                    f"{self.busy_timeout_s:g} s (SQLite busy timeout); nothing was written"
+                ) from None
+            raise StoreError(f"journal {self.path}: write failed ({exc})") from None
         except sqlite3.Error as exc:
             raise StoreError(f"journal {self.path}: write failed ({exc})") from None
 
-    def replay(self, after_seq: int = 0) -> Iterator[EventRecord | ItemOp]:
-        """Entries with ``seq > after_seq``, events and item operations interleaved in order."""
-        cur = self._db.cursor()
-        query = (
-            "SELECT seq, 'event', user_id, item_id, row, kind, ts, weight, text, NULL, NULL FROM events WHERE seq > ? "
-            "UNION ALL SELECT seq, op, NULL, NULL, NULL, NULL, NULL, NULL, NULL, payload, vectors "
-            "FROM item_ops WHERE seq > ? ORDER BY seq"
-        )
-        try:
-            for r in cur.execute(query, (after_seq, after_seq)):
-                if r[1] == "event":
-                    yield EventRecord(r[0], r[2], r[3], r[4], r[5], r[6], r[7], r[8])
+    def append(self, entries: Sequence[Entry], *, after: int | None = None) -> int:
+        """Durably append ``entries`` as the next sequence numbers (see :class:`JournalBackend`)."""
+        with self.writing():
+            head = self._head(self._db)
+            if after is not None and head != after:
+                raise JournalMoved(self.path, after, head)
+            events, ops = [], []
+            for seq, e in enumerate(entries, start=head + 1):
+                if isinstance(e, EventRecord):
+                    events.append((seq, e.user_id, e.item_id, e.row, e.kind, e.ts, e.weight, e.text))
                 else:
-                    payload = json.loads(r[9])
-                    vecs = None
-                    if r[10] is not None:
-                        vecs = np.frombuffer(r[10], dtype="<f4").astype(np.float32).reshape(-1, self.dim)
-                    yield ItemOp(r[0], r[1], payload, vecs)
-        except (sqlite3.DatabaseError, ValueError) as exc:
-            raise CorruptStoreError(f"journal {self.path}: unreadable entry ({exc})") from None
+                    blob = None if e.vectors is None else np.ascontiguousarray(e.vectors, dtype="<f4").tobytes()
+                    ops.append((seq, e.op, json.dumps(e.payload), blob))
+            if events:
+                self._execute_write("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", events)
+            if ops:
+                self._execute_write("INSERT INTO item_ops VALUES (?, ?, ?, ?)", ops)
+            return head + len(entries)
 
-    def events(self, user_id: str | None = None) -> list[EventRecord]:
-        """All journaled events (of one user), in order."""
-        sql = "SELECT seq, user_id, item_id, row, kind, ts, weight, text FROM events"
-        args: tuple = ()
+    def append_events(self, events: Sequence[tuple[str, str, int, str, float, float | None, str | None]]) -> int:
+        """Durably append events ``(user_id, item_id, row, kind, ts, weight, text)``; return the last seq."""
+        return self.append([EventRecord(0, *e) for e in events])
+
+    def append_item_op(self, op: str, payload: list, vectors: np.ndarray | None = None) -> int:
+        """Durably append an item operation; return its seq."""
+        return self.append([ItemOp(0, op, payload, vectors)])
+
+    def truncate_item_ops(self, upto_seq: int) -> None:
+        """Drop item operations up to ``upto_seq`` (a snapshot holds them; events are kept: they
+        are history) and raise the floor to it, so a process behind it reloads a snapshot and
+        sequence numbers never go back."""
+        with self.writing():
+            if upto_seq > self._floor(self._db):
+                self._execute_write("INSERT OR REPLACE INTO meta VALUES ('seq_floor', ?)", [(str(upto_seq),)])
+                self._execute_write("DELETE FROM item_ops WHERE seq <= ?", [(upto_seq,)])
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def version(self) -> int:
+        """SQLite's ``PRAGMA data_version`` of the writing connection: it changes when another
+        connection commits (this one's own commits do not change it). One cheap statement."""
+        try:
+            return self._db.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StoreError(f"journal {self.path}: unreadable ({exc})") from None
+
+    def tail(self, after_seq: int) -> Iterator[Entry]:
+        """Entries with ``seq > after_seq``, events and item operations interleaved in order,
+        read a page at a time (each page one read transaction that also checks the floor)."""
+        pos = after_seq
+        while True:
+            with self._lock:
+                own = not self._in_write
+                try:
+                    if own:
+                        self._db.execute("BEGIN")
+                    floor = self._floor(self._db)
+                    if pos < floor:
+                        raise JournalTruncated(self.path, pos, floor)
+                    head = self._head(self._db)
+                    if pos >= head:
+                        return
+                    end = min(pos + _PAGE, head)
+                    events = self._db.execute(
+                        "SELECT seq, user_id, item_id, row, kind, ts, weight, text FROM events "
+                        "WHERE seq > ? AND seq <= ? ORDER BY seq", (pos, end)).fetchall()
+                    ops = self._db.execute(
+                        "SELECT seq, op, payload, vectors FROM item_ops WHERE seq > ? AND seq <= ? ORDER BY seq",
+                        (pos, end)).fetchall()
+                except sqlite3.DatabaseError as exc:
+                    raise CorruptStoreError(f"journal {self.path}: unreadable entry ({exc})") from None
+                finally:
+                    if own and self._db.in_transaction:
+                        self._db.execute("COMMIT")
+            yield from self._merge(events, ops)
+            pos = end
+
+    def replay(self, after_seq: int = 0) -> Iterator[Entry]:
+        """Same as :meth:`tail`."""
+        return self.tail(after_seq)
+
+    def _merge(self, events: list[tuple], ops: list[tuple]) -> Iterator[Entry]:
+        decoded: list[Entry] = [EventRecord(*r) for r in events]
+        for seq, op, payload, blob in ops:
+            try:
+                vecs = None
+                if blob is not None:
+                    vecs = np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(-1, self.dim)
+                decoded.append(ItemOp(seq, op, json.loads(payload), vecs))
+            except ValueError as exc:
+                raise CorruptStoreError(f"journal {self.path}: unreadable entry {seq} ({exc})") from None
+        if events and ops:
+            decoded.sort(key=lambda e: e.seq)
+        return iter(decoded)
+
+    @staticmethod
+    def _head(db: sqlite3.Connection) -> int:
+        return int(db.execute(_HEAD_SQL).fetchone()[0])
+
+    @staticmethod
+    def _floor(db: sqlite3.Connection) -> int:
+        return int(db.execute(_FLOOR_SQL).fetchone()[0])
+
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._read_lock:
+            try:
+                return self._reader.execute(sql, args).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise CorruptStoreError(f"journal {self.path}: unreadable ({exc})") from None
+
+    def head(self) -> int:
+        """The last sequence assigned by any process (it never goes back)."""
+        return int(self._read(_HEAD_SQL)[0][0])
+
+    def floor(self) -> int:
+        """Item operations up to this sequence were compacted away after a snapshot."""
+        return int(self._read(_FLOOR_SQL)[0][0])
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last entry written by any process (:meth:`head`)."""
+        return self.head()
+
+    def events(self, user_id: str | None = None, *, upto: int | None = None) -> list[EventRecord]:
+        """All journaled events (of one user; up to sequence ``upto``), in order."""
+        sql = "SELECT seq, user_id, item_id, row, kind, ts, weight, text FROM events WHERE seq <= ?"
+        args: tuple = (upto if upto is not None else 2**62,)
         if user_id is not None:
-            sql += " WHERE user_id = ?"
-            args = (user_id,)
-        return [EventRecord(*r) for r in self._db.execute(sql + " ORDER BY seq", args)]
+            sql += " AND user_id = ?"
+            args += (user_id,)
+        return [EventRecord(*r) for r in self._read(sql + " ORDER BY seq", args)]
 
     def event_rows(self) -> tuple[list[str], np.ndarray]:
         """(user ids, rows) of every event, in order — cheap input for statistics."""
         users, rows = [], []
-        for u, r in self._db.execute("SELECT user_id, row FROM events ORDER BY seq"):
+        for u, r in self._read("SELECT user_id, row FROM events ORDER BY seq"):
             users.append(u)
             rows.append(r)
         return users, np.asarray(rows, dtype=np.int64)
 
-    def truncate_item_ops(self, upto_seq: int) -> None:
-        """Drop item operations already captured by a snapshot (events are kept: they are history)."""
-        with self._lock:
-            # Remember the high-water mark, so sequence numbers never go back after truncation.
-            self._write("INSERT OR REPLACE INTO meta VALUES ('seq_floor', ?)", [(str(self._seq),)])
-            self._write("DELETE FROM item_ops WHERE seq <= ?", [(upto_seq,)])
-
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            for db in (self._db, self._reader):
+                if db is not None:
+                    db.close()
+
+
+#: The journal engines open today (one machine's processes).
+Journal = SQLiteJournal

@@ -10,6 +10,8 @@ reads a consistent pair and a model that fails to load leaves the old one servin
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -18,7 +20,9 @@ from typing import TYPE_CHECKING
 
 from recsieve.engine.config import CONFIG_FILE, EngineConfig
 from recsieve.engine.ranker import RANKER_FILE, RankingHead
-from recsieve.errors import StoreError
+from recsieve.engine.store import LOCK_FILE
+from recsieve.errors import RecsieveError, StoreError
+from recsieve.locks import FileLock
 from recsieve.storage import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,6 +73,9 @@ class ModelSlot:
         self._given = given
         self._current: ServingModel | None = None
         self._lock = threading.Lock()
+        self._config_file = os.fspath(directory / CONFIG_FILE)
+        self._seen = _file_signature(self._config_file)  # the config file as this process last read it
+        self._sync_lock = threading.Lock()
 
     def folder(self, config: EngineConfig | None = None) -> Path | None:
         """The model folder ``config`` (default: the serving one) names, absolute, or ``None``."""
@@ -112,9 +119,51 @@ class ModelSlot:
         new = self._build(config, reranker or self._given)
         with self._lock:
             if persist:
-                atomic_write_text(self.directory / CONFIG_FILE, config.to_toml())
+                with FileLock(self.directory / LOCK_FILE).exclusive():  # one switch (or snapshot) at a time, across processes
+                    atomic_write_text(self.directory / CONFIG_FILE, config.to_toml())
+                    self._seen = _file_signature(self._config_file)
             self._current = new
         return new
+
+    def sync(self) -> bool:
+        """Serve the model another process switched to (its ``use_model(persist=True)`` rewrote the
+        directory's config file): one ``stat`` when the file has not changed. The thread that
+        notices loads the model while other threads keep serving the old one; a model that fails
+        to load leaves the old one serving (logged). Returns whether the serving model changed."""
+        path = self._config_file
+        if _file_signature(path) == self._seen or not self._sync_lock.acquire(blocking=False):
+            return False
+        try:
+            seen = _file_signature(path)
+            if seen == self._seen:
+                return False
+            self._seen = seen
+            try:
+                saved = EngineConfig.load(path)
+            except (RecsieveError, OSError) as exc:
+                logging.getLogger("recsieve").warning("recsieve: %s changed but cannot be read (%s); the model "
+                                                      "serving now keeps serving", path, exc)
+                return False
+            serving = self.config
+            if not saved.reranker_model and not serving.reranker_model and saved.rerank_tier == serving.rerank_tier:
+                return False
+            try:
+                self.switch(saved.reranker_model or None, tier=saved.rerank_tier)
+            except Exception as exc:  # noqa: BLE001 - whatever the load raised, the old model keeps serving
+                logging.getLogger("recsieve").error("recsieve: the model %r another process switched to failed to "
+                                                    "load (%s); the old model keeps serving", saved.reranker_model, exc)
+                return False
+            return True
+        finally:
+            self._sync_lock.release()
+
+    def load(self, path: str | Path, *, tier: str | None = None) -> ServingModel:
+        """The model in folder ``path``, loaded whole but not serving (training reads its recall
+        and features before it is switched to). Its behaviour index does not follow the catalog."""
+        base = self.config
+        config = replace(base, reranker_model=str(path), rerank_tier=base.rerank_tier if tier is None else tier)
+        with self._store.write_lock:
+            return self._build(config, None)
 
     def _build(self, config: EngineConfig, given: Reranker | None) -> ServingModel:
         head, own = self._load(config)
@@ -144,3 +193,12 @@ class ModelSlot:
                 f"but this engine's channels give {expected}; retrain it or restore the channels"
             )
         return head, cross_encoder(path / head.cross_encoder) if head.cross_encoder else None
+
+def _file_signature(path: str) -> tuple[int, int, int] | None:
+    """(modification time in ns, size, inode) of ``path``, ``None`` when absent: an atomic
+    rewrite (a new file renamed into place) always changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino

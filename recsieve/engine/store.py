@@ -7,18 +7,31 @@ An engine lives in a directory::
     DIR/journal.sqlite     write-ahead journal of events and item changes (SQLite, WAL)
     DIR/MANIFEST.json      points at the current snapshot generation
     DIR/gen-NNNNNNNN/      catalog, vectors, index, users — written atomically by ``save``
+    DIR/recsieve.lock      file lock: one snapshot (or model switch) writer; snapshot readers share it
 
 Every write is journaled before it changes memory (:meth:`Store.journal_upsert`,
 :meth:`Store.journal_remove`, :meth:`Store.journal_events`); :meth:`Store.load` reads the
 snapshot and replays the journal after it, so nothing acknowledged is lost even without a
 save. The :class:`Store` knows nothing of requests, models or caches.
+
+Many processes may open one directory. Each keeps ``applied_seq``, the last journal entry it
+has applied, and :meth:`Store.catch_up` applies the journal's tail after it (one cheap check
+when nothing is new). A write happens inside :meth:`Store.writing`: the journal's write
+transaction, in which the store first applies the tail, then the caller checks its write
+against that state and journals it, and it is applied after the commit. So every process
+applies every entry in journal order, and catalog rows agree everywhere. A snapshot records the
+sequence its process had applied; compaction after it (:meth:`Store.save`) can drop item
+operations a lagging process has not applied, which it notices (the journal's floor) and
+reloads from the newest snapshot, losing nothing.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,7 +39,7 @@ import numpy as np
 
 from recsieve.catalog import Catalog
 from recsieve.engine.config import EngineConfig
-from recsieve.engine.journal import EventRecord, ItemOp, Journal
+from recsieve.engine.journal import Entry, EventRecord, ItemOp, Journal, JournalBackend, JournalTruncated
 from recsieve.engine.recall import (
     PopularityChannel,
     RecallChannel,
@@ -37,12 +50,19 @@ from recsieve.engine.users import UserStore, UserView
 from recsieve.errors import InvalidInputError, StoreError
 from recsieve.indexes.base import SearchParams, VectorIndex
 from recsieve.indexes.checks import kind_of
+from recsieve.locks import FileLock
 from recsieve.rendering import content_hash
 from recsieve.storage import GenerationDir
 from recsieve.types import Item
 from recsieve.vectors import as_matrix
 
-__all__ = ["Store", "ItemListener", "new_index", "load_index"]
+__all__ = ["Store", "ItemListener", "new_index", "load_index", "LOCK_FILE"]
+
+log = logging.getLogger("recsieve")
+
+#: The engine directory's lock file: snapshots and model switches hold it exclusively, snapshot
+#: readers shared (so a snapshot is never collected while another process reads it).
+LOCK_FILE = "recsieve.lock"
 
 
 class ItemListener(Protocol):
@@ -103,7 +123,9 @@ def _item_kwargs(d: Mapping[str, Any]) -> dict[str, Any]:
 class Store:
     """Everything an engine knows, and the one way it changes: journal first, then memory.
 
-    ``write_lock`` serialises writers (and snapshots); readers never take it.
+    ``write_lock`` serialises this process's writers, catch-ups and snapshots; a reader takes it
+    only when the journal holds something new. ``applied_seq`` is the last journal entry the
+    state includes; ``lock`` is the directory's file lock (see :data:`LOCK_FILE`).
     """
 
     def __init__(self, directory: Path, config: EngineConfig) -> None:
@@ -119,8 +141,14 @@ class Store:
         self.field_kinds: dict[str, str] = {}
         self.index: VectorIndex | None = None
         self.users: UserStore | None = None
-        self.journal: Journal | None = None
+        self.journal: JournalBackend | None = None
         self.snapshot_seq = 0
+        #: the last journal entry applied to this state
+        self.applied_seq = 0
+        self.lock = FileLock(directory / LOCK_FILE)
+        self._synced: int | None = None  # the journal's version when the state last caught up
+        self._pending: list[tuple[int, Callable[[], None]]] | None = None  # own entries, applied after commit
+        self._tx_head = 0  # inside writing(): where the journal ends
         #: recall channels (their statistics: transitions, popularity) in config order
         self.channels: list[RecallChannel] = []
         #: told of every catalog change (see :class:`ItemListener`)
@@ -138,6 +166,10 @@ class Store:
         self.users = self.new_user_store()
         self.journal = Journal(self.directory / "journal.sqlite", dim)
         self.channels = self.new_channels()
+        self._synced = self.journal.version()
+        self.applied_seq = self.journal.head()
+        if self.applied_seq:
+            raise StoreError(f"{self.directory}: journal.sqlite already holds entries; open the directory instead")
 
     def new_user_store(self) -> UserStore:
         """An empty user store with the config's window and half-life."""
@@ -155,35 +187,66 @@ class Store:
 
     def load(self) -> None:
         """Load the last snapshot, then replay the journal after it."""
-        folder, meta = self._generations.open()
-        self._check_meta(meta)
-        self.dim = dim = int(meta["dim"])
-        self.catalog = Catalog.load(folder / "catalog")
-        vectors = np.load(folder / "vectors.npy", allow_pickle=False)
-        self.vectors = as_matrix(vectors, dim, "vectors.npy") if vectors.size else np.zeros((0, dim), np.float32)
-        hashes = meta.get("hashes_file")
-        if hashes:
-            self.hashes = {int(k): v for k, v in json.loads((folder / hashes).read_text("utf-8")).items()}
-        self.field_kinds = dict(meta.get("field_kinds") or {})
+        self._install_snapshot()
+        self._replay()
+
+    def _install_snapshot(self, *, dir_locked: bool = False) -> None:
+        """Read the newest snapshot (holding the directory's lock shared, unless this thread holds
+        it already) and make it the state; open the journal the first time."""
+        if not self._generations.exists():
+            self._generations.open()  # raises the clear error, and creates no lock file
+        with nullcontext() if dir_locked else self.lock.shared():
+            folder, meta = self._generations.open()
+            self._check_meta(meta)
+            dim = int(meta["dim"])
+            if self.dim and dim != self.dim:
+                raise StoreError(f"{self.directory}: the newest snapshot has dimension {dim}, this engine {self.dim}")
+            catalog = Catalog.load(folder / "catalog")
+            vectors = np.load(folder / "vectors.npy", allow_pickle=False)
+            vectors = as_matrix(vectors, dim, "vectors.npy") if vectors.size else np.zeros((0, dim), np.float32)
+            hashes: dict[int, str] = {}
+            if meta.get("hashes_file"):
+                hashes = {int(k): v for k, v in json.loads((folder / meta["hashes_file"]).read_text("utf-8")).items()}
+            field_kinds = dict(meta.get("field_kinds") or {})
+            index = load_index(self.config, folder / "index")
+            if index.dim != dim:
+                raise StoreError(f"{self.directory}: index dimension {index.dim} != snapshot dimension {dim}")
+            self.dim = dim
+            users = self.new_user_store()
+            users.load(folder / "users")
+        old_live = self.catalog.live_rows() if self.listeners else None
+        # Rows are stable and the snapshot is newer than this state: its vectors are a superset,
+        # so a reader in another thread that mixes old and new parts never reads past them.
+        self.vectors, self.hashes, self.field_kinds = vectors, hashes, field_kinds
+        self.catalog, self.index, self.users = catalog, index, users
         for item in self.catalog:  # snapshots written before field kinds were saved
             self._note_field_kinds(item)
-        self.index = load_index(self.config, folder / "index")
-        if self.index.dim != dim:
-            raise StoreError(f"{self.directory}: index dimension {self.index.dim} != snapshot dimension {dim}")
-        self.users = self.new_user_store()
-        self.users.load(folder / "users")
-        self.snapshot_seq = int(meta["seq"])
-        self._open_journal()
+        self.snapshot_seq = self.applied_seq = int(meta["seq"])
+        if self.journal is None:
+            self._open_journal()
         self.channels = self.new_channels()
-        for entry in self.journal.replay(self.snapshot_seq):
-            if isinstance(entry, ItemOp):
-                if entry.op == "upsert":
-                    self.apply_upsert([Item(**_item_kwargs(d)) for d in entry.payload], entry.vectors)
-                else:
-                    self.apply_remove(list(entry.payload))
-            else:
-                self.apply_event(entry, statistics=False)
+        if old_live is not None:
+            live = catalog.live_rows()
+            gone = np.setdiff1d(old_live, live)
+            for listener in self.listeners:
+                if gone.size:
+                    listener.items_removed(gone)
+                listener.items_upserted(live, vectors[live])
+
+    def _replay(self, *, dir_locked: bool = False) -> None:
+        """Apply the journal after the installed snapshot, then rebuild the recall statistics
+        from every event up to there; a compaction past the snapshot meanwhile reloads."""
+        while True:
+            version = self.journal.version()
+            try:
+                for entry in self.journal.tail(self.applied_seq):
+                    self._apply(entry, statistics=False)
+            except JournalTruncated:
+                self._install_snapshot(dir_locked=dir_locked)
+                continue
+            break
         self._rebuild_statistics()
+        self._synced = version
 
     def _check_meta(self, meta: Mapping[str, Any]) -> None:
         if meta.get("backend") != self.config.backend:
@@ -205,17 +268,109 @@ class Store:
                 f"{self.snapshot_seq}; restore journal.sqlite (a new one is not created)"
             )
         self.journal = Journal(path, self.dim)
-        if self.journal.last_seq < self.snapshot_seq:
+        head = self.journal.head()
+        if head < self.snapshot_seq:
             raise StoreError(
-                f"{self.directory}: the journal ends at {self.journal.last_seq} but the snapshot needs "
+                f"{self.directory}: the journal ends at {head} but the snapshot needs "
                 f"{self.snapshot_seq}; journal.sqlite was replaced or truncated"
             )
 
     def _rebuild_statistics(self) -> None:
-        """Recompute recall statistics (transitions, popularity) from every journaled event."""
+        """Recompute recall statistics (transitions, popularity) from every event applied."""
         self._last_row = {}
-        for rec in self.journal.events():
+        for rec in self.journal.events(upto=self.applied_seq):
             self._observe(rec)
+
+    # -- many processes: the journal's tail --------------------------------------------
+
+    def catch_up(self) -> int:
+        """Apply what other processes journaled since this state last caught up; return how many
+        entries. One cheap check (the journal's version) when nothing is new."""
+        if self.journal is None or self.journal.version() == self._synced:
+            return 0
+        with self.write_lock:
+            return self._apply_tail()
+
+    def _apply_tail(self, *, dir_locked: bool = False) -> int:
+        """Apply the journal after ``applied_seq`` (caller holds ``write_lock``); reload from the
+        newest snapshot when compaction dropped item operations not applied here."""
+        version = self.journal.version()
+        n = 0
+        try:
+            for entry in self.journal.tail(self.applied_seq):
+                self._apply(entry)
+                n += 1
+        except JournalTruncated:
+            if self._pending is not None:
+                raise  # inside a write transaction: writing() rolls back before it reloads
+            self._reload(dir_locked=dir_locked)
+            return n + self._apply_tail(dir_locked=dir_locked)
+        self._synced = version
+        return n
+
+    def _reload(self, *, dir_locked: bool = False) -> None:
+        log.info("recsieve: %s: another process compacted the journal past entry %d; reloading the newest snapshot",
+                 self.directory, self.applied_seq)
+        self._install_snapshot(dir_locked=dir_locked)
+        self._replay(dir_locked=dir_locked)
+
+    def _apply(self, entry: Entry, statistics: bool = True) -> None:
+        if isinstance(entry, ItemOp):
+            if entry.op == "upsert":
+                self.apply_upsert([Item(**_item_kwargs(d)) for d in entry.payload], entry.vectors)
+            else:
+                self.apply_remove(list(entry.payload))
+        else:
+            self.apply_event(entry, statistics)
+        self.applied_seq = entry.seq
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """A write: this process's write lock and the journal's write transaction, with every
+        entry before it applied. Inside, check the write against the state and journal it
+        (:meth:`journal_upsert`, :meth:`journal_remove`, :meth:`journal_events`); it commits
+        when the block ends and is applied then (an exception journals nothing). Re-entrant."""
+        with self.write_lock:
+            if self._pending is not None:
+                yield
+                return
+            while True:
+                stack = ExitStack()
+                stack.enter_context(self.journal.writing())
+                self._pending = []
+                try:
+                    self._apply_tail()
+                except JournalTruncated:
+                    self._pending = None
+                    stack.close()  # out of the write transaction before waiting for a snapshot's lock
+                    self._reload()
+                    continue
+                except BaseException:
+                    self._pending = None
+                    stack.close()
+                    raise
+                break
+            self._tx_head = self.applied_seq
+            try:
+                with stack:
+                    yield
+                    version = self.journal.version()
+            except BaseException:
+                self._pending = None
+                raise
+            pending, self._pending = self._pending, None
+            for seq, apply in pending:
+                apply()
+                self.applied_seq = seq
+            self._synced = version
+
+    def _journal(self, entries: Sequence[Entry], apply: Callable[[int], None]) -> None:
+        """Append ``entries`` in the current write; ``apply(first_seq)`` runs after the commit."""
+        with self.writing():
+            last = self.journal.append(entries, after=self._tx_head)
+            self._tx_head = last
+            first = last - len(entries) + 1
+            self._pending.append((last, lambda: apply(first)))
 
     def _observe(self, rec: EventRecord) -> None:
         positive = self.users.event_weight(rec.kind, rec.weight) > 0
@@ -244,9 +399,19 @@ class Store:
             self.field_kinds.setdefault(key, kind_of(value))
 
     def journal_upsert(self, items: Sequence[Item], vectors: np.ndarray, hashes: Sequence[str]) -> None:
-        """Journal an upsert durably, then apply it (caller holds ``write_lock``)."""
-        self.journal.append_item_op("upsert", [it.to_dict() for it in items], vectors)
-        self.apply_upsert(items, vectors, hashes)
+        """Journal an upsert durably, then apply it (inside :meth:`writing`, or as a write of its own)."""
+        self._journal([ItemOp(0, "upsert", [it.to_dict() for it in items], vectors)],
+                      lambda _seq: self.apply_upsert(items, vectors, hashes))
+
+    def stale_texts(self, items: Sequence[Item], hashes: Sequence[str]) -> list[int]:
+        """Positions of ``items`` whose text this state holds no vector of (new, or text changed):
+        what an upsert must embed."""
+        out = []
+        for i, (it, h) in enumerate(zip(items, hashes)):
+            row = self.catalog.row(it.id) if it.id in self.catalog else None
+            if row is None or self.hashes.get(row) != h:
+                out.append(i)
+        return out
 
     def apply_upsert(self, items: Sequence[Item], vectors: np.ndarray, hashes: Sequence[str] | None = None) -> None:
         if hashes is None:
@@ -267,9 +432,8 @@ class Store:
             listener.items_upserted(rows, vectors)
 
     def journal_remove(self, ids: list[str]) -> None:
-        """Journal a removal durably, then apply it (caller holds ``write_lock``)."""
-        self.journal.append_item_op("remove", ids)
-        self.apply_remove(ids)
+        """Journal a removal durably, then apply it (inside :meth:`writing`, or as a write of its own)."""
+        self._journal([ItemOp(0, "remove", list(ids), None)], lambda _seq: self.apply_remove(ids))
 
     def apply_remove(self, ids: list[str]) -> None:
         rows = self.catalog.rows(ids)
@@ -281,13 +445,18 @@ class Store:
     # -- events ------------------------------------------------------------------------
 
     def journal_events(self, recs: Sequence[tuple]) -> None:
-        """Journal events durably, then apply them (caller holds ``write_lock``).
+        """Journal events durably, then apply them (inside :meth:`writing`, or as a write of its own).
 
-        ``recs``: ``(user_id, item_id, row, kind, ts, weight, text)`` tuples.
+        ``recs``: ``(user_id, item_id, row, kind, ts, weight, text)`` tuples, rows as the
+        catalog holds them inside the write.
         """
-        last = self.journal.append_events(recs)
-        for seq, r in enumerate(recs, start=last - len(recs) + 1):
-            self.apply_event(EventRecord(seq, *r))
+        entries = [EventRecord(0, *r) for r in recs]
+
+        def apply(first: int) -> None:
+            for seq, r in enumerate(recs, start=first):
+                self.apply_event(EventRecord(seq, *r))
+
+        self._journal(entries, apply)
 
     def apply_event(self, rec: EventRecord, statistics: bool = True) -> None:
         self.users.apply(rec.user_id, rec.row, self.vectors[rec.row], rec.kind, rec.ts, rec.weight, rec.text)
@@ -307,14 +476,20 @@ class Store:
     def statistics(self) -> tuple[list[RecallChannel], int]:
         """A copy of the recall statistics and the journal sequence they include (one moment)."""
         with self.write_lock:
-            return [ch.copy() for ch in self.channels], self.journal.last_seq
+            return [ch.copy() for ch in self.channels], self.applied_seq
 
     # -- persistence -------------------------------------------------------------------
 
     def save(self) -> None:
-        """Write a snapshot atomically (a crash mid-save leaves the previous one loadable)."""
-        with self.write_lock:
-            seq = self.journal.last_seq
+        """Write a snapshot atomically (a crash mid-save leaves the previous one loadable).
+
+        One process at a time (the directory's lock, exclusive): it first applies the journal's
+        tail, and the snapshot records the sequence applied; then the journal's item operations
+        up to there are compacted away.
+        """
+        with self.write_lock, self.lock.exclusive():
+            self._apply_tail(dir_locked=True)
+            seq = self.applied_seq
 
             def write(folder: Path) -> None:
                 (folder / "catalog").mkdir()
