@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_config import WordHashEmbedder
 
 from recsieve import Engine, EngineConfig, Event, Item
 from recsieve.engine.journal import EventRecord, ItemOp, Journal, network_filesystem
 from recsieve.engine.ranker import RankingHead
 from recsieve.errors import IncompatibleVersionError, StoreError
-from test_config import WordHashEmbedder
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

@@ -13,6 +13,9 @@
 ``rerank`` (:mod:`recsieve.bench.rerank`)
     ``CrossEncoder.predict`` on a MiniLM cross-encoder (speed only), its achieved GFLOP/s
     against the machine's measured fp32 GEMM peak (``rerank_mfu``), and each lever's speed.
+``processes`` (:mod:`recsieve.bench.processes`; run only when named in ``sections``)
+    Several processes on one engine directory: the empty tail check on the request path,
+    cross-process visibility latency, and ``recommend`` throughput with 1/2/4 worker processes.
 
 Shared helpers and synthetic data are in :mod:`recsieve.bench.common`; the summary, plots and
 ``rerank_ndcg_ratio`` in :mod:`recsieve.bench.report`. This is a measuring tool, not
@@ -48,6 +51,7 @@ from recsieve.bench.common import (
 )
 from recsieve.bench.engine import engine_section
 from recsieve.bench.index import HNSW_EF, IVF_NPROBE, LANCE_EF, index_section, pick_default
+from recsieve.bench.processes import processes_section
 from recsieve.bench.report import format_summary, quality_ratio, write_plots
 from recsieve.bench.rerank import encoder_flops, fallback_pairs, gemm_peak_gflops, rerank_section
 from recsieve.errors import InvalidInputError
@@ -85,8 +89,9 @@ HEADLINE_KEYS = (
     "recall_at_100_vs_exact",
     "rerank_mfu",
 )
-#: The sections :func:`run_bench` can run, in order.
-SECTIONS = ("index", "engine", "rerank")
+#: The sections :func:`run_bench` can run, in order; it runs :data:`DEFAULT_SECTIONS` unless told.
+SECTIONS = ("index", "engine", "rerank", "processes")
+DEFAULT_SECTIONS = ("index", "engine", "rerank")
 
 _FULL: dict[str, Any] = {
     "sizes": (10_000, 100_000, 1_000_000),
@@ -101,6 +106,7 @@ _FULL: dict[str, Any] = {
     "engine_requests": 500,
     "load_seconds": 3.0,
     "refresh_samples": 100,
+    "visibility_samples": 200,
     "rerank_pairs": 100,
     "rerank_repeats": 3,
 }
@@ -115,6 +121,7 @@ _QUICK: dict[str, Any] = {
     "engine_requests": 200,
     "load_seconds": 1.5,
     "refresh_samples": 30,
+    "visibility_samples": 60,
     "rerank_pairs": 100,
     "rerank_repeats": 1,
 }
@@ -127,7 +134,7 @@ def run_bench(
     plots_dir: str | Path | None = None,
     threads: int = 2,
     progress: bool = True,
-    sections: Sequence[str] = SECTIONS,
+    sections: Sequence[str] = DEFAULT_SECTIONS,
     sizes: Sequence[int] | None = None,
     queries: int | None = None,
     lance_sizes: Sequence[int] | None = None,
@@ -198,6 +205,9 @@ def run_bench(
             if "rerank" in sections:
                 _run_rerank(result, cfg, seed, bar, notes, pairs, workdir)
                 bar.advance()
+            if "processes" in sections:
+                result["processes"] = processes_section(cfg, seed, bar, notes, workdir)
+                bar.advance()
     finally:
         bar.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -217,7 +227,8 @@ def run_bench(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     if summary:
-        print(format_summary(result), file=sys.stdout)
+        print(format_summary(result) + (f"\n{result['processes']['summary']}" if "processes" in result else ""),
+              file=sys.stdout)
     return result
 
 
