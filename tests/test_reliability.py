@@ -27,7 +27,7 @@ import recsieve
 from recsieve import Engine, EngineConfig, Event, Item
 from recsieve.catalog import read_items
 from recsieve.cli import main
-from recsieve.engine.engine import MAX_K
+from recsieve.engine.checks import MAX_K
 from recsieve.errors import (
     CorruptStoreError,
     DuplicateIdError,

@@ -98,6 +98,9 @@ class EngineConfig:
     recent_window: int = _setting(20, "users", "Recent events kept per user.")
     short_term_events: int = _setting(5, "users", "Latest events averaged into the short-term vector.")
     half_life_days: float = _setting(30.0, "users", "Half-life in days of the long-term profile's time decay.")
+    context_window: int = _setting(
+        200, "users", "Events kept per user for the context encoder (it reads at most as many as it was trained on)."
+    )
     # [recall]
     profile_weight: float = _setting(0.5, "recall", "Weight of the long-term profile in the query vector.")
     recent_weight: float = _setting(1.0, "recall", "Weight of the short-term vector in the query vector.")
@@ -110,6 +113,9 @@ class EngineConfig:
         (1.0, 1.0, 0.3), "recall", "Reciprocal-rank fusion weight of each channel, in the order of channels."
     )
     exclude_consumed: bool = _setting(True, "recall", "Drop items the user already interacted with.")
+    context_weight: float = _setting(
+        2.0, "recall", "Fusion weight of the behaviour index's channel (when the serving model has a context encoder)."
+    )
     # [rerank]
     reranker_model: str = _setting(
         "", "rerank", "Folder written by train-reranker, relative to the engine directory or absolute (empty: none)."
@@ -304,12 +310,12 @@ def _check_items(c: EngineConfig) -> None:
 
 
 def _check_users(c: EngineConfig) -> None:
-    _positive_ints(c, "recent_window", "short_term_events")
+    _positive_ints(c, "recent_window", "short_term_events", "context_window")
     _numbers(c, "half_life_days", positive=True)
 
 
 def _check_recall(c: EngineConfig) -> None:
-    _numbers(c, "profile_weight", "recent_weight", "instruction_weight")
+    _numbers(c, "profile_weight", "recent_weight", "instruction_weight", "context_weight")
     _positive_ints(c, "recall_n")
     for ch in c.channels:
         if ch not in CHANNELS:

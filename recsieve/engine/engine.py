@@ -22,10 +22,11 @@ import numpy as np
 from recsieve.catalog import Catalog
 from recsieve.embedding import Embedder, SentenceTransformerEmbedder
 from recsieve.engine.cache import ScoreCache
+from recsieve.engine.checks import check_event, check_k, check_user
 from recsieve.engine.config import CONFIG_FILE, EngineConfig
 from recsieve.engine.journal import Journal
-from recsieve.engine.models import ModelSlot
-from recsieve.engine.pipeline import MAX_INSTRUCTION, Pipeline, Recalled
+from recsieve.engine.models import ModelSlot, ServingModel
+from recsieve.engine.pipeline import Pipeline, Recalled
 from recsieve.engine.ranker import RankingHead
 from recsieve.engine.recall import RecallChannel
 from recsieve.engine.serving import HotUsers, Request
@@ -43,11 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from recsieve.rerankers.base import Reranker
 
 __all__ = ["Engine", "UpsertReport", "build_index", "Recalled"]
-
-#: Largest ``k`` a request may ask for.
-MAX_K = 10_000
-#: Events may carry timestamps up to this far in the future (clock skew between hosts).
-FUTURE_SLACK_S = 86_400.0
 
 Filters = str | Mapping[str, Any] | Filter | None
 
@@ -76,7 +72,7 @@ class Engine:
         self.directory = Path(directory)
         self._embedder = embedder
         self._store = Store(self.directory, config)
-        self._slot = ModelSlot(self.directory, config, self.feature_names, reranker)
+        self._slot = ModelSlot(self.directory, config, self.feature_names, self._store, reranker)
         self._pipeline = Pipeline(self._store, self._slot, self._embed, ScoreCache(config.score_cache_entries))
         self._hot: HotUsers | None = None
         self._closed = False
@@ -187,6 +183,11 @@ class Engine:
         return self._slot.current().reranker
 
     @property
+    def serving_model(self) -> ServingModel:
+        """What orders candidates now: head, context model and behaviour index, cross-encoder."""
+        return self._slot.current()
+
+    @property
     def model_version(self) -> str:
         """Names the model serving; every cached result and score carries it in its key."""
         return self._slot.version
@@ -195,6 +196,12 @@ class Engine:
     def model_dir(self) -> Path | None:
         """The serving model folder (absolute), or ``None`` when ordering by recall only."""
         return self._slot.folder()
+
+    def load_model(self, path: str | Path) -> ServingModel:
+        """The model folder ``path`` loaded whole (context model and behaviour index included) but
+        not serving: :meth:`recall_stage` can recall with it, e.g. while training its ranking head."""
+        self._check_open()
+        return self._slot.load(path)
 
     def use_model(self, path: str | Path | None, *, tier: str | None = None, persist: bool = False,
                   reranker: Reranker | None = None) -> None:
@@ -307,20 +314,7 @@ class Engine:
         Checks: an :class:`Event`, of an item in the catalog, at most a day in the future, with
         ``text`` either ``None`` or non-empty and at most 2,000 characters. Changes nothing.
         """
-        now = time.time() if now is None else now
-        if not isinstance(event, Event):
-            raise InvalidInputError(field, type(event).__name__, "expected a recsieve.Event")
-        if event.item_id not in self.catalog:
-            raise UnknownItemError(f"{field}.item_id", event.item_id)
-        ts = now if event.ts is None else float(event.ts)
-        if ts > now + FUTURE_SLACK_S:
-            raise InvalidInputError(f"{field}.ts", event.ts, "more than a day in the future")
-        if event.text is not None:
-            if not isinstance(event.text, str) or not event.text.strip():
-                raise InvalidInputError(f"{field}.text", event.text, "must be non-empty text when given (or None)")
-            if len(event.text) > MAX_INSTRUCTION:
-                raise InvalidInputError(f"{field}.text", event.text[:40], f"longer than {MAX_INSTRUCTION} characters")
-        return ts
+        return check_event(event, self.catalog, field, now)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -331,7 +325,7 @@ class Engine:
     def search(self, text: str, k: int = 10, *, filters: Filters = None) -> list[tuple[str, float]]:
         """Items nearest to ``text`` (no user involved): ``[(item_id, score), ...]``."""
         self.catch_up()
-        k = _check_k(k)
+        k = check_k(k)
         flt = parse_filter(filters)
         query = self.embed_text(text, "text")
         scores, ids = self.index.search(query.reshape(1, -1), k, filter=flt)
@@ -342,7 +336,7 @@ class Engine:
                filters: Filters = None) -> Candidates:
         """The recall stage alone: fused candidates for a user (rows and fused scores)."""
         self.catch_up()
-        return self.recall_stage(self.users.get(_check_user(user_id)), n, instruction=instruction,
+        return self.recall_stage(self.users.get(check_user(user_id)), n, instruction=instruction,
                                  filters=filters).cands
 
     def history_view(self, rows: Sequence[int], kinds: Sequence[str] | None = None,
@@ -359,15 +353,19 @@ class Engine:
         return self.recall_stage(view, n, instruction=instruction, filters=filters).cands
 
     def recall_stage(self, view: UserView | None, n: int | None = None, *, instruction: str | None = None,
-                     filters: Filters = None, statistics: Sequence[RecallChannel] | None = None) -> Recalled:
+                     filters: Filters = None, statistics: Sequence[RecallChannel] | None = None,
+                     now: float | None = None, model: ServingModel | None = None) -> Recalled:
         """Recall for a user view with everything the ordering stage reads (:class:`Recalled`).
 
         ``statistics``: recall channels to use instead of the live ones (for instance a copy
         from :meth:`statistics` that leaves one user's steps out, when building training data).
+        ``now``: the moment of the request (default: the clock; training passes the target's time).
+        ``model``: a model from :meth:`load_model` to recall with instead of the serving one.
         """
         self.catch_up()
         inst = self.embed_text(instruction, "instruction") if instruction is not None else None
-        return self._pipeline.recall(view, n or self.config.recall_n, inst, parse_filter(filters), statistics)
+        return self._pipeline.recall(view, n or self.config.recall_n, inst, parse_filter(filters), statistics, now,
+                                     model)
 
     def order_stage(self, view: UserView | None, recalled: Recalled, instruction: str | None = None, *,
                     rerank: bool = True) -> np.ndarray:
@@ -391,8 +389,8 @@ class Engine:
         of equalities). An unknown user gets a cold-start list (instruction and popularity).
         """
         self.catch_up()
-        k = _check_k(k)
-        user_id = _check_user(user_id)
+        k = check_k(k)
+        user_id = check_user(user_id)
         flt = parse_filter(filters)
         if instruction is not None:
             self.embed_text(instruction, "instruction")  # validate before anything else
@@ -463,9 +461,14 @@ class Engine:
         """The ranking head's features of recalled candidates (see :mod:`recsieve.engine.ranker`)."""
         return self._pipeline.features(view, recalled)
 
-    def feature_names(self) -> tuple[str, ...]:
-        """The ranking head's feature layout for this engine's channels."""
-        return self._pipeline.feature_names()
+    def feature_names(self, context: bool | None = None) -> tuple[str, ...]:
+        """The ranking head's feature layout for this engine's channels, with the context
+        channel's features when ``context`` (default: when the serving model has a context encoder)."""
+        return self._pipeline.feature_names(context)
+
+    def text_vectors(self) -> np.ndarray:
+        """A copy of every catalog row's text vector (``(num_rows, dim)``; removed rows keep theirs)."""
+        return self._store.vectors[: self.catalog.num_rows].copy()
 
     def item_text(self, row: int) -> str:
         """The rendered text of the item at ``row`` (its title if it was removed meanwhile)."""
@@ -519,20 +522,6 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _check_k(k: object) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise InvalidInputError("k", k, "must be an integer")
-    if not 1 <= int(k) <= MAX_K:
-        raise InvalidInputError("k", k, f"must be between 1 and {MAX_K}")
-    return int(k)
-
-
-def _check_user(user_id: object) -> str:
-    if not isinstance(user_id, str) or not user_id.strip():
-        raise InvalidInputError("user_id", user_id, "must be a non-empty string")
-    return user_id
 
 
 def build_index(items: str | Path | Iterable[Item], directory: str | Path, config: EngineConfig | None = None, *,

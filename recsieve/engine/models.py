@@ -1,11 +1,13 @@
 """The model slot: which trained models order candidates, loaded whole and switched atomically.
 
-A model folder (written by ``recsieve train-reranker`` or ``learn()``) holds a ranking head
-(``ranker.json``) and, optionally, a cross-encoder sub-folder; a folder holding only a
-cross-encoder is served as a bare re-ranker. What serves is one immutable
-:class:`ServingModel` (head, cross-encoder, the settings they serve with, a version that
-names them); a switch loads the new one completely before it replaces the old, so a request
-reads a consistent pair and a model that fails to load leaves the old one serving.
+A model folder (written by ``recsieve train``, ``train-reranker`` or ``learn()``) holds a
+ranking head (``ranker.json``) and, optionally, a context model (``context/``: item tower,
+context encoder, candidate scorer; see :mod:`recsieve.engine.context`) and a word-level
+cross-encoder sub-folder; a folder holding only a cross-encoder is served as a bare re-ranker.
+What serves is one immutable :class:`ServingModel` (head, context model with its behaviour
+index, cross-encoder, the settings they serve with, a version that names them); a switch
+loads the new one completely — its behaviour index built — before it replaces the old, so a
+request reads a consistent set and a model that fails to load leaves the old one serving.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recsieve.engine.config import CONFIG_FILE, EngineConfig
+from recsieve.engine.context import CONTEXT_DIR, ContextRuntime
 from recsieve.engine.ranker import RANKER_FILE, RankingHead
-from recsieve.engine.store import LOCK_FILE
+from recsieve.engine.store import LOCK_FILE, Store
 from recsieve.errors import RecsieveError, StoreError
 from recsieve.locks import FileLock
 from recsieve.storage import atomic_write_text
@@ -34,12 +37,14 @@ __all__ = ["ServingModel", "ModelSlot", "model_version"]
 @dataclass(frozen=True)
 class ServingModel:
     """What orders candidates now: the ranking head and the cross-encoder the ordering reads
-    (``None`` when it reads none), the engine settings they serve with, and their version."""
+    (``None`` when it reads none), the engine settings they serve with, their version, and the
+    context model with its behaviour index (``None`` when the folder has none)."""
 
     head: RankingHead | None
     reranker: Reranker | None
     config: EngineConfig
     version: str
+    context: ContextRuntime | None = None
 
 
 def model_version(config: EngineConfig, head: RankingHead | None) -> str:
@@ -61,13 +66,17 @@ def _reads_cross_encoder(config: EngineConfig, head: RankingHead | None, reranke
 class ModelSlot:
     """Holds the :class:`ServingModel`; loads it lazily on first use and switches it atomically.
 
-    ``feature_names``: the engine's feature layout, which a head must have been trained on.
-    ``given``: a re-ranker passed when the engine was opened, served in place of a folder's own.
+    ``feature_names(context)``: the engine's feature layout (with a context model's features or
+    without), which a head must have been trained on. ``given``: a re-ranker passed when the
+    engine was opened, served in place of a folder's own. A context model's behaviour index is
+    built from ``store`` and kept in step with it (it joins the store's item listeners when it
+    starts serving and leaves when it stops).
     """
 
-    def __init__(self, directory: Path, config: EngineConfig, feature_names: Callable[[], tuple[str, ...]],
-                 given: Reranker | None = None) -> None:
+    def __init__(self, directory: Path, config: EngineConfig, feature_names: Callable[[bool], tuple[str, ...]],
+                 store: Store, given: Reranker | None = None) -> None:
         self.directory = directory
+        self._store = store
         self._config = config
         self._feature_names = feature_names
         self._given = given
@@ -101,9 +110,9 @@ class ModelSlot:
         """The serving model (loaded on first use)."""
         current = self._current
         if current is None:
-            with self._lock:
+            with self._store.write_lock, self._lock:  # no catalog change while a behaviour index is built
                 if self._current is None:
-                    self._current = self._build(self._config, self._given)
+                    self._serve(self._build(self._config, self._given))
                 current = self._current
         return current
 
@@ -116,13 +125,14 @@ class ModelSlot:
         base = self.config
         config = replace(base, reranker_model="" if path is None else str(path),
                          rerank_tier=base.rerank_tier if tier is None else tier)
-        new = self._build(config, reranker or self._given)
-        with self._lock:
-            if persist:
-                with FileLock(self.directory / LOCK_FILE).exclusive():  # one switch (or snapshot) at a time, across processes
-                    atomic_write_text(self.directory / CONFIG_FILE, config.to_toml())
-                    self._seen = _file_signature(self._config_file)
-            self._current = new
+        with self._store.write_lock:  # no catalog change while a behaviour index is built
+            new = self._build(config, reranker or self._given)
+            with self._lock:
+                if persist:
+                    with FileLock(self.directory / LOCK_FILE).exclusive():  # one switch (or snapshot) at a time, across processes
+                        atomic_write_text(self.directory / CONFIG_FILE, config.to_toml())
+                        self._seen = _file_signature(self._config_file)
+                self._serve(new)
         return new
 
     def sync(self) -> bool:
@@ -165,16 +175,31 @@ class ModelSlot:
         with self._store.write_lock:
             return self._build(config, None)
 
+    def _serve(self, new: ServingModel) -> None:
+        """Make ``new`` the serving model; its behaviour index follows the catalog from now on."""
+        old = self._current
+        listeners = self._store.listeners
+        if old is not None and old.context is not None and old.context in listeners:
+            listeners.remove(old.context)
+        if new.context is not None:
+            listeners.append(new.context)
+        self._current = new
+
     def _build(self, config: EngineConfig, given: Reranker | None) -> ServingModel:
-        head, own = self._load(config)
+        path = self.folder(config)
+        context = None
+        if path is not None and (path / CONTEXT_DIR).exists():
+            context = ContextRuntime.open(path / CONTEXT_DIR, self._store)
+        head, own = self._load(config, context is not None)
         chosen = _reads_cross_encoder(config, head, given or own)
         version = model_version(config, head)
         if chosen is not None and chosen is not own:
             version += f":{chosen.model_id}"
-        return ServingModel(head, chosen, config, version)
+        return ServingModel(head, chosen, config, version, context)
 
-    def _load(self, config: EngineConfig) -> tuple[RankingHead | None, Reranker | None]:
-        """The ranking head and cross-encoder of the folder ``config`` names."""
+    def _load(self, config: EngineConfig, context: bool) -> tuple[RankingHead | None, Reranker | None]:
+        """The ranking head and cross-encoder of the folder ``config`` names (``context``: whether
+        it holds a context model, whose features the head must then have been trained on)."""
         path = self.folder(config)
         if path is None:
             return None, None
@@ -184,15 +209,16 @@ class ModelSlot:
             return open_cross_encoder(folder, backend=config.ce_backend, max_length=config.ce_max_length or None)
 
         if not (path / RANKER_FILE).exists():
-            return None, cross_encoder(path)
+            return None, None if context else cross_encoder(path)
         head = RankingHead.load(path)
-        expected = self._feature_names()
+        expected = self._feature_names(context)
         if head.features != expected:
             raise StoreError(
                 f"reranker_model {config.reranker_model!r} was trained on features {head.features}, "
                 f"but this engine's channels give {expected}; retrain it or restore the channels"
             )
         return head, cross_encoder(path / head.cross_encoder) if head.cross_encoder else None
+
 
 def _file_signature(path: str) -> tuple[int, int, int] | None:
     """(modification time in ns, size, inode) of ``path``, ``None`` when absent: an atomic

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from recsieve.engine.cache import ScoreCache
-from recsieve.engine.models import ModelSlot
+from recsieve.engine.context import ContextChannel
+from recsieve.engine.models import ModelSlot, ServingModel
 from recsieve.engine.ranker import RankingHead, blend_scores, candidate_features, feature_names
 from recsieve.engine.recall import PopularityChannel, RecallChannel, RecallRequest, fuse
 from recsieve.engine.store import Store
@@ -107,10 +108,19 @@ class Pipeline:
     # -- recall --------------------------------------------------------------------------
 
     def recall(self, view: UserView | None, n: int, instruction: np.ndarray | None, flt: Filter | None,
-               channels: Sequence[RecallChannel] | None = None) -> Recalled:
-        """Recall with the store's channels (or ``channels``, e.g. statistics that leave a step out)."""
-        channels = self.store.channels if channels is None else channels
-        exclude = view.consumed if (view is not None and self.store.config.exclude_consumed) else frozenset()
+               channels: Sequence[RecallChannel] | None = None, now: float | None = None,
+               model: ServingModel | None = None) -> Recalled:
+        """Recall with the store's channels (or ``channels``, e.g. statistics that leave a step out),
+        plus the behaviour index's channel when the serving model (or ``model``) has a context
+        encoder. ``now``: the request's time (default: the clock), which the encoder reads as ages."""
+        cfg = self.store.config
+        channels = list(self.store.channels if channels is None else channels)
+        weights = list(cfg.channel_weights)
+        context = (model or self.models.current()).context
+        if context is not None:
+            channels.append(ContextChannel(context))
+            weights.append(cfg.context_weight)
+        exclude = view.consumed if (view is not None and cfg.exclude_consumed) else frozenset()
         catalog = self.store.catalog
 
         def accept(row: int) -> bool:
@@ -125,9 +135,12 @@ class Pipeline:
             filter=flt,
             exclude=exclude,
             accept=accept,
+            history=view.history if view is not None else (),
+            instruction=instruction,
+            now=now,
         )
         lists = [ch.recall(request) for ch in channels]
-        return Recalled(fuse(lists, self.store.config.channel_weights, n), lists, channels, instruction, request)
+        return Recalled(fuse(lists, weights, n), lists, channels, instruction, request)
 
     # -- order ---------------------------------------------------------------------------
 
@@ -144,10 +157,15 @@ class Pipeline:
             extra=np.concatenate([ch.features(recalled.request, rows) for ch in recalled.channels], axis=1),
         )
 
-    def feature_names(self) -> tuple[str, ...]:
-        """The ranking head's feature layout for the store's channels."""
-        channels = self.store.channels
-        return feature_names([c.name for c in channels], {c.name: c.extra_features for c in channels})
+    def feature_names(self, context: bool | None = None) -> tuple[str, ...]:
+        """The ranking head's feature layout for the store's channels, with the context channel's
+        when ``context`` (default: when the serving model has a context encoder)."""
+        if context is None:
+            context = self.models.current().context is not None
+        names = [c.name for c in self.store.channels] + ([ContextChannel.name] if context else [])
+        extras = {c.name: c.extra_features for c in self.store.channels}
+        extras[ContextChannel.name] = ContextChannel.extra_features
+        return feature_names(names, extras)
 
     def order(self, view: UserView | None, recalled: Recalled, instruction: str | None, *, rerank: bool = True,
               cross_encoder: bool = True) -> np.ndarray:

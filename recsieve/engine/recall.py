@@ -43,7 +43,9 @@ class RecallRequest:
     ``query``: the normalised query vector (or ``None`` when there is nothing to search with);
     ``recent_rows``: the user's recent items, most recent last; ``exclude``: rows never to
     return; ``accept``: the engine's check that a row is live and passes the filter (used by
-    channels that do not push the filter into an index).
+    channels that do not push the filter into an index). ``history`` (the user's longer event
+    window, :class:`~recsieve.engine.users.RecentEvent` most-recent-last), ``instruction`` (the
+    request's text vector) and ``now`` (the request's time) are what the context encoder reads.
     """
 
     n: int
@@ -52,6 +54,11 @@ class RecallRequest:
     filter: Filter | None = None
     exclude: frozenset[int] = frozenset()
     accept: Callable[[int], bool] = field(default=lambda row: True)
+    history: tuple = ()
+    instruction: np.ndarray | None = None
+    now: float | None = None
+    #: scratch space for channels, per request (e.g. a user vector computed once for recall and features)
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def _empty() -> Candidates:

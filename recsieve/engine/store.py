@@ -39,7 +39,14 @@ import numpy as np
 
 from recsieve.catalog import Catalog
 from recsieve.engine.config import EngineConfig
-from recsieve.engine.journal import Entry, EventRecord, ItemOp, Journal, JournalBackend, JournalTruncated
+from recsieve.engine.journal import (
+    Entry,
+    EventRecord,
+    ItemOp,
+    Journal,
+    JournalBackend,
+    JournalTruncated,
+)
 from recsieve.engine.recall import (
     PopularityChannel,
     RecallChannel,
@@ -173,7 +180,9 @@ class Store:
 
     def new_user_store(self) -> UserStore:
         """An empty user store with the config's window and half-life."""
-        return UserStore(self.dim, recent_window=self.config.recent_window, half_life_days=self.config.half_life_days)
+        cfg = self.config
+        return UserStore(self.dim, recent_window=cfg.recent_window, history_window=cfg.context_window,
+                         half_life_days=cfg.half_life_days)
 
     def new_channels(self) -> list[RecallChannel]:
         """Fresh recall channels as the config names them (statistics empty)."""

@@ -43,7 +43,8 @@ class UserView:
 
     ``profile`` is the decayed weighted sum (not normalised; ``None`` when the user's weights
     cancel out), ``recent`` is most-recent-last, ``consumed`` the rows the user interacted with.
-    ``version`` counts the events applied, so caches can key on it.
+    ``version`` counts the events applied, so caches can key on it. ``history`` is the longer
+    window the context encoder reads (most-recent-last; ``recent`` is its tail).
     """
 
     user_id: str
@@ -52,6 +53,7 @@ class UserView:
     consumed: frozenset[int]
     version: int
     last_ts: float
+    history: tuple[RecentEvent, ...] = ()
 
 
 class _State:
@@ -74,11 +76,14 @@ class UserStore:
         dim: int,
         *,
         recent_window: int = 20,
+        history_window: int = 0,
         half_life_days: float = 30.0,
         kind_weights: Mapping[str, float] = EVENT_KINDS,
     ) -> None:
         self.dim = dim
         self.recent_window = recent_window
+        #: events kept per user: the recent window, or the (longer) history the context encoder reads
+        self.window = max(recent_window, history_window)
         self.half_life = half_life_days * _DAY
         self.kind_weights = dict(kind_weights)
         self._users: dict[str, _State] = {}
@@ -109,7 +114,7 @@ class UserStore:
         with self._lock:
             st = self._users.get(user_id)
             if st is None:
-                st = self._users[user_id] = _State(self.dim, self.recent_window)
+                st = self._users[user_id] = _State(self.dim, self.window)
             if ts >= st.last_ts:
                 d = 0.0 if st.last_ts == -math.inf else 0.5 ** ((ts - st.last_ts) / self.half_life)
                 st.profile *= d
@@ -133,7 +138,9 @@ class UserStore:
             profile = None
             if st.weight > 0 and np.linalg.norm(st.profile) > 1e-9 * st.weight:
                 profile = (st.profile / st.weight).astype(np.float32)
-            return UserView(user_id, profile, tuple(st.recent), frozenset(st.consumed), st.version, st.last_ts)
+            history = tuple(st.recent)
+            recent = history[-self.recent_window:]
+            return UserView(user_id, profile, recent, frozenset(st.consumed), st.version, st.last_ts, history)
 
     def version(self, user_id: str) -> int:
         """How many events ``user_id`` has (0 for a cold user)."""
@@ -179,7 +186,7 @@ class UserStore:
         for i, line in enumerate(lines):
             try:
                 d = json.loads(line)
-                st = _State(self.dim, self.recent_window)
+                st = _State(self.dim, self.window)
                 st.profile = profiles[i].astype(np.float64)
                 st.weight = float(d["weight"])
                 st.last_ts = -math.inf if d["last_ts"] is None else float(d["last_ts"])

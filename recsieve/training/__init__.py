@@ -4,7 +4,8 @@
 - :mod:`recsieve.training.head`: the ranking head (and the cross-encoder's blend weight);
 - :mod:`recsieve.training.cross_encoder`: fine-tuning the word-level MiniLM cross-encoder;
 - :mod:`recsieve.training.learn`: continual updates from the event stream (``learn``, ``Learner``);
-- :mod:`recsieve.training.context_model`: the context model (item tower, context encoder).
+- :mod:`recsieve.training.context_model`: the context model (item tower, context encoder, candidate scorer);
+- :mod:`recsieve.training.model`: ``recsieve train``: the context model, then the head that stacks it.
 
 Arrows point down: training imports the engine, never the other way round.
 """
@@ -20,6 +21,7 @@ from recsieve.training.examples import (
 )
 from recsieve.training.head import fit_blend, fit_head, train_engine_ranker
 from recsieve.training.learn import Learner, learn
+from recsieve.training.model import train_engine
 
 __all__ = [
     "Learner",
@@ -30,6 +32,7 @@ __all__ = [
     "fit_head",
     "learn",
     "ranking_groups",
+    "train_engine",
     "train_engine_ranker",
     "train_engine_reranker",
 ]

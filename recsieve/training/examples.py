@@ -20,11 +20,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from recsieve.engine.engine import Engine
+from recsieve.engine.models import ServingModel
 from recsieve.errors import UnknownItemError
 from recsieve.rerankers.training import Example, Step, build_examples, make_render
 from recsieve.types import EVENT_KINDS, Event
 
-__all__ = ["engine_sequences", "engine_examples", "RankingGroup", "ranking_groups", "observe_steps", "groups_for",
+__all__ = ["last_positives", "engine_sequences", "engine_examples", "RankingGroup", "ranking_groups", "observe_steps", "groups_for",
            "save_replay", "load_replay"]
 
 
@@ -82,7 +83,7 @@ def engine_examples(
     return train, valid
 
 
-def _last_positives(seq: Sequence[Step], k: int) -> list[int]:
+def last_positives(seq: Sequence[Step], k: int) -> list[int]:
     """Positions of the last ``k`` positive steps that have some history before them."""
     return [t for t in range(1, len(seq)) if EVENT_KINDS.get(seq[t].kind, 1.0) > 0][-k:]
 
@@ -110,6 +111,7 @@ def ranking_groups(
     new_from: Mapping[str, int] | None = None,
     instruction_for: Callable[[int], str | None] | None = None,
     channels: Sequence[Any] | None = None,
+    model: ServingModel | None = None,
 ) -> tuple[list[RankingGroup], int]:
     """Ranking examples for the head: each sampled user's last ``steps_per_user`` positive steps,
     with recall run on the history before each.
@@ -129,7 +131,7 @@ def ranking_groups(
     """
     lasts: dict[str, list[int]] = {}
     for u, seq in sequences.items():
-        targets = _last_positives(seq, steps_per_user)
+        targets = last_positives(seq, steps_per_user)
         if new_from is not None:
             targets = [t for t in targets if t >= new_from.get(u, len(seq))]
         if targets:
@@ -146,7 +148,8 @@ def ranking_groups(
     for u in tqdm(ids, desc="ranking examples", unit="user", disable=not progress, leave=False):
         observe_steps(engine, channels, sequences[u], forget=True)
         try:
-            groups += groups_for(engine, sequences, {u: lasts[u]}, channels, instruction_for=instruction_for)
+            groups += groups_for(engine, sequences, {u: lasts[u]}, channels, instruction_for=instruction_for,
+                                 model=model)
         finally:
             observe_steps(engine, channels, sequences[u])
     return groups, len(ids)
@@ -166,7 +169,8 @@ def observe_steps(engine: Engine, channels: Sequence[Any], steps: Sequence[Step]
 
 def groups_for(engine: Engine, sequences: dict[str, list[Step]], targets: dict[str, list[int]],
                channels: Sequence[Any], *, progress: bool = False,
-               instruction_for: Callable[[int], str | None] | None = None) -> list[RankingGroup]:
+               instruction_for: Callable[[int], str | None] | None = None,
+               model: ServingModel | None = None) -> list[RankingGroup]:
     """A :class:`RankingGroup` per (user, target position) whose target recall (on ``channels``) finds.
 
     ``instruction_for(target_row)``: a request the target satisfies, or ``None``; when given,
@@ -180,11 +184,11 @@ def groups_for(engine: Engine, sequences: dict[str, list[Step]], targets: dict[s
             view = engine.history_view([s.item for s in history], [s.kind for s in history],
                                        [s.ts if s.ts is not None else float(i) for i, s in enumerate(history)])
             text = instruction_for(seq[last].item) if instruction_for is not None else None
-            recalled = engine.recall_stage(view, instruction=text, statistics=channels)
+            now = seq[last].ts if seq[last].ts is not None else float(last)
+            recalled = engine.recall_stage(view, instruction=text, statistics=channels, now=now, model=model)
             hit = np.flatnonzero(recalled.cands.rows == seq[last].item)
             if hit.size == 0:
                 continue
-            now = seq[last].ts if seq[last].ts is not None else float(last)
             groups.append(RankingGroup(u, engine.features(view, recalled), int(hit[0]), recalled.cands.rows,
                                        engine.render_context(view, text, now=now)))
     return groups

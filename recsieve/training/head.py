@@ -9,11 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from recsieve.engine.context import CONTEXT_DIR
 from recsieve.engine.engine import Engine
 from recsieve.engine.ranker import RankingHead, blend_scores, listwise_ndcg
 from recsieve.errors import InvalidInputError
@@ -21,6 +22,9 @@ from recsieve.rerankers.training import TrainReport
 from recsieve.storage import replacing_folder
 from recsieve.training.examples import RankingGroup, engine_sequences, ranking_groups, save_replay
 from recsieve.types import Event
+
+if TYPE_CHECKING:  # pragma: no cover
+    from recsieve.context.model import ContextModel
 
 __all__ = ["fit_head", "fit_blend", "train_engine_ranker"]
 
@@ -158,6 +162,17 @@ def fit_blend(head_scores: Sequence[np.ndarray], text_scores: Sequence[np.ndarra
     return float(best), table
 
 
+def _split_users(groups: Sequence[RankingGroup], valid_fraction: float,
+                 seed: int) -> tuple[list[RankingGroup], list[RankingGroup]]:
+    """(train, valid) groups: users drawn at random into validation (at least one of two or more)."""
+    rng = np.random.default_rng(seed)
+    user_ids = sorted({g.user_id for g in groups})
+    valid_users = {u for u, v in zip(user_ids, rng.random(len(user_ids)) < valid_fraction) if v}
+    if not valid_users and len(user_ids) >= 2:  # a small log: still hold one user out
+        valid_users = {user_ids[int(rng.integers(len(user_ids)))]}
+    return [g for g in groups if g.user_id not in valid_users], [g for g in groups if g.user_id in valid_users]
+
+
 def train_engine_ranker(
     engine: Engine,
     out: str | Path,
@@ -172,6 +187,7 @@ def train_engine_ranker(
     train_cross_encoder: Callable[[Path], TrainReport] | None = None,
     blend_top: int = 20,
     blend_groups: int = 300,
+    context: ContextModel | None = None,
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
@@ -189,6 +205,10 @@ def train_engine_ranker(
     the target's own attributes (:func:`~recsieve.engine.requests.request_for`), so the head
     learns how much an instruction should count. The folder is assembled next to ``out`` and
     renamed into place when complete; an existing ``out`` is replaced only with ``overwrite``.
+
+    ``context``: a trained context model (:mod:`recsieve.training.context_model`), saved into the
+    folder; recall then runs with its behaviour index and the head reads its two scores (the
+    encoder's and the candidate scorer's), so the head stacks them with recall's features.
     """
     t0 = time.perf_counter()
     out_path = Path(out).expanduser().absolute()
@@ -211,29 +231,29 @@ def train_engine_ranker(
             request = request_for(engine.catalog.get(engine.catalog.item_id(row)), ask)
             return None if request is None else request.text
 
-    groups, tried = ranking_groups(engine, sequences, users=users, steps_per_user=steps_per_user, seed=seed,
-                                   progress=progress, instruction_for=instruction_for)
-    rng = np.random.default_rng(seed)
-    user_ids = sorted({g.user_id for g in groups})
-    valid_users = {u for u, v in zip(user_ids, rng.random(len(user_ids)) < valid_fraction) if v}
-    if not valid_users and len(user_ids) >= 2:  # a small log: still hold one user out
-        valid_users = {user_ids[int(rng.integers(len(user_ids)))]}
-    train = [g for g in groups if g.user_id not in valid_users]
-    valid = [g for g in groups if g.user_id in valid_users]
-    if len(train) < 2 or not valid:
-        raise InvalidInputError("events", len(sequences), "too few users whose next item recall finds to train and validate")
-    head = fit_head([g.features for g in train], [g.target for g in train], engine.feature_names(),
-                    valid=([g.features for g in valid], [g.target for g in valid]), hidden=hidden, epochs=epochs,
-                    seed=seed)
-    head_scores = [head.score(g.features) for g in valid]
-    report: dict[str, Any] = {
-        "users_tried": tried, "examples": len(groups),
-        "train_users": len({g.user_id for g in train}), "valid_users": len(valid_users),
-        "train_examples": len(train), "valid_examples": len(valid),
-        "valid_ndcg@10_recall_order": _mean_ndcg([_recall_order(g) for g in valid], valid),
-        "valid_ndcg@10_head": _mean_ndcg(head_scores, valid),
-    }
     with replacing_folder(out_path) as work:
+        model = None
+        if context is not None:
+            context.save(work / CONTEXT_DIR)
+            model = engine.load_model(work)  # recall with its behaviour index, features with its scores
+        groups, tried = ranking_groups(engine, sequences, users=users, steps_per_user=steps_per_user, seed=seed,
+                                       progress=progress, instruction_for=instruction_for, model=model)
+        train, valid = _split_users(groups, valid_fraction, seed)
+        if len(train) < 2 or not valid:
+            raise InvalidInputError("events", len(sequences),
+                                    "too few users whose next item recall finds to train and validate")
+        names = engine.feature_names(context=model is not None)
+        head = fit_head([g.features for g in train], [g.target for g in train], names,
+                        valid=([g.features for g in valid], [g.target for g in valid]), hidden=hidden,
+                        epochs=epochs, seed=seed)
+        head_scores = [head.score(g.features) for g in valid]
+        report: dict[str, Any] = {
+            "users_tried": tried, "examples": len(groups),
+            "train_users": len({g.user_id for g in train}), "valid_users": len({g.user_id for g in valid}),
+            "train_examples": len(train), "valid_examples": len(valid),
+            "valid_ndcg@10_recall_order": _mean_ndcg([_recall_order(g) for g in valid], valid),
+            "valid_ndcg@10_head": _mean_ndcg(head_scores, valid),
+        }
         if train_cross_encoder is not None:
             from recsieve.rerankers.cross_encoder import CrossEncoderReranker
 

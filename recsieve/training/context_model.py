@@ -1,0 +1,491 @@
+"""Training of the context model (item tower + context encoder, then the candidate scorer).
+
+**Next-item training** (:func:`train_next_item`, used by :func:`fit_context_model` and by the
+SASRec yardstick): every position of a user's last ``max_len + 1`` training items is a target;
+the loss is cross-entropy over the whole catalog's item tokens (full softmax) up to
+``sampled_above`` items, and above it a sampled softmax (``n_negatives`` items drawn from
+popularity^0.75, shared by the batch) with the logQ correction ``s - log(K q)``. On a CPU with
+AMX (``amx_bf16`` in ``/proc/cpuinfo``) the forward pass runs under bf16 autocast, else fp32.
+AdamW, linear warmup then cosine decay; the schedule's clock is ``max(step share, time share
+of budget_s)``, so a time-budgeted run still ends at a low learning rate. Early stopping and
+the choice of the best epoch use NDCG@10 (full ranking, history excluded) on the validation
+position of ``valid_users`` held-out users: their last training item is the validation target
+and never trained on. Nothing from the caller's test or validation position is needed here:
+pass training sequences only.
+
+**Candidate scorer** (:func:`fit_candidate_scorer`): listwise softmax over each example's
+candidate rows, with the target's index given.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from recsieve.context.model import ContextModel, ContextSettings
+from recsieve.errors import InvalidInputError
+
+__all__ = [
+    "TrainConfig",
+    "amx_available",
+    "right_pad",
+    "train_next_item",
+    "fit_context_model",
+    "fit_candidate_scorer",
+    "ContextScorer",
+]
+
+
+def amx_available() -> bool:
+    """True where the CPU has AMX bf16 tiles (bf16 autocast is then fast, not emulated)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How :func:`train_next_item` trains (see the module docstring)."""
+
+    epochs: int = 200
+    budget_s: float | None = None
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup: float = 0.02  # share of the schedule
+    schedule: str = "cosine"  # cosine | linear | constant
+    min_lr_ratio: float = 0.05
+    batch_size: int = 128
+    bf16: bool | None = None  # None: where the CPU has AMX
+    sampled_above: int = 50_000
+    n_negatives: int = 8192
+    valid_users: int = 512
+    eval_every: int = 1
+    patience: int | None = 8
+    seed: int = 0
+    threads: int | None = None
+    progress: bool = False
+    name: str = "context"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "n_negatives", "eval_every", "sampled_above"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InvalidInputError(name, v, "must be a positive integer")
+        if self.budget_s is not None and not self.budget_s > 0:
+            raise InvalidInputError("budget_s", self.budget_s, "must be positive seconds or None")
+        if not self.lr > 0:
+            raise InvalidInputError("lr", self.lr, "must be positive")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise InvalidInputError("schedule", self.schedule, "cosine, linear or constant")
+        if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
+            raise InvalidInputError("threads", self.threads, "must be a positive integer or None")
+
+
+def right_pad(seqs: Sequence[np.ndarray], length: int, pad: int = -1) -> np.ndarray:
+    """int64 ``(len(seqs), length)``: the last ``length`` entries of each, then ``pad``."""
+    out = np.full((len(seqs), length), pad, np.int64)
+    for r, seq in enumerate(seqs):
+        tail = np.asarray(seq, np.int64)[-length:]
+        out[r, : tail.size] = tail
+    return out
+
+
+def _lr_factor(cfg: TrainConfig, progress: float) -> float:
+    p = min(max(progress, 0.0), 1.0)
+    if cfg.warmup > 0 and p < cfg.warmup:
+        return max(p / cfg.warmup, 1e-3)
+    if cfg.schedule == "constant":
+        return 1.0
+    q = (p - cfg.warmup) / max(1.0 - cfg.warmup, 1e-9)
+    shape = 0.5 * (1 + math.cos(math.pi * q)) if cfg.schedule == "cosine" else 1.0 - q
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+
+
+def _ndcg10(scores: np.ndarray, targets: np.ndarray, contexts: Sequence[np.ndarray]) -> tuple[float, float]:
+    """Mean NDCG@10 and HR@10, full ranking, context items excluded (ties: expected rank)."""
+    s = scores.astype(np.float64, copy=True)
+    rows = np.arange(len(targets))
+    t = s[rows, targets].copy()
+    for r, c in enumerate(contexts):
+        s[r, np.asarray(c, np.int64)] = -np.inf
+    s[rows, targets] = t
+    greater = (s > t[:, None]).sum(1)
+    equal = (s == t[:, None]).sum(1) - 1
+    ndcg = np.zeros(len(t))
+    hr = np.zeros(len(t))
+    for r in range(len(t)):
+        if np.asarray(contexts[r]).size and (np.asarray(contexts[r]) == targets[r]).any():
+            continue  # a repeat of a consumed item cannot be recommended: a miss
+        ps = np.arange(greater[r], greater[r] + equal[r] + 1)
+        inside = ps[ps < 10]
+        ndcg[r] = (1.0 / np.log2(inside + 2)).sum() / (equal[r] + 1)
+        hr[r] = inside.size / (equal[r] + 1)
+    return float(ndcg.mean()), float(hr.mean())
+
+
+@dataclass
+class NextItemTask:
+    """What :func:`train_next_item` needs from a model.
+
+    ``table(rows)``: item tokens ``(k, dim)`` for catalog ``rows`` (``None``: all rows);
+    ``hidden(table, inputs)``: hidden states ``(b, n, dim)`` of right-padded ``inputs`` rows
+    (``-1`` = padding) given the full table; ``user(table, rows)``: ``(b, dim)`` at the newest event; ``modules``: what is trained.
+    """
+
+    modules: list[nn.Module]
+    table: Callable[[torch.Tensor | None], torch.Tensor]
+    hidden: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    user: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def train_next_item(
+    task: NextItemTask,
+    sequences: Sequence[np.ndarray],
+    n_items: int,
+    max_len: int,
+    cfg: TrainConfig,
+) -> dict[str, Any]:
+    """Train ``task`` on next-item prediction (see the module docstring). Returns a history.
+
+    The modules are left in eval mode with the weights of the best validation epoch.
+    """
+    seqs = [np.asarray(s, np.int64) for s in sequences]
+    if not any(len(s) >= 2 for s in seqs):
+        raise InvalidInputError("sequences", len(seqs), "need a sequence of 2+ items")
+    top = max((int(s.max()) for s in seqs if s.size), default=0)
+    if top >= n_items or min((int(s.min()) for s in seqs if s.size), default=0) < 0:
+        raise InvalidInputError("sequences", top, f"item index outside 0..{n_items - 1}")
+    rng = np.random.default_rng(cfg.seed)
+    # held-out users: last training item = validation target, never trained on
+    eligible = np.flatnonzero([len(s) >= 3 for s in seqs])
+    n_valid = min(cfg.valid_users, eligible.size // 5) if cfg.valid_users else 0
+    valid = np.sort(rng.choice(eligible, size=n_valid, replace=False)) if n_valid else np.zeros(0, int)
+    train = list(seqs)
+    for u in valid:
+        train[u] = seqs[u][:-1]
+    v_ctx = [seqs[u][:-1] for u in valid]
+    v_tgt = np.array([seqs[u][-1] for u in valid], np.int64)
+    train = [s for s in train if len(s) >= 2]
+    windows = right_pad(train, max_len + 1)
+    lengths = (windows >= 0).sum(1)
+    order = np.argsort(lengths, kind="stable")  # batches of similar length waste less on padding
+    chunks = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    bf16 = amx_available() if cfg.bf16 is None else bool(cfg.bf16)
+    sampled = n_items > cfg.sampled_above
+    if sampled:
+        counts = np.bincount(np.concatenate(train), minlength=n_items).astype(np.float64)
+        q = (counts + 1.0) ** 0.75
+        q /= q.sum()
+        q_t = torch.from_numpy(q.astype(np.float32))
+    params = [p for m in task.modules for p in m.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+    )
+    total_steps = cfg.epochs * len(chunks)
+    history: dict[str, Any] = {
+        "bf16": bf16,
+        "sampled_softmax": sampled,
+        "train_users": len(train),
+        "valid_users": int(n_valid),
+        "losses": [],
+        "valid_ndcg@10": [],
+        "valid_hr@10": [],
+        "epoch_seconds": [],
+    }
+    best, best_state, best_epoch, stale = -1.0, None, 0, 0
+    start = time.perf_counter()
+    step, done = 0, 0.0
+    before_threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    bar = tqdm(total=cfg.epochs, desc=cfg.name, unit="epoch", disable=not cfg.progress, leave=False)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            for epoch in range(cfg.epochs):
+                t0 = time.perf_counter()
+                for m in task.modules:
+                    m.train()
+                total, count, out_of_time = 0.0, 0, False
+                perm = rng.permutation(len(chunks))
+                for b, ci in enumerate(perm):
+                    batch = windows[chunks[ci]]
+                    batch = batch[:, (batch >= 0).any(axis=0)]
+                    tok = torch.from_numpy(batch)
+                    inputs, targets = tok[:, :-1], tok[:, 1:]
+                    # a row's last item is only a target: drop it from the inputs, so the newest
+                    # input (age 0, as at serving) is the one that predicts the last item
+                    inputs = inputs.masked_fill(targets < 0, -1)
+                    real = (inputs >= 0) & (targets >= 0)
+                    elapsed = time.perf_counter() - start
+                    prog = step / max(total_steps, 1)
+                    if cfg.budget_s is not None:
+                        prog = max(prog, elapsed / cfg.budget_s)
+                    for g in opt.param_groups:
+                        g["lr"] = cfg.lr * _lr_factor(cfg, prog)
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                        table = task.table(None)
+                        h = task.hidden(table, inputs)[real]
+                        tgt = targets[real]
+                        if not sampled:
+                            logits = h @ table.T
+                            loss = F.cross_entropy(logits.float(), tgt)
+                        else:
+                            negs = torch.multinomial(q_t, cfg.n_negatives, replacement=True)
+                            pos = (h * table[tgt]).sum(-1).float() - torch.log(q_t[tgt] * cfg.n_negatives)
+                            neg = (h @ table[negs].T).float() - torch.log(q_t[negs] * cfg.n_negatives)
+                            neg = neg.masked_fill(negs[None, :] == tgt[:, None], float("-inf"))
+                            logits = torch.cat([pos[:, None], neg], 1)
+                            loss = F.cross_entropy(logits, torch.zeros_like(tgt))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    step += 1
+                    n = int(real.sum())
+                    total += float(loss.detach()) * n
+                    count += n
+                    if cfg.budget_s is not None and time.perf_counter() - start > cfg.budget_s:
+                        out_of_time = True
+                        done += (b + 1) / len(chunks)
+                        break
+                else:
+                    done += 1.0
+                history["losses"].append(total / max(count, 1))
+                history["epoch_seconds"].append(round(time.perf_counter() - t0, 2))
+                last = out_of_time or epoch == cfg.epochs - 1
+                if n_valid and ((epoch + 1) % cfg.eval_every == 0 or last):
+                    for m in task.modules:
+                        m.eval()
+                    nd, hr = _evaluate(task, v_ctx, v_tgt, max_len, bf16)
+                    history["valid_ndcg@10"].append(round(nd, 5))
+                    history["valid_hr@10"].append(round(hr, 5))
+                    if nd > best:
+                        best, best_epoch, stale = nd, epoch + 1, 0
+                        best_state = [copy.deepcopy(m.state_dict()) for m in task.modules]
+                    else:
+                        stale += 1
+                    bar.set_postfix(loss=f"{history['losses'][-1]:.3f}", ndcg=f"{nd:.4f}")
+                    if cfg.progress:
+                        tqdm.write(f"{cfg.name} epoch {epoch + 1} loss {history['losses'][-1]:.4f} valid ndcg@10 {nd:.4f} hr@10 {hr:.4f} epoch_s {history['epoch_seconds'][-1]} elapsed {time.perf_counter() - start:.0f}")
+                else:
+                    bar.set_postfix(loss=f"{history['losses'][-1]:.3f}")
+                bar.update(1)
+                if out_of_time or (cfg.patience is not None and stale >= cfg.patience):
+                    break
+    finally:
+        bar.close()
+        if cfg.threads is not None:
+            torch.set_num_threads(before_threads)
+    if best_state is not None:
+        for m, st in zip(task.modules, best_state, strict=True):
+            m.load_state_dict(st)
+    for m in task.modules:
+        m.eval()
+    history.update(
+        epochs=round(done, 3),
+        seconds=round(time.perf_counter() - start, 2),
+        best_epoch=best_epoch,
+        best_valid_ndcg10=round(best, 5) if n_valid else None,
+    )
+    return history
+
+
+@torch.no_grad()
+def _evaluate(task: NextItemTask, ctx, tgt, max_len: int, bf16: bool) -> tuple[float, float]:
+    scores = []
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        table = task.table(None)
+    table = table.float()
+    for lo in range(0, len(ctx), 256):
+        rows = torch.from_numpy(right_pad(ctx[lo : lo + 256], max_len))
+        rows = rows[:, : max(1, int((rows >= 0).sum(1).max()))]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            h = task.user(table, rows)
+        scores.append((h.float() @ table.T).numpy())
+    return _ndcg10(np.concatenate(scores), tgt, ctx)
+
+
+def _tower_table(model: ContextModel, text: torch.Tensor | None) -> Callable:
+    def table(rows: torch.Tensor | None) -> torch.Tensor:
+        return model.tower(text)
+
+    return table
+
+
+def fit_context_model(
+    sequences: Sequence[np.ndarray],
+    n_items: int,
+    text_vectors: np.ndarray | None,
+    *,
+    settings: ContextSettings | None = None,
+    config: TrainConfig | None = None,
+) -> tuple[ContextModel, dict[str, Any]]:
+    """Train an item tower + context encoder on training ``sequences`` (catalog rows, oldest first).
+
+    ``text_vectors``: float32 ``(n_items, text_dim)`` frozen text vectors (``None`` with
+    ``settings.text_dim == 0``: ID-only tokens). All ``n_items`` rows are warm (own an ID
+    residual). Returns the model (item table set, eval mode) and the training history.
+    """
+    settings = settings or ContextSettings(n_warm=n_items, text_dim=0 if text_vectors is None else 384)
+    if settings.n_warm != n_items:
+        settings = replace(settings, n_warm=n_items)
+    config = config or TrainConfig()
+    text = None
+    if settings.text_dim:
+        arr = np.ascontiguousarray(text_vectors, np.float32)
+        if arr.shape != (n_items, settings.text_dim):
+            raise InvalidInputError("text_vectors", arr.shape, f"expected ({n_items}, {settings.text_dim})")
+        text = torch.from_numpy(arr)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # initialisation is seeded too
+        model = ContextModel(settings, threads=config.threads)
+        encoder = model.encoder
+        task = NextItemTask(
+            modules=[model.tower, model.encoder],
+            table=_tower_table(model, text),
+            hidden=lambda table, rows: encoder(table, rows),
+            user=lambda table, rows: encoder.user(table, rows),
+        )
+    hist = train_next_item(task, sequences, n_items, settings.max_len, config)
+    model.set_items(None if text is None else text.numpy())
+    return model, hist
+
+
+def fit_candidate_scorer(
+    model: ContextModel,
+    contexts: Sequence[np.ndarray],
+    candidates: Sequence[np.ndarray],
+    target_index: Sequence[int],
+    *,
+    text_vectors: np.ndarray | None = None,
+    epochs: int = 3,
+    budget_s: float | None = None,
+    lr: float = 3e-4,
+    batch_size: int = 32,
+    bf16: bool | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train ``model``'s candidate scorer listwise (softmax over each example's candidates).
+
+    ``contexts[e]`` are catalog rows before example ``e``'s target, ``candidates[e]`` its
+    candidate rows (e.g. recall's top 200) and ``target_index[e]`` the target's position in
+    ``candidates[e]`` (examples whose target is not recalled are dropped by the caller).
+    The item tower is frozen (the table comes from ``model``, or is recomputed from
+    ``text_vectors``); the scorer starts from the encoder's blocks.
+    """
+    if not (len(contexts) == len(candidates) == len(target_index)) or not len(contexts):
+        raise InvalidInputError("candidates", len(candidates), "need aligned, non-empty examples")
+    if model.n_items == 0:
+        model.set_items(text_vectors)
+    bf16 = amx_available() if bf16 is None else bool(bf16)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        scorer = model.scorer or model.new_scorer()
+    table = torch.from_numpy(model.item_vectors())
+    m = max(len(c) for c in candidates)
+    cand = np.full((len(candidates), m), -1, np.int64)
+    for e, c in enumerate(candidates):
+        cand[e, : len(c)] = c
+    tix = np.asarray(target_index, np.int64)
+    L = model.settings.max_len
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.AdamW(scorer.parameters(), lr=lr, weight_decay=0.0)
+    start = time.perf_counter()
+    losses: list[float] = []
+    n_batches = math.ceil(len(cand) / batch_size)
+    total_steps = epochs * n_batches
+    step = 0
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    bar = tqdm(total=total_steps, desc="candidate scorer", disable=not progress, leave=False)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            scorer.train()
+            for _ in range(epochs):
+                tot, cnt, stop = 0.0, 0, False
+                perm = rng.permutation(len(cand))
+                for lo in range(0, len(perm), batch_size):
+                    idx = perm[lo : lo + batch_size]
+                    rows = right_pad([contexts[i] for i in idx], L)
+                    rows = rows[:, : max(1, int((rows >= 0).sum(1).max()))]
+                    prog = step / max(total_steps, 1)
+                    if budget_s:
+                        prog = max(prog, (time.perf_counter() - start) / budget_s)
+                    for g in opt.param_groups:
+                        g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(prog, 1.0)))
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                        s = scorer(table, torch.from_numpy(rows), torch.from_numpy(cand[idx]))
+                    loss = F.cross_entropy(s.float(), torch.from_numpy(tix[idx]))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    step += 1
+                    bar.update(1)
+                    tot += float(loss.detach()) * len(idx)
+                    cnt += len(idx)
+                    if budget_s and time.perf_counter() - start > budget_s:
+                        stop = True
+                        break
+                losses.append(tot / max(cnt, 1))
+                if stop:
+                    break
+    finally:
+        bar.close()
+        if threads is not None:
+            torch.set_num_threads(before)
+        scorer.eval()
+    return {"losses": losses, "steps": step, "seconds": round(time.perf_counter() - start, 2)}
+
+
+class ContextScorer:
+    """The context encoder as an evaluation-harness ``Scorer`` (``fit`` / ``score``)."""
+
+    def __init__(
+        self,
+        text_vectors: np.ndarray | None,
+        *,
+        settings: ContextSettings | None = None,
+        config: TrainConfig | None = None,
+        name: str = "context-encoder",
+    ) -> None:
+        self.text_vectors, self.settings, self.config, self.name = text_vectors, settings, config, name
+        self.model: ContextModel | None = None
+        self.history: dict[str, Any] = {}
+
+    def fit(self, train_sequences: Sequence[np.ndarray], n_items: int) -> None:
+        self.model, self.history = fit_context_model(
+            train_sequences, n_items, self.text_vectors, settings=self.settings, config=self.config
+        )
+        self.model.threads = self.config.threads if self.config else None
+
+    def score(self, contexts: Sequence[np.ndarray]) -> np.ndarray:
+        from recsieve.errors import ModelNotTrainedError
+
+        if self.model is None:
+            raise ModelNotTrainedError(f"{self.name}: call fit() first")
+        return self.model.score_items(contexts)

@@ -1,0 +1,180 @@
+"""The context model inside the engine: ``train_engine`` trains it and the head that stacks it,
+the behaviour index follows the catalog, training and serving compute the same features, and
+a corrupt model folder is refused while the old model keeps serving. Toy sizes, no timing."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+
+from recsieve import Engine, EngineConfig, Event, Item
+from recsieve.engine.context import CONTEXT_DIR, CONTEXT_FEATURES
+from recsieve.errors import CorruptStoreError
+from recsieve.training import train_engine
+from recsieve.training.context_model import TrainConfig
+from recsieve.training.examples import engine_sequences, ranking_groups
+
+GROUPS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot")
+
+
+class WordHashEmbedder:
+    """A deterministic stand-in for the bi-encoder: a hashed bag of words, 32 dims."""
+
+    dim = 32
+
+    def embed(self, texts, *, show_progress=None):
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            out[i, 0] = 1.0
+            for word in text.lower().split():
+                out[i, 1 + int(hashlib.sha256(word.encode()).hexdigest(), 16) % (self.dim - 1)] += 1.0
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def _items() -> list[Item]:
+    return [Item(f"{g}-{j}", title=f"{g} gadget {g} model {j}") for g in GROUPS for j in range(8)]
+
+
+def _events() -> list[Event]:
+    """Users browse inside one group; a planted pattern that a one-step transition table cannot
+    tell apart: after alpha-0 then alpha-1 comes alpha-2, after bravo-0 then alpha-1 comes bravo-2."""
+    rng = np.random.default_rng(0)
+    events, t = [], 0
+    for u in range(120):
+        g = GROUPS[u % len(GROUPS)]
+        path = [f"{g}-{int(j)}" for j in rng.choice(np.arange(3, 8), size=5, replace=False)]
+        if u % 2 == 0:  # first, so that it is not among the steps held out of the encoder's training
+            path = (["alpha-0", "alpha-1", "alpha-2"] if u % 4 == 0 else ["bravo-0", "alpha-1", "bravo-2"]) + path
+        for item in path:
+            t += 1
+            events.append(Event(f"u{u}", item, "click", ts=1_000_000.0 + 60.0 * t))
+    return events
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ctx")
+    config = EngineConfig(index="flat", recall_n=20, cache="none", refresh_threads=0, context_window=20)
+    eng = Engine.create(root / "eng", config, embedder=WordHashEmbedder())
+    eng.upsert_items(_items())
+    eng.record(_events())
+    encoder = TrainConfig(epochs=150, batch_size=32, lr=3e-3, patience=None, seed=0)
+    report = train_engine(eng, root / "model", steps_per_user=1, users=None, encoder=encoder,
+                          scorer_epochs=3, scorer_budget_s=None, dim=16, max_len=20, progress=False)
+    eng.close()
+    return root, report
+
+
+def _open(root, tmp_path):
+    path = tmp_path / "eng"
+    shutil.copytree(root / "eng", path)
+    return Engine.open(path, embedder=WordHashEmbedder())
+
+
+def test_train_engine_serves_one_folder_with_the_context_model(trained, tmp_path):
+    root, report = trained
+    assert (root / "model" / CONTEXT_DIR / "manifest.json").exists() and (root / "model" / "ranker.json").exists()
+    assert report["scorer_examples"] > 0 and report["encoder_users"] > 100
+    eng = _open(root, tmp_path)  # the switch was persisted: a reopened engine serves it
+    try:
+        assert eng.model_dir == root / "model"
+        names = eng.feature_names()
+        assert all(f"context.{f}" in names for f in CONTEXT_FEATURES)
+        assert eng.ranking_head.features == names
+        recs = eng.recommend("u1", 5)
+        assert len(recs) == 5 and len({r.item_id for r in recs}) == 5
+    finally:
+        eng.close()
+
+
+def _context_top(eng, history, n=3):
+    view = eng.history_view([eng.catalog.row(i) for i in history], times=1e6 + 60.0 * np.arange(len(history)))
+    recalled = eng.recall_stage(view, now=1e6 + 60.0 * len(history))
+    lists = {ch.name: lst for ch, lst in zip(recalled.channels, recalled.lists)}
+    return [eng.catalog.item_id(int(r)) for r in lists["context"].rows[:n]]
+
+
+def test_the_behaviour_channel_reads_the_sequence_not_just_the_last_item(trained, tmp_path):
+    root, _ = trained
+    eng = _open(root, tmp_path)
+    try:
+        assert _context_top(eng, ["alpha-0", "alpha-1"], 1) == ["alpha-2"]
+        assert _context_top(eng, ["bravo-0", "alpha-1"], 1) == ["bravo-2"]
+    finally:
+        eng.close()
+
+
+def test_a_cold_item_is_recallable_at_once_from_text(trained, tmp_path):
+    root, _ = trained
+    eng = _open(root, tmp_path)
+    try:
+        behaviour = eng.serving_model.context.index
+        before = len(behaviour)
+        eng.upsert_items([Item("echo-new", title="echo gadget echo model new")])
+        assert len(behaviour) == before + 1  # in the behaviour index at once
+        history = [f"echo-{j}" for j in range(5)]
+        top = _context_top(eng, history, 20)
+        assert "echo-new" in top
+        others = [i for i in top if not i.startswith("echo")]
+        assert not others or top.index("echo-new") < top.index(others[0])  # above every text-distant item
+        eng.remove_items(["echo-new"])
+        assert "echo-new" not in _context_top(eng, history, 40)
+    finally:
+        eng.close()
+
+
+def test_training_and_serving_compute_identical_features(trained, tmp_path):
+    root, _ = trained
+    eng = _open(root, tmp_path)
+    try:
+        sequences = engine_sequences(eng)
+        users = {u: sequences[u] for u in ("u3", "u8")}
+        stats, _ = eng.statistics()
+        groups, _ = ranking_groups(eng, users, steps_per_user=1, channels=stats, model=eng.load_model(eng.model_dir))
+        assert groups
+        for g in groups:
+            seq = sequences[g.user_id]
+            history = seq[:-1]
+            view = eng.history_view([s.item for s in history], [s.kind for s in history], [s.ts for s in history])
+            # serving, with the same statistics (the training copy left this user out of them)
+            recalled = eng.recall_stage(view, now=seq[-1].ts, statistics=_without(eng, sequences, g.user_id))
+            np.testing.assert_array_equal(recalled.cands.rows, g.rows)
+            np.testing.assert_allclose(eng.features(view, recalled), g.features, rtol=1e-5, atol=1e-6)
+    finally:
+        eng.close()
+
+
+def _without(eng, sequences, user):
+    from recsieve.training.examples import observe_steps
+
+    stats, _ = eng.statistics()
+    observe_steps(eng, stats, sequences[user], forget=True)
+    return stats
+
+
+def test_a_corrupt_model_folder_is_refused_and_the_old_model_keeps_serving(trained, tmp_path):
+    root, _ = trained
+    eng = _open(root, tmp_path)
+    try:
+        before = [r.item_id for r in eng.recommend("u5", 5)]
+        bad = tmp_path / "bad"
+        shutil.copytree(root / "model", bad)
+        weights = bad / CONTEXT_DIR / "encoder.pt"
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        weights.write_bytes(bytes(data))
+        with pytest.raises(CorruptStoreError, match="checksum"):
+            eng.use_model(bad, persist=True)
+        half = tmp_path / "half"
+        shutil.copytree(root / "model", half)
+        (half / CONTEXT_DIR / "manifest.json").unlink()
+        with pytest.raises(CorruptStoreError, match="manifest"):
+            eng.use_model(half)
+        assert eng.model_dir == root / "model"
+        assert [r.item_id for r in eng.recommend("u5", 5)] == before
+        assert "bad" not in (eng.directory / "recsieve.toml").read_text()
+    finally:
+        eng.close()

@@ -1,0 +1,167 @@
+"""The context model (recsieve.context) and its training (recsieve.training.context_model), toy sizes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from recsieve.context import ContextModel, ContextSettings, gap_buckets
+from recsieve.errors import CorruptStoreError, IncompatibleVersionError, ModelNotTrainedError
+from recsieve.training.context_model import TrainConfig, fit_candidate_scorer, fit_context_model
+
+
+def _cfg(**kw):
+    base = dict(epochs=40, lr=5e-3, batch_size=16, bf16=False, valid_users=0, patience=None, threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """A->B->C and D->B->E behind random fillers: after B, only the item before B tells C from E."""
+    rng = np.random.default_rng(0)
+    A, B, C, D, E = 0, 1, 2, 3, 4
+    n_items = 20
+    seqs = []
+    for u in range(200):
+        fill = rng.integers(5, n_items, size=rng.integers(1, 4))
+        pat = [A, B, C] if u % 2 == 0 else [D, B, E]
+        seqs.append(np.array([*fill, *pat], np.int64))
+    settings = ContextSettings(n_warm=n_items, text_dim=0, dim=32, max_len=8, dropout=0.0)
+    model, hist = fit_context_model(seqs, n_items, None, settings=settings, config=_cfg())
+    return model, hist
+
+
+def test_encoder_learns_a_pattern_transitions_cannot_see(planted):
+    model, hist = planted
+    assert hist["losses"][-1] < hist["losses"][0]
+    scores = model.score_items([np.array([7, 0, 1]), np.array([7, 3, 1])])
+    assert scores.shape == (2, 20) and scores.dtype == np.float32
+    assert int(np.argmax(scores[0])) == 2  # A B -> C
+    assert int(np.argmax(scores[1])) == 4  # D B -> E
+
+
+def _clusters(seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(4, 16)).astype(np.float32)
+    text = np.repeat(centers, 10, axis=0) + 0.1 * rng.normal(size=(40, 16)).astype(np.float32)
+    seqs = []
+    for u in range(160):
+        c = u % 4
+        seqs.append(rng.integers(10 * c, 10 * c + 10, size=8).astype(np.int64))
+    return centers, text.astype(np.float32), seqs
+
+
+def test_cold_item_is_recallable_from_text_alone():
+    centers, text, seqs = _clusters()
+    settings = ContextSettings(n_warm=40, text_dim=16, dim=32, max_len=8, dropout=0.0, adapter_hidden=32)
+    model, _ = fit_context_model(seqs, 40, text, settings=settings, config=_cfg(epochs=30))
+    cold_text = (centers[0] + 0.1 * np.random.default_rng(9).normal(size=16)).astype(np.float32)
+    model.add_items(cold_text[None])
+    assert model.n_items == 41
+    scores = model.score_items([np.array([1, 4, 7, 2])])[0]
+    rank = int((scores > scores[40]).sum())
+    assert rank < 10, rank  # among its cluster's items, far above the other 30
+    other = model.score_items([np.array([21, 24, 27, 22])])[0]
+    assert int((other > other[40]).sum()) >= 10
+
+
+@pytest.fixture(scope="module")
+def with_scorer(planted):
+    model, _ = planted
+    rng = np.random.default_rng(1)
+    contexts, cands, tix = [], [], []
+    for e in range(64):
+        pat_c = 2 if e % 2 == 0 else 4
+        ctx = np.array([9, 0 if e % 2 == 0 else 3, 1])
+        cand = rng.permutation(np.array([pat_c, *rng.choice(np.arange(5, 20), 7, replace=False)]))
+        contexts.append(ctx)
+        cands.append(cand)
+        tix.append(int(np.flatnonzero(cand == pat_c)[0]))
+    hist = fit_candidate_scorer(model, contexts, cands, tix, epochs=2, batch_size=16, bf16=False, threads=1)
+    assert hist["steps"] == 8
+    return model
+
+
+def test_candidate_score_does_not_depend_on_other_candidates(with_scorer):
+    model = with_scorer
+    ctx = np.array([5, 0, 1])
+    a = model.score_candidates(ctx, np.array([2, 6, 7]))
+    b = model.score_candidates(ctx, np.array([11, 12, 2, 13, 14, 15, 16, 17, 18]))
+    c = model.score_candidates(ctx, np.array([2]))
+    assert a.shape == (3,) and a.dtype == np.float32
+    np.testing.assert_allclose(a[0], b[2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a[0], c[0], rtol=1e-5, atol=1e-5)
+
+
+def test_save_load_gives_identical_scores(with_scorer, tmp_path):
+    model = with_scorer
+    folder = model.save(tmp_path / "ctx")
+    again = ContextModel.load(folder)
+    ctxs = [np.array([5, 0, 1]), np.array([3, 1]), np.array([], np.int64)]
+    assert np.array_equal(model.score_items(ctxs), again.score_items(ctxs))
+    assert np.array_equal(model.encode(ctxs), again.encode(ctxs))
+    cand = np.array([2, 4, 6, 8])
+    assert np.array_equal(model.score_candidates(ctxs[0], cand), again.score_candidates(ctxs[0], cand))
+    assert np.array_equal(model.item_vectors(), again.item_vectors())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["settings"]["dim"] == 32
+    assert set(manifest["files"]) == {"tower.pt", "encoder.pt", "scorer.pt", "items.npy"}
+
+
+def test_corrupt_or_half_written_folder_is_refused(with_scorer, tmp_path):
+    model = with_scorer
+    folder = model.save(tmp_path / "ctx")
+    data = bytearray((folder / "encoder.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / "encoder.pt").write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match="checksum"):
+        ContextModel.load(folder)
+    folder = model.save(tmp_path / "ctx2")
+    (folder / "items.npy").unlink()
+    with pytest.raises(CorruptStoreError, match="missing"):
+        ContextModel.load(folder)
+    half = model.save(tmp_path / "ctx3")
+    (half / "manifest.json").unlink()  # as a crash before the manifest is written leaves it
+    with pytest.raises(CorruptStoreError, match="half-written"):
+        ContextModel.load(half)
+    folder = model.save(tmp_path / "ctx4")
+    man = json.loads((folder / "manifest.json").read_text())
+    man["format_version"] = 99
+    (folder / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(IncompatibleVersionError):
+        ContextModel.load(folder)
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(CorruptStoreError):
+        ContextModel.load(folder)
+
+
+def test_untrained_model_and_gap_buckets():
+    m = ContextModel(ContextSettings(n_warm=5, text_dim=0, dim=8, max_len=4))
+    with pytest.raises(ModelNotTrainedError):
+        m.encode([np.array([1])])
+    m.set_items(None)
+    with pytest.raises(ModelNotTrainedError):
+        m.score_candidates(np.array([1]), np.array([2]))
+    assert m.encode([np.array([1, 2, 3, 4, 0, 1])]).shape == (1, 8)  # longer than max_len: the tail
+    g = gap_buckets(np.array([0.0, 30.0, 30.0 + 7200.0]), None)
+    assert g.tolist() == [1, 3, 0]
+    assert gap_buckets(np.array([0.0]), 10 * 86400.0).tolist() == [5]
+
+
+def test_kinds_ages_and_instruction_are_read():
+    s = ContextSettings(n_warm=6, text_dim=4, dim=8, max_len=4, kinds=("click", "buy"), instruction_dim=4)
+    torch.manual_seed(0)
+    m = ContextModel(s)
+    m.set_items(np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32))
+    with torch.no_grad():
+        m.encoder.kinds.weight.normal_()
+        m.encoder.gaps.weight.normal_()
+    ctx = [np.array([1, 2])]
+    base = m.encode(ctx)
+    assert not np.allclose(base, m.encode(ctx, kinds=[["click", "buy"]]))
+    assert not np.allclose(base, m.encode(ctx, timestamps=[np.array([0.0, 100.0])], request_times=[200.0]))
+    assert not np.allclose(base, m.encode(ctx, instructions=np.ones((1, 4), np.float32)))
