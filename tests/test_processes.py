@@ -229,6 +229,50 @@ def test_four_processes_write_at_once_one_killed_all_converge(directory, childre
         assert state["lists"] == mine["lists"]  # the same lists for the same users everywhere
 
 
+def test_threads_read_and_write_while_another_process_writes(directory, children):
+    """A request thread's check must not pin a read snapshot on the connection a writer thread
+    uses: SQLite would refuse that write at once ("database is locked")."""
+    (child,) = children(1)
+    eng = Engine.open(directory, embedder=WordHashEmbedder())
+    stop, errors, written = threading.Event(), [], []
+
+    def read(n: int) -> None:
+        while not stop.is_set():
+            try:
+                eng.recommend(f"p0-u{n}", 5)
+            except Exception as exc:  # noqa: BLE001 - collected, asserted below
+                errors.append(exc)
+
+    def write() -> None:
+        while not stop.is_set():
+            try:
+                eng.record(Event("main-u", f"base-{len(written) % 60:03d}", "click", text=f"main-{len(written)}"))
+                written.append(1)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=read, args=(n,)) for n in range(2)] + [threading.Thread(target=write)]
+        child.send(op="write", tag="p0", seed=0, seconds=2.5, save_every=50)
+        for t in threads:
+            t.start()
+        assert "done" in child.reply()
+        stop.set()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:3]
+        assert written
+        eng.catch_up()
+        with Engine.open(directory, embedder=WordHashEmbedder()) as fresh:
+            assert {it.id: fresh.catalog.row(it.id) for it in fresh.catalog} == \
+                {it.id: eng.catalog.row(it.id) for it in eng.catalog}
+            for user in ["main-u"] + [f"p0-u{j}" for j in range(3)] + ["shared-0", "shared-1"]:
+                assert eng.users.get(user).version == fresh.users.get(user).version, user
+    finally:
+        stop.set()
+        eng.close()
+
+
 def test_an_event_in_one_process_is_in_the_next_list_of_another(directory, children):
     (b,) = children(1)
     a = Engine.open(directory, embedder=WordHashEmbedder())  # memory cache on: nothing stale may be served

@@ -24,6 +24,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -168,8 +169,8 @@ class JournalBackend(Protocol):
         ...
 
     def version(self) -> int:
-        """A cheap token that changes whenever another writer commits (compare it with the one
-        taken before the last :meth:`tail`; equal means nothing new)."""
+        """A cheap token that changes whenever a writer commits (compare it with the one taken
+        before the last :meth:`tail`; equal means nothing new)."""
         ...
 
     def writing(self) -> AbstractContextManager[None]:
@@ -219,9 +220,12 @@ class SQLiteJournal:
     """The journal in one SQLite file (WAL, ``synchronous=FULL``), for the processes of one machine.
 
     Writers serialise on SQLite's write lock (``BEGIN IMMEDIATE``), waiting up to
-    ``busy_timeout_s`` for another process's transaction; readers never wait (WAL). One
-    connection serves this object's writes and tails; a second one serves history reads
-    (:meth:`events`, :meth:`head`), so they never see a write half done.
+    ``busy_timeout_s`` for another process's transaction; readers never wait (WAL). Three
+    connections, each used by one thread at a time: one for this object's writes and tails
+    (under ``_lock``), one for the short reads of the request path (:meth:`version`,
+    :meth:`head`, :meth:`floor`), one for history (:meth:`events`). A statement of another thread
+    on the writing connection would pin an old read snapshot there, and SQLite then refuses that
+    connection's next write at once ("database is locked"); no read ever sees a write half done.
     """
 
     def __init__(self, path: str | Path, dim: int, *, busy_timeout_s: float = BUSY_TIMEOUT_S,
@@ -231,9 +235,11 @@ class SQLiteJournal:
         self.busy_timeout_s = busy_timeout_s
         self._lock = threading.RLock()  # this connection's write transaction and tails
         self._read_lock = threading.Lock()
+        self._probe_lock = threading.Lock()
         self._in_write = False
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._probe: sqlite3.Connection | None = None
         if self.path.is_dir():
             raise StoreError(f"journal: {self.path} is a directory, expected a SQLite file")
         fstype = network_filesystem(self.path.parent, mounts)
@@ -245,30 +251,38 @@ class SQLiteJournal:
             )
         try:
             self._db = self._connect()
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"journal {self.path}: SQLite refused WAL mode here (got {mode!r})")
             self._db.execute("PRAGMA synchronous=FULL")
-            with self.writing():
-                for statement in _SCHEMA.split(";"):  # not executescript: it would commit first
-                    if statement.strip():
-                        self._db.execute(statement)
-                row = self._db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-                if row is None:
-                    self._db.execute("INSERT INTO meta VALUES ('version', ?)", (_JOURNAL_VERSION,))
-                elif row[0] in _UPGRADES:
-                    self._db.execute("UPDATE meta SET value=? WHERE key='version'", (_JOURNAL_VERSION,))
-                elif row[0] != _JOURNAL_VERSION:
-                    raise IncompatibleVersionError(
-                        f"journal {self.path}: version {row[0]!r}; this recsieve reads version {_JOURNAL_VERSION}"
-                    )
+            found = self._stored_version()
+            if found not in (None, _JOURNAL_VERSION, *_UPGRADES):
+                raise IncompatibleVersionError(
+                    f"journal {self.path}: version {found!r}; this recsieve reads version {_JOURNAL_VERSION}"
+                )
+            if found != _JOURNAL_VERSION:  # a new journal, or an upgrade: one writer does it
+                with self.writing():
+                    for statement in _SCHEMA.split(";"):  # not executescript: it would commit first
+                        if statement.strip():
+                            self._db.execute(statement)
+                    self._db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (_JOURNAL_VERSION,))
             self._reader = self._connect()
+            self._probe = self._connect()
         except sqlite3.DatabaseError as exc:
             self.close()
             raise CorruptStoreError(f"journal {self.path}: not a readable SQLite database ({exc})") from None
         except BaseException:
             self.close()
             raise
+
+    def _stored_version(self) -> str | None:
+        try:
+            rows = self._db.execute("SELECT value FROM meta WHERE key='version'").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+        return rows[0][0] if rows else None
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=self.busy_timeout_s, check_same_thread=False, isolation_level=None)
@@ -300,18 +314,21 @@ class SQLiteJournal:
                 raise
 
     def _execute_write(self, sql: str, rows: list[tuple] | None = None) -> None:
+        started = time.monotonic()
         try:
             if rows is None:
                 self._db.execute(sql)
             else:
                 self._db.executemany(sql, rows)
         except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
+            waited = time.monotonic() - started
+            if "locked" in str(exc) and waited >= 0.9 * self.busy_timeout_s:  # the busy handler gave up
                 raise StoreError(
                     f"journal {self.path}: busy: another process held the journal's write lock for more than "
                     f"{self.busy_timeout_s:g} s (SQLite busy timeout); nothing was written"
                 ) from None
-            raise StoreError(f"journal {self.path}: write failed ({exc})") from None
+            raise StoreError(f"journal {self.path}: write failed after {waited:.3f} s ({exc}); "
+                             "nothing was written") from None
         except sqlite3.Error as exc:
             raise StoreError(f"journal {self.path}: write failed ({exc})") from None
 
@@ -354,12 +371,18 @@ class SQLiteJournal:
     # -- reading ---------------------------------------------------------------------------
 
     def version(self) -> int:
-        """SQLite's ``PRAGMA data_version`` of the writing connection: it changes when another
-        connection commits (this one's own commits do not change it). One cheap statement."""
-        try:
-            return self._db.execute("PRAGMA data_version").fetchone()[0]
-        except sqlite3.Error as exc:
-            raise StoreError(f"journal {self.path}: unreadable ({exc})") from None
+        """SQLite's ``PRAGMA data_version`` of a connection that never writes: it changes whenever
+        any other connection commits, this object's writes included. One cheap statement."""
+        return int(self._short("PRAGMA data_version"))
+
+    def _short(self, sql: str) -> int:
+        with self._probe_lock:
+            try:
+                return self._probe.execute(sql).fetchall()[0][0]
+            except sqlite3.DatabaseError as exc:
+                raise CorruptStoreError(f"journal {self.path}: unreadable ({exc})") from None
+            except sqlite3.Error as exc:
+                raise StoreError(f"journal {self.path}: unreadable ({exc})") from None
 
     def tail(self, after_seq: int) -> Iterator[Entry]:
         """Entries with ``seq > after_seq``, events and item operations interleaved in order,
@@ -412,11 +435,11 @@ class SQLiteJournal:
 
     @staticmethod
     def _head(db: sqlite3.Connection) -> int:
-        return int(db.execute(_HEAD_SQL).fetchone()[0])
+        return int(db.execute(_HEAD_SQL).fetchall()[0][0])
 
     @staticmethod
     def _floor(db: sqlite3.Connection) -> int:
-        return int(db.execute(_FLOOR_SQL).fetchone()[0])
+        return int(db.execute(_FLOOR_SQL).fetchall()[0][0])
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._read_lock:
@@ -427,11 +450,11 @@ class SQLiteJournal:
 
     def head(self) -> int:
         """The last sequence assigned by any process (it never goes back)."""
-        return int(self._read(_HEAD_SQL)[0][0])
+        return int(self._short(_HEAD_SQL))
 
     def floor(self) -> int:
         """Item operations up to this sequence were compacted away after a snapshot."""
-        return int(self._read(_FLOOR_SQL)[0][0])
+        return int(self._short(_FLOOR_SQL))
 
     @property
     def last_seq(self) -> int:
@@ -457,7 +480,7 @@ class SQLiteJournal:
 
     def close(self) -> None:
         with self._lock:
-            for db in (self._db, self._reader):
+            for db in (self._db, self._reader, self._probe):
                 if db is not None:
                     db.close()
 

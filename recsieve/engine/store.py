@@ -363,7 +363,6 @@ class Store:
             try:
                 with stack:
                     yield
-                    version = self.journal.version()
             except BaseException:
                 self._pending = None
                 raise
@@ -371,7 +370,12 @@ class Store:
             for seq, apply in pending:
                 apply()
                 self.applied_seq = seq
-            self._synced = version
+            if pending:
+                # The commit changed the journal's version. Taken before the head: when the head is
+                # still this write, nothing came after it, and the next request need not look.
+                version = self.journal.version()
+                if self.journal.head() == self.applied_seq:
+                    self._synced = version
 
     def _journal(self, entries: Sequence[Entry], apply: Callable[[int], None]) -> None:
         """Append ``entries`` in the current write; ``apply(first_seq)`` runs after the commit."""
