@@ -182,6 +182,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from recsieve.training import train_engine
+
+    events = None
+    if args.events:
+        events, skipped = read_events(args.events, skip_invalid=args.skip_invalid)
+        if skipped:
+            print(f"{skipped} invalid lines skipped")
+    with Engine.open(args.dir) as engine:
+        report = train_engine(
+            engine, args.out, events, steps_per_user=args.steps_per_user, users=args.users or None,
+            epochs=args.epochs, budget_s=args.budget_s or None, scorer_users=args.scorer_users or None,
+            scorer_epochs=args.scorer_epochs, scorer_budget_s=args.scorer_budget_s or None,
+            cross_encoder=not args.no_cross_encoder, dim=args.dim, max_len=args.max_len, seed=args.seed,
+            progress=not args.quiet, switch=not args.no_switch, overwrite=args.overwrite,
+        )
+        if not args.no_switch:
+            engine.save()
+    enc, head = report["encoder"], report["head"]
+    print(f"saved {report['model']} in {report['seconds']:.0f}s: context encoder on {report['encoder_users']} users "
+          f"({enc.get('epochs', 0):.1f} epochs, best held-out NDCG@10 {enc.get('best_valid_ndcg10', 0):.4f}); "
+          f"candidate scorer on {report.get('scorer_examples', 0)} examples; ranking head on "
+          f"{head['train_examples']} steps, held-out NDCG@10 {head['valid_ndcg@10_recall_order']:.4f} (recall order) "
+          f"-> {head['valid_ndcg@10_head']:.4f} (head)")
+    print("serving it now" if not args.no_switch else f"use it: engine.use_model({str(report['model'])!r})")
+    if args.json:
+        _write_json(args.json, report)
+    return 0
+
+
 def cmd_train_reranker(args: argparse.Namespace) -> int:
     from functools import partial
 
@@ -224,6 +254,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.dataset, args.data_dir, users=args.users, seed=args.seed, systems=args.systems,
         cross_encoder=args.cross_encoder, progress=not args.quiet,
         channel_weights=tuple(float(w) for w in args.channel_weights.split(",")) if args.channel_weights else None,
+        context_budget_s=args.context_budget_s or None, sasrec_budget_s=args.sasrec_budget_s or None,
     )
     _write_json(args.json, report)
     return 0
@@ -299,7 +330,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print a JSON list of {item_id, score, recall_score, rank, reason}")
     s.set_defaults(func=cmd_recommend)
 
-    s = sub.add_parser("train-reranker", help="train the re-ranker (ranking head + cross-encoder) on interaction data",
+    s = sub.add_parser("train", help="train the context model (item tower, context encoder, candidate scorer) and "
+                       "the ranking head; write one model folder and serve it",
+                       description="Train on the engine's interaction log (or --events): an item tower and a context "
+                       "encoder (next-item cross-entropy over the catalog's item tokens), the candidate scorer of the "
+                       "fine sieve (listwise over the encoder's candidates), then the ranking head that stacks their "
+                       "scores with every recall feature. Each user's last --steps-per-user steps are kept out of "
+                       "the encoder's and scorer's training (the head learns on them). The folder is assembled "
+                       "beside --out and renamed into place; the engine then switches to it atomically.")
+    s.add_argument("dir", help="engine directory")
+    s.add_argument("--events", help="events file (.jsonl/.csv); default: the engine's own journal")
+    s.add_argument("--out", help="model folder to write (default: DIR/models/model-<journal seq>)")
+    s.add_argument("--budget-s", type=float, default=1200.0,
+                   help="context encoder: training time budget in seconds, 0 for none (default 1200)")
+    s.add_argument("--epochs", type=int, default=200, help="context encoder: epochs at most (default 200)")
+    s.add_argument("--dim", type=int, default=64, help="context encoder: token and hidden size (default 64)")
+    s.add_argument("--max-len", type=int, default=200, help="context encoder: events read per user (default 200)")
+    s.add_argument("--scorer-users", type=int, default=2000,
+                   help="candidate scorer: seeded sample of users, 0 for all (default 2000)")
+    s.add_argument("--scorer-epochs", type=int, default=2, help="candidate scorer: epochs (default 2)")
+    s.add_argument("--scorer-budget-s", type=float, default=300.0,
+                   help="candidate scorer: training time budget in seconds, 0 for none (default 300)")
+    s.add_argument("--no-cross-encoder", action="store_true",
+                   help="train no candidate scorer (the ablation: the head then stacks the encoder alone)")
+    s.add_argument("--users", type=int, default=4000,
+                   help="ranking head: seeded sample of users, 0 for all (default 4000)")
+    s.add_argument("--steps-per-user", type=int, default=3,
+                   help="each user's last N steps are the head's targets, unseen by encoder and scorer (default 3)")
+    s.add_argument("--no-switch", action="store_true", help="write the folder but keep serving the current model")
+    s.add_argument("--json", help="write the training report to this JSON file")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    s.add_argument("--skip-invalid", action="store_true", help="skip malformed event lines instead of failing")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("train-reranker", help="(deprecated: use train) train the ranking head and the word-level "
+                       "MiniLM cross-encoder on interaction data",
                        description="Train the re-ranker on the engine's interaction log (or --events): a ranking "
                        "head over recall's features (the 'fast' tier), then a cross-encoder fine-tuned from the "
                        "bundled MiniLM whose weight in the 'full' tier is fitted on held-out users.")
@@ -339,11 +406,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--users", type=int, help="evaluate a fixed seeded subset of this many users (default: all)")
     s.add_argument("--seed", type=int, default=0, help="seed for the user subset and training (default 0)")
     s.add_argument("--systems", default="popularity,item-knn,transitions,text-zero-shot,recsieve-recall,recsieve",
-                   help="comma-separated systems: popularity, item-knn, transitions, sasrec (trains up to 10 min), text-zero-shot, "
-                        "recsieve-recall, recsieve-fast (recall + ranking head trained on the training part), "
-                        "recsieve (the full tier: with --cross-encoder, head + cross-encoder)")
-    s.add_argument("--cross-encoder", action="store_true", help="the 'recsieve' system also fine-tunes a "
-                   "cross-encoder (600 users, about 10 minutes on 2 cores) and fits its weight on held-out users")
+                   help="comma-separated systems: popularity, item-knn, transitions, sasrec (the published full-softmax "
+                        "recipe, --sasrec-budget-s), text-zero-shot, recsieve-recall, recsieve-fast (recall + ranking "
+                        "head over recall's features), recsieve (the whole engine: context model + head, trained on "
+                        "the training part), recsieve-without-cross-encoder (its ablation: the head retrained "
+                        "without the candidate scorer; needs recsieve). Every row is paired against recsieve")
+    s.add_argument("--context-budget-s", type=float, default=1200.0,
+                   help="recsieve: context encoder training budget in seconds, 0 for none (default 1200)")
+    s.add_argument("--sasrec-budget-s", type=float, default=1800.0,
+                   help="sasrec: training budget in seconds, 0 for none (default 1800)")
+    s.add_argument("--cross-encoder", action="store_true", help="'recsieve-fast' also fine-tunes the word-level "
+                   "MiniLM cross-encoder (600 users, about 10 minutes on 2 cores) and fits its weight on held-out users")
     s.add_argument("--channel-weights", help="recall fusion weights for vector,transitions,popularity in the recsieve "
                    "systems (default: the engine's, 1.0,1.0,0.3); choose them on the validation stage, not on test")
     s.add_argument("--json", help="also write the report as JSON to this path")
@@ -381,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="write the full result JSON here")
     s.add_argument("--plots", help="write PNG plots (latency CDF per stage, recall vs latency) into this folder")
     s.add_argument("--threads", type=int, default=2, help="threads pinned for FAISS and torch during the run (default 2)")
-    s.add_argument("--sections", help="comma-separated subset of: index, engine, rerank (default: all)")
+    s.add_argument("--sections", help="comma-separated subset of the sections (index, engine, rerank, processes, and any "
+                   "added since: see recsieve.bench.SECTIONS); default: index, engine, rerank")
     s.add_argument("--reranker", help="a trained re-ranker folder for the engine (default: the bench trains a "
                    "ranking head on its generated users and serves the fast tier)")
     s.add_argument("--quality", help="an evaluation report (recsieve evaluate --json) with recsieve-fast and "

@@ -143,3 +143,27 @@ def test_missing_model_is_refused(tmp_path, trained, embedder):
             eng.recommend("x", 5)
     finally:
         eng.close()
+
+
+def test_cli_train_writes_one_folder_with_the_context_model_and_serves_it(trained, tmp_path, embedder):
+    root, _ = trained
+    path = tmp_path / "engine"
+    shutil.copytree(root / "engine", path)
+    report = tmp_path / "train.json"
+    rc = main(["train", str(path), "--events", str(root / "events.jsonl"), "--epochs", "3", "--dim", "16",
+               "--max-len", "8", "--scorer-users", "30", "--scorer-epochs", "1", "--users", "0",
+               "--steps-per-user", "1", "--quiet", "--json", str(report)])
+    assert rc == 0
+    written = json.loads(report.read_text())
+    model = Path(written["model"])
+    assert model.parent == path / "models" and (model / "context" / "manifest.json").exists()
+    assert written["encoder_users"] > 0 and written["head"]["train_examples"] > 0
+    # the same folder again without --overwrite: refused, nothing changes
+    assert main(["train", str(path), "--events", str(root / "events.jsonl"), "--out", str(model), "--quiet"]) == 2
+    eng = Engine.open(path, embedder=embedder)  # the switch was written to the config
+    try:
+        assert eng.model_dir == model and eng.serving_model.context is not None
+        assert "context.context_cross" in eng.ranking_head.features
+        assert len(eng.recommend("u1", 5)) == 5
+    finally:
+        eng.close()

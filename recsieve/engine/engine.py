@@ -183,6 +183,11 @@ class Engine:
         return self._slot.current().reranker
 
     @property
+    def applied_seq(self) -> int:
+        """The last journal entry this process has applied (other processes may have written more)."""
+        return self._store.applied_seq
+
+    @property
     def serving_model(self) -> ServingModel:
         """What orders candidates now: head, context model and behaviour index, cross-encoder."""
         return self._slot.current()

@@ -10,24 +10,36 @@ from recsieve.errors import InvalidInputError
 __all__ = ["run_evaluation", "run_streaming", "run_instructions", "SYSTEMS"]
 
 SYSTEMS = ("popularity", "item-knn", "transitions", "sasrec", "text-zero-shot", "recsieve-recall", "recsieve-fast",
-           "recsieve")
+           "recsieve", "recsieve-without-cross-encoder")
 
 
 def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = None, seed: int = 0,
                    systems: str | list[str] = "popularity,transitions", cross_encoder: bool = False,
-                   progress: bool = True, channel_weights: tuple[float, ...] | None = None) -> dict[str, Any]:
+                   progress: bool = True, channel_weights: tuple[float, ...] | None = None,
+                   context_budget_s: float | None = 1200.0, sasrec_budget_s: float | None = 1800.0) -> dict[str, Any]:
     """Load ``dataset`` from ``data_dir``, evaluate the named systems, print the table, return the report.
 
-    ``recsieve-fast`` and ``recsieve`` train the engine's re-ranker on the training part
-    (:func:`~recsieve.training.train_engine_ranker`); ``recsieve`` serves the ``full`` tier,
-    which includes a cross-encoder only with ``cross_encoder=True`` (tens of minutes on 2 cores).
+    ``recsieve`` is the whole engine: :func:`~recsieve.training.train_engine` trains its context
+    model (item tower, context encoder, candidate scorer) and the ranking head that stacks them
+    on the training part, within ``context_budget_s`` seconds for the encoder.
+    ``recsieve-without-cross-encoder`` is its ablation: the same engine and encoder, the head
+    retrained without the candidate scorer (it needs ``recsieve`` in the same run).
+    ``recsieve-fast`` is the ranking head over recall's features alone (no context model), and
+    ``recsieve-recall`` recall alone. Every row gets its paired difference from ``recsieve``.
+    ``cross_encoder=True`` adds the word-level MiniLM cross-encoder to ``recsieve-fast``'s
+    ``full`` tier (tens of minutes on 2 cores).
     """
     from recsieve.embedding import SentenceTransformerEmbedder
     from recsieve.engine.config import EngineConfig
     from recsieve.evaluation.baselines import ItemKNN, Popularity, Transitions
     from recsieve.evaluation.datasets import load_dataset
     from recsieve.evaluation.harness import evaluate, format_table
-    from recsieve.evaluation.systems import CachedEmbedder, EngineSystem, TextZeroShot
+    from recsieve.evaluation.systems import (
+        CachedEmbedder,
+        EngineSystem,
+        EngineVariant,
+        TextZeroShot,
+    )
 
     names = [s.strip() for s in systems.split(",")] if isinstance(systems, str) else list(systems)
     for name in names:
@@ -38,6 +50,9 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
     if channel_weights is not None:
         config = config.replace(channel_weights=channel_weights)
     embedder = CachedEmbedder(SentenceTransformerEmbedder())
+    if "recsieve-without-cross-encoder" in names and "recsieve" not in names:
+        raise InvalidInputError("systems", "recsieve-without-cross-encoder", "is the ablation of recsieve: list both")
+    names.sort(key=lambda n: n == "recsieve-without-cross-encoder")  # after the system it ablates
     built = []
     for name in names:
         if name == "popularity":
@@ -49,17 +64,22 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
         elif name == "sasrec":
             from recsieve.evaluation.sasrec import SASRec
 
-            built.append(SASRec(seed=seed, time_budget=600.0))  # 10 minutes of CPU training at most
+            built.append(SASRec(seed=seed, budget_s=sasrec_budget_s))
         elif name == "text-zero-shot":
             built.append(TextZeroShot(data, embedder))
         elif name == "recsieve-recall":
             built.append(EngineSystem(data, name=name, config=config, embedder=embedder, rerank=False,
                                       progress=progress))
-        else:
-            fast = name == "recsieve-fast"
+        elif name == "recsieve":
+            built.append(EngineSystem(data, name=name, config=config, embedder=embedder, context=True,
+                                      context_budget_s=context_budget_s,
+                                      ablation="recsieve-without-cross-encoder" in names, progress=progress))
+        elif name == "recsieve-without-cross-encoder":
+            base = next(b for b in built if b.name == "recsieve")
+            built.append(EngineVariant(base, name, lambda base=base: base.ablated_model))
+        else:  # recsieve-fast
             built.append(EngineSystem(data, name=name, config=config, embedder=embedder, train_ranker=True,
-                                      cross_encoder=cross_encoder and not fast, tier="fast" if fast else "full",
-                                      progress=progress))
+                                      cross_encoder=cross_encoder, tier="full", progress=progress))
     report = evaluate(data, built, users=users, seed=seed, progress=progress)
     for system, row in zip(built, report["results"]):
         if isinstance(system, EngineSystem):

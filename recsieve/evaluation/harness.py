@@ -28,6 +28,7 @@ from recsieve.evaluation.metrics import (
     catalog_coverage,
     check_scores,
     history_mask,
+    paired_gain,
     rank_metrics,
     recall_coverage,
     top_k,
@@ -56,8 +57,12 @@ def evaluate(
     exclude_history: bool = True,
     batch_size: int = 256,
     progress: bool = True,
+    reference: str = "recsieve",
 ) -> dict[str, Any]:
     """Fit each system on the training part of a leave-one-out split and rank for every user.
+
+    Every row but ``reference``'s gets ``vs_<reference>``: its paired per-user difference from
+    the reference system (NDCG@10, HR@10) with a 95% bootstrap interval, when that system ran.
 
     Returns a JSON-ready report::
 
@@ -79,7 +84,7 @@ def evaluate(
     if len(set(names)) != len(names):
         raise InvalidInputError("systems", names, "system names must be unique")
     split = leave_one_out(dataset, min_len=min_len, users=users, seed=seed)
-    return {
+    report = {
         "dataset": dataset.name,
         "users": split.n_users,
         "items": dataset.n_items,
@@ -97,10 +102,13 @@ def evaluate(
                 exclude_history=exclude_history,
                 batch_size=batch_size,
                 progress=progress,
+                per_user=True,
             )
             for system in systems
         ],
     }
+    paired_against(report, reference, seed=seed)
+    return report
 
 
 def evaluate_split(
@@ -113,8 +121,10 @@ def evaluate_split(
     exclude_history: bool = True,
     batch_size: int = 256,
     progress: bool = True,
+    per_user: bool = False,
 ) -> dict[str, Any]:
-    """Fit ``system`` on ``training_sequences(split, stage)`` and return its result row."""
+    """Fit ``system`` on ``training_sequences(split, stage)`` and return its result row
+    (with ``per_user``, also its per-user NDCG and HR under :data:`PER_USER`, for pairing)."""
     if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
         raise InvalidInputError("ks", ks, "give positive integer cut-offs")
     if isinstance(recall_n, bool) or not isinstance(recall_n, int) or recall_n < 1:
@@ -131,6 +141,7 @@ def evaluate_split(
     cover_k = min(ks)
     two_stage = isinstance(system, CandidateScorer)
     sums: dict[str, float] = {}
+    paired: dict[str, list[np.ndarray]] = {f"ndcg@{k}": [] for k in ks} | {f"hr@{k}": [] for k in ks}
     seen = np.zeros(n_items, bool)
     recalled = 0.0
     bar = tqdm(total=len(targets), desc=system.name, unit="user", disable=not progress, leave=False)
@@ -142,6 +153,8 @@ def evaluate_split(
         for key, values in per_user.items():
             if key != "rank":
                 sums[key] = sums.get(key, 0.0) + float(values.sum())
+            if key in paired:
+                paired[key].append(np.asarray(values, np.float64))
         seen[top_k(scores, cover_k, mask).ravel()] = True
         if two_stage:
             recalled += float(recall_coverage(system.candidates(ctx, recall_n), tgt).sum())
@@ -158,13 +171,34 @@ def evaluate_split(
     row["recall_source"] = "candidates" if two_stage else "scores"
     row["fit_seconds"] = round(fit_seconds, 3)
     row["eval_seconds"] = round(time.perf_counter() - start, 3)
+    if per_user:
+        row[PER_USER] = {key: np.concatenate(parts) if parts else np.zeros(0) for key, parts in paired.items()}
     return row
+
+
+#: A result row's per-user metrics (same users, same order in every row of a report); not written to JSON.
+PER_USER = "_per_user"
+
+
+def paired_against(report: dict[str, Any], reference: str, keys: Sequence[str] = ("ndcg@10", "hr@10"),
+                   seed: int = 0) -> None:
+    """Add to every other row ``vs_<reference>``: per metric, the mean per-user difference (row
+    minus ``reference``) on the same users, with a 95% bootstrap interval; then drop the per-user
+    metrics from every row."""
+    rows = {r["system"]: r for r in report["results"]}
+    ref = rows.get(reference)
+    for row in report["results"]:
+        if ref is not None and row is not ref and PER_USER in row:
+            row[f"vs_{reference}"] = {k: paired_gain(row[PER_USER][k].tolist(), ref[PER_USER][k].tolist(), seed=seed)
+                                      for k in keys}
+    for row in report["results"]:
+        row.pop(PER_USER, None)
 
 
 def format_table(report: dict[str, Any]) -> str:
     """A plain-text table of a report from :func:`evaluate` (one row per system)."""
     rows = report["results"]
-    metric_keys = [k for k in rows[0] if k not in ("system", "recall_source")] if rows else []
+    metric_keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)] if rows else []
     head = ["system", *metric_keys]
     cells = [
         [
@@ -193,4 +227,10 @@ def format_table(report: dict[str, Any]) -> str:
                 for i, (x, w) in enumerate(zip(c, widths, strict=True))
             )
         )
+    for r in rows:
+        for key, gains in r.items():
+            if key.startswith("vs_"):
+                parts = [f"{m} {g['mean']:+.4f} [{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]"
+                         for m, g in gains.items() if g.get("mean") is not None]
+                lines.append(f"{r['system']} - {key[3:]} (paired, 95% CI): " + "; ".join(parts))
     return "\n".join(lines)

@@ -41,6 +41,7 @@ from recsieve.engine.engine import Engine
 from recsieve.engine.ranker import listwise_ndcg
 from recsieve.errors import InvalidInputError
 from recsieve.evaluation.datasets import Dataset
+from recsieve.evaluation.metrics import paired_gain
 from recsieve.training import learn, train_engine_ranker
 from recsieve.types import Event
 
@@ -61,19 +62,6 @@ def stream_order(dataset: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
         key = (positions + 1) / lengths[users]
         order, how = np.lexsort((users, key)), "relative position in each user's history (no timestamps)"
     return users[order], positions[order], how
-
-
-def paired_gain(a: list[float], b: list[float], *, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Mean of ``a - b`` over paired per-user scores, with a 95% percentile-bootstrap interval."""
-    if len(a) != len(b):
-        raise InvalidInputError("a/b", (len(a), len(b)), "paired scores must have the same length")
-    if not a:
-        return {"mean": None, "ci95": None, "users": 0}
-    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
-    return {"mean": float(diff.mean()), "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
-            "users": len(diff)}
 
 
 def _ts(dataset: Dataset, u: int, i: int) -> float:

@@ -11,8 +11,9 @@ the recalled candidates score ``-inf`` (counted as ties below every candidate).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -26,7 +27,7 @@ from recsieve.rerankers.base import Reranker
 from recsieve.types import Event
 from recsieve.vectors import normalize
 
-__all__ = ["TextZeroShot", "EngineSystem", "CachedEmbedder", "STEP_SECONDS"]
+__all__ = ["TextZeroShot", "EngineSystem", "EngineVariant", "CachedEmbedder", "STEP_SECONDS"]
 
 #: Cross-encoder training in evaluation: a seeded sample of users, targets per user (about
 #: 380 steps of 16 pairs: 6-7 minutes on 2 idle cores).
@@ -75,12 +76,18 @@ class EngineSystem:
                  embedder: Embedder | None = None, reranker: Reranker | None = None, rerank: bool = True,
                  train_ranker: bool = False, cross_encoder: bool = False, tier: str = "full",
                  ranker_users: int | None = None, ranker_steps: int = 3, ce_users: int = CE_USERS,
+                 context: bool = False, context_budget_s: float | None = 1200.0, ablation: bool = False,
                  progress: bool = True) -> None:
-        if rerank and reranker is None and not train_ranker and not (config and config.reranker_model):
+        if rerank and reranker is None and not (train_ranker or context) and not (config and config.reranker_model):
             raise InvalidInputError("reranker", None, f"{name}: re-ranking needs a trained re-ranker")
         self.dataset, self.name, self.rerank, self.progress = dataset, name, rerank, progress
         self.train_ranker, self.cross_encoder, self.tier = train_ranker, cross_encoder, tier
         self.ranker_users, self.ranker_steps, self.ce_users = ranker_users, ranker_steps, ce_users
+        self.context, self.context_budget_s, self.ablation = context, context_budget_s, ablation
+        #: with ``ablation``: the same engine and context model, its head trained without the
+        #: candidate scorer's feature (see :class:`EngineVariant`)
+        self.ablated_model: Path | None = None
+        self.model: Path | None = None
         self.train_report: dict | None = None
         self.config = config or EngineConfig(index="flat", cache="none", refresh_threads=0)
         self.embedder = embedder or SentenceTransformerEmbedder(self.config.embedding_model)
@@ -107,7 +114,9 @@ class EngineSystem:
                 self.engine.record(events)
                 events = []
         self.engine.record(events)
-        if self.train_ranker:
+        if self.context:
+            self._train_context()
+        elif self.train_ranker:
             from recsieve.training import train_engine_ranker
 
             model = Path(self._tmp.name) / "model"
@@ -123,6 +132,23 @@ class EngineSystem:
                                                     steps_per_user=self.ranker_steps,
                                                     train_cross_encoder=ce, progress=self.progress)
             self.engine.use_model(model, tier=self.tier)
+            self.model = model
+
+    def _train_context(self) -> None:
+        from recsieve.context.model import ContextModel
+        from recsieve.training import train_engine, train_engine_ranker
+
+        self.model = Path(self._tmp.name) / "model"
+        self.train_report = train_engine(self.engine, self.model, users=self.ranker_users,
+                                         steps_per_user=self.ranker_steps, budget_s=self.context_budget_s,
+                                         progress=self.progress)
+        if self.ablation:  # the same encoder, no candidate scorer: its feature is constant, so it carries nothing
+            model = ContextModel.load(self.model / "context")
+            model.scorer = None
+            self.ablated_model = Path(self._tmp.name) / "model-without-cross-encoder"
+            report = train_engine_ranker(self.engine, self.ablated_model, users=self.ranker_users,
+                                         steps_per_user=self.ranker_steps, context=model, progress=self.progress)
+            self.train_report["ablation_head"] = {k: v for k, v in report.items() if not isinstance(v, (list, dict))}
 
     def view(self, ctx: np.ndarray):
         """The engine's view of a user whose history is ``ctx`` (dataset item indices, oldest first)."""
@@ -154,6 +180,32 @@ class EngineSystem:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+class EngineVariant:
+    """Another model served by a fitted :class:`EngineSystem`'s engine (e.g. its ablation):
+    ``fit`` does nothing (list it after its base), ``score`` serves ``folder`` for the call."""
+
+    def __init__(self, base: EngineSystem, name: str, folder: Callable[[], Path | None]) -> None:
+        self.base, self.name, self.folder = base, name, folder
+
+    def fit(self, train_sequences: Sequence[np.ndarray], n_items: int) -> None:
+        if self.base.engine is None or self.folder() is None:
+            raise InvalidInputError("systems", self.name, f"list it after {self.base.name}, which trains its model")
+
+    def _serving(self, call: Callable[[], Any]) -> Any:
+        engine = self.base.engine
+        engine.use_model(self.folder())
+        try:
+            return call()
+        finally:
+            engine.use_model(self.base.model)
+
+    def score(self, contexts: Sequence[np.ndarray]) -> np.ndarray:
+        return self._serving(lambda: self.base.score(contexts))
+
+    def candidates(self, contexts: Sequence[np.ndarray], n: int) -> list[np.ndarray]:
+        return self._serving(lambda: self.base.candidates(contexts, n))
 
 
 class CachedEmbedder:

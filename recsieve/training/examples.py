@@ -30,10 +30,11 @@ __all__ = ["last_positives", "engine_sequences", "engine_examples", "RankingGrou
 
 
 def engine_sequences(engine: Engine, events: Sequence[Event] | None = None) -> dict[str, list[Step]]:
-    """Per-user time-ordered steps (catalog rows) from ``events``, or from the engine's journal."""
+    """Per-user time-ordered steps (catalog rows) from ``events``, or from the engine's journal
+    up to what this process has applied (another process may have journaled more since)."""
     by_user: dict[str, list[tuple[float, int, Step]]] = defaultdict(list)
     if events is None:
-        for rec in engine.journal.events():
+        for rec in engine.journal.events(upto=engine.applied_seq):
             by_user[rec.user_id].append((rec.ts, rec.seq, Step(rec.row, rec.kind, rec.ts, rec.text)))
     else:
         for i, ev in enumerate(events):

@@ -270,7 +270,7 @@ def train_engine_ranker(
             report.update(cross_encoder=ce_report.to_dict(), blend_table=table, blend=head.blend)
         report["seconds"] = round(time.perf_counter() - t0, 1)
         report["trained_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        report["journal_seq"] = engine.journal.last_seq if events is None else 0
+        report["journal_seq"] = engine.applied_seq if events is None else 0  # what this process applied
         head.report = {**head.report, **report}
         head.save(work)
         save_replay(work, train)

@@ -106,7 +106,7 @@ def train_engine(
     t0 = time.perf_counter()
     if not engine.catalog.num_rows:
         raise InvalidInputError("catalog", 0, "no items to train on")
-    out_path = Path(out) if out is not None else engine.directory / "models" / f"model-{engine.journal.last_seq}"
+    out_path = Path(out) if out is not None else engine.directory / "models" / f"model-{engine.applied_seq}"
     if out_path.exists() and not overwrite:
         raise InvalidInputError("out", str(out_path), "already exists; pass overwrite=True to replace it")
     sequences = engine_sequences(engine, events)
