@@ -255,6 +255,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cross_encoder=args.cross_encoder, progress=not args.quiet,
         channel_weights=tuple(float(w) for w in args.channel_weights.split(",")) if args.channel_weights else None,
         context_budget_s=args.context_budget_s or None, sasrec_budget_s=args.sasrec_budget_s or None,
+        ranker_users=args.ranker_users or None,
     )
     _write_json(args.json, report)
     return 0
@@ -413,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "without the candidate scorer; needs recsieve). Every row is paired against recsieve")
     s.add_argument("--context-budget-s", type=float, default=1200.0,
                    help="recsieve: context encoder training budget in seconds, 0 for none (default 1200)")
+    s.add_argument("--ranker-users", type=int, default=2000,
+                   help="recsieve: the ranking head learns from a seeded sample of this many users, 0 for all "
+                        "(default 2000)")
     s.add_argument("--sasrec-budget-s", type=float, default=1800.0,
                    help="sasrec: training budget in seconds, 0 for none (default 1800)")
     s.add_argument("--cross-encoder", action="store_true", help="'recsieve-fast' also fine-tunes the word-level "

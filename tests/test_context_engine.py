@@ -12,6 +12,7 @@ import pytest
 
 from recsieve import Engine, EngineConfig, Event, Item
 from recsieve.engine.context import CONTEXT_DIR, CONTEXT_FEATURES
+from recsieve.engine.ranker import RankingHead
 from recsieve.errors import CorruptStoreError
 from recsieve.training import train_engine
 from recsieve.training.context_model import TrainConfig
@@ -63,6 +64,7 @@ def trained(tmp_path_factory):
     eng.record(_events())
     encoder = TrainConfig(epochs=150, batch_size=32, lr=3e-3, patience=None, seed=0)
     report = train_engine(eng, root / "model", steps_per_user=1, users=None, encoder=encoder,
+                          ablation_out=root / "ablation",
                           scorer_epochs=3, scorer_budget_s=None, dim=16, max_len=20, progress=False)
     eng.close()
     return root, report
@@ -86,6 +88,24 @@ def test_train_engine_serves_one_folder_with_the_context_model(trained, tmp_path
         assert eng.ranking_head.features == names
         recs = eng.recommend("u1", 5)
         assert len(recs) == 5 and len({r.item_id for r in recs}) == 5
+    finally:
+        eng.close()
+
+
+def test_the_ablation_head_reads_nothing_of_the_candidate_scorer(trained, tmp_path):
+    root, report = trained
+    ablation = report["ablation"]
+    assert ablation["feature"] == "context.context_cross" and ablation["gain_of_feature"]["users"] > 0
+    lo, hi = ablation["gain_of_feature"]["ci95"]
+    assert lo <= ablation["gain_of_feature"]["mean"] <= hi
+    full, ablated = RankingHead.load(root / "model"), RankingHead.load(root / "ablation")
+    col = full.features.index("context.context_cross")
+    assert np.abs(full.w1[col]).sum() > 0  # the full head reads the scorer's score ...
+    assert np.all(ablated.w1[col] == 0) and ablated.features == full.features  # ... the ablation cannot
+    eng = _open(root, tmp_path)
+    try:  # and it serves like any model folder, with the same context model
+        eng.use_model(root / "ablation")
+        assert eng.serving_model.context is not None and len(eng.recommend("u2", 5)) == 5
     finally:
         eng.close()
 

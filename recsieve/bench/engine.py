@@ -1,13 +1,16 @@
 """The ``engine`` section of ``recsieve bench``: an engine end to end, through its public API.
 
 An :class:`~recsieve.engine.engine.Engine` over the demo catalog plus generated items and users
-(:class:`~recsieve.bench.common.SyntheticUsers`); without a configured re-ranker it trains a
-ranking head on those users and serves the fast tier. Measured: per-stage latency (context
-rendering, query embedding, recall, the fast tier's ordering of 100 recalled candidates, the
-cross-encoder when one is configured), cold requests, throughput of uncached requests with
-1/2/4/8 caller threads, and the cache figures of :mod:`recsieve.bench.cache` (cache hit, Zipf
-load, event -> refreshed cached list). It also returns (context, item text) pairs for the
-``rerank`` section.
+(:class:`~recsieve.bench.common.SyntheticUsers`). Without a configured re-ranker it records a
+second population of generated users with longer histories and trains the context model with
+:func:`~recsieve.training.train_engine` (a small, time-boxed encoder, the candidate scorer and
+the ranking head that stacks them, into one folder the engine then serves). Measured:
+per-stage latency (context rendering, query embedding, recall, the context encoder for one
+user, the candidate scorer, the fine sieve — candidate scorer + ranking head over every
+feature, as serving computes it — on 200 and on 100 recalled candidates, the cross-encoder when
+one is configured), cold requests, throughput of uncached requests with 1/2/4/8 caller threads,
+and the cache figures of :mod:`recsieve.bench.cache` (cache hit, Zipf load, event -> refreshed
+cached list). It also returns (context, item text) pairs for the ``rerank`` section.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import random
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from recsieve.bench.cache import cache_hit_stage, event_to_refresh, zipf_load
 from recsieve.bench.common import (
@@ -35,7 +40,11 @@ if TYPE_CHECKING:
     from recsieve.engine.config import EngineConfig
     from recsieve.engine.engine import Engine
 
-__all__ = ["engine_section"]
+__all__ = ["CONTEXT_DIM", "CONTEXT_MAX_LEN", "engine_section"]
+
+#: The bench's context model: token dimension and events the encoder reads.
+CONTEXT_DIM = 64
+CONTEXT_MAX_LEN = 50
 
 
 def engine_section(cfg: dict[str, Any], seed: int, bar: ProgressBar, notes: list[str],
@@ -67,10 +76,12 @@ def engine_section(cfg: dict[str, Any], seed: int, bar: ProgressBar, notes: list
         events = [ev for u in pop.users for ev in pop.history(u, rng.randint(3, 8))]
         secs, _ = timed(lambda: engine.record(events))
         res["record_events_per_s"] = len(events) / secs
+        context_users: list[str] = []
         if not reranker_model:
-            res["ranking_head"] = _train_head(engine, len(pop.users), workdir, bar, notes)
+            res["context_model"], context_users = _train_context(engine, pop, cfg, seed, workdir, bar, notes)
 
         _stage_latencies(engine, pop, nreq, sw, bar, notes)
+        res["context_stages"] = _context_stages(engine, pop, context_users or pop.users, nreq, sw, bar, notes)
         hot_users = pop.users[: min(len(pop.users), 200)]
         cache_hit_stage(engine, hot_users, rng, nreq, sw, notes)
         bar.step("engine: cold requests")
@@ -82,11 +93,12 @@ def engine_section(cfg: dict[str, Any], seed: int, bar: ProgressBar, notes: list
         bar.step("engine: event -> refresh")
         res["event_to_refresh"] = event_to_refresh(engine, pop, hot_users[: cfg["refresh_samples"]])
         engine.save()
+        serving_config = engine.config  # names the model folder trained above, if any
     finally:
         engine.close()
 
     bar.step("engine: uncached throughput")
-    uncached = config.replace(cache="none", refresh_threads=0)
+    uncached = serving_config.replace(cache="none", refresh_threads=0)
     res["throughput_uncached"], pairs = _uncached(directory, embedder, uncached, pop, cfg, seed)
     return res, sw.samples, pairs
 
@@ -100,23 +112,59 @@ def _catalog(generated: int, seed: int) -> tuple[list[Any], int]:
     return demo + synthetic_items(generated, seed), len(demo)
 
 
-def _train_head(engine: Engine, users: int, workdir: Path, bar: ProgressBar, notes: list[str]) -> dict[str, Any]:
-    """The fast tier: a ranking head trained here on the generated users' last steps (seconds)."""
-    from recsieve.training import train_engine_ranker
+def _train_context(engine: Engine, pop: SyntheticUsers, cfg: dict[str, Any], seed: int, workdir: Path,
+                   bar: ProgressBar, notes: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """The context model: ``cfg["context_users"]`` more generated users with longer histories
+    (``cfg["context_events"]`` events each) are recorded, then
+    :func:`~recsieve.training.train_engine` trains a small encoder (dim 64, the last 50 events,
+    ``cfg["context_budget_s"]`` seconds at most), the candidate scorer (half that budget) and
+    the ranking head that stacks them (on the last step of ``cfg["context_head_users"]`` users),
+    and switches the engine to the folder. Returns the
+    training figures and the new users' ids."""
+    import torch
 
-    bar.step("engine: ranking head")
-    report = train_engine_ranker(engine, workdir / "head", users=min(users, 2000), epochs=20, progress=False)
-    engine.use_model(workdir / "head", tier="fast")
-    notes.append("the engine serves the fast tier: a ranking head trained in this run on the generated "
-                 "users (its quality on real data comes from the evaluation harness)")
-    return {k: report[k] for k in ("seconds", "train_users", "valid_users",
-                                   "valid_ndcg@10_recall_order", "valid_ndcg@10_head")}
+    from recsieve.training import train_engine
+    from recsieve.training.context_model import TrainConfig
+
+    bar.step("engine: context users")
+    rng = pop.rng
+    lo, hi = cfg["context_events"]
+    users = [f"c{i:05d}" for i in range(cfg["context_users"])]
+    events = [ev for u in users for ev in pop.history(u, rng.randint(lo, hi))]
+    secs, _ = timed(lambda: engine.record(events))
+    bar.step("engine: context model")
+    budget = float(cfg["context_budget_s"])
+    encoder = TrainConfig(epochs=cfg["context_epochs"], budget_s=budget, valid_users=256, seed=seed)
+    # one held-out step per user: the head learns from each sampled user's last step
+    report = train_engine(engine, workdir / "model", steps_per_user=1, users=cfg["context_head_users"],
+                          encoder=encoder, dim=CONTEXT_DIM, max_len=CONTEXT_MAX_LEN,
+                          scorer_users=cfg["context_users"], scorer_epochs=2, scorer_budget_s=budget / 2,
+                          seed=seed, progress=False)
+    runtime = engine.serving_model.context
+    head = engine.ranking_head
+    notes.append("the engine serves a context model trained in this run on generated users (encoder, candidate "
+                 "scorer and ranking head, time-boxed): speed figures only, its quality on real data comes "
+                 "from the evaluation harness")
+    enc = report["encoder"]
+    return {
+        "users": len(users), "events": len(events), "record_events_per_s": len(events) / secs,
+        "dim": CONTEXT_DIM, "max_len": CONTEXT_MAX_LEN, "encoder_budget_s": budget,
+        "encoder": {k: v for k, v in enc.items() if isinstance(v, (int, float, str, bool)) or v is None},
+        "encoder_users": report["encoder_users"], "scorer_examples": report.get("scorer_examples", 0),
+        "scorer": {k: v for k, v in (report.get("scorer") or {}).items()
+                   if isinstance(v, (int, float, str, bool)) or v is None},
+        "head": report["head"], "head_features": list(head.features) if head is not None else [],
+        "seconds": report["seconds"],
+        # serving threads: the context model runs its encoder and scorer on its own torch thread count
+        "inference_threads": None if runtime is None else runtime.model.threads,
+        "torch_threads_pinned": torch.get_num_threads(),
+    }, users
 
 
 def _stage_latencies(engine: Engine, pop: SyntheticUsers, nreq: int, sw: Stopwatch, bar: ProgressBar,
                      notes: list[str]) -> None:
-    """Single requests split into stages: context, embed, recall, embed_1_thread, rerank_fast
-    (with a ranking head) and rerank (with a cross-encoder)."""
+    """Single requests split into stages: context, embed, recall, embed_1_thread and rerank
+    (with a cross-encoder)."""
     rng, users = pop.rng, pop.users
     for u in users[:20]:  # warm-up: model, index, code paths
         engine.recommend(u, 10, instruction=rng.choice(WISHES))
@@ -136,12 +184,6 @@ def _stage_latencies(engine: Engine, pop: SyntheticUsers, nreq: int, sw: Stopwat
         sw.run("embed", lambda s=instruction: engine.embed_text(s))
         sw.run("recall", lambda u=u: engine.recall(u))
     _embed_one_thread(engine, rng, nreq, sw)
-    head = engine.ranking_head
-    if head is not None:  # the ordering stage of the fast tier alone, on 100 recalled candidates
-        for _ in range(nreq):
-            view = engine.users.get(rng.choice(users))
-            recalled = engine.recall_stage(view, RERANK_CANDIDATES)
-            sw.run("rerank_fast", lambda v=view, r=recalled: head.score(engine.features(v, r)))
     reranker = engine.reranker
     if reranker is not None:
         for _ in range(min(nreq, 50)):
@@ -153,6 +195,64 @@ def _stage_latencies(engine: Engine, pop: SyntheticUsers, nreq: int, sw: Stopwat
     else:
         notes.append("cross-encoder stage skipped: no cross-encoder configured (the engine orders by its "
                      "fast tier, or by recall without a head)")
+
+
+def _context_stages(engine: Engine, pop: SyntheticUsers, users: list[str], nreq: int, sw: Stopwatch,
+                    bar: ProgressBar, notes: list[str]) -> dict[str, Any]:
+    """The context model's serving stages for ``nreq`` users drawn from ``users``, each on its
+    own recall (:meth:`~recsieve.engine.engine.Engine.recall_stage`, ``recall_n`` candidates):
+
+    ``context_encoder``
+        :meth:`ContextRuntime.user_vector` — the encoder over the user's last events, as the
+        context channel calls it once per request (the channel keeps it in ``request.memo``;
+        this call bypasses that cache).
+    ``candidate_scorer``
+        :meth:`ContextRuntime.cross_scores` of all recalled candidates alone.
+    ``fine_sieve``
+        ``head.score(engine.features(view, recalled))``: every feature of every recalled
+        candidate, the candidate scorer's and the encoder's scores included, then the ranking
+        head — what serving runs after recall (the user vector is already in the memo, as in
+        serving, where recall computed it).
+    ``fine_sieve_100``
+        The same on a recall of 100 candidates (the speed-up against ``CrossEncoder.predict``
+        on 100 pairs).
+    """
+    serving = engine.serving_model
+    runtime, head = serving.context, serving.head
+    if runtime is None or head is None:
+        notes.append("context_encoder_p95_ms / fine_sieve_p95_ms are null: the serving model has no "
+                     + ("context model" if runtime is None else "ranking head"))
+        return {}
+    bar.step("engine: context model stages")
+    rng = pop.rng
+    counts: dict[str, list[int]] = {"fine_sieve": [], "fine_sieve_100": []}
+    events_read: list[int] = []
+    max_len = runtime.model.settings.max_len
+    for i in range(nreq + 10):  # the first 10: warm-up, not timed
+        view = engine.users.get(rng.choice(users))
+        timer = sw if i >= 10 else Stopwatch()
+        recalled = engine.recall_stage(view)
+        request, rows = recalled.request, recalled.cands.rows
+        timer.run("context_encoder", lambda r=request: runtime.user_vector(r))
+        timer.run("candidate_scorer", lambda r=request, x=rows: runtime.cross_scores(r, x))
+        timer.run("fine_sieve", lambda v=view, r=recalled: head.score(engine.features(v, r)))
+        recalled_100 = engine.recall_stage(view, RERANK_CANDIDATES)
+        timer.run("fine_sieve_100", lambda v=view, r=recalled_100: head.score(engine.features(v, r)))
+        if i >= 10:
+            counts["fine_sieve"].append(len(rows))
+            counts["fine_sieve_100"].append(len(recalled_100.cands.rows))
+            events_read.append(min(max_len, sum(1 for e in request.history if e.weight > 0)))
+    return {
+        "requests": nreq, "recall_n": engine.config.recall_n,
+        "candidates_mean": {k: float(np.mean(v)) for k, v in counts.items()},
+        "events_read_mean": float(np.mean(events_read)), "max_len": max_len,
+        "inference_threads": runtime.model.threads,
+        "what": {"context_encoder": "ContextRuntime.user_vector: the encoder over the user's last events",
+                 "candidate_scorer": "ContextRuntime.cross_scores over the recalled candidates",
+                 "fine_sieve": "head.score(engine.features(view, recalled)) over recall_n candidates: every "
+                               "feature (candidate scorer and encoder scores included) + the ranking head",
+                 "fine_sieve_100": "the same over a recall of 100 candidates"},
+    }
 
 
 def _embed_one_thread(engine: Engine, rng: random.Random, nreq: int, sw: Stopwatch) -> None:

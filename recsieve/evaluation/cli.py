@@ -16,12 +16,14 @@ SYSTEMS = ("popularity", "item-knn", "transitions", "sasrec", "text-zero-shot", 
 def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = None, seed: int = 0,
                    systems: str | list[str] = "popularity,transitions", cross_encoder: bool = False,
                    progress: bool = True, channel_weights: tuple[float, ...] | None = None,
-                   context_budget_s: float | None = 1200.0, sasrec_budget_s: float | None = 1800.0) -> dict[str, Any]:
+                   context_budget_s: float | None = 1200.0, sasrec_budget_s: float | None = 1800.0,
+                   ranker_users: int | None = 2000) -> dict[str, Any]:
     """Load ``dataset`` from ``data_dir``, evaluate the named systems, print the table, return the report.
 
     ``recsieve`` is the whole engine: :func:`~recsieve.training.train_engine` trains its context
     model (item tower, context encoder, candidate scorer) and the ranking head that stacks them
-    on the training part, within ``context_budget_s`` seconds for the encoder.
+    on the training part, within ``context_budget_s`` seconds for the encoder, the head on
+    ``ranker_users`` users' last steps.
     ``recsieve-without-cross-encoder`` is its ablation: the same engine and encoder, the head
     retrained without the candidate scorer (it needs ``recsieve`` in the same run).
     ``recsieve-fast`` is the ranking head over recall's features alone (no context model), and
@@ -72,7 +74,7 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
                                       progress=progress))
         elif name == "recsieve":
             built.append(EngineSystem(data, name=name, config=config, embedder=embedder, context=True,
-                                      context_budget_s=context_budget_s,
+                                      context_budget_s=context_budget_s, ranker_users=ranker_users,
                                       ablation="recsieve-without-cross-encoder" in names, progress=progress))
         elif name == "recsieve-without-cross-encoder":
             base = next(b for b in built if b.name == "recsieve")

@@ -23,11 +23,11 @@ interaction) cannot be recommended and counts as a miss (0 for every metric).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from recsieve.errors import InvalidInputError
+from recsieve.intervals import paired_gain
 
 __all__ = [
     "paired_gain",
@@ -159,16 +159,3 @@ def recall_coverage(candidates: Sequence[np.ndarray], targets: np.ndarray) -> np
             for c, t in zip(candidates, targets, strict=True)
         ]
     )
-
-
-def paired_gain(a: list[float], b: list[float], *, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Mean of ``a - b`` over paired per-user scores, with a 95% percentile-bootstrap interval."""
-    if len(a) != len(b):
-        raise InvalidInputError("a/b", (len(a), len(b)), "paired scores must have the same length")
-    if not a:
-        return {"mean": None, "ci95": None, "users": 0}
-    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
-    return {"mean": float(diff.mean()), "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
-            "users": len(diff)}

@@ -135,20 +135,14 @@ class EngineSystem:
             self.model = model
 
     def _train_context(self) -> None:
-        from recsieve.context.model import ContextModel
-        from recsieve.training import train_engine, train_engine_ranker
+        from recsieve.training import train_engine
 
         self.model = Path(self._tmp.name) / "model"
+        if self.ablation:  # the same encoder and examples, the head without the candidate scorer's score
+            self.ablated_model = Path(self._tmp.name) / "model-without-cross-encoder"
         self.train_report = train_engine(self.engine, self.model, users=self.ranker_users,
                                          steps_per_user=self.ranker_steps, budget_s=self.context_budget_s,
-                                         progress=self.progress)
-        if self.ablation:  # the same encoder, no candidate scorer: its feature is constant, so it carries nothing
-            model = ContextModel.load(self.model / "context")
-            model.scorer = None
-            self.ablated_model = Path(self._tmp.name) / "model-without-cross-encoder"
-            report = train_engine_ranker(self.engine, self.ablated_model, users=self.ranker_users,
-                                         steps_per_user=self.ranker_steps, context=model, progress=self.progress)
-            self.train_report["ablation_head"] = {k: v for k, v in report.items() if not isinstance(v, (list, dict))}
+                                         ablation_out=self.ablated_model, progress=self.progress)
 
     def view(self, ctx: np.ndarray):
         """The engine's view of a user whose history is ``ctx`` (dataset item indices, oldest first)."""

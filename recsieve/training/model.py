@@ -90,6 +90,7 @@ def train_engine(
     dim: int = 64,
     max_len: int = 200,
     encoder: TrainConfig | None = None,
+    ablation_out: str | Path | None = None,
     seed: int = 0,
     progress: bool = True,
     switch: bool = True,
@@ -101,6 +102,8 @@ def train_engine(
     encoder's and the scorer's training time; ``cross_encoder=False`` trains no candidate scorer
     (the ablation: its feature is then constant and carries no weight). ``encoder``: every
     setting of the encoder's training (then ``epochs``, ``budget_s`` and ``seed`` are its own).
+    ``ablation_out``: also write there the head trained on the same examples without the
+    candidate scorer's score (the ablation; the report pairs both on held-out users).
     Returns the report.
     """
     t0 = time.perf_counter()
@@ -127,9 +130,12 @@ def train_engine(
         if ctx:
             report["scorer"] = fit_candidate_scorer(model, ctx, cands, tix, epochs=scorer_epochs,
                                                     budget_s=scorer_budget_s, seed=seed, progress=progress)
+    ablate = None if ablation_out is None else ("context.context_cross", ablation_out)
     head = train_engine_ranker(engine, out_path, events, users=users, steps_per_user=steps_per_user, context=model,
-                               seed=seed, progress=progress, overwrite=overwrite)
+                               ablate=ablate, seed=seed, progress=progress, overwrite=overwrite)
     report["head"] = {k: v for k, v in head.items() if not isinstance(v, (list, dict))}
+    if "ablation" in head:
+        report["ablation"] = head["ablation"]
     report["model"] = str(out_path)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     if switch:
