@@ -4,10 +4,13 @@
 :func:`~recsieve.rerankers.distill.distill_reranker`) into ``onnx/model.onnx`` inside that
 folder -- traced with dynamic batch and sequence axes -- and, for ``int8=True``,
 ``onnx/model-int8.onnx``: weights of the matrix multiplications quantised to int8 per
-channel, activations quantised on the fly (``onnxruntime.quantization.quantize_dynamic``;
-the CPU's VNNI instructions run the int8 products). Each file is written atomically, with
-``onnx/export.json`` naming the training run it was made from, so a retrained model is
-re-exported instead of silently serving the old graph.
+channel, activations quantised on the fly (``onnxruntime.quantization.quantize_dynamic``), in
+the form this CPU's instruction set multiplies without saturating
+(:func:`recsieve.quantization.int8_settings`: full range with VNNI, 7-bit weights on AVX2 or
+AVX-512 without VNNI). Each file is written atomically, with ``onnx/export.json`` naming the
+training run it was made from and the int8 choice with its instruction set, so a retrained
+model, or a folder moved to a CPU of another instruction set, is re-exported instead of
+silently serving the old graph.
 
 :class:`OnnxReranker` scores like :class:`~recsieve.rerankers.cross_encoder.CrossEncoderReranker`
 (same tokenizer, same truncation, raw logits) and sorts pairs by length before batching so
@@ -17,7 +20,6 @@ short pairs are not padded to the longest one. Needs the ``onnx`` extra
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import warnings
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from recsieve.errors import CorruptStoreError, InvalidInputError
+from recsieve.quantization import int8_settings, needs_requantizing, quantize_int8
 from recsieve.rerankers.base import Reranker, check_pair_input, check_scores
 from recsieve.rerankers.folder import read_marker, trained_max_length
 from recsieve.storage import atomic_write_json, read_json
@@ -52,11 +55,14 @@ def _stamp(marker: dict[str, Any]) -> dict[str, Any]:
             "steps": marker.get("steps")}
 
 
-def export_onnx(model: str | os.PathLike, *, int8: bool = False, force: bool = False) -> Path:
+def export_onnx(model: str | os.PathLike, *, int8: bool = False, force: bool = False,
+                isa: str | None = None) -> Path:
     """Export the trained cross-encoder in folder ``model`` to ONNX; returns the ``.onnx`` path.
 
     ``int8=True`` returns the dynamically quantised graph (exporting the fp32 one first if
-    needed). An export made from the same training run is reused unless ``force``.
+    needed), quantised for instruction set ``isa`` (``None``: this CPU's; one of
+    :data:`recsieve.quantization.ISAS`). An export made from the same training run (and, for
+    int8, for the same instruction set) is reused unless ``force``.
     """
     _require_onnx()
     folder = Path(model)
@@ -71,27 +77,23 @@ def export_onnx(model: str | os.PathLike, *, int8: bool = False, force: bool = F
         except Exception:  # noqa: BLE001 - a damaged record means: export again
             info = {}
     fresh = not force and isinstance(info, dict) and info.get("source") == _stamp(marker)
-    if fresh and target.name in info.get("files", []) and target.is_file():
+    stale_int8 = int8 and needs_requantizing(info.get("int8") if fresh else None, isa)
+    if fresh and target.name in info.get("files", []) and target.is_file() and not stale_int8:
         return target
     out.mkdir(exist_ok=True)
     files = set(info.get("files", [])) if fresh else set()
     if not (fresh and "model.onnx" in files and fp32.is_file()):
         _export_fp32(folder, fp32)
         files = {"model.onnx"}
+    record = {"source": _stamp(marker)}
+    if fresh and "model-int8.onnx" in files and not needs_requantizing(info.get("int8"), isa if int8 else None):
+        record["int8"] = info["int8"]  # a valid int8 export of this run stays listed
+    else:
+        files.discard("model-int8.onnx")
     if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        tmp = out / ".model-int8.onnx.tmp"
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # quantize_dynamic logs a generic pre-processing hint as a warning
-        try:
-            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
-        finally:
-            root.setLevel(level)
-        os.replace(tmp, q8)
+        record["int8"] = quantize_int8(fp32, q8, isa=isa)
         files.add("model-int8.onnx")
-    atomic_write_json(info_path, {"source": _stamp(marker), "files": sorted(files)})
+    atomic_write_json(info_path, {**record, "files": sorted(files)})
     return target
 
 
@@ -119,7 +121,9 @@ class OnnxReranker(Reranker):
     """Scores (context, item) pairs with an ONNX export of a trained cross-encoder.
 
     ``model``: the trained folder (exported on first use if needed); ``int8``: serve the
-    dynamically quantised graph; ``max_length``: token limit per pair (``None``: the length
+    dynamically quantised graph, quantised for this CPU's instruction set (``isa`` forces
+    another, one of :data:`recsieve.quantization.ISAS`: e.g. ``"avx2"`` to check on a VNNI
+    machine what an AVX2-only one would serve); ``max_length``: token limit per pair (``None``: the length
     the model was trained with); ``batch_size`` pairs per run, grouped by length; ``threads``:
     ONNX Runtime's intra-op threads (``None``: its default). Thread-safe; runs are serialised.
     """
@@ -127,15 +131,17 @@ class OnnxReranker(Reranker):
     name = "cross-encoder-onnx"
 
     def __init__(self, model: str | os.PathLike, *, int8: bool = False, max_length: int | None = None,
-                 batch_size: int = 32, threads: int | None = None) -> None:
+                 batch_size: int = 32, threads: int | None = None, isa: str | None = None) -> None:
         if not isinstance(model, (str, os.PathLike)) or not str(model).strip():
             raise InvalidInputError("model", model, "must be the path of a trained re-ranker folder")
         for field, value in (("batch_size", batch_size), ("max_length", max_length or 1), ("threads", threads or 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(field, value, "must be a positive integer")
+        if isa is not None:
+            int8_settings(isa)  # checks the name
         self.model_id = f"{model}#{'onnx-int8' if int8 else 'onnx'}" + (
-            "" if max_length is None else f"#max_length={max_length}")
-        self.folder, self.int8, self.max_length = Path(model), int8, max_length
+            "" if max_length is None else f"#max_length={max_length}") + ("" if isa is None else f"#isa={isa}")
+        self.folder, self.int8, self.max_length, self.isa = Path(model), int8, max_length, isa
         self.batch_size, self.threads = batch_size, threads
         self._lock = threading.Lock()
         self._session: Any = None
@@ -154,7 +160,7 @@ class OnnxReranker(Reranker):
             if self._session is not None:
                 return
             marker = read_marker(self.folder)
-            path = export_onnx(self.folder, int8=self.int8)
+            path = export_onnx(self.folder, int8=self.int8, isa=self.isa)
             import onnxruntime as ort
             from transformers import AutoTokenizer
 
