@@ -1,4 +1,5 @@
-"""The benchmark harness: a tiny real run (no timing assertions) and its helpers on hand-made cases."""
+"""The benchmark harness: a tiny real run (no timing thresholds: only the keys and the relations
+between measured parts) and its helpers on hand-made cases."""
 
 from __future__ import annotations
 
@@ -24,13 +25,28 @@ from recsieve.errors import InvalidInputError
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def _quality_report() -> dict:
+    """A hand-made evaluation report as ``recsieve evaluate --json`` writes it: the fine sieve
+    (``recsieve``, trained with the context model) and two other re-rankers of its candidates."""
+    return {"dataset": "d", "users": 3, "results": [
+        {"system": "recsieve-recall", "ndcg@10": 0.10},
+        {"system": "recsieve-fast", "ndcg@10": 0.15, "train_report": {"blend": 0.0, "cross_encoder": "ce"},
+         "vs_recsieve": {"ndcg@10": {"mean": -0.04, "ci95": [-0.06, -0.01], "users": 3}}},
+        {"system": "recsieve", "ndcg@10": 0.20, "train_report": {"encoder": {"epochs": 3}, "scorer": {"steps": 9}}},
+        {"system": "recsieve-without-cross-encoder", "ndcg@10": 0.16,
+         "vs_recsieve": {"ndcg@10": {"mean": -0.05, "ci95": [-0.08, -0.02], "users": 3}}},
+        {"system": "sasrec", "ndcg@10": 0.30}]}  # not a re-ranker of recall's candidates: not compared
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, object]:
     out = tmp_path_factory.mktemp("bench")
+    (out / "quality.json").write_text(json.dumps(_quality_report()))
     result = run_bench(
         quick=True, json_out=out / "bench.json", plots_dir=out / "plots", threads=1, progress=False,
         sizes=(3000,), queries=30, lance_sizes=(3000,), engine_items=60, engine_users=30,
-        engine_requests=8, load_seconds=0.15, rerank_pairs=8, summary=False,
+        engine_requests=8, context_users=40, context_budget_s=2.0, load_seconds=0.15, rerank_pairs=8,
+        quality_report=out / "quality.json", summary=False,
     )
     return result, json.loads((out / "bench.json").read_text()), out / "plots"
 
@@ -44,11 +60,15 @@ def test_json_has_headline_keys_and_machine(tiny):
         assert key in written, key
     assert written["machine"]["versions"]["faiss-cpu"]
     assert written["machine"]["threads"] == 1
-    # the fast tier ran (a head trained on the generated users); no quality report: null, with the reason
-    assert written["rerank_speedup_vs_naive"] > 0
-    assert written["engine"]["ranking_head"]["train_users"] > 0
-    assert written["rerank_ndcg_ratio"] is None
-    assert any("rerank_ndcg_ratio" in n for n in written["notes"])
+    # the context model served: trained in the run (encoder, candidate scorer, head stacking both)
+    for key in ("context_encoder_p95_ms", "fine_sieve_p95_ms", "cold_p95_ms", "rerank_speedup_vs_naive"):
+        assert written[key] > 0, key
+    model = written["engine"]["context_model"]
+    assert model["encoder_users"] > 0 and model["scorer_examples"] > 0 and model["head"]["train_users"] > 0
+    assert {"context.context_encoder", "context.context_cross"} <= set(model["head_features"])
+    # the thread counts are recorded: the context model serves on its own (1), the run pins 1 here
+    assert model["inference_threads"] == written["engine"]["context_stages"]["inference_threads"] == 1
+    assert model["torch_threads_pinned"] == 1
     # the headline recall, recomputed from the index section's rows: of the approximate settings
     # at the largest size reaching the target, the one with the lowest p99 (none: the best recall)
     rows = [r for name, idx in written["index"]["sizes"]["3000"]["indexes"].items()
@@ -100,14 +120,50 @@ def test_recalls_are_fractions_and_exact_search_is_exact(tiny):
     assert all(r["setting"]["nprobe"] * 3000 / ivf["nlist"] >= 400 for r in ivf["settings"])
 
 
+CONTEXT_STAGES = ("context_encoder", "candidate_scorer", "fine_sieve", "fine_sieve_100")
+
+
+def test_context_model_headlines_are_its_measured_stages(tiny):
+    _, written, _ = tiny
+    stages = written["engine"]["stages"]
+    for stage in (*CONTEXT_STAGES, "cold_request"):
+        s = stages[stage]
+        assert s["n"] == 8, stage  # engine_requests timed requests each (after a warm-up)
+        assert 0 < s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"] <= s["max_ms"], stage
+    assert written["context_encoder_p95_ms"] == stages["context_encoder"]["p95_ms"]
+    assert written["fine_sieve_p95_ms"] == stages["fine_sieve"]["p95_ms"]
+    assert written["cold_p95_ms"] == stages["cold_request"]["p95_ms"]
+    cs = written["engine"]["context_stages"]
+    # the fine sieve orders what recall gave (up to recall_n, 200, and up to 100 for the speed-up)
+    assert 0 < cs["candidates_mean"]["fine_sieve_100"] <= 100
+    assert cs["candidates_mean"]["fine_sieve_100"] <= cs["candidates_mean"]["fine_sieve"] <= cs["recall_n"] == 200
+    assert 0 < cs["events_read_mean"] <= cs["max_len"] == 50
+    # the speed-up is predict's time on 100 pairs over the serving fine sieve's on 100 candidates,
+    # both from this run (never a ratio of a stage with itself)
+    rr = written["rerank"]
+    assert rr["fine_sieve"]["p50_ms"] == stages["fine_sieve_100"]["p50_ms"]
+    assert written["rerank_speedup_vs_naive"] == pytest.approx(rr["ms_per_100_pairs"] / rr["fine_sieve"]["p50_ms"])
+    assert "rerank_fast" not in stages and "fast_tier" not in rr  # renamed: the fine sieve
+
+
+def test_rerank_ndcg_ratio_compares_the_fine_sieve_with_the_best_other_reranker(tiny):
+    _, written, _ = tiny
+    q = written["rerank_quality"]
+    assert [c["system"] for c in q["compared"]] == ["recsieve-without-cross-encoder", "recsieve-fast"]
+    assert q["best"] == "recsieve-without-cross-encoder" and q["fine_sieve"]["system"] == "recsieve"
+    assert written["rerank_ndcg_ratio"] == q["ratio"] == pytest.approx(0.20 / 0.16)
+    assert q["fine_minus_best"] == {"mean": 0.05, "ci95": [0.02, 0.08], "users": 3}
+    assert any(n.startswith("rerank_ndcg_ratio: fine sieve") for n in written["notes"])
+
+
 def test_engine_and_rerank_sections(tiny):
     _, written, _ = tiny
     eng = written["engine"]
-    assert {"embed", "recall", "cache_hit", "cold_request", "rerank_fast"} <= set(eng["stages"])
+    assert {"embed", "recall", "cache_hit", "cold_request", *CONTEXT_STAGES} <= set(eng["stages"])
     assert [r["threads"] for r in eng["throughput_uncached"]] == [1, 2, 4, 8]
     assert 0.0 <= eng["zipf"]["hit_ratio_steady"] <= 1.0
     assert eng["event_to_refresh"]["latency"]["n"] > 0
-    for stage in ("embed", "embed_1_thread", "recall", "rerank_fast", "cache_hit", "cold_request"):
+    for stage in ("embed", "embed_1_thread", "recall", "cache_hit", "cold_request"):
         assert eng["stages"][stage]["n"] == 8, stage  # engine_requests timed requests each
     rr = written["rerank"]
     assert rr["pairs"] == 8 and rr["tokens_mean"] > 0
@@ -120,9 +176,6 @@ def test_engine_and_rerank_sections(tiny):
     per_pair, shape = rr["gflop_per_pair"] * 1e9, (rr["layers"], rr["hidden"], rr["intermediate"])
     assert encoder_flops([rr["tokens_mean"]], *shape) <= per_pair * (1 + 1e-9)
     assert per_pair <= encoder_flops([rr["tokens_max"]], *shape) * (1 + 1e-9)
-    # the fast tier's speed-up relates the rerank section's predict time to the engine's stage
-    assert written["rerank_speedup_vs_naive"] == pytest.approx(
-        rr["ms_per_100_pairs"] / eng["stages"]["rerank_fast"]["p50_ms"])
 
 
 def test_plots_are_png_files(tiny):
@@ -142,13 +195,26 @@ def test_plots_are_png_files(tiny):
 
 
 def test_quality_ratio_from_an_evaluation_report():
-    report = {"dataset": "d", "users": 3, "results": [
-        {"system": "recsieve-fast", "ndcg@10": 0.15},
-        {"system": "recsieve", "ndcg@10": 0.20, "train_report": {"blend": 0.3}}]}
+    report = _quality_report()
     q = quality_ratio(report)
-    assert q["ratio"] == pytest.approx(0.75) and q["full_blend"] == 0.3
-    with pytest.raises(InvalidInputError, match="recsieve-fast"):
-        quality_ratio({"results": [{"system": "recsieve", "ndcg@10": 0.2}]})
+    assert q["ratio"] == pytest.approx(0.20 / 0.16) and q["best_ndcg@10"] == 0.16
+    assert "MiniLM cross-encoder" in q["compared"][1]["what"]  # recsieve-fast ran with one
+    # the best other re-ranker wins whichever it is; sasrec (not a re-ranker) is never compared
+    report["results"][1]["ndcg@10"] = 0.25
+    q = quality_ratio(report)
+    assert (q["best"], q["ratio"]) == ("recsieve-fast", pytest.approx(0.20 / 0.25))
+    assert q["fine_minus_best"]["mean"] == pytest.approx(0.04)
+    # only the fine sieve: nothing to compare it with, never a ratio of it with itself
+    alone = {"results": [r for r in report["results"] if r["system"] == "recsieve"]}
+    q = quality_ratio(alone)
+    assert q["ratio"] is None and q["compared"] == [] and "no other re-ranker" in q["note"]
+    # a report from before the context model: its 'recsieve' row is not the fine sieve
+    old = {"results": [{"system": "recsieve-fast", "ndcg@10": 0.15},
+                       {"system": "recsieve", "ndcg@10": 0.15, "train_report": {"blend": 0.0}}]}
+    q = quality_ratio(old)
+    assert q["ratio"] is None and "without the context model" in q["note"]
+    with pytest.raises(InvalidInputError, match="recsieve"):
+        quality_ratio({"results": [{"system": "recsieve-fast", "ndcg@10": 0.2}]})
 
 
 def test_recall_at_k_hand_computed():
@@ -203,3 +269,18 @@ def test_bad_arguments_are_refused():
         run_bench(threads=0, progress=False, summary=False)
     with pytest.raises(InvalidInputError):
         run_bench(sizes=(50,), progress=False, summary=False)
+    with pytest.raises(InvalidInputError):
+        run_bench(context_budget_s=0, progress=False, summary=False)
+
+
+def test_a_quality_report_without_the_fine_sieve_is_refused_before_the_run(tmp_path, monkeypatch):
+    import recsieve.bench as bench
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a section ran before the quality report was checked")
+
+    monkeypatch.setattr(bench, "_run_index", must_not_run)
+    path = tmp_path / "q.json"
+    path.write_text(json.dumps({"results": [{"system": "recsieve-fast", "ndcg@10": 0.2}]}))
+    with pytest.raises(InvalidInputError, match="recsieve"):
+        run_bench(sections=("index",), quality_report=path, progress=False, summary=False)
