@@ -110,6 +110,28 @@ def test_the_ablation_head_reads_nothing_of_the_candidate_scorer(trained, tmp_pa
         eng.close()
 
 
+def test_learn_keeps_the_context_model_beside_the_updated_head(trained, tmp_path):
+    from recsieve.training import learn
+
+    root, _ = trained
+    eng = _open(root, tmp_path)
+    try:
+        rng = np.random.default_rng(1)
+        t = 2e6
+        for u in range(40):  # new steps, inside each user's group as before
+            g = GROUPS[u % len(GROUPS)]
+            for j in rng.choice(8, size=3, replace=False):
+                t += 60.0
+                eng.record(Event(f"u{u}", f"{g}-{int(j)}", "click", ts=t))
+        report = learn(eng, epochs=3)
+        assert report["new_examples"] > 0 and report["updated"], report
+        assert eng.model_dir == eng.directory / "models" / f"head-{report['to_seq']}"
+        assert (eng.model_dir / CONTEXT_DIR / "manifest.json").exists()  # the head's context model came along
+        assert eng.serving_model.context is not None and len(eng.recommend("u1", 5)) == 5
+    finally:
+        eng.close()
+
+
 def _context_top(eng, history, n=3):
     view = eng.history_view([eng.catalog.row(i) for i in history], times=1e6 + 60.0 * np.arange(len(history)))
     recalled = eng.recall_stage(view, now=1e6 + 60.0 * len(history))

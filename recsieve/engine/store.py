@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from recsieve.catalog import Catalog
+from recsieve.embedding import resolve_backend
 from recsieve.engine.config import EngineConfig
 from recsieve.engine.journal import (
     Entry,
@@ -267,6 +268,15 @@ class Store:
             raise StoreError(
                 f"{self.directory}: vectors were made by {meta.get('embedding_model')!r} but the config says "
                 f"embedding_model={self.config.embedding_model!r}; re-embed with build-index --out to a new directory"
+            )
+        made = meta.get("embedding_backend", "torch")  # snapshots from before backends were recorded: torch fp32
+        wanted = resolve_backend(self.config.embedding_backend)
+        if made != wanted:
+            raise StoreError(
+                f"{self.directory}: vectors were embedded with backend {made!r} but the config's "
+                f"embedding_backend={self.config.embedding_backend!r} embeds with {wanted!r}; vectors of two backends "
+                f"are never mixed: set embedding_backend = {made!r} in [items] (installing its extra if needed) "
+                "or re-embed with build-index --out to a new directory"
             )
 
     def _open_journal(self) -> None:
@@ -520,6 +530,7 @@ class Store:
                 "backend": self.config.backend,
                 "index": self.config.index,
                 "embedding_model": self.config.embedding_model,
+                "embedding_backend": resolve_backend(self.config.embedding_backend),
                 "hashes_file": "hashes.json",
                 "field_kinds": dict(self.field_kinds),
                 "items": len(self.catalog),

@@ -21,6 +21,7 @@ schedule in a background thread with a time budget per update.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from collections import defaultdict
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from recsieve.engine.context import CONTEXT_DIR
 from recsieve.engine.ranker import listwise_ndcg
 from recsieve.errors import InvalidInputError, ModelNotTrainedError
 from recsieve.rerankers.training import Step
@@ -122,6 +124,8 @@ def learn(
                        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "learn": report}
     folder = engine.directory / "models" / f"head-{last}"
     with replacing_folder(folder) as work:
+        if model_dir is not None and (model_dir / CONTEXT_DIR).exists():  # the context model the head stacks
+            shutil.copytree(model_dir / CONTEXT_DIR, work / CONTEXT_DIR)
         new_head.save(work)
         save_replay(work, old + train, limit=replay, seed=seed)
     engine.use_model(folder, persist=True)
