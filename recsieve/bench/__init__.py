@@ -20,6 +20,9 @@
 ``processes`` (:mod:`recsieve.bench.processes`; run only when named in ``sections``)
     Several processes on one engine directory: the empty tail check on the request path,
     cross-process visibility latency, and ``recommend`` throughput with 1/2/4 worker processes.
+``scale`` (:mod:`recsieve.bench.scale`; run only when named in ``sections``)
+    build-index items/s per embedding backend against fp32 in the same run, with each
+    backend's neighbour recall and the CPU's instruction set.
 
 Shared helpers and synthetic data are in :mod:`recsieve.bench.common`; the summary, plots and
 ``rerank_ndcg_ratio`` (the fine sieve's NDCG@10 over the best other re-ranker's, from an
@@ -59,6 +62,7 @@ from recsieve.bench.index import HNSW_EF, IVF_NPROBE, LANCE_EF, index_section, p
 from recsieve.bench.processes import processes_section
 from recsieve.bench.report import format_summary, quality_ratio, write_plots
 from recsieve.bench.rerank import encoder_flops, fallback_pairs, gemm_peak_gflops, rerank_section
+from recsieve.bench.scale import scale_section
 from recsieve.errors import InvalidInputError
 
 __all__ = [
@@ -97,7 +101,7 @@ HEADLINE_KEYS = (
     "rerank_mfu",
 )
 #: The sections :func:`run_bench` can run, in order; it runs :data:`DEFAULT_SECTIONS` unless told.
-SECTIONS = ("index", "engine", "rerank", "processes")
+SECTIONS = ("index", "engine", "rerank", "processes", "scale")
 DEFAULT_SECTIONS = ("index", "engine", "rerank")
 
 _FULL: dict[str, Any] = {
@@ -235,6 +239,9 @@ def run_bench(
                 bar.advance()
             if "processes" in sections:
                 result["processes"] = processes_section(cfg, seed, bar, notes, workdir)
+                bar.advance()
+            if "scale" in sections:  # build-index items/s per embedding backend against fp32
+                result["scale"] = scale_section(cfg, seed, bar, notes, workdir, quick=quick)
                 bar.advance()
     finally:
         bar.close()
