@@ -120,7 +120,7 @@ def test_recalls_are_fractions_and_exact_search_is_exact(tiny):
     assert all(r["setting"]["nprobe"] * 3000 / ivf["nlist"] >= 400 for r in ivf["settings"])
 
 
-CONTEXT_STAGES = ("context_encoder", "candidate_scorer", "fine_sieve", "fine_sieve_100")
+CONTEXT_STAGES = ("context_encoder", "candidate_scorer", "fine_sieve", "fine_sieve_100", "fine_sieve_1_thread")
 
 
 def test_context_model_headlines_are_its_measured_stages(tiny):
@@ -138,6 +138,7 @@ def test_context_model_headlines_are_its_measured_stages(tiny):
     assert 0 < cs["candidates_mean"]["fine_sieve_100"] <= 100
     assert cs["candidates_mean"]["fine_sieve_100"] <= cs["candidates_mean"]["fine_sieve"] <= cs["recall_n"] == 200
     assert 0 < cs["events_read_mean"] <= cs["max_len"] == 50
+    assert cs["torch_threads"] == written["threads"] == 1  # the run's pinned count, restored after each stage
     # the speed-up is predict's time on 100 pairs over the serving fine sieve's on 100 candidates,
     # both from this run (never a ratio of a stage with itself)
     rr = written["rerank"]

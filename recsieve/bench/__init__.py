@@ -138,7 +138,7 @@ _QUICK: dict[str, Any] = {
     "context_users": 2000,
     "context_events": (20, 60),
     "context_epochs": 200,
-    "context_budget_s": 20.0,
+    "context_budget_s": 15.0,
     "context_head_users": 400,
     "load_seconds": 1.5,
     "refresh_samples": 30,
@@ -326,7 +326,8 @@ def _run_engine(result: dict[str, Any], cfg: dict[str, Any], seed: int, bar: Pro
         notes.append(f"context_encoder_p95_ms: the context encoder's user vector for one user from its last "
                      f"events (ContextRuntime.user_vector, {threads} torch thread(s)); fine_sieve_p95_ms: "
                      f"features + candidate scorer + ranking head over {eng['config']['recall_n']} recalled "
-                     f"candidates, as serving orders them (stage fine_sieve)")
+                     f"candidates, as serving orders them, torch on the run's {eng['context_stages']['torch_threads']} "
+                     f"thread(s) (stage fine_sieve; fine_sieve_1_thread: the same with torch on 1 thread)")
     return stage_samples, pairs
 
 

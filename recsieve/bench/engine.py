@@ -216,7 +216,13 @@ def _context_stages(engine: Engine, pop: SyntheticUsers, users: list[str], nreq:
     ``fine_sieve_100``
         The same on a recall of 100 candidates (the speed-up against ``CrossEncoder.predict``
         on 100 pairs).
+    ``fine_sieve_1_thread``
+        ``fine_sieve`` again with the process's torch thread count set to 1 for the stage (the
+        encoder and the scorer always run on the model's own count; whatever else touches torch
+        in the features runs on the process's), to show what the thread count costs.
     """
+    import torch
+
     serving = engine.serving_model
     runtime, head = serving.context, serving.head
     if runtime is None or head is None:
@@ -242,6 +248,7 @@ def _context_stages(engine: Engine, pop: SyntheticUsers, users: list[str], nreq:
             counts["fine_sieve"].append(len(rows))
             counts["fine_sieve_100"].append(len(recalled_100.cands.rows))
             events_read.append(min(max_len, sum(1 for e in request.history if e.weight > 0)))
+    _fine_sieve_one_thread(engine, head, users, nreq, rng, sw)
     return {
         "requests": nreq, "recall_n": engine.config.recall_n,
         "candidates_mean": {k: float(np.mean(v)) for k, v in counts.items()},
@@ -251,8 +258,27 @@ def _context_stages(engine: Engine, pop: SyntheticUsers, users: list[str], nreq:
                  "candidate_scorer": "ContextRuntime.cross_scores over the recalled candidates",
                  "fine_sieve": "head.score(engine.features(view, recalled)) over recall_n candidates: every "
                                "feature (candidate scorer and encoder scores included) + the ranking head",
-                 "fine_sieve_100": "the same over a recall of 100 candidates"},
+                 "fine_sieve_100": "the same over a recall of 100 candidates",
+                 "fine_sieve_1_thread": "fine_sieve with the process's torch threads set to 1"},
+        "torch_threads": torch.get_num_threads(),
     }
+
+
+def _fine_sieve_one_thread(engine: Engine, head: Any, users: list[str], nreq: int, rng: random.Random,
+                           sw: Stopwatch) -> None:
+    """``fine_sieve`` with torch on one intra-op thread for the whole stage (then restored)."""
+    import torch
+
+    pinned = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for i in range(nreq + 5):
+            view = engine.users.get(rng.choice(users))
+            recalled = engine.recall_stage(view)
+            timer = sw if i >= 5 else Stopwatch()
+            timer.run("fine_sieve_1_thread", lambda v=view, r=recalled: head.score(engine.features(v, r)))
+    finally:
+        torch.set_num_threads(pinned)
 
 
 def _embed_one_thread(engine: Engine, rng: random.Random, nreq: int, sw: Stopwatch) -> None:

@@ -199,7 +199,8 @@ def format_summary(result: dict[str, Any]) -> str:
                 f"context model ({cs['inference_threads']} torch thread(s), {cs['events_read_mean']:.0f} events read): "
                 f"encoder p95 {_fmt(result['context_encoder_p95_ms'], '.2f')} ms (target <= 3); fine sieve "
                 f"{cs['candidates_mean']['fine_sieve']:.0f} candidates p95 {_fmt(result['fine_sieve_p95_ms'], '.2f')} ms "
-                f"(target <= 10), 100 candidates p50 {fine100['p50_ms']:.2f} ms"
+                f"(target <= 10; {st['fine_sieve_1_thread']['p95_ms']:.2f} ms with torch on 1 thread, "
+                f"run pinned to {cs['torch_threads']}), 100 candidates p50 {fine100['p50_ms']:.2f} ms"
             )
         lines.append("throughput req/s (1/2/4/8 threads): uncached "
                      + "/".join(f"{r['requests_per_s']:.0f}" for r in eng["throughput_uncached"])
