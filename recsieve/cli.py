@@ -460,10 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=2, help="threads pinned for FAISS and torch during the run (default 2)")
     s.add_argument("--sections", help="comma-separated subset of the sections (index, engine, rerank, processes, and any "
                    "added since: see recsieve.bench.SECTIONS); default: index, engine, rerank")
-    s.add_argument("--reranker", help="a trained re-ranker folder for the engine (default: the bench trains a "
-                   "ranking head on its generated users and serves the fast tier)")
-    s.add_argument("--quality", help="an evaluation report (recsieve evaluate --json) with recsieve-fast and "
-                   "recsieve rows: gives rerank_ndcg_ratio (fast/full NDCG@10)")
+    s.add_argument("--reranker", help="a trained model folder for the engine (default: the bench trains a small "
+                   "context model and its ranking head on its generated users and serves them)")
+    s.add_argument("--quality", help="an evaluation report (recsieve evaluate --json) with a recsieve row trained "
+                   "with the context model: gives rerank_ndcg_ratio (the fine sieve's NDCG@10 over the best other "
+                   "re-ranker's in that report: recsieve-without-cross-encoder or recsieve-fast)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_bench)
 

@@ -203,7 +203,7 @@ class ContextModel:
         """float32 ``(len(rows), dim)`` tokens of some catalog rows."""
         if self._table is None:
             raise ModelNotTrainedError("context model: call set_items() first")
-        return self._table[torch.from_numpy(np.asarray(rows, np.int64))].numpy()
+        return self._table.numpy()[np.asarray(rows, np.int64)]  # numpy: no torch thread pool on the request path
 
     def item_vectors(self) -> np.ndarray:
         """float32 ``(n_items, dim)`` item tokens: what the behaviour index holds."""
