@@ -1,0 +1,36 @@
+"""The SASRec yardstick keeps the published architecture (ID-only tokens) and its recipe knobs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recsieve.errors import InvalidInputError
+from recsieve.evaluation.sasrec import SASRec
+
+
+def _cycles(n_users=60, n_items=12, length=14):
+    return [((s + np.arange(length)) % n_items).astype(np.int64) for s in range(n_users)], n_items
+
+
+def test_yardstick_is_id_only_and_full_softmax():
+    seqs, n = _cycles()
+    model = SASRec(hidden=16, max_len=10, epochs=3, batch_size=16, threads=1, bf16=False)
+    model.fit(seqs, n)
+    m = model._model
+    assert m.settings.text_dim == 0 and m.tower.adapter is None  # item-ID tokens only
+    assert model.history["sampled_softmax"] is False
+    assert model.score([seqs[0][:5]]).shape == (1, n)
+
+
+def test_budget_alias_and_validation_keeps_the_best_epoch():
+    seqs, n = _cycles(n_users=100)
+    model = SASRec(hidden=16, max_len=10, epochs=6, batch_size=16, threads=1, bf16=False,
+                   valid_users=20, patience=2, lr=3e-3)
+    model.fit(seqs, n)
+    h = model.history
+    assert h["valid_users"] == 20 and len(h["valid_ndcg@10"]) >= 1
+    assert h["best_valid_ndcg10"] == max(h["valid_ndcg@10"])
+    assert SASRec(budget_s=5.0).time_budget == 5.0
+    with pytest.raises(InvalidInputError, match="budget_s"):
+        SASRec(budget_s=5.0, time_budget=6.0)
