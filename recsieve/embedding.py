@@ -186,7 +186,7 @@ class SentenceTransformerEmbedder:
     get a second session of that many threads.
 
     ``backend``: one of :data:`EMBEDDING_BACKENDS` or ``"auto"`` (:func:`resolve_backend`);
-    :attr:`backend` is the one chosen. ``cache_dir``: where ONNX / OpenVINO backends keep the
+    :attr:`backend` is the one chosen (``auto`` on a ``device`` other than the CPU is ``torch``). ``cache_dir``: where ONNX / OpenVINO backends keep the
     model's export (``None``: ``~/.cache/recsieve/embedders``; never inside the installed
     package); it is made on first use.
     """
@@ -217,7 +217,8 @@ class SentenceTransformerEmbedder:
             raise InvalidInputError("device", device, "must name a torch device, e.g. 'cpu'")
         if show_progress is not None and not isinstance(show_progress, bool):
             raise InvalidInputError("show_progress", show_progress, "must be True, False or None")
-        self.backend = resolve_backend(backend, "backend")
+        # ONNX / OpenVINO run on the CPU: on another device, auto means torch
+        self.backend = "torch" if backend == AUTO_BACKEND and device != "cpu" else resolve_backend(backend, "backend")
         self.cache_dir = cache_dir
         self.model_path = resolve_model_path(model)
         self._model_name = model

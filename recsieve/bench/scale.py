@@ -13,12 +13,16 @@ ML-1M titles when run with ``--ml1m``): each text's 10 nearest other texts by co
 fp32's (``recall_at_10``), and the smallest cosine between a text's two vectors. The CPU's
 int8-relevant instruction set (:func:`recsieve.quantization.cpu_isa`) is recorded with them.
 
-    python -m recsieve.bench.scale --quick --ml1m ../shared/data/ml-1m --json scale.json
+With ``--zero-shot`` (and ``--ml1m``) it also ranks ML-1M items for every user by the
+zero-shot text model with each backend that keeps neighbours, paired with fp32 on the same users.
+
+    python -m recsieve.bench.scale --quick --ml1m ../shared/data/ml-1m --zero-shot --json scale.json
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import shutil
@@ -44,7 +48,7 @@ from recsieve.engine.config import EngineConfig
 from recsieve.engine.engine import build_index
 from recsieve.quantization import cpu_isa
 
-__all__ = ["scale_section", "neighbour_recall", "KEEP_NEIGHBOURS", "main"]
+__all__ = ["KEEP_NEIGHBOURS", "format_scale", "main", "neighbour_recall", "scale_section", "zero_shot"]
 
 #: recall@10 of text search against fp32 a backend must reach to "keep neighbours".
 KEEP_NEIGHBOURS = 0.98
@@ -56,14 +60,18 @@ _PRESETS = {True: {"items": 1000, "rounds": 2, "quality_texts": 1000},
 
 def neighbour_recall(reference: np.ndarray, got: np.ndarray, k: int = 10) -> float:
     """Mean share of each text's ``k`` nearest other texts under ``reference`` vectors that
-    ``got`` vectors also rank in their ``k`` nearest (rows L2-normalised)."""
+    ``got`` vectors also rank in their ``k`` nearest (rows L2-normalised; ``k`` is at most the
+    number of other texts)."""
+    k = min(k, len(reference) - 1)
+    if k < 1:
+        return 1.0
     hits = 0
     for lo in range(0, len(reference), 1024):
         top = []
         for vecs in (reference, got):
             sims = vecs[lo:lo + 1024] @ vecs.T
             sims[np.arange(sims.shape[0]), np.arange(lo, lo + sims.shape[0])] = -np.inf
-            top.append(np.argpartition(-sims, k, axis=1)[:, :k])
+            top.append(np.argpartition(-sims, k - 1, axis=1)[:, :k])
         hits += sum(len(set(a) & set(b)) for a, b in zip(*top))
     return hits / (len(reference) * k)
 
@@ -91,7 +99,14 @@ def scale_section(cfg: dict[str, Any], seed: int, bar: ProgressBar, notes: list[
     catalog = Catalog()
     data = synthetic_items(n_items, seed)
     texts = {"generated": [catalog.render(it) for it in data[: preset["quality_texts"]]], **(extra_texts or {})}
-    out: dict[str, Any] = {"items": n_items, "rounds": n_rounds, "isa": cpu_isa(), "default_backend":
+    versions = {}
+    for dist in ("onnxruntime", "onnx", "openvino"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    out: dict[str, Any] = {"items": n_items, "rounds": n_rounds, "isa": cpu_isa(), "runtimes": versions,
+                           "default_backend":
                            resolve_backend("auto"), "keep_neighbours_at": KEEP_NEIGHBOURS,
                            "quality_texts": {k: len(v) for k, v in texts.items()}, "backends": {}}
     embedders, reference = {}, {}
@@ -138,6 +153,25 @@ def scale_section(cfg: dict[str, Any], seed: int, bar: ProgressBar, notes: list[
     return out
 
 
+def zero_shot(dataset: Any, backends: Sequence[str], cache_dir: Path, *, users: int | None = None,
+              seed: int = 0) -> dict[str, Any]:
+    """ML-1M zero-shot NDCG@10 (item embeddings against the mean of the user's recent items',
+    :class:`~recsieve.evaluation.systems.TextZeroShot`) per backend, each paired with fp32's on
+    the same users (leave-one-out, full ranking)."""
+    from recsieve.evaluation.harness import evaluate
+    from recsieve.evaluation.systems import TextZeroShot
+
+    names = ["torch", *[b for b in backends if b != "torch"]]
+    systems = [TextZeroShot(dataset, SentenceTransformerEmbedder(backend=b, cache_dir=cache_dir, show_progress=False),
+                            name=f"text-{b}") for b in names]
+    report = evaluate(dataset, systems, users=users, seed=seed, reference="text-torch", progress=False)
+    rows = {r["system"][len("text-"):]: r for r in report["results"]}
+    base = rows["torch"]["ndcg@10"]
+    return {"users": report["users"], "protocol": report["protocol"], "seed": seed, "backends": {
+        b: {"ndcg@10": r["ndcg@10"], "ratio_vs_torch": r["ndcg@10"] / base if base else None,
+            "paired_vs_torch": r.get("vs_text-torch")} for b, r in rows.items()}}
+
+
 def format_scale(res: dict[str, Any]) -> str:
     """A few lines: one per backend."""
     lines = [f"build-index, {res['items']:,} generated items, {res['rounds']} rounds, ISA {res['isa']}, "
@@ -157,14 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--backends", help=f"comma-separated subset of {EMBEDDING_BACKENDS}")
     ap.add_argument("--ml1m", help="ML-1M folder: its titles join the neighbour check")
+    ap.add_argument("--zero-shot", action="store_true", help="with --ml1m: zero-shot NDCG@10 per backend "
+                    "that keeps neighbours, paired with fp32's")
+    ap.add_argument("--users", type=int, help="users of the zero-shot evaluation (default: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write the result here")
     args = ap.parse_args(argv)
-    extra = {}
+    extra, dataset = {}, None
     if args.ml1m:
         from recsieve.evaluation.datasets import load_dataset
 
-        extra["ml1m"] = list(load_dataset("ml-1m", args.ml1m).item_texts)
+        dataset = load_dataset("ml-1m", args.ml1m)
+        extra["ml1m"] = list(dataset.item_texts)
     notes: list[str] = []
     workdir = Path(tempfile.mkdtemp(prefix="recsieve-scale-"))
     bar = ProgressBar(1, True)
@@ -173,12 +211,18 @@ def main(argv: list[str] | None = None) -> int:
         with pinned_threads(args.threads):
             res = scale_section({}, 0, bar, notes, workdir, quick=args.quick, items=args.items, rounds=args.rounds,
                                 backends=args.backends.split(",") if args.backends else None, extra_texts=extra)
+            if args.zero_shot and dataset is not None:
+                bar.step("scale: ML-1M zero-shot NDCG@10 per backend")
+                keeping = [b for b, row in res["backends"].items() if row["keeps_neighbours"]]
+                res["zero_shot_ml1m"] = zero_shot(dataset, keeping, workdir / "exports", users=args.users)
     finally:
         bar.close()
         shutil.rmtree(workdir, ignore_errors=True)
     res.update(notes=notes, machine=machine_info(args.threads), wall_s=time.time() - started,
                command="python -m recsieve.bench.scale " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(format_scale(res))
+    for b, row in res.get("zero_shot_ml1m", {}).get("backends", {}).items():
+        print(f"  zero-shot ML-1M NDCG@10 {b:14s} {row['ndcg@10']:.4f} ({row['ratio_vs_torch']:.3f} of fp32)")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     return 0

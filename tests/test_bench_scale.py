@@ -1,0 +1,38 @@
+"""The bench's ``scale`` section on a toy catalog: what it records, not how fast anything is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recsieve.bench import SECTIONS
+from recsieve.bench.common import ProgressBar
+from recsieve.bench.scale import format_scale, neighbour_recall, scale_section
+from recsieve.embedding import resolve_backend
+from recsieve.quantization import ISAS
+
+
+def test_neighbour_recall() -> None:
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(60, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    assert neighbour_recall(vecs, vecs) == 1.0
+    other = rng.normal(size=(60, 16)).astype(np.float32)
+    assert neighbour_recall(vecs, other / np.linalg.norm(other, axis=1, keepdims=True)) < 0.5
+
+
+def test_scale_section_records_each_backend_against_fp32(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    notes: list[str] = []
+    res = scale_section({}, 0, ProgressBar(1, False), notes, tmp_path, items=40, rounds=2,
+                        backends=["onnx"], extra_texts={"titles": ["Heat (1995)", "Casino (1995)", "Babe (1995)"]})
+    assert "scale" in SECTIONS
+    assert res["isa"] in ISAS and res["default_backend"] == resolve_backend("auto")
+    assert list(res["backends"]) == ["torch", "onnx"] and res["quality_texts"] == {"generated": 40, "titles": 3}
+    torch_row, onnx_row = res["backends"]["torch"], res["backends"]["onnx"]
+    assert torch_row["ratio_vs_torch"] == [1.0, 1.0] and torch_row["recall_at_10_generated"] == 1.0
+    assert len(onnx_row["items_per_s"]) == 2 and all(x > 0 for x in onnx_row["items_per_s"])
+    assert onnx_row["recall_at_10_generated"] >= 0.98 and onnx_row["min_cosine_titles"] > 0.999
+    assert res["fastest_keeping_neighbours"] in ("torch", "onnx") and len(res["load_avg_per_round"]) == 2
+    assert "onnx" in format_scale(res) and notes
+    assert not list(tmp_path.glob("scale-*"))  # each build's directory is removed after timing
