@@ -96,8 +96,9 @@ def check_backend(embedder: object, backend: str, where: str = "the index") -> N
     own = getattr(embedder, "backend", None)
     if own is not None and own != backend:
         raise InvalidInputError(
-            "embedder", own, f"embeds with backend {own!r} but the vectors of {where} were made with "
-            f"{backend!r}; use embedding_backend = {backend!r}, or rebuild the index with {own!r}")
+            "embedder", own, f"embeds with backend {own!r} but {where} is embedded with {backend!r} "
+            f"(embedding_backend); vectors of two backends are never mixed: embed with {backend!r}, or "
+            f"build a new index with embedding_backend = {own!r}")
 
 
 @runtime_checkable

@@ -289,7 +289,7 @@ def test_exports_go_to_the_cache_folder_once_and_int8_follows_the_isa(tmp_path_f
 def test_a_query_embedder_of_another_backend_is_refused(torch_embedder):
     check_backend(torch_embedder, "torch")
     check_backend(object(), "onnx")  # an embedder that does not say is taken as it is
-    with pytest.raises(InvalidInputError, match="made with 'onnx'") as info:
+    with pytest.raises(InvalidInputError, match="embedded with 'onnx'") as info:
         check_backend(torch_embedder, "onnx")
     assert info.value.field == "embedder"
 
