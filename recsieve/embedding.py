@@ -201,7 +201,7 @@ class SentenceTransformerEmbedder:
         max_seq_length: int | None = None,
         show_progress: bool | None = None,
         query_threads: int | None = 1,
-        backend: str = AUTO_BACKEND,
+        backend: str = "torch",
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if query_threads is not None and (

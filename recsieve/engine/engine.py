@@ -151,7 +151,8 @@ class Engine:
     def embedder(self) -> Embedder:
         """The bi-encoder (loaded on first use)."""
         if self._embedder is None:
-            self._embedder = SentenceTransformerEmbedder(self._store.config.embedding_model)
+            config = self._store.config
+            self._embedder = SentenceTransformerEmbedder(config.embedding_model, backend=config.embedding_backend)
         return self._embedder
 
     def _embed(self, texts: list[str]) -> np.ndarray:
