@@ -182,14 +182,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _events_arg(args: argparse.Namespace) -> list[Event] | None:
+    """The events of ``--events`` (``None``: the engine's own journal); says how many lines were skipped."""
+    if not args.events:
+        return None
+    events, skipped = read_events(args.events, skip_invalid=args.skip_invalid)
+    if skipped:
+        print(f"{skipped} invalid lines skipped")
+    return events
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from recsieve.training import train_engine
 
-    events = None
-    if args.events:
-        events, skipped = read_events(args.events, skip_invalid=args.skip_invalid)
-        if skipped:
-            print(f"{skipped} invalid lines skipped")
+    events = _events_arg(args)
     with Engine.open(args.dir) as engine:
         report = train_engine(
             engine, args.out, events, steps_per_user=args.steps_per_user, users=args.users or None,
@@ -217,11 +223,7 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
 
     from recsieve.training import train_engine_ranker, train_engine_reranker
 
-    events = None
-    if args.events:
-        events, skipped = read_events(args.events, skip_invalid=args.skip_invalid)
-        if skipped:
-            print(f"{skipped} invalid lines skipped")
+    events = _events_arg(args)
     with Engine.open(args.dir) as engine:
         ce = None
         if not args.no_cross_encoder:

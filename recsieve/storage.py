@@ -23,6 +23,7 @@ from typing import Any
 from recsieve.errors import CorruptStoreError, IncompatibleVersionError, StoreError
 
 __all__ = [
+    "sha256_file",
     "replacing_folder",
     "FORMAT_VERSION",
     "atomic_write_bytes",
@@ -108,7 +109,7 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
         raise CorruptStoreError(f"{what}: {path} is not valid JSON ({exc})") from None
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -124,7 +125,7 @@ def _fsync_tree(root: Path) -> dict[str, dict[str, Any]]:
             p = Path(dirpath) / name
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
-            files[p.relative_to(root).as_posix()] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+            files[p.relative_to(root).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
         fsync_dir(Path(dirpath))
     return files
 
@@ -217,7 +218,7 @@ class GenerationDir:
                     raise CorruptStoreError(f"{self.manifest_path}: path {rel!r} leaves the directory")
                 if not path.is_file():
                     raise CorruptStoreError(f"{self.root}: file {rel} is missing")
-                if path.stat().st_size != info.get("size") or _sha256(path) != info.get("sha256"):
+                if path.stat().st_size != info.get("size") or sha256_file(path) != info.get("sha256"):
                     raise CorruptStoreError(f"{self.root}: file {rel} is truncated or corrupted (checksum mismatch)")
         return folder, dict(manifest.get("meta") or {})
 

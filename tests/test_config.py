@@ -165,9 +165,10 @@ def test_old_flat_file_opens_migrated_with_one_log_line(tmp_path, caplog):
 
 
 class WordHashEmbedder:
-    """A tiny deterministic stand-in for the bi-encoder: a hashed bag of words, 16 dims."""
+    """A tiny deterministic stand-in for the bi-encoder: a hashed bag of words, ``dim`` (16) dims."""
 
-    dim = 16
+    def __init__(self, dim: int = 16) -> None:
+        self.dim = dim
 
     def embed(self, texts, *, show_progress=None):
         out = np.zeros((len(texts), self.dim), dtype=np.float32)

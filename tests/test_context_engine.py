@@ -4,11 +4,11 @@ a corrupt model folder is refused while the old model keeps serving. Toy sizes, 
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 
 import numpy as np
 import pytest
+from test_config import WordHashEmbedder
 
 from recsieve import Engine, EngineConfig, Event, Item
 from recsieve.engine.context import CONTEXT_DIR, CONTEXT_FEATURES
@@ -19,20 +19,6 @@ from recsieve.training.context_model import TrainConfig
 from recsieve.training.examples import engine_sequences, ranking_groups
 
 GROUPS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot")
-
-
-class WordHashEmbedder:
-    """A deterministic stand-in for the bi-encoder: a hashed bag of words, 32 dims."""
-
-    dim = 32
-
-    def embed(self, texts, *, show_progress=None):
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            out[i, 0] = 1.0
-            for word in text.lower().split():
-                out[i, 1 + int(hashlib.sha256(word.encode()).hexdigest(), 16) % (self.dim - 1)] += 1.0
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 def _items() -> list[Item]:
@@ -59,7 +45,7 @@ def _events() -> list[Event]:
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ctx")
     config = EngineConfig(index="flat", recall_n=20, cache="none", refresh_threads=0, context_window=20)
-    eng = Engine.create(root / "eng", config, embedder=WordHashEmbedder())
+    eng = Engine.create(root / "eng", config, embedder=WordHashEmbedder(32))
     eng.upsert_items(_items())
     eng.record(_events())
     encoder = TrainConfig(epochs=150, batch_size=32, lr=3e-3, patience=None, seed=0)
@@ -73,7 +59,7 @@ def trained(tmp_path_factory):
 def _open(root, tmp_path):
     path = tmp_path / "eng"
     shutil.copytree(root / "eng", path)
-    return Engine.open(path, embedder=WordHashEmbedder())
+    return Engine.open(path, embedder=WordHashEmbedder(32))
 
 
 def test_train_engine_serves_one_folder_with_the_context_model(trained, tmp_path):

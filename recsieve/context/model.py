@@ -10,7 +10,6 @@ Inference runs on ``threads`` torch threads (1 by default: one user is too littl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -30,7 +29,7 @@ from recsieve.errors import (
     ModelNotTrainedError,
     StoreError,
 )
-from recsieve.storage import atomic_write_json, read_json, replacing_folder
+from recsieve.storage import atomic_write_json, read_json, replacing_folder, sha256_file
 
 __all__ = ["ContextSettings", "ContextModel", "FORMAT_VERSION", "MANIFEST", "KIND"]
 
@@ -84,14 +83,6 @@ def _threads(n: int | None) -> Iterator[None]:
     finally:
         if before != n:
             torch.set_num_threads(before)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ContextModel:
@@ -337,7 +328,7 @@ class ContextModel:
                 "settings": asdict(self.settings),
                 "n_items": self.n_items,
                 "has_scorer": self.scorer is not None,
-                "files": {name: _sha256(work / name) for name in files},
+                "files": {name: sha256_file(work / name) for name in files},
             }
             atomic_write_json(work / MANIFEST, manifest)  # last: its presence marks a whole folder
         return folder
@@ -366,7 +357,7 @@ class ContextModel:
             path = folder / name
             if not path.is_file():
                 raise CorruptStoreError(f"context model: missing file {path}")
-            if _sha256(path) != digest:
+            if sha256_file(path) != digest:
                 raise CorruptStoreError(f"context model: checksum mismatch for {path} (corrupt or half-written)")
         try:
             raw = dict(man["settings"])

@@ -241,11 +241,17 @@ class ContextEncoder(nn.Module):
         instruction: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Hidden states ``(b, n, dim)`` aligned with ``rows`` (position ``i`` predicts event ``i+1``)."""
-        x, _ = self.embed(table, rows, kinds, gaps)
+        h, _ = self._states(table, rows, kinds, gaps, instruction)
+        return h[:, self.n_lead :]
+
+    def _states(self, table: torch.Tensor, rows: torch.Tensor, kinds: torch.Tensor | None,
+                gaps: torch.Tensor | None, instruction: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final hidden states ``(b, n_lead + n, dim)`` (instruction token first) and lengths ``(b,)``."""
+        x, lengths = self.embed(table, rows, kinds, gaps)
         h = self.drop(self.lead(instruction, x))
         for block in self.blocks:
             h = block(h)
-        return self.ln(h)[:, self.n_lead :]
+        return self.ln(h), lengths
 
     def user(
         self,
@@ -257,11 +263,7 @@ class ContextEncoder(nn.Module):
     ) -> torch.Tensor:
         """User vectors ``(b, dim)``: the hidden state at each row's newest event (the
         instruction token for an empty context; a zero-event row without one reads padding)."""
-        x, lengths = self.embed(table, rows, kinds, gaps)
-        h = self.drop(self.lead(instruction, x))
-        for block in self.blocks:
-            h = block(h)
-        h = self.ln(h)
+        h, lengths = self._states(table, rows, kinds, gaps, instruction)
         at = (lengths - 1 + self.n_lead).clamp(min=0)
         return h[torch.arange(h.shape[0], device=h.device), at]
 
