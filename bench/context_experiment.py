@@ -25,6 +25,7 @@ def text_vectors(data, cache: str) -> np.ndarray:
     from recsieve.embedding import SentenceTransformerEmbedder
 
     v = SentenceTransformerEmbedder().embed(list(data.item_texts))
+    os.makedirs(os.path.dirname(cache) or ".", exist_ok=True)
     np.save(cache, v)
     return v
 
@@ -32,8 +33,8 @@ def text_vectors(data, cache: str) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--system", default="context")
-    ap.add_argument("--data", default="/work/shared/data/ml-1m")
-    ap.add_argument("--text-cache", default="/tmp/ctx/ml1m_text.npy")
+    ap.add_argument("--data", default="../shared/data/ml-1m")
+    ap.add_argument("--text-cache", default="bench/.cache/ml1m_text.npy")
     ap.add_argument("--users", type=int, default=None)
     ap.add_argument("--budget", type=float, default=600)
     ap.add_argument("--epochs", type=int, default=200)

@@ -48,7 +48,7 @@ def rerank_scores(model, contexts, cands, batch=64):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
-    ap.add_argument("--data", default="/work/shared/data/ml-1m")
+    ap.add_argument("--data", default="../shared/data/ml-1m")
     ap.add_argument("--budget", type=float, default=300)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=3e-4)
