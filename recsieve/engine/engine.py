@@ -24,6 +24,7 @@ from recsieve.embedding import Embedder, SentenceTransformerEmbedder
 from recsieve.engine.cache import ScoreCache
 from recsieve.engine.checks import check_event, check_k, check_user
 from recsieve.engine.config import CONFIG_FILE, EngineConfig
+from recsieve.engine.constraints import Constraints, both
 from recsieve.engine.journal import Journal
 from recsieve.engine.models import ModelSlot, ServingModel
 from recsieve.engine.pipeline import Pipeline, Recalled
@@ -393,6 +394,11 @@ class Engine:
         """Recommend ``k`` items for ``user_id``, optionally following a plain-words ``instruction``
         and restricted by metadata ``filters`` (``'price < 30 and category == "books"'`` or a mapping
         of equalities). An unknown user gets a cold-start list (instruction and popularity).
+
+        The constraints the instruction states (:mod:`recsieve.engine.constraints`: "under $50",
+        "from the 90s", a category of the catalog) are parsed, never executed: its price/year
+        filter holds together with ``filters``, and items in the categories it names come first
+        (others only fill up a list that would be shorter than ``k``). Each reason says what was applied.
         """
         self.catch_up()
         k = check_k(k)
@@ -403,7 +409,8 @@ class Engine:
         request: Request = (k, instruction, flt.text if flt else None)
         view = self.users.get(user_id)
         hot = self._hot
-        key = self._cache_key(user_id, view, request)
+        cons = self._pipeline.constraints(instruction)
+        key = self._cache_key(user_id, view, request, both(flt, cons.filter))
         if hot.cache is not None:
             hit = hot.cache.get(key)
             if hit is not None:
@@ -412,56 +419,62 @@ class Engine:
         # While a near-line refresh of this user is on its way, answer fresh but fast (the head
         # alone, no cross-encoder) and leave caching to the refresh.
         pending = hot.pending(user_id)
-        recs = self._compute(view, request, flt, cross_encoder=not pending)
+        recs = self._compute(view, request, flt, cons, cross_encoder=not pending)
         if hot.cache is not None and not pending:
             hot.cache.put(key, recs)
         hot.remember(user_id, request)
         return recs
 
-    def _cache_key(self, user_id: str, view: UserView | None, request: Request) -> str:
+    def constraints(self, instruction: str) -> Constraints:
+        """What ``instruction`` states, on this catalog: the filter, categories and phrases
+        :meth:`recommend` applies (:func:`~recsieve.engine.constraints.parse_instruction`)."""
+        self.catch_up()
+        return self._pipeline.constraints(instruction)
+
+    def _cache_key(self, user_id: str, view: UserView | None, request: Request, effective: Filter | None) -> str:
+        """The result key; the filter in it is the effective one (the caller's and the instruction's)."""
+        k, instruction, _ = request
         return HotUsers.key(user_id, 0 if view is None else view.version, self.catalog.version,
-                            self._slot.current().version, request)
+                            self._slot.current().version, (k, instruction, effective.text if effective else None))
 
     def _refresh(self, user_id: str, request: Request) -> tuple[str, list[Recommendation]]:
         """Near-line job: recompute one of a hot user's requests; the key is taken before computing."""
         view = self.users.get(user_id)
-        key = self._cache_key(user_id, view, request)
-        return key, self._compute(view, request, parse_filter(request[2]), cross_encoder=True)
+        flt, cons = parse_filter(request[2]), self._pipeline.constraints(request[1])
+        key = self._cache_key(user_id, view, request, both(flt, cons.filter))
+        return key, self._compute(view, request, flt, cons, cross_encoder=True)
 
-    def _compute(self, view: UserView | None, request: Request, flt: Filter | None, *,
+    def _compute(self, view: UserView | None, request: Request, flt: Filter | None, cons: Constraints, *,
                  cross_encoder: bool) -> list[Recommendation]:
         k, instruction, _ = request
         pipe = self._pipeline
         inst_vec = self.embed_text(instruction, "instruction") if instruction is not None else None
-        recalled = pipe.recall(view, max(self.config.recall_n, k), inst_vec, flt)
-        cands = recalled.cands
-        if len(cands) == 0:
-            return []
-        final = pipe.order(view, recalled, instruction, cross_encoder=cross_encoder)
+        rows, final, recall, inside = pipe.ranked(view, max(self.config.recall_n, k), k, inst_vec, instruction, flt,
+                                                  cons, cross_encoder=cross_encoder)
         out: list[Recommendation] = []
-        for i in np.argsort(-final, kind="stable").tolist():
-            row = int(cands.rows[i])
+        for i, row in enumerate(rows.tolist()):
             if not self.catalog.is_live(row):  # removed while this request ran
                 continue
-            out.append(pipe.explain(view, inst_vec, row, float(final[i]), float(cands.scores[i]), len(out) + 1,
-                                    instruction))
+            out.append(pipe.explain(view, inst_vec, row, float(final[i]), float(recall[i]), len(out) + 1,
+                                    instruction, constraints=cons, in_category=bool(inside[i])))
             if len(out) == k:
                 break
         return out
 
     def rank(self, view: UserView | None, n: int | None = None, *, instruction: str | None = None,
              filters: Filters = None, rerank: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Both stages for a user view, no cache: ``(rows, final scores)`` of all recalled candidates, best first.
+        """Both stages for a user view, no cache: ``(rows, final scores)`` of all recalled candidates, best first,
+        under the instruction's constraints as :meth:`recommend` applies them (its categories first,
+        others only filling up to ``n``).
 
         ``rerank=False`` gives the recall-only ordering. Used by evaluation and benchmarks.
         """
-        recalled = self.recall_stage(view, n, instruction=instruction, filters=filters)
-        cands = recalled.cands
-        if len(cands) == 0:
-            return cands.rows, cands.scores
-        final = self.order_stage(view, recalled, instruction, rerank=rerank)
-        order = np.argsort(-final, kind="stable")
-        return cands.rows[order], final[order].astype(np.float32)
+        self.catch_up()
+        n = n or self.config.recall_n
+        inst = self.embed_text(instruction, "instruction") if instruction is not None else None
+        rows, final, _, _ = self._pipeline.ranked(view, n, n, inst, instruction, parse_filter(filters),
+                                                  self._pipeline.constraints(instruction), rerank=rerank)
+        return rows, final
 
     def features(self, view: UserView | None, recalled: Recalled) -> np.ndarray:
         """The ranking head's features of recalled candidates (see :mod:`recsieve.engine.ranker`)."""

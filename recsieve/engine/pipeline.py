@@ -4,22 +4,27 @@ Recall fuses the channels' candidate lists (:mod:`recsieve.engine.recall`); the 
 reads the serving model (:mod:`recsieve.engine.models`): a ranking head over recall's
 features, blended with a cross-encoder's score by :func:`~recsieve.engine.ranker.blend_scores`
 (the same function training fits the weight through), or a bare cross-encoder, or recall
-order. Everything here reads state; nothing writes it.
+order. A request's stated constraints (:mod:`recsieve.engine.constraints`) narrow both:
+:meth:`Pipeline.ranked` recalls under its price/year filter and within its named categories,
+filling up from outside them only when too few match. Everything here reads state; nothing
+writes it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from recsieve.engine.cache import ScoreCache
+from recsieve.engine.constraints import CategoryVocabulary, Constraints, both, parse_instruction
 from recsieve.engine.context import ContextChannel
 from recsieve.engine.models import ModelSlot, ServingModel
 from recsieve.engine.ranker import RankingHead, blend_scores, candidate_features, feature_names
@@ -68,6 +73,11 @@ class Pipeline:
         self.scores = score_cache
         self._texts: OrderedDict[str, np.ndarray] = OrderedDict()
         self._reranker_missing_logged = False
+        # the catalog's category vocabulary and parsed requests, for one catalog state at a time
+        self._parse_lock = threading.Lock()
+        self._parse_state: tuple[object, int] | None = None
+        self._vocab: CategoryVocabulary | None = None
+        self._parsed: OrderedDict[str, Constraints] = OrderedDict()
 
     # -- query ---------------------------------------------------------------------------
 
@@ -85,6 +95,35 @@ class Pipeline:
             while len(self._texts) > 1024:
                 self._texts.popitem(last=False)
         return vec
+
+    def constraints(self, instruction: str | None) -> Constraints:
+        """What ``instruction`` asks for on this catalog (:func:`~recsieve.engine.constraints.parse_instruction`
+        over the store's field kinds and the catalog's categories). The category vocabulary is built
+        once per catalog version (on the first request that needs it), and parsed requests are
+        cached until the catalog changes."""
+        if instruction is None:
+            return Constraints()
+        catalog = self.store.catalog
+        state = (catalog, catalog.version)  # read before the catalog is: a change meanwhile rebuilds next time
+        key = " ".join(instruction.split())
+        with self._parse_lock:
+            if self._parse_state is None or self._parse_state[0] is not state[0] or self._parse_state[1] != state[1]:
+                self._parse_state, self._vocab = state, None
+                self._parsed.clear()
+            hit = self._parsed.get(key)
+            if hit is not None:
+                self._parsed.move_to_end(key)
+                return hit
+            if self._vocab is None:
+                self._vocab = CategoryVocabulary(c for item in catalog for c in item.categories)
+            vocab = self._vocab
+        parsed = parse_instruction(key, fields=dict(self.store.field_kinds), categories=vocab)
+        with self._parse_lock:
+            if self._parse_state is not None and self._parse_state[0] is state[0] and self._parse_state[1] == state[1]:
+                self._parsed[key] = parsed
+                while len(self._parsed) > 1024:
+                    self._parsed.popitem(last=False)
+        return parsed
 
     def query_vector(self, view: UserView | None, instruction: np.ndarray | None) -> np.ndarray | None:
         """The vector channel's query: long-term profile + short-term vector + instruction."""
@@ -109,10 +148,11 @@ class Pipeline:
 
     def recall(self, view: UserView | None, n: int, instruction: np.ndarray | None, flt: Filter | None,
                channels: Sequence[RecallChannel] | None = None, now: float | None = None,
-               model: ServingModel | None = None) -> Recalled:
+               model: ServingModel | None = None, categories: Collection[str] = ()) -> Recalled:
         """Recall with the store's channels (or ``channels``, e.g. statistics that leave a step out),
         plus the behaviour index's channel when the serving model (or ``model``) has a context
-        encoder. ``now``: the request's time (default: the clock), which the encoder reads as ages."""
+        encoder. ``now``: the request's time (default: the clock), which the encoder reads as ages.
+        ``categories``: when given, only items in one of them (case-insensitively) are recalled."""
         cfg = self.store.config
         channels = list(self.store.channels if channels is None else channels)
         weights = list(cfg.channel_weights)
@@ -122,11 +162,18 @@ class Pipeline:
             weights.append(cfg.context_weight)
         exclude = view.consumed if (view is not None and cfg.exclude_consumed) else frozenset()
         catalog = self.store.catalog
+        wanted = frozenset(c.lower() for c in categories)
 
         def accept(row: int) -> bool:
             if not catalog.is_live(row):
                 return False
-            return flt is None or flt.matches(catalog.metadata(row))
+            try:
+                item = catalog.item_at(row)
+            except UnknownItemError:  # removed meanwhile
+                return False
+            if wanted and not any(c.lower() in wanted for c in item.categories):
+                return False
+            return flt is None or flt.matches(item.metadata)
 
         request = RecallRequest(
             n=n,
@@ -194,6 +241,44 @@ class Pipeline:
         final[m:] = scores.min() - 1.0 - np.arange(n - m, dtype=np.float32) if m else recall_part[m:]
         return final
 
+    def ranked(self, view: UserView | None, n: int, k: int, instruction_vec: np.ndarray | None,
+               instruction: str | None, flt: Filter | None, constraints: Constraints, *, rerank: bool = True,
+               cross_encoder: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Recall ``n`` and order them under a request's constraints: ``(rows, final scores, recall
+        scores, in_category)``, best first.
+
+        Recall runs under ``flt`` and the constraints' filter together (both must hold) and, when
+        the request names categories, only within them. If that leaves fewer than ``k`` items, a
+        second recall without the categories (same filter) fills up after them, its scores shifted
+        below theirs; ``in_category`` is ``False`` for those."""
+        flt = both(flt, constraints.filter)
+        rows, final, recall = self._ranked_once(view, n, instruction_vec, instruction, flt, constraints.categories,
+                                                rerank, cross_encoder)
+        inside = np.ones(len(rows), dtype=bool)
+        if constraints.categories and len(rows) < k:
+            more, more_final, more_recall = self._ranked_once(view, n, instruction_vec, instruction, flt, (), rerank,
+                                                              cross_encoder)
+            new = ~np.isin(more, rows)
+            more, more_final, more_recall = more[new], more_final[new], more_recall[new]
+            if len(more):
+                floor = float(final.min()) - 1.0 if len(final) else 0.0
+                more_final = (more_final - more_final.max() + floor).astype(np.float32)
+                rows, final = np.concatenate([rows, more]), np.concatenate([final, more_final])
+                recall = np.concatenate([recall, more_recall])
+                inside = np.concatenate([inside, np.zeros(len(more), dtype=bool)])
+        return rows, final, recall, inside
+
+    def _ranked_once(self, view: UserView | None, n: int, instruction_vec: np.ndarray | None, instruction: str | None,
+                     flt: Filter | None, categories: Collection[str], rerank: bool,
+                     cross_encoder: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        recalled = self.recall(view, n, instruction_vec, flt, categories=categories)
+        cands = recalled.cands
+        if len(cands) == 0:
+            return cands.rows, np.empty(0, np.float32), cands.scores
+        final = self.order(view, recalled, instruction, rerank=rerank, cross_encoder=cross_encoder)
+        order = np.argsort(-final, kind="stable")
+        return cands.rows[order], final[order].astype(np.float32), cands.scores[order]
+
     def _head_order(self, view: UserView | None, recalled: Recalled, instruction: str | None,
                     head: RankingHead, reranker: Reranker | None, version: str) -> np.ndarray:
         fast = head.score(self.features(view, recalled))
@@ -243,8 +328,13 @@ class Pipeline:
     # -- explain -------------------------------------------------------------------------
 
     def explain(self, view: UserView | None, inst_vec: np.ndarray | None, row: int, score: float,
-                recall_score: float, rank: int, instruction: str | None) -> Recommendation:
-        """A :class:`Recommendation` with a short reason: the closest recent event, the request, or popularity."""
+                recall_score: float, rank: int, instruction: str | None, *, constraints: Constraints | None = None,
+                in_category: bool = True) -> Recommendation:
+        """A :class:`Recommendation` with a short reason: the closest recent event, the request, or popularity.
+
+        With ``constraints`` (what the request asked for and the answer was held to), the reason
+        starts with the request and what was applied: ``matches your request '…' (kitchen; price
+        under 50)``, followed by the closest recent event when that was closer than the request."""
         vectors, catalog = self.store.vectors, self.store.catalog
         vec = vectors[row]
         pop = next((c for c in self.store.channels if isinstance(c, PopularityChannel)), None)
@@ -261,4 +351,7 @@ class Pipeline:
             sim = float(vec @ inst_vec)
             if sim >= best:
                 reason = f"matches your request {instruction!r}"
+        if constraints:
+            applied = f"matches your request {instruction!r} ({constraints.describe(in_category)})"
+            reason = applied if reason.startswith("matches your request") else f"{applied}; also {reason}"
         return Recommendation(catalog.item_id(row), score, recall_score, rank, reason)
