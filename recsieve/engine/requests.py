@@ -60,5 +60,6 @@ def request_for(item: Item, rng: np.random.Generator) -> Request | None:
         return None
     field, value = options[int(rng.integers(len(options)))]
     templates = _CATEGORY if field == "category" else _DECADE
-    shown = str(value).lower() if field == "category" else str(value)[-2:] if int(value) < 2000 else str(value)
+    # decades in two digits only where that is unambiguous ("the 90s"; "the 1910s", "the 2000s")
+    shown = str(value).lower() if field == "category" else str(value)[-2:] if 1920 <= int(value) < 2000 else str(value)
     return Request(templates[int(rng.integers(len(templates)))].format(v=shown), field, value)
