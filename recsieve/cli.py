@@ -177,8 +177,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             names = ", ".join(engine.catalog.get(i).title for i in clicks)
             print(f"\nafter clicks on {names}:")
             _show(engine, user)
-            print("\nsame user, instruction 'something for the kitchen, under $50', filter in_stock == true:")
-            _show(engine, user, instruction="something for the kitchen, under $50", filters="in_stock == true and price < 50")
+            request = "something for the kitchen, under $50"
+            print(f"\nsame user, request {request!r} (read as: kitchen first, price < 50):")
+            _show(engine, user, instruction=request)
+            request = "a toy between $10 and $30"
+            print(f"\nsame user, request {request!r}, filter in_stock == true (both hold):")
+            _show(engine, user, instruction=request, filters="in_stock == true")
     return 0
 
 
