@@ -12,11 +12,17 @@ where the CPU has AMX, and a short linear warmup (2% of the run) before the cons
 
 ``threads`` sets torch's intra-op threads only while this model fits or scores; randomness is
 seeded inside a forked RNG, so the caller's global torch RNG is left as it was.
+
+It is a :class:`~recsieve.evaluation.model_cache.CacheableScorer`: what is cached is the
+trained model's folder (:meth:`~recsieve.context.ContextModel.save`) and the training history.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,6 +102,8 @@ class SASRec:
         self._model = None
         #: What the last ``fit`` did: epochs (fractional if the budget cut one short), seconds, losses.
         self.history: dict[str, object] = {}
+        #: Whether the model was loaded from the model cache instead of trained (``load_fitted``).
+        self.from_cache = False
 
     @property
     def time_budget(self) -> float | None:
@@ -144,6 +152,36 @@ class SASRec:
             seqs, int(n_items), None, settings=settings, config=config
         )
         self._model.threads = self.threads
+        self.from_cache = False
+
+    # -- the model cache (recsieve.evaluation.model_cache.CacheableScorer) -----------------
+
+    def cache_settings(self) -> dict[str, Any]:
+        """Every setting the trained weights depend on (budget and threads too: they decide how far
+        training gets)."""
+        return {"kind": "sasrec", "hidden": self.hidden, "blocks": self.blocks, "heads": self.heads,
+                "max_len": self.max_len, "dropout": self.dropout, "lr": self.lr, "batch_size": self.batch_size,
+                "epochs": self.epochs, "budget_s": self.budget_s, "bf16": self.bf16, "schedule": self.schedule,
+                "valid_users": self.valid_users, "patience": self.patience, "seed": self.seed,
+                "threads": self.threads, "device": self.device}
+
+    def save_fitted(self, folder: Path) -> None:
+        """The model folder (``model/``) and the training history (``history.json``)."""
+        if self._model is None:
+            raise ModelNotTrainedError(f"{self.name}: call fit() first")
+        self._model.save(Path(folder) / "model")
+        (Path(folder) / "history.json").write_text(json.dumps(self.history, default=str), encoding="utf-8")
+
+    def load_fitted(self, folder: Path, train_sequences: Sequence[np.ndarray], n_items: int) -> None:
+        """Load the model a previous ``fit`` saved with :meth:`save_fitted` instead of training."""
+        from recsieve.context.model import ContextModel
+
+        model = ContextModel.load(Path(folder) / "model", threads=self.threads)
+        if model.n_items != n_items:
+            raise InvalidInputError("n_items", n_items, f"the cached model ranks {model.n_items} items")
+        self._model = model
+        self.history = json.loads((Path(folder) / "history.json").read_text(encoding="utf-8"))
+        self.from_cache = True
 
     def score(self, contexts: Sequence[np.ndarray]) -> np.ndarray:
         """Next-item scores float32 ``(len(contexts), n_items)`` from the last ``max_len`` items."""

@@ -10,8 +10,11 @@ the recalled candidates score ``-inf`` (counted as ties below every candidate).
 
 from __future__ import annotations
 
+import json
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from recsieve.engine.config import EngineConfig
 from recsieve.engine.engine import Engine
 from recsieve.errors import InvalidInputError
 from recsieve.evaluation.datasets import Dataset
+from recsieve.evaluation.model_cache import embedder_id
 from recsieve.rerankers.base import Reranker
 from recsieve.types import Event
 from recsieve.vectors import normalize
@@ -70,6 +74,10 @@ class EngineSystem:
     (:func:`~recsieve.training.train_engine_ranker`; with ``cross_encoder=True`` a
     cross-encoder too, on ``ce_users`` users) and serves it in ``tier``; its report lands in
     ``train_report``.
+
+    A trained one is a :class:`~recsieve.evaluation.model_cache.CacheableScorer`: its model
+    folder(s) and report are what is cached; loading rebuilds the engine (catalog, events) and
+    serves the cached folder without training. ``from_cache`` says whether the last fit loaded.
     """
 
     def __init__(self, dataset: Dataset, *, name: str = "recsieve", config: EngineConfig | None = None,
@@ -95,8 +103,17 @@ class EngineSystem:
         self.engine: Engine | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._rows: np.ndarray | None = None
+        self.from_cache = False
 
     def fit(self, train_sequences: Sequence[np.ndarray], n_items: int) -> None:
+        self._build(train_sequences, n_items)
+        if self.context:
+            self._train_context()
+        elif self.train_ranker:
+            self._train_ranker()
+
+    def _build(self, train_sequences: Sequence[np.ndarray], n_items: int) -> None:
+        """A fresh engine in a temporary folder: the dataset's items, the training sequences as events."""
         if n_items != self.dataset.n_items:
             raise InvalidInputError("n_items", n_items, f"expected {self.dataset.n_items}")
         self.close()
@@ -114,25 +131,25 @@ class EngineSystem:
                 self.engine.record(events)
                 events = []
         self.engine.record(events)
-        if self.context:
-            self._train_context()
-        elif self.train_ranker:
-            from recsieve.training import train_engine_ranker
+        self.from_cache = False
 
-            model = Path(self._tmp.name) / "model"
-            ce = None
-            if self.cross_encoder:
-                from functools import partial
+    def _train_ranker(self) -> None:
+        from recsieve.training import train_engine_ranker
 
-                from recsieve.training import train_engine_reranker
+        model = Path(self._tmp.name) / "model"
+        ce = None
+        if self.cross_encoder:
+            from functools import partial
 
-                ce = partial(train_engine_reranker, self.engine, users=self.ce_users, steps_per_user=CE_STEPS, lr=3e-4,
-                             progress=self.progress)
-            self.train_report = train_engine_ranker(self.engine, model, users=self.ranker_users,
-                                                    steps_per_user=self.ranker_steps,
-                                                    train_cross_encoder=ce, progress=self.progress)
-            self.engine.use_model(model, tier=self.tier)
-            self.model = model
+            from recsieve.training import train_engine_reranker
+
+            ce = partial(train_engine_reranker, self.engine, users=self.ce_users, steps_per_user=CE_STEPS, lr=3e-4,
+                         progress=self.progress)
+        self.train_report = train_engine_ranker(self.engine, model, users=self.ranker_users,
+                                                steps_per_user=self.ranker_steps,
+                                                train_cross_encoder=ce, progress=self.progress)
+        self.engine.use_model(model, tier=self.tier)
+        self.model = model
 
     def _train_context(self) -> None:
         from recsieve.training import train_engine
@@ -143,6 +160,44 @@ class EngineSystem:
         self.train_report = train_engine(self.engine, self.model, users=self.ranker_users,
                                          steps_per_user=self.ranker_steps, budget_s=self.context_budget_s,
                                          ablation_out=self.ablated_model, progress=self.progress)
+
+    # -- the model cache (recsieve.evaluation.model_cache.CacheableScorer) -----------------
+
+    def cache_settings(self) -> dict[str, Any] | None:
+        """What the trained model depends on besides the data and the split; ``None`` when nothing
+        is trained (recall only) or a re-ranker object was given (it cannot be named in a key)."""
+        if not (self.context or self.train_ranker) or self.reranker is not None:
+            return None
+        return {"kind": "engine", "config": asdict(self.config), "embedder": embedder_id(self.embedder),
+                "rerank": self.rerank, "context": self.context, "context_budget_s": self.context_budget_s,
+                "ablation": self.ablation, "train_ranker": self.train_ranker, "cross_encoder": self.cross_encoder,
+                "tier": self.tier, "ranker_users": self.ranker_users, "ranker_steps": self.ranker_steps,
+                "ce_users": self.ce_users, "ce_steps": CE_STEPS, "step_seconds": STEP_SECONDS}
+
+    def save_fitted(self, folder: Path) -> None:
+        """The model folder (``model/``), the ablation's (``ablation/``), the training report."""
+        assert self.model is not None, "fit first"
+        shutil.copytree(self.model, folder / "model")
+        if self.ablated_model is not None:
+            shutil.copytree(self.ablated_model, folder / "ablation")
+        (folder / "train_report.json").write_text(json.dumps(self.train_report, default=str), encoding="utf-8")
+
+    def load_fitted(self, folder: Path, train_sequences: Sequence[np.ndarray], n_items: int) -> None:
+        """Build the engine as ``fit`` does, then serve a copy of the cached model folder."""
+        self._build(train_sequences, n_items)
+        try:
+            work = Path(self._tmp.name)
+            self.model = Path(shutil.copytree(folder / "model", work / "model"))
+            if self.ablation:
+                self.ablated_model = Path(shutil.copytree(folder / "ablation", work / "model-without-cross-encoder"))
+            self.train_report = json.loads((folder / "train_report.json").read_text(encoding="utf-8"))
+            if isinstance(self.train_report, dict) and "model" in self.train_report:
+                self.train_report["model"] = str(self.model)
+            self.engine.use_model(self.model, tier=None if self.context else self.tier)
+        except BaseException:
+            self.close()
+            raise
+        self.from_cache = True
 
     def view(self, ctx: np.ndarray):
         """The engine's view of a user whose history is ``ctx`` (dataset item indices, oldest first)."""
@@ -183,6 +238,11 @@ class EngineVariant:
     def __init__(self, base: EngineSystem, name: str, folder: Callable[[], Path | None]) -> None:
         self.base, self.name, self.folder = base, name, folder
 
+    @property
+    def from_cache(self) -> bool:
+        """Whether its base's model (and so this one) came from the model cache."""
+        return self.base.from_cache
+
     def fit(self, train_sequences: Sequence[np.ndarray], n_items: int) -> None:
         if self.base.engine is None or self.folder() is None:
             raise InvalidInputError("systems", self.name, f"list it after {self.base.name}, which trains its model")
@@ -212,6 +272,18 @@ class CachedEmbedder:
     @property
     def dim(self) -> int:
         return self.inner.dim
+
+    @property
+    def model_id(self) -> str:
+        """The inner embedder's id (see :func:`~recsieve.evaluation.model_cache.embedder_id`)."""
+        return embedder_id(self.inner)
+
+    def preload(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """Remember ``vectors`` (aligned with ``texts``) as these texts' embeddings."""
+        if len(texts) != len(vectors):
+            raise InvalidInputError("vectors", len(vectors), f"expected one per text ({len(texts)})")
+        for t, v in zip(texts, np.asarray(vectors, np.float32)):
+            self._cache[t] = v
 
     def embed(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
         todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
