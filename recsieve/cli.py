@@ -261,7 +261,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cross_encoder=args.cross_encoder, progress=not args.quiet,
         channel_weights=tuple(float(w) for w in args.channel_weights.split(",")) if args.channel_weights else None,
         context_budget_s=args.context_budget_s or None, sasrec_budget_s=args.sasrec_budget_s or None,
-        ranker_users=args.ranker_users or None,
+        ranker_users=args.ranker_users or None, cold_items=args.cold_items, cache_dir=args.cache_dir,
+        cache=not args.no_cache,
     )
     _write_json(args.json, report)
     return 0
@@ -429,6 +430,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "MiniLM cross-encoder (600 users, about 10 minutes on 2 cores) and fits its weight on held-out users")
     s.add_argument("--channel-weights", help="recall fusion weights for vector,transitions,popularity in the recsieve "
                    "systems (default: the engine's, 1.0,1.0,0.3); choose them on the validation stage, not on test")
+    s.add_argument("--cold-items", type=float, metavar="FRACTION",
+                   help="cold-item protocol: a seeded FRACTION (0 < f < 1) of the items is declared cold; their "
+                        "interactions are removed from training and from every context, they stay in the catalog "
+                        "with their text, and only users whose test target is cold are evaluated (ID-only systems "
+                        "such as sasrec score about 0 there by construction; text-zero-shot is the baseline to "
+                        "beat). Default: off")
+    s.add_argument("--cache-dir", metavar="DIR",
+                   help="where trained models (recsieve's, sasrec's) and the items' text vectors are cached, keyed "
+                        "by the data's fingerprint, the split, each system's settings and the recsieve version; a "
+                        "repeat of the same command loads them instead of training (default: "
+                        "$XDG_CACHE_HOME/recsieve/evaluate, else ~/.cache/recsieve/evaluate)")
+    s.add_argument("--no-cache", action="store_true", help="train everything and read or write no model cache")
     s.add_argument("--json", help="also write the report as JSON to this path")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_evaluate)

@@ -30,7 +30,7 @@ def test_evaluate_custom_dataset(tmp_path, capsys):
     out = tmp_path / "report.json"
     rc = main(["evaluate", "--dataset", "custom", "--data-dir", str(data), "--systems",
                "popularity,transitions,recsieve-recall", "--channel-weights", "0.1,1.0,0.0", "--quiet",
-               "--json", str(out)])
+               "--cache-dir", str(tmp_path / "cache"), "--json", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
     rows = {r["system"]: r for r in report["results"]}

@@ -17,7 +17,9 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
                    systems: str | list[str] = "popularity,transitions", cross_encoder: bool = False,
                    progress: bool = True, channel_weights: tuple[float, ...] | None = None,
                    context_budget_s: float | None = 1200.0, sasrec_budget_s: float | None = 1800.0,
-                   ranker_users: int | None = 2000) -> dict[str, Any]:
+                   ranker_users: int | None = 2000, cold_items: float | None = None,
+                   cache_dir: str | Path | None = None, cache: bool = True,
+                   embedder: Any | None = None) -> dict[str, Any]:
     """Load ``dataset`` from ``data_dir``, evaluate the named systems, print the table, return the report.
 
     ``recsieve`` is the whole engine: :func:`~recsieve.training.train_engine` trains its context
@@ -30,12 +32,26 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
     ``recsieve-recall`` recall alone. Every row gets its paired difference from ``recsieve``.
     ``cross_encoder=True`` adds the word-level MiniLM cross-encoder to ``recsieve-fast``'s
     ``full`` tier (tens of minutes on 2 cores).
+
+    ``cold_items=f`` runs the cold-item protocol (see :mod:`recsieve.evaluation.protocol`): a
+    seeded fraction ``f`` of the items never reaches training or a context, and only users whose
+    test target is cold are evaluated (ID-only systems score about 0 there by construction;
+    ``text-zero-shot`` is the baseline to beat).
+
+    ``cache`` (default on): trained models (recsieve's model folders, SASRec's weights) and the
+    items' text vectors are kept in ``cache_dir`` (default
+    :func:`~recsieve.evaluation.model_cache.default_cache_dir`), keyed by the data's
+    fingerprint, the split, each system's settings, the recsieve version and its training code, and a repeat of the
+    same command loads them instead of training; the report's ``cache`` says which systems came
+    from it. ``embedder``: the text embedder (default MiniLM; tests pass a small one).
     """
     from recsieve.embedding import SentenceTransformerEmbedder
     from recsieve.engine.config import EngineConfig
     from recsieve.evaluation.baselines import ItemKNN, Popularity, Transitions
     from recsieve.evaluation.datasets import load_dataset
     from recsieve.evaluation.harness import evaluate, format_table
+    from recsieve.evaluation.model_cache import ModelCache, cached_text_vectors, default_cache_dir
+    from recsieve.evaluation.protocol import check_cold_fraction
     from recsieve.evaluation.systems import (
         CachedEmbedder,
         EngineSystem,
@@ -47,14 +63,22 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
     for name in names:
         if name not in SYSTEMS:
             raise InvalidInputError("systems", name, f"unknown system; expected some of {SYSTEMS}")
+    if cold_items is not None:
+        cold_items = check_cold_fraction(cold_items, "--cold-items")
     data = load_dataset(dataset, data_dir)
     config = EngineConfig(index="flat", cache="none", refresh_threads=0)
     if channel_weights is not None:
         config = config.replace(channel_weights=channel_weights)
-    embedder = CachedEmbedder(SentenceTransformerEmbedder())
+    embedder = CachedEmbedder(embedder if embedder is not None else SentenceTransformerEmbedder())
+    models = ModelCache(cache_dir if cache_dir is not None else default_cache_dir()) if cache else None
     if "recsieve-without-cross-encoder" in names and "recsieve" not in names:
         raise InvalidInputError("systems", "recsieve-without-cross-encoder", "is the ablation of recsieve: list both")
     names.sort(key=lambda n: n == "recsieve-without-cross-encoder")  # after the system it ablates
+    text_vectors = None
+    if models is not None and any(n == "text-zero-shot" or n.startswith("recsieve") for n in names):
+        vectors, hit = cached_text_vectors(models, embedder, data.item_texts)  # every text system embeds them
+        embedder.preload(data.item_texts, vectors)
+        text_vectors = "from cache" if hit else "embedded and cached"
     built = []
     for name in names:
         if name == "popularity":
@@ -82,7 +106,9 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
         else:  # recsieve-fast
             built.append(EngineSystem(data, name=name, config=config, embedder=embedder, train_ranker=True,
                                       cross_encoder=cross_encoder, tier="full", progress=progress))
-    report = evaluate(data, built, users=users, seed=seed, progress=progress)
+    report = evaluate(data, built, users=users, seed=seed, progress=progress, cold_items=cold_items, cache=models)
+    if text_vectors is not None:
+        report["cache"]["text_vectors"] = text_vectors
     for system, row in zip(built, report["results"]):
         if isinstance(system, EngineSystem):
             if system.train_report is not None:

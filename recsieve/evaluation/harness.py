@@ -33,15 +33,24 @@ from recsieve.evaluation.metrics import (
     recall_coverage,
     top_k,
 )
-from recsieve.evaluation.protocol import Split, leave_one_out, training_sequences
+from recsieve.evaluation.model_cache import ModelCache, dataset_fingerprint, fit_cached
+from recsieve.evaluation.protocol import Split, cold_item_split, leave_one_out, training_sequences
 
-__all__ = ["evaluate", "evaluate_split", "format_table"]
+__all__ = ["evaluate", "evaluate_split", "format_table", "COLD_NOTE"]
+
+#: What a cold-item report says about the systems that read no item text.
+COLD_NOTE = ("cold items: every evaluated user's target is an item no system saw in training or in a context; "
+             "systems that learn from item IDs alone (popularity, item-knn, transitions, sasrec) find it no better "
+             "than chance by construction (a zero-count tie or an untrained embedding: about 0 on a real catalog); "
+             "text-zero-shot is the baseline to beat")
 
 
-def _protocol_text(exclude_history: bool) -> str:
-    return "leave-one-out, full ranking, " + (
-        "history excluded" if exclude_history else "history kept"
-    )
+def _protocol_text(exclude_history: bool, split: Split | None = None, stage: str = "test") -> str:
+    text = "leave-one-out, full ranking, " + ("history excluded" if exclude_history else "history kept")
+    if split is not None and split.cold is not None:
+        text += (f", cold items: {split.cold.size} of {split.n_items} items removed from training and contexts, "
+                 f"only users whose {stage} target is cold evaluated")
+    return text
 
 
 def evaluate(
@@ -58,6 +67,8 @@ def evaluate(
     batch_size: int = 256,
     progress: bool = True,
     reference: str = "recsieve",
+    cold_items: float | None = None,
+    cache: ModelCache | None = None,
 ) -> dict[str, Any]:
     """Fit each system on the training part of a leave-one-out split and rank for every user.
 
@@ -77,22 +88,45 @@ def evaluate(
     whose target is among its ``candidates(contexts, N)`` (``recall_source: "candidates"``);
     for any other scorer, HR@N of its full ranking (``"scores"``). ``users=N`` evaluates a
     seeded subset of N users; training always uses every kept user's training part.
+
+    ``cold_items=f`` (0 < f < 1) runs the cold-item protocol
+    (:func:`~recsieve.evaluation.protocol.cold_item_split`): a seeded fraction ``f`` of the
+    items never reaches training or a context, and only users whose target is one of them are
+    evaluated; the report adds ``cold_items`` (f), ``cold_item_count``, ``cold_target_users``
+    and ``notes``.
+
+    ``cache``: load trained systems from this :class:`~recsieve.evaluation.model_cache.ModelCache`
+    when an entry for the same data, split, system and settings is there, and store the ones
+    trained; every row gets ``from_cache`` and the report ``cache`` (its folder, the systems
+    that came from it).
     """
     if not systems:
         raise InvalidInputError("systems", systems, "give at least one scorer")
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
         raise InvalidInputError("systems", names, "system names must be unique")
-    split = leave_one_out(dataset, min_len=min_len, users=users, seed=seed)
-    report = {
+    if cold_items is None:
+        split = leave_one_out(dataset, min_len=min_len, users=users, seed=seed)
+    else:
+        split = cold_item_split(dataset, cold_items, stage=stage, min_len=min_len, users=users, seed=seed)
+    cache_parts = None
+    if cache is not None:
+        cache_parts = {"dataset": dataset.name, "data": dataset_fingerprint(dataset),
+                       "split": {"users": users, "seed": seed, "stage": stage, "min_len": min_len,
+                                 "cold_items": cold_items}}
+    report: dict[str, Any] = {
         "dataset": dataset.name,
         "users": split.n_users,
         "items": dataset.n_items,
-        "protocol": _protocol_text(exclude_history),
+        "protocol": _protocol_text(exclude_history, split, stage),
         "stage": stage,
         "seed": seed,
         "min_len": min_len,
-        "results": [
+    }
+    if split.cold is not None:
+        report.update({"cold_items": cold_items, "cold_item_count": int(split.cold.size),
+                       "cold_target_users": split.n_users, "notes": [COLD_NOTE]})
+    report["results"] = [
             evaluate_split(
                 split,
                 system,
@@ -103,10 +137,14 @@ def evaluate(
                 batch_size=batch_size,
                 progress=progress,
                 per_user=True,
+                cache=cache,
+                cache_parts=cache_parts,
             )
             for system in systems
-        ],
-    }
+        ]
+    if cache is not None:
+        report["cache"] = {"dir": str(cache.root),
+                           "from_cache": [r["system"] for r in report["results"] if r.get("from_cache")]}
     paired_against(report, reference, seed=seed)
     return report
 
@@ -122,9 +160,15 @@ def evaluate_split(
     batch_size: int = 256,
     progress: bool = True,
     per_user: bool = False,
+    cache: ModelCache | None = None,
+    cache_parts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fit ``system`` on ``training_sequences(split, stage)`` and return its result row
-    (with ``per_user``, also its per-user NDCG and HR under :data:`PER_USER`, for pairing)."""
+    (with ``per_user``, also its per-user NDCG and HR under :data:`PER_USER`, for pairing).
+
+    With ``cache`` (and ``cache_parts``: what besides the system names the training data: the
+    dataset, its fingerprint, the split), a cacheable system is loaded from it when it can be
+    (:func:`~recsieve.evaluation.model_cache.fit_cached`); the row then says ``from_cache``."""
     if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
         raise InvalidInputError("ks", ks, "give positive integer cut-offs")
     if isinstance(recall_n, bool) or not isinstance(recall_n, int) or recall_n < 1:
@@ -133,7 +177,7 @@ def evaluate_split(
         raise InvalidInputError("batch_size", batch_size, "must be positive")
     n_items = split.n_items
     start = time.perf_counter()
-    system.fit(training_sequences(split, stage), n_items)
+    from_cache = fit_cached(system, training_sequences(split, stage), n_items, cache, cache_parts or {})
     fit_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -171,6 +215,8 @@ def evaluate_split(
     row["recall_source"] = "candidates" if two_stage else "scores"
     row["fit_seconds"] = round(fit_seconds, 3)
     row["eval_seconds"] = round(time.perf_counter() - start, 3)
+    if cache is not None:
+        row["from_cache"] = bool(from_cache or getattr(system, "from_cache", False))
     if per_user:
         row[PER_USER] = {key: np.concatenate(parts) if parts else np.zeros(0) for key, parts in paired.items()}
     return row
@@ -212,6 +258,9 @@ def format_table(report: dict[str, Any]) -> str:
         f"{report['dataset']}: {report['users']} users, {report.get('items', '?')} items, "
         f"{report['protocol']}, stage {report.get('stage', 'test')}, seed {report['seed']}"
     )
+    if "cold_target_users" in report:
+        title += (f"\ncold items: {report['cold_items']:g} of the catalog ({report['cold_item_count']} items); "
+                  f"{report['cold_target_users']} users whose target is cold")
     lines = [
         title,
         "  ".join(
@@ -233,4 +282,8 @@ def format_table(report: dict[str, Any]) -> str:
                 parts = [f"{m} {g['mean']:+.4f} [{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]"
                          for m, g in gains.items() if g.get("mean") is not None]
                 lines.append(f"{r['system']} - {key[3:]} (paired, 95% CI): " + "; ".join(parts))
+    if "cache" in report:
+        hits = report["cache"]["from_cache"]
+        lines.append(f"from the model cache ({report['cache']['dir']}): {', '.join(hits) if hits else 'none'}")
+    lines.extend(f"note: {n}" for n in report.get("notes", ()))
     return "\n".join(lines)
