@@ -203,7 +203,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with Engine.open(args.dir) as engine:
         report = train_engine(
             engine, args.out, events, steps_per_user=args.steps_per_user, users=args.users or None,
-            epochs=args.epochs, budget_s=args.budget_s or None, scorer_users=args.scorer_users or None,
+            epochs=args.epochs, budget_s=args.budget_s or None, scorer_steps=args.scorer_steps,
             scorer_epochs=args.scorer_epochs, scorer_budget_s=args.scorer_budget_s or None,
             cross_encoder=not args.no_cross_encoder, dim=args.dim, max_len=args.max_len, seed=args.seed,
             progress=not args.quiet, switch=not args.no_switch, overwrite=args.overwrite,
@@ -211,8 +211,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.no_switch:
             engine.save()
     enc, head = report["encoder"], report["head"]
+    held = enc.get("best_valid_ndcg10")
+    held_text = "n/a (too few users to hold some out)" if held is None else f"{held:.4f}"
     print(f"saved {report['model']} in {report['seconds']:.0f}s: context encoder on {report['encoder_users']} users "
-          f"({enc.get('epochs', 0):.1f} epochs, best held-out NDCG@10 {enc.get('best_valid_ndcg10', 0):.4f}); "
+          f"({enc.get('epochs', 0):.1f} epochs, best held-out NDCG@10 {held_text}); "
           f"candidate scorer on {report.get('scorer_examples', 0)} examples; ranking head on "
           f"{head['train_examples']} steps, held-out NDCG@10 {head['valid_ndcg@10_recall_order']:.4f} (recall order) "
           f"-> {head['valid_ndcg@10_head']:.4f} (head)")
@@ -354,8 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=200, help="context encoder: epochs at most (default 200)")
     s.add_argument("--dim", type=int, default=64, help="context encoder: token and hidden size (default 64)")
     s.add_argument("--max-len", type=int, default=200, help="context encoder: events read per user (default 200)")
-    s.add_argument("--scorer-users", type=int, default=2000,
-                   help="candidate scorer: seeded sample of users, 0 for all (default 2000)")
+    s.add_argument("--scorer-steps", type=int, default=2,
+                   help="candidate scorer: each user's steps it learns from, held out from the encoder and "
+                        "taken just before the head's (default 2)")
     s.add_argument("--scorer-epochs", type=int, default=2, help="candidate scorer: epochs (default 2)")
     s.add_argument("--scorer-budget-s", type=float, default=300.0,
                    help="candidate scorer: training time budget in seconds, 0 for none (default 300)")

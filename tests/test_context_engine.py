@@ -135,6 +135,36 @@ def test_the_behaviour_channel_reads_the_sequence_not_just_the_last_item(trained
         eng.close()
 
 
+def test_the_context_weight_is_chosen_on_held_out_steps_and_serving_fuses_with_it(trained, tmp_path):
+    from recsieve.context import ContextModel
+    from recsieve.training.fusion import WEIGHT_GRID
+
+    root, report = trained
+    fusion = report["fusion"]
+    best = max(fusion["tried"], key=lambda r: (r["coverage"], r["mrr"], -r["weight"]))
+    assert fusion["context_weight"] == best["weight"] and best["weight"] in WEIGHT_GRID
+    assert ContextModel.load(root / "model" / CONTEXT_DIR).settings.extra["recall_weight"] == best["weight"]
+    eng = _open(root, tmp_path)
+    try:
+        runtime = eng.serving_model.context
+        assert runtime.fusion_weight(-1.0) == best["weight"]  # the model's, not the config's
+        history = ["bravo-0", "alpha-1"]
+        view = eng.history_view([eng.catalog.row(i) for i in history], times=1e6 + 60.0 * np.arange(2))
+
+        def fused_top(weight):
+            runtime.model.settings.extra["recall_weight"] = weight
+            rec = eng.recall_stage(view, now=1e6 + 120.0)
+            lists = {ch.name: lst for ch, lst in zip(rec.channels, rec.lists)}
+            return rec.cands.rows[:3].tolist(), lists["context"].rows[:3].tolist()
+
+        fused, context = fused_top(1e6)  # overwhelming weight: recall's order is the channel's
+        assert fused == context
+        fused, context = fused_top(0.0)  # no weight: the channel's top item is not first by its grace
+        assert fused != context
+    finally:
+        eng.close()
+
+
 def test_a_cold_item_is_recallable_at_once_from_text(trained, tmp_path):
     root, _ = trained
     eng = _open(root, tmp_path)

@@ -69,6 +69,23 @@ def test_cold_item_is_recallable_from_text_alone():
     assert int((other > other[40]).sum()) >= 10
 
 
+def test_item_absent_from_training_gets_its_token_from_text_alone():
+    """An item in the catalog that no training sequence holds would only be pushed down as a
+    negative: it gets no ID residual, so a textually close context still recalls it."""
+    centers, text, seqs = _clusters()
+    held = 5  # in cluster 0, never in training
+    seqs = [s[s != held] for s in seqs]
+    settings = ContextSettings(n_warm=40, text_dim=16, dim=32, max_len=8, dropout=0.0, adapter_hidden=32)
+    model, hist = fit_context_model(seqs, 40, text, settings=settings, config=_cfg(epochs=30))
+    assert hist["items_without_id"] == 1
+    assert float(model.tower.ids.weight[held].abs().sum()) == 0.0
+    with torch.no_grad():
+        from_text = model.tower.adapter(torch.from_numpy(text[held : held + 1]))[0].numpy()
+    np.testing.assert_allclose(model.item_vectors()[held], from_text, atol=1e-6)
+    scores = model.score_items([np.array([1, 4, 7, 2])])[0]
+    assert int((scores > scores[held]).sum()) < 10  # among its own cluster's items
+
+
 @pytest.fixture(scope="module")
 def with_scorer(planted):
     model, _ = planted

@@ -151,7 +151,7 @@ def test_cli_train_writes_one_folder_with_the_context_model_and_serves_it(traine
     shutil.copytree(root / "engine", path)
     report = tmp_path / "train.json"
     rc = main(["train", str(path), "--events", str(root / "events.jsonl"), "--epochs", "3", "--dim", "16",
-               "--max-len", "8", "--scorer-users", "30", "--scorer-epochs", "1", "--users", "0",
+               "--max-len", "8", "--scorer-steps", "1", "--scorer-epochs", "1", "--users", "0",
                "--steps-per-user", "1", "--quiet", "--json", str(report)])
     assert rc == 0
     written = json.loads(report.read_text())

@@ -138,7 +138,7 @@ def _train_context(engine: Engine, pop: SyntheticUsers, cfg: dict[str, Any], see
     # one held-out step per user: the head learns from each sampled user's last step
     report = train_engine(engine, workdir / "model", steps_per_user=1, users=cfg["context_head_users"],
                           encoder=encoder, dim=CONTEXT_DIM, max_len=CONTEXT_MAX_LEN,
-                          scorer_users=cfg["context_users"], scorer_epochs=2, scorer_budget_s=budget / 2,
+                          scorer_steps=1, scorer_epochs=2, scorer_budget_s=budget / 2,
                           seed=seed, progress=False)
     runtime = engine.serving_model.context
     head = engine.ranking_head

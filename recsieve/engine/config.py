@@ -119,7 +119,8 @@ class EngineConfig:
     )
     exclude_consumed: bool = _setting(True, "recall", "Drop items the user already interacted with.")
     context_weight: float = _setting(
-        2.0, "recall", "Fusion weight of the behaviour index's channel (when the serving model has a context encoder)."
+        2.0, "recall", "Fusion weight of the behaviour index's channel, for a context model that carries none "
+        "(recsieve train chooses one on held-out steps and saves it with the model)."
     )
     # [rerank]
     reranker_model: str = _setting(

@@ -70,6 +70,12 @@ class ContextRuntime:
         runtime._index_rows(live)
         return runtime
 
+    def fusion_weight(self, default: float) -> float:
+        """The channel's reciprocal-rank fusion weight: the one chosen at training and saved with
+        the model (``settings.extra["recall_weight"]``), else ``default`` (the engine config's)."""
+        weight = self.model.settings.extra.get("recall_weight")
+        return float(weight) if isinstance(weight, (int, float)) and not isinstance(weight, bool) else default
+
     def _index_rows(self, rows: np.ndarray) -> None:
         if rows.size:
             tokens = self.model.item_vectors()[rows]

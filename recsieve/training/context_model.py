@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from recsieve.context.model import ContextModel, ContextSettings
 from recsieve.errors import InvalidInputError
+from recsieve.training.softmax import full_softmax_ce
 
 __all__ = [
     "TrainConfig",
@@ -42,6 +43,7 @@ __all__ = [
     "train_next_item",
     "fit_context_model",
     "fit_candidate_scorer",
+    "unseen_items",
     "ContextScorer",
 ]
 
@@ -249,8 +251,7 @@ def train_next_item(
                         h = task.hidden(table, inputs)[real]
                         tgt = targets[real]
                         if not sampled:
-                            logits = h @ table.T
-                            loss = F.cross_entropy(logits.float(), tgt)
+                            loss = full_softmax_ce(h, table, tgt)
                         else:
                             negs = torch.multinomial(q_t, cfg.n_negatives, replacement=True)
                             pos = (h * table[tgt]).sum(-1).float() - torch.log(q_t[tgt] * cfg.n_negatives)
@@ -326,11 +327,19 @@ def _evaluate(task: NextItemTask, ctx, tgt, max_len: int, bf16: bool) -> tuple[f
     return _ndcg10(np.concatenate(scores), tgt, ctx)
 
 
-def _tower_table(model: ContextModel, text: torch.Tensor | None) -> Callable:
+def _tower_table(model: ContextModel, text: torch.Tensor | None, cold: torch.Tensor | None) -> Callable:
     def table(rows: torch.Tensor | None) -> torch.Tensor:
-        return model.tower(text)
+        return model.tower(text, cold)
 
     return table
+
+
+def unseen_items(sequences: Sequence[np.ndarray], n_items: int) -> np.ndarray:
+    """bool ``(n_items,)``: the rows that occur in no training sequence (cold for the tower)."""
+    seen = np.zeros(n_items, bool)
+    for s in sequences:
+        seen[np.asarray(s, np.int64)] = True
+    return ~seen
 
 
 def fit_context_model(
@@ -357,17 +366,25 @@ def fit_context_model(
         if arr.shape != (n_items, settings.text_dim):
             raise InvalidInputError("text_vectors", arr.shape, f"expected ({n_items}, {settings.text_dim})")
         text = torch.from_numpy(arr)
+    # an item no training sequence holds would only ever be pushed down as a negative: it gets
+    # no ID residual (its token comes from text alone, like an item upserted after training)
+    cold = unseen_items(sequences, n_items) if settings.use_ids and text is not None else None
+    cold_t = None if cold is None or not cold.any() else torch.from_numpy(cold)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # initialisation is seeded too
         model = ContextModel(settings, threads=config.threads)
         encoder = model.encoder
         task = NextItemTask(
             modules=[model.tower, model.encoder],
-            table=_tower_table(model, text),
+            table=_tower_table(model, text, cold_t),
             hidden=lambda table, rows: encoder(table, rows),
             user=lambda table, rows: encoder.user(table, rows),
         )
     hist = train_next_item(task, sequences, n_items, settings.max_len, config)
+    if cold_t is not None:
+        with torch.no_grad():  # so that every later set_items() gives them text alone too
+            model.tower.ids.weight[cold_t] = 0.0
+        hist["items_without_id"] = int(cold_t.sum())
     model.set_items(None if text is None else text.numpy())
     return model, hist
 

@@ -23,6 +23,7 @@ from recsieve.intervals import paired_gain
 from recsieve.rerankers.training import TrainReport
 from recsieve.storage import replacing_folder
 from recsieve.training.examples import RankingGroup, engine_sequences, ranking_groups, save_replay
+from recsieve.training.fusion import tune_context_weight
 from recsieve.types import Event
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -190,6 +191,7 @@ def train_engine_ranker(
     blend_top: int = 20,
     blend_groups: int = 300,
     context: ContextModel | None = None,
+    tune_users: int = 400,
     ablate: tuple[str, str | Path] | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -211,7 +213,10 @@ def train_engine_ranker(
 
     ``context``: a trained context model (:mod:`recsieve.training.context_model`), saved into the
     folder; recall then runs with its behaviour index and the head reads its two scores (the
-    encoder's and the candidate scorer's), so the head stacks them with recall's features.
+    encoder's and the candidate scorer's), so the head stacks them with recall's features; before
+    the head's examples are built, the context channel's fusion weight is chosen on ``tune_users``
+    users' held-out steps (:func:`~recsieve.training.fusion.tune_context_weight`; 0: keep the
+    engine config's ``context_weight``) and saved with the model.
     """
     t0 = time.perf_counter()
     out_path = Path(out).expanduser().absolute()
@@ -235,10 +240,17 @@ def train_engine_ranker(
             return None if request is None else request.text
 
     with replacing_folder(out_path) as work:
-        model = None
+        model, fusion = None, None
         if context is not None:
             context.save(work / CONTEXT_DIR)
             model = engine.load_model(work)  # recall with its behaviour index, features with its scores
+            if tune_users:
+                weight, table = tune_context_weight(engine, sequences, model, steps_per_user=steps_per_user,
+                                                    users=tune_users, seed=seed)
+                for settings in (context.settings, model.context.model.settings):
+                    settings.extra["recall_weight"] = weight
+                context.save(work / CONTEXT_DIR)  # the weight travels with the model
+                fusion = {"context_weight": weight, "tried": table}
         groups, tried = ranking_groups(engine, sequences, users=users, steps_per_user=steps_per_user, seed=seed,
                                        progress=progress, instruction_for=instruction_for, model=model)
         train, valid = _split_users(groups, valid_fraction, seed)
@@ -257,6 +269,8 @@ def train_engine_ranker(
             "valid_ndcg@10_recall_order": _mean_ndcg([_recall_order(g) for g in valid], valid),
             "valid_ndcg@10_head": _mean_ndcg(head_scores, valid),
         }
+        if fusion is not None:
+            report["fusion"] = fusion
         if train_cross_encoder is not None:
             from recsieve.rerankers.cross_encoder import CrossEncoderReranker
 

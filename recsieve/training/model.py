@@ -2,12 +2,13 @@
 
 1. **Item tower + context encoder** (:func:`~recsieve.training.context_model.fit_context_model`):
    next-item cross-entropy over the catalog's item tokens on every user's positive steps
-   *before* the steps the head will learn from, so the head later reads the encoder's scores
-   on targets the encoder never trained on (no label leaks into a stacked feature).
+   *before* the steps the scorer and the head learn from, so both later read the encoder's
+   scores on targets it never trained on (no label leaks into a stacked feature).
 2. **Candidate scorer** (the fine sieve's cross-encoder,
    :func:`~recsieve.training.context_model.fit_candidate_scorer`): listwise over candidates
-   for each user's last such step — the encoder's own top ``recall_n`` (the behaviour index's
-   channel is the largest share of recall), the target among them.
+   on each user's ``scorer_steps`` steps after the encoder's (held out from it) -- the
+   encoder's own top ``recall_n`` (the behaviour index's channel is the largest share of
+   recall), the target put among them where the encoder missed it.
 3. **Ranking head** (:func:`~recsieve.training.head.train_engine_ranker` with ``context=``):
    recall now runs with the new behaviour index; the head stacks the encoder's and the
    scorer's scores with every recall feature on each user's last ``steps_per_user`` steps.
@@ -33,7 +34,7 @@ from recsieve.training.examples import engine_sequences, last_positives
 from recsieve.training.head import train_engine_ranker
 from recsieve.types import EVENT_KINDS, Event
 
-__all__ = ["train_engine", "encoder_sequences", "scorer_examples"]
+__all__ = ["train_engine", "encoder_sequences", "held_out_steps", "scorer_examples"]
 
 
 def encoder_sequences(sequences: dict[str, list[Step]], held_out: int) -> list[np.ndarray]:
@@ -49,29 +50,44 @@ def encoder_sequences(sequences: dict[str, list[Step]], held_out: int) -> list[n
     return out
 
 
-def scorer_examples(model: Any, sequences: Sequence[np.ndarray], n: int, *, users: int | None = None,
-                    seed: int = 0, batch: int = 256) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
-    """(contexts, candidates, target positions) for the candidate scorer: each sequence's last
-    step as the target, its earlier steps as the context, the encoder's top ``n`` unseen items as
-    candidates; sequences whose target is not among them give no example."""
-    rng = np.random.default_rng(seed)
-    picked = list(range(len(sequences)))
-    if users is not None and users < len(picked):
-        picked = sorted(rng.choice(len(picked), size=users, replace=False).tolist())
-    contexts, candidates, targets = [], [], []
-    for lo in range(0, len(picked), batch):
-        chunk = [sequences[i] for i in picked[lo : lo + batch]]
-        scores = model.score_items([s[:-1] for s in chunk])
-        for s, row_scores in zip(chunk, scores):
-            row_scores[s[:-1]] = -np.inf  # consumed items are never recalled
-            top = np.argpartition(-row_scores, min(n, len(row_scores) - 1))[:n]
-            top = top[np.argsort(-row_scores[top], kind="stable")]
-            hit = np.flatnonzero(top == s[-1])
+def held_out_steps(sequences: dict[str, list[Step]], skip_last: int, take: int) -> tuple[list[np.ndarray], list[int]]:
+    """(contexts, targets) of each user's ``take`` positive steps just before its last
+    ``skip_last`` ones: context = the positive rows before the step, target = its row."""
+    contexts, targets = [], []
+    for u in sorted(sequences):
+        seq = sequences[u]
+        for t in last_positives(seq, skip_last + take)[:take]:
+            rows = [s.item for s in seq[:t] if EVENT_KINDS.get(s.kind, 1.0) > 0]
+            if rows:
+                contexts.append(np.asarray(rows, np.int64))
+                targets.append(seq[t].item)
+    return contexts, targets
+
+
+def scorer_examples(model: Any, contexts: Sequence[np.ndarray], targets: Sequence[int], n: int, *,
+                    batch: int = 256) -> tuple[list[np.ndarray], list[int], float]:
+    """Candidates for the candidate scorer: the encoder's top ``n`` unseen items for each
+    context, the target put in the last slot where the encoder missed it (so the scorer also
+    learns from the targets the encoder ranks low, which other recall channels bring at
+    serving). Returns (candidates, target positions, the encoder's recall@n on them)."""
+    candidates, tix, hits = [], [], 0
+    for lo in range(0, len(contexts), batch):
+        chunk = contexts[lo : lo + batch]
+        scores = model.score_items(chunk)
+        for ctx, target, row_scores in zip(chunk, targets[lo : lo + batch], scores):
+            row_scores[ctx] = -np.inf  # consumed items are never recalled
+            m = min(n, len(row_scores) - 1)
+            top = np.argpartition(-row_scores, m)[:m] if m < len(row_scores) else np.arange(len(row_scores))
+            top = top[np.argsort(-row_scores[top], kind="stable")].astype(np.int64)
+            hit = np.flatnonzero(top == target)
             if hit.size:
-                contexts.append(s[:-1])
-                candidates.append(top.astype(np.int64))
-                targets.append(int(hit[0]))
-    return contexts, candidates, targets
+                hits += 1
+            else:
+                top[-1] = target
+                hit = np.array([len(top) - 1])
+            candidates.append(top)
+            tix.append(int(hit[0]))
+    return candidates, tix, hits / max(len(contexts), 1)
 
 
 def train_engine(
@@ -83,7 +99,7 @@ def train_engine(
     users: int | None = 4000,
     epochs: int = 200,
     budget_s: float | None = 1200.0,
-    scorer_users: int | None = 2000,
+    scorer_steps: int = 2,
     scorer_epochs: int = 2,
     scorer_budget_s: float | None = 300.0,
     cross_encoder: bool = True,
@@ -113,7 +129,8 @@ def train_engine(
     if out_path.exists() and not overwrite:
         raise InvalidInputError("out", str(out_path), "already exists; pass overwrite=True to replace it")
     sequences = engine_sequences(engine, events)
-    train_rows = encoder_sequences(sequences, steps_per_user)
+    scorer_steps = scorer_steps if cross_encoder else 0
+    train_rows = encoder_sequences(sequences, steps_per_user + scorer_steps)
     if len(train_rows) < 2:
         raise InvalidInputError("events", len(sequences), "too few users with 2+ steps before their held-out steps")
     from recsieve.context.model import ContextSettings
@@ -125,8 +142,10 @@ def train_engine(
     report: dict[str, Any] = {"encoder": {k: v for k, v in history.items() if k != "valid_curve"},
                               "encoder_users": len(train_rows)}
     if cross_encoder:
-        ctx, cands, tix = scorer_examples(model, train_rows, engine.config.recall_n, users=scorer_users, seed=seed)
+        ctx, targets = held_out_steps(sequences, steps_per_user, scorer_steps)
+        cands, tix, recall = scorer_examples(model, ctx, targets, engine.config.recall_n)
         report["scorer_examples"] = len(ctx)
+        report["scorer_encoder_recall"] = round(recall, 4)
         if ctx:
             report["scorer"] = fit_candidate_scorer(model, ctx, cands, tix, epochs=scorer_epochs,
                                                     budget_s=scorer_budget_s, seed=seed, progress=progress)
@@ -134,6 +153,8 @@ def train_engine(
     head = train_engine_ranker(engine, out_path, events, users=users, steps_per_user=steps_per_user, context=model,
                                ablate=ablate, seed=seed, progress=progress, overwrite=overwrite)
     report["head"] = {k: v for k, v in head.items() if not isinstance(v, (list, dict))}
+    if "fusion" in head:
+        report["fusion"] = head["fusion"]
     if "ablation" in head:
         report["ablation"] = head["ablation"]
     report["model"] = str(out_path)
