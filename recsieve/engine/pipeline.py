@@ -159,7 +159,7 @@ class Pipeline:
         context = (model or self.models.current()).context
         if context is not None:
             channels.append(ContextChannel(context))
-            weights.append(cfg.context_weight)
+            weights.append(context.fusion_weight(cfg.context_weight))
         exclude = view.consumed if (view is not None and cfg.exclude_consumed) else frozenset()
         catalog = self.store.catalog
         wanted = frozenset(c.lower() for c in categories)
