@@ -99,6 +99,9 @@ def test_harness_report_of_the_cold_protocol():
     assert cold.isdisjoint(np.concatenate(spy.seen).tolist())
     assert report["cold_items"] == 0.25 and report["cold_item_count"] == 10
     assert report["cold_target_users"] == report["users"] == split.n_users == len(spy.seen)
+    assert report["cold_target_users_available"] == split.n_users
+    sub = evaluate(data, [Popularity()], cold_items=0.25, seed=3, users=2, progress=False)
+    assert sub["cold_target_users"] == 2 and sub["cold_target_users_available"] == split.n_users
     assert "cold items" in report["protocol"] and any("text-zero-shot" in n for n in report["notes"])
     pop = report["results"][1]
     assert pop["vs_spy"]["ndcg@10"]["users"] == split.n_users  # paired on the cold-target users

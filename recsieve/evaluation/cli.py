@@ -76,7 +76,8 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
     names.sort(key=lambda n: n == "recsieve-without-cross-encoder")  # after the system it ablates
     text_vectors = None
     if models is not None and any(n == "text-zero-shot" or n.startswith("recsieve") for n in names):
-        vectors, hit = cached_text_vectors(models, embedder, data.item_texts)  # every text system embeds them
+        # every text system embeds them: once, and kept for the next run
+        vectors, hit = cached_text_vectors(models, embedder, data.item_texts, show_progress=progress)
         embedder.preload(data.item_texts, vectors)
         text_vectors = "from cache" if hit else "embedded and cached"
     built = []

@@ -93,7 +93,7 @@ def evaluate(
     (:func:`~recsieve.evaluation.protocol.cold_item_split`): a seeded fraction ``f`` of the
     items never reaches training or a context, and only users whose target is one of them are
     evaluated; the report adds ``cold_items`` (f), ``cold_item_count``, ``cold_target_users``
-    and ``notes``.
+    (evaluated), ``cold_target_users_available`` (before a ``users`` subset) and ``notes``.
 
     ``cache``: load trained systems from this :class:`~recsieve.evaluation.model_cache.ModelCache`
     when an entry for the same data, split, system and settings is there, and store the ones
@@ -124,8 +124,11 @@ def evaluate(
         "min_len": min_len,
     }
     if split.cold is not None:
+        available = split.n_users if users is None else cold_item_split(
+            dataset, cold_items, stage=stage, min_len=min_len, seed=seed).n_users
         report.update({"cold_items": cold_items, "cold_item_count": int(split.cold.size),
-                       "cold_target_users": split.n_users, "notes": [COLD_NOTE]})
+                       "cold_target_users": split.n_users, "cold_target_users_available": available,
+                       "notes": [COLD_NOTE]})
     report["results"] = [
             evaluate_split(
                 split,
@@ -260,7 +263,9 @@ def format_table(report: dict[str, Any]) -> str:
     )
     if "cold_target_users" in report:
         title += (f"\ncold items: {report['cold_items']:g} of the catalog ({report['cold_item_count']} items); "
-                  f"{report['cold_target_users']} users whose target is cold")
+                  f"{report['cold_target_users']} users whose target is cold"
+                  + (f" (a seeded subset of {report['cold_target_users_available']})"
+                     if report.get("cold_target_users_available", 0) > report["cold_target_users"] else ""))
     lines = [
         title,
         "  ".join(
@@ -284,6 +289,8 @@ def format_table(report: dict[str, Any]) -> str:
                 lines.append(f"{r['system']} - {key[3:]} (paired, 95% CI): " + "; ".join(parts))
     if "cache" in report:
         hits = report["cache"]["from_cache"]
-        lines.append(f"from the model cache ({report['cache']['dir']}): {', '.join(hits) if hits else 'none'}")
+        vectors = report["cache"].get("text_vectors")
+        lines.append(f"from the model cache ({report['cache']['dir']}): {', '.join(hits) if hits else 'none'}"
+                     + (f"; item text vectors {vectors}" if vectors else ""))
     lines.extend(f"note: {n}" for n in report.get("notes", ()))
     return "\n".join(lines)

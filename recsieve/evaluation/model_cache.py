@@ -12,9 +12,9 @@ fingerprint of its data (:func:`dataset_fingerprint`: the items with every field
 texts, the users, their sequences, timestamps and kinds, as loaded from the data files), the
 split (``users``, ``seed``, ``stage``, ``min_len``, ``cold_items``), the system's name and
 settings (budgets included), the recsieve version and a fingerprint of the code that trains
-(:func:`code_fingerprint`: the sources of the training, context-model, engine and re-ranker
-packages, the embedder and the system's own module), so a cached model never outlives the code
-that trained it, even while the version number stays the same. An entry is a folder
+(:func:`code_fingerprint` of :data:`TRAINING_CODE` and the system's own module; the items'
+text vectors: of :data:`EMBEDDING_CODE`), so a cached model never outlives the code that
+trained it, even while the version number stays the same. An entry is a folder
 ``<dataset>-<system>-<key>/`` holding ``state/`` and ``ENTRY.json`` (the key, what it was made
 of, and the sha256 of every file of ``state/``). It is assembled in a temporary folder and
 renamed into place when complete, so an entry is either whole or absent. An entry that does not
@@ -66,6 +66,8 @@ STATE = "state"
 STALE_TMP_S = 24 * 3600.0
 #: The parts of the package (relative to it) whose code decides what training produces.
 TRAINING_CODE = ("training", "context", "engine", "rerankers", "indexes", "embedding.py", "vectors.py")
+#: ... and what the text embedder produces.
+EMBEDDING_CODE = ("embedding.py", "embedding_export.py", "vectors.py")
 _PACKAGE = Path(__file__).resolve().parents[1]
 
 
@@ -130,18 +132,23 @@ def cache_key(parts: dict[str, Any]) -> str:
 
 
 @functools.cache
-def code_fingerprint(*extra_modules: str) -> str:
-    """sha256 of the sources of :data:`TRAINING_CODE` and of ``extra_modules`` (dotted names of
-    recsieve modules, e.g. the system's own)."""
-    paths = [_PACKAGE / part for part in TRAINING_CODE]
-    paths += [_PACKAGE.joinpath(*name.split(".")[1:]).with_suffix(".py") for name in extra_modules
-              if name.startswith("recsieve.")]
+def code_fingerprint(*parts: str) -> str:
+    """sha256 of the sources under ``parts``: package-relative folders or files
+    (``"training"``, ``"embedding.py"``); by default :data:`TRAINING_CODE`."""
     h = hashlib.sha256()
-    for path in paths:
+    for part in parts or TRAINING_CODE:
+        path = _PACKAGE / part
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.is_file() else []
         for f in files:
             h.update(f.relative_to(_PACKAGE).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def _module_file(module: str) -> str | None:
+    """The package-relative file of a recsieve module (``recsieve.evaluation.sasrec``), else ``None``."""
+    if not module.startswith("recsieve."):
+        return None
+    return "/".join(module.split(".")[1:]) + ".py"
 
 
 def _slug(text: str) -> str:
@@ -266,7 +273,7 @@ def fit_cached(system: Any, train_sequences: Sequence[np.ndarray], n_items: int,
         system.fit(train_sequences, n_items)
         return False
     full = {**parts, "system": system.name, "settings": settings,
-            "code": code_fingerprint(type(system).__module__)}
+            "code": code_fingerprint(*TRAINING_CODE, *filter(None, [_module_file(type(system).__module__)]))}
     key = cache_key(full)
     label = f"{parts.get('dataset', 'data')}-{system.name}"
     state = cache.lookup(key, label)
@@ -284,12 +291,13 @@ def fit_cached(system: Any, train_sequences: Sequence[np.ndarray], n_items: int,
     return False
 
 
-def cached_text_vectors(cache: ModelCache, embedder: Any, texts: Sequence[str]) -> tuple[np.ndarray, bool]:
+def cached_text_vectors(cache: ModelCache, embedder: Any, texts: Sequence[str], *,
+                        show_progress: bool | None = None) -> tuple[np.ndarray, bool]:
     """``embedder.embed(texts)``, kept in ``cache`` under the embedder's id and the texts; returns
     the vectors and whether they came from the cache."""
     digest = hashlib.sha256(json.dumps(list(texts)).encode("utf-8")).hexdigest()
     parts = {"kind": "text-vectors", "embedder": embedder_id(embedder), "texts": digest,
-             "code": code_fingerprint()}
+             "code": code_fingerprint(*EMBEDDING_CODE)}
     key, label = cache_key(parts), "text-vectors"
     state = cache.lookup(key, label)
     if state is not None:
@@ -301,6 +309,6 @@ def cached_text_vectors(cache: ModelCache, embedder: Any, texts: Sequence[str]) 
         except Exception as exc:
             log.warning("recsieve evaluate: cached text vectors %s unusable (%s); embedding again", state.parent, exc)
             cache.discard(key, label)
-    vectors = np.asarray(embedder.embed(list(texts)), np.float32)
+    vectors = np.asarray(embedder.embed(list(texts), show_progress=show_progress), np.float32)
     cache.store(key, label, parts, lambda folder: np.save(folder / "vectors.npy", vectors))
     return vectors, False
