@@ -207,3 +207,17 @@ def test_no_cache_reads_and_writes_nothing(tmp_path):
     assert not (tmp_path / "cache").exists()
     report = run_evaluation("custom", data, **kw)
     assert report["cache"] == {"dir": str(tmp_path / "cache"), "from_cache": [], "text_vectors": "embedded and cached"}
+
+
+def test_a_writer_that_finishes_second_keeps_the_first_entry(tmp_path, caplog):
+    cache, key = ModelCache(tmp_path / "cache"), cache_key({"x": 1})
+
+    def slow_write(folder):
+        (folder / "x").write_text("second")
+        cache.store(key, "toy-x", {}, lambda f: (f / "x").write_text("first"))  # another run, meanwhile
+
+    with caplog.at_level(logging.WARNING, logger="recsieve.evaluation"):
+        state = cache.store(key, "toy-x", {}, slow_write)
+    assert (state / "x").read_text() == "first" and cache.lookup(key, "toy-x") == state
+    assert not caplog.records and len(entries(cache)) == 1
+    assert not list(cache.root.glob(".tmp-*"))  # its own copy was removed

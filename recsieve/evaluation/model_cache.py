@@ -240,7 +240,12 @@ class ModelCache:
                 if self._check(folder, key) is None:
                     return folder / STATE  # another run wrote it meanwhile
                 self.discard(key, label)
-            tmp.rename(folder)
+            try:
+                tmp.rename(folder)
+            except OSError:
+                if folder.exists() and self._check(folder, key) is None:
+                    return folder / STATE  # another run renamed its copy into place first
+                raise
             tmp = None
             fsync_dir(self.root)
             return folder / STATE
