@@ -109,6 +109,28 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """The full check of an engine directory's snapshot: sha256 of every file against the manifest."""
+    from contextlib import nullcontext
+
+    from recsieve.engine.store import LOCK_FILE
+    from recsieve.locks import FileLock
+    from recsieve.storage import GenerationDir
+
+    directory = Path(args.dir)
+    lock = directory / LOCK_FILE
+    t0 = time.perf_counter()
+    with FileLock(lock).shared() if lock.is_file() else nullcontext():  # no save collects it meanwhile
+        folder, files, problems = GenerationDir(directory, "engine").verify()
+    size = sum(int(info.get("size") or 0) for info in files.values() if isinstance(info, dict))
+    for problem in problems:
+        print(f"BAD {folder.name}/{problem}", file=sys.stderr)
+    verdict = f"{len(problems)} bad" if problems else "all checksums match"
+    print(f"{directory}: {folder.name}: {len(files)} files, {size / 1e6:.1f} MB checked in "
+          f"{time.perf_counter() - t0:.1f}s: {verdict}")
+    return 1 if problems else 0
+
+
 def cmd_evaluate_stream(args: argparse.Namespace) -> int:
     from recsieve.evaluation.cli import run_streaming
 
@@ -504,6 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "compute (default 0: all of them)")
     s.add_argument("--budget-s", type=float, help="stop training after the epoch that passes this many seconds")
     s.set_defaults(func=cmd_learn)
+
+    s = sub.add_parser("verify", help="check every snapshot file of an engine directory against its sha256 "
+                                      "(opening checks only sizes and each file's ends); exit 1 naming bad files")
+    s.add_argument("dir", help="engine directory")
+    s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("stats", help="print engine counts as JSON")
     s.add_argument("dir", help="engine directory")

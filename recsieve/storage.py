@@ -3,8 +3,11 @@
 A directory that holds several files (catalog, vectors, index) is saved as a new
 *generation* folder; only when every file in it is written and fsynced does an atomic
 rename of ``MANIFEST.json`` make it current. A crash at any point leaves the previous
-generation loadable. The manifest records a sha256 for every file, so a truncated or
-corrupted file is reported as such instead of reaching a native library.
+generation loadable. The manifest records, for every file, its size, its sha256 and a *quick*
+hash (sha256 of its size, first MiB and last MiB). Opening checks sizes and quick hashes: cheap
+at any size, it still refuses a truncated, swapped or replaced file, and a file of up to 2 MiB
+is hashed whole. :meth:`GenerationDir.verify` (``recsieve verify DIR``) does the full check,
+sha256 of every byte, and names each file that fails.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,9 @@ from recsieve.errors import CorruptStoreError, IncompatibleVersionError, StoreEr
 
 __all__ = [
     "sha256_file",
+    "quick_hash_file",
+    "QUICK_SPAN",
+    "FileProblem",
     "replacing_folder",
     "FORMAT_VERSION",
     "atomic_write_bytes",
@@ -117,17 +124,73 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+#: Bytes hashed at each end of a file by :func:`quick_hash_file` (1 MiB).
+QUICK_SPAN = 1 << 20
+
+
+def quick_hash_file(path: Path, size: int | None = None) -> str:
+    """sha256 of a file's size, its first :data:`QUICK_SPAN` bytes and its last ones (the whole
+    file when it is at most twice that): what opening checks, in two reads at most."""
+    size = path.stat().st_size if size is None else size
+    h = hashlib.sha256(b"%d:" % size)
+    with open(path, "rb") as fh:
+        if size <= 2 * QUICK_SPAN:
+            h.update(fh.read())
+        else:
+            h.update(fh.read(QUICK_SPAN))
+            fh.seek(size - QUICK_SPAN)
+            h.update(fh.read(QUICK_SPAN))
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """A file of a generation that failed a check: its path in the generation and why."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
 def _fsync_tree(root: Path) -> dict[str, dict[str, Any]]:
-    """fsync every file and folder below ``root``; return {relative path: {size, sha256}}."""
+    """fsync every file and folder below ``root``; return {relative path: {size, sha256, quick}},
+    hashed from the files as they lie on disk after the fsync."""
     files: dict[str, dict[str, Any]] = {}
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             p = Path(dirpath) / name
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
-            files[p.relative_to(root).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            size = p.stat().st_size
+            files[p.relative_to(root).as_posix()] = {"size": size, "sha256": sha256_file(p),
+                                                     "quick": quick_hash_file(p, size)}
         fsync_dir(Path(dirpath))
     return files
+
+
+def _check_file(folder: Path, root: Path, rel: str, info: Any, full: bool) -> FileProblem | None:
+    """Check one manifest entry: its path stays inside, the file exists, its size, then the quick
+    hash (or, with ``full`` or a manifest from before quick hashes, the sha256)."""
+    path = (folder / rel).resolve()
+    if root not in path.parents:
+        raise CorruptStoreError(f"{folder.parent / MANIFEST}: path {rel!r} leaves the directory")
+    if not isinstance(info, dict):
+        return FileProblem(rel, "without a checksum in the manifest")
+    if not path.is_file():
+        return FileProblem(rel, "missing")
+    size = path.stat().st_size
+    if size != info.get("size"):
+        return FileProblem(rel, f"truncated or replaced: {size} bytes, the manifest says {info.get('size')} "
+                                "(checksum mismatch)")
+    if not full and "quick" in info:
+        if quick_hash_file(path, size) != info["quick"]:
+            return FileProblem(rel, "corrupted or replaced (checksum mismatch at its start or end)")
+        return None
+    if sha256_file(path) != info.get("sha256"):
+        return FileProblem(rel, "corrupted (sha256 checksum mismatch)")
+    return None
 
 
 class GenerationDir:
@@ -180,13 +243,35 @@ class GenerationDir:
         self._collect_garbage(keep=final.name)
         return final
 
-    def open(self, verify: bool = True) -> tuple[Path, dict[str, Any]]:
+    def open(self, verify: bool | str = True) -> tuple[Path, dict[str, Any]]:
         """Return ``(folder, meta)`` of the current generation, after checking it.
 
-        Raises :class:`StoreError` when there is none, :class:`IncompatibleVersionError` for
-        another format version or kind, :class:`CorruptStoreError` when a file is missing,
-        truncated or altered.
+        ``verify``: ``True`` (or ``"quick"``) checks every file's size and quick hash (see the
+        module), ``"full"`` its sha256, ``False`` nothing. Raises :class:`StoreError` when there
+        is none, :class:`IncompatibleVersionError` for another format version or kind,
+        :class:`CorruptStoreError` naming the first file that is missing, truncated or altered.
         """
+        folder, files, meta = self._read_manifest()
+        if verify:
+            root = folder.resolve()
+            for rel, info in files.items():
+                problem = _check_file(folder, root, rel, info, full=verify == "full")
+                if problem is not None:
+                    raise CorruptStoreError(f"{self.root}: file {problem.path} is {problem.reason}")
+        return folder, meta
+
+    def verify(self) -> tuple[Path, dict[str, dict[str, Any]], list[FileProblem]]:
+        """The full check: ``(folder, manifest files, problems)``, every file's size and sha256
+        compared with the manifest (each file that fails is listed, not only the first).
+
+        Raises as :meth:`open` does when there is no readable manifest or generation."""
+        folder, files, _meta = self._read_manifest()
+        root = folder.resolve()
+        problems = [p for rel, info in files.items() if (p := _check_file(folder, root, rel, info, full=True))]
+        return folder, files, problems
+
+    def _read_manifest(self) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+        """The current generation's folder, manifest files and meta (the manifest checked, not the files)."""
         if not self.root.is_dir():
             raise StoreError(f"{self.kind} directory: {self.root} is not a directory")
         if not self.exists():
@@ -210,17 +295,7 @@ class GenerationDir:
         files = manifest.get("files")
         if not folder.is_dir() or not isinstance(files, dict):
             raise CorruptStoreError(f"{self.root}: generation {name} is missing")
-        if verify:
-            root = folder.resolve()
-            for rel, info in files.items():
-                path = (folder / rel).resolve()
-                if root not in path.parents:
-                    raise CorruptStoreError(f"{self.manifest_path}: path {rel!r} leaves the directory")
-                if not path.is_file():
-                    raise CorruptStoreError(f"{self.root}: file {rel} is missing")
-                if path.stat().st_size != info.get("size") or sha256_file(path) != info.get("sha256"):
-                    raise CorruptStoreError(f"{self.root}: file {rel} is truncated or corrupted (checksum mismatch)")
-        return folder, dict(manifest.get("meta") or {})
+        return folder, files, dict(manifest.get("meta") or {})
 
     def _generations(self) -> list[int]:
         gens = []
