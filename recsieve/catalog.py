@@ -4,7 +4,8 @@ A :class:`Catalog` assigns each item id an int64 *row* that the vector indexes u
 are never renumbered: a removed item leaves a tombstone, and an id that is removed and later
 added again gets **its old row back** (the id <-> row mapping is permanent, so events
 journaled against a row keep meaning the same item). It renders item text under a
-:class:`~recsieve.rendering.Template` and persists itself as ``catalog.jsonl``.
+:class:`~recsieve.rendering.Template` and persists itself as ``catalog.parquet`` (columnar, see
+:mod:`recsieve.catalog_parquet`); catalogs saved earlier as ``catalog.jsonl`` still load.
 
 Beside it: :mod:`recsieve.items_io` reads item files (:func:`~recsieve.items_io.read_items`),
 :mod:`recsieve.validation` checks items (:func:`~recsieve.validation.check_item`),
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from recsieve.catalog_parquet import PARQUET_FILE, read_catalog_parquet, write_catalog_parquet
 from recsieve.errors import (
     CorruptStoreError,
     DuplicateIdError,
@@ -256,9 +258,13 @@ class Catalog:
 
     # -- persistence -----------------------------------------------------------------------
 
-    def save(self, folder: str | Path) -> None:
-        """Write ``catalog.jsonl`` into ``folder``: a header line, then one line per row
-        (tombstones included). Atomicity is the caller's (``GenerationDir``)."""
+    def save(self, folder: str | Path, *, format: str = "parquet") -> None:
+        """Write the catalog into ``folder`` (tombstones included): ``catalog.parquet``, columns
+        read whole on load (:mod:`recsieve.catalog_parquet`), or with ``format="jsonl"``
+        ``catalog.jsonl``, a header line then one line per row (the format before Parquet).
+        Atomicity is the caller's (``GenerationDir``)."""
+        if format not in ("parquet", "jsonl"):
+            raise InvalidInputError("format", format, "expected 'parquet' or 'jsonl'")
         header = {
             "format": _FORMAT,
             "format_version": _FORMAT_VERSION,
@@ -267,6 +273,9 @@ class Catalog:
             "live": self._live,
             "version": self.version,
         }
+        if format == "parquet":
+            write_catalog_parquet(Path(folder) / PARQUET_FILE, header, list(self._ids), list(self._items))
+            return
         lines = [json.dumps(header, ensure_ascii=False)]
         for row, (item_id, item) in enumerate(zip(self._ids, self._items, strict=True)):
             entry = {"row": row, "item": item.to_dict()} if item is not None else {"row": row, "removed": item_id}
@@ -275,11 +284,13 @@ class Catalog:
 
     @classmethod
     def load(cls, folder: str | Path) -> Catalog:
-        """Read a catalog written by :meth:`save`, exactly.
+        """Read a catalog written by :meth:`save` (either format), exactly.
 
-        A missing, truncated or malformed file raises :class:`CorruptStoreError` naming the
-        line; a file of another format version raises :class:`IncompatibleVersionError`.
+        A missing, truncated or malformed file raises :class:`CorruptStoreError` naming it (and,
+        in a JSONL file, the line); another format version raises :class:`IncompatibleVersionError`.
         """
+        if (Path(folder) / PARQUET_FILE).is_file():
+            return cls._load_parquet(Path(folder) / PARQUET_FILE)
         path = Path(folder) / _FILE
         try:
             lines = path.read_bytes().decode("utf-8").split("\n")
@@ -324,6 +335,33 @@ class Catalog:
             cat._ids.append(item_id)
             cat._items.append(item)
             cat._live += item is not None
+        if cat._live != live:
+            raise CorruptStoreError(f"{path}: header says {live} live items, file has {cat._live}")
+        cat.version = version
+        return cat
+
+
+    @classmethod
+    def _load_parquet(cls, path: Path) -> Catalog:
+        header, ids, items = read_catalog_parquet(path)
+        if header.get("format") != _FORMAT:
+            raise CorruptStoreError(f"{path}: not a recsieve catalog")
+        if header.get("format_version") != _FORMAT_VERSION:
+            raise IncompatibleVersionError(
+                f"{path}: catalog format version {header.get('format_version')!r}; this recsieve reads {_FORMAT_VERSION}"
+            )
+        try:
+            cat = cls(header["template"])
+            num_rows, live, version = (int(header[k]) for k in ("num_rows", "live", "version"))
+        except (KeyError, TypeError, ValueError, InvalidInputError) as exc:
+            raise CorruptStoreError(f"{path}: bad header: {exc}") from None
+        if len(ids) != num_rows:
+            raise CorruptStoreError(f"{path}: header says {num_rows} rows, file has {len(ids)} (truncated?)")
+        row_of = {item_id: row for row, item_id in enumerate(ids)}
+        if len(row_of) != num_rows or not all(isinstance(i, str) and i for i in row_of):
+            raise CorruptStoreError(f"{path}: item ids are not unique non-empty strings")
+        cat._row_of, cat._ids, cat._items = row_of, ids, items
+        cat._live = num_rows - items.count(None)
         if cat._live != live:
             raise CorruptStoreError(f"{path}: header says {live} live items, file has {cat._live}")
         cat.version = version

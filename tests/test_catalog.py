@@ -480,7 +480,7 @@ def _corrupt(tmp_path, edit):
     cat = Catalog()
     cat.upsert(items3())
     cat.remove(["c"])
-    cat.save(tmp_path)
+    cat.save(tmp_path, format="jsonl")  # the format before Parquet: still read
     path = tmp_path / "catalog.jsonl"
     path.write_bytes(edit(path.read_bytes()))
 

@@ -1,0 +1,139 @@
+"""The catalog's snapshot file in a columnar format: ``catalog.parquet`` (Apache Parquet).
+
+One table row per catalog row (tombstones included), in row order::
+
+    id           string            the item id (a removed row keeps its id)
+    live         bool              false: a tombstone (the other columns are null)
+    title        string
+    description  string
+    categories   list<string>
+    attr_keys    list<string>      attribute names, in the item's order
+    attr_values  list<string>      their values
+    layout       int32             which metadata layout the item has (see below)
+    m0, m1, ...  int64 | double | bool | string   one column per (metadata key, type)
+
+Metadata values keep their Python type exactly (``1``, ``1.0`` and ``True`` are told apart by
+filters) and each item keeps its key order (rendered text and change detection follow it): a
+*layout* is the ordered list of (key, column) an item uses, and the few distinct layouts of a
+catalog are stored once in the file's key-value metadata (``recsieve.catalog``, JSON), with the
+header (template, row counts, version) and the metadata columns' keys and types.
+
+Reading builds :class:`~recsieve.types.Item` objects from whole columns, without parsing text
+line by line or validating each item again (the file was written from validated items, and the
+snapshot's checksums, with Parquet's page checksums, catch a damaged file).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from recsieve.errors import CorruptStoreError
+from recsieve.types import Item
+
+__all__ = ["PARQUET_FILE", "write_catalog_parquet", "read_catalog_parquet"]
+
+PARQUET_FILE = "catalog.parquet"
+_KEY = b"recsieve.catalog"
+#: metadata value type -> (code, Arrow type name)
+_CODES = {bool: "b", int: "i", float: "f", str: "s"}
+
+
+def _arrow_type(code: str) -> Any:
+    import pyarrow as pa
+
+    return {"b": pa.bool_(), "i": pa.int64(), "f": pa.float64(), "s": pa.string()}[code]
+
+
+def write_catalog_parquet(path: str | Path, header: Mapping[str, Any], ids: Sequence[str],
+                          items: Sequence[Item | None]) -> None:
+    """Write ``items`` (``None``: a tombstone of ``ids[row]``) with ``header`` to ``path``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = len(ids)
+    columns: dict[tuple[str, str], int] = {}  # (key, type code) -> metadata column number
+    layouts: dict[tuple[tuple[str, int], ...], int] = {}
+    values: list[list[Any]] = []
+    layout = [0] * n
+    live, titles, descriptions, categories = [False] * n, [None] * n, [None] * n, [None] * n
+    attr_keys: list[list[str] | None] = [None] * n
+    attr_values: list[list[str] | None] = [None] * n
+    for row, item in enumerate(items):
+        if item is None:
+            continue
+        live[row], titles[row], descriptions[row] = True, item.title, item.description
+        categories[row] = list(item.categories)
+        attr_keys[row], attr_values[row] = list(item.attributes.keys()), list(item.attributes.values())
+        shape = []
+        for key, value in item.metadata.items():
+            col = columns.setdefault((key, _CODES[type(value)]), len(columns))
+            if col == len(values):
+                values.append([None] * n)
+            values[col][row] = value
+            shape.append((key, col))
+        layout[row] = layouts.setdefault(tuple(shape), len(layouts))
+    table = {
+        "id": pa.array(list(ids), pa.string()),
+        "live": pa.array(live, pa.bool_()),
+        "title": pa.array(titles, pa.string()),
+        "description": pa.array(descriptions, pa.string()),
+        "categories": pa.array(categories, pa.list_(pa.string())),
+        "attr_keys": pa.array(attr_keys, pa.list_(pa.string())),
+        "attr_values": pa.array(attr_values, pa.list_(pa.string())),
+        "layout": pa.array(layout, pa.int32()),
+    }
+    for (_key, code), col in columns.items():
+        table[f"m{col}"] = pa.array(values[col], _arrow_type(code))
+    described = dict(header)
+    described["metadata_columns"] = [[key, code] for (key, code), _col in sorted(columns.items(), key=lambda kv: kv[1])]
+    described["layouts"] = [[[key, col] for key, col in shape] for shape in layouts]
+    schema = pa.schema([(name, arr.type) for name, arr in table.items()],
+                       metadata={_KEY: json.dumps(described, ensure_ascii=False).encode("utf-8")})
+    pq.write_table(pa.Table.from_arrays(list(table.values()), schema=schema), str(path),
+                   compression="zstd", write_page_checksum=True)
+
+
+def read_catalog_parquet(path: str | Path) -> tuple[dict[str, Any], list[str], list[Item | None]]:
+    """``(header, ids, items)`` of a file :func:`write_catalog_parquet` wrote.
+
+    A damaged or inconsistent file raises :class:`CorruptStoreError` naming it.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        table = pq.read_table(str(path), page_checksum_verification=True)
+        raw = (table.schema.metadata or {}).get(_KEY)
+        header = json.loads(raw.decode("utf-8")) if raw is not None else None
+    except (OSError, ValueError) as exc:  # pyarrow: ArrowInvalid (a ValueError), OSError; bad JSON
+        raise CorruptStoreError(f"{path}: not a readable catalog file ({exc})") from None
+    if not isinstance(header, dict):
+        raise CorruptStoreError(f"{path}: no recsieve catalog header in the file's metadata")
+    try:
+        n = table.num_rows
+        ids = table.column("id").to_pylist()
+        live = table.column("live").to_pylist()
+        titles = table.column("title").to_pylist()
+        descriptions = table.column("description").to_pylist()
+        categories = table.column("categories").to_pylist()
+        attr_keys = table.column("attr_keys").to_pylist()
+        attr_values = table.column("attr_values").to_pylist()
+        layout_of = table.column("layout").to_pylist()
+        meta_cols = [table.column(f"m{col}").to_pylist() for col in range(len(header["metadata_columns"]))]
+        layouts = [tuple((str(key), meta_cols[int(col)]) for key, col in shape) for shape in header["layouts"]]
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CorruptStoreError(f"{path}: columns do not match the catalog header ({exc!r})") from None
+    items: list[Item | None] = [None] * n
+    try:
+        for row in range(n):
+            if not live[row]:
+                continue
+            meta = {key: col[row] for key, col in layouts[layout_of[row]]}
+            attrs = dict(zip(attr_keys[row], attr_values[row], strict=True)) if attr_keys[row] else {}
+            items[row] = Item(ids[row], titles[row], descriptions[row], tuple(categories[row]), attrs, meta)
+    except (TypeError, ValueError, IndexError) as exc:
+        raise CorruptStoreError(f"{path}: row {row} is malformed ({exc!r})") from None
+    return header, ids, items
