@@ -427,7 +427,8 @@ def _first_file(folder: Path) -> str:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.stat().st_size > 0)[0].relative_to(folder).as_posix()
 
 
-@pytest.mark.parametrize("target", ["catalog/catalog.jsonl", "vectors.npy", "hashes.json", "index", "users"])
+@pytest.mark.parametrize("target", ["catalog/catalog.parquet", "vectors.npy", "hashes.json", "index", "users",
+                                    "statistics.npz"])
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
 def test_corrupted_snapshot_file(engine_dir, embedder, capsys, target, damage):
     gen = current_generation(engine_dir)

@@ -37,6 +37,7 @@ from recsieve.errors import CorruptStoreError, IncompatibleVersionError, StoreEr
 
 __all__ = [
     "JournalBackend",
+    "EventColumns",
     "SQLiteJournal",
     "Journal",
     "EventRecord",
@@ -112,6 +113,22 @@ class ItemOp:
     vectors: np.ndarray | None
 
 
+@dataclass(frozen=True)
+class EventColumns:
+    """Journaled events as columns (what statistics need, no object per event): ``seq`` and
+    ``rows`` int64, ``weights`` float64 (NaN: no weight given), ``users`` and ``kinds`` lists of
+    strings, all in journal order."""
+
+    seq: np.ndarray
+    users: list[str]
+    rows: np.ndarray
+    kinds: list[str]
+    weights: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.seq.shape[0])
+
+
 #: One journal entry. Given to :meth:`JournalBackend.append` its ``seq`` is ignored (0 will do).
 Entry = EventRecord | ItemOp
 
@@ -179,6 +196,11 @@ class JournalBackend(Protocol):
 
     def events(self, user_id: str | None = None, *, upto: int | None = None) -> list[EventRecord]:
         """Journaled events (of one user; up to sequence ``upto``), in order."""
+        ...
+
+    def event_columns(self, after_seq: int, upto_seq: int, *, page: int = ...) -> Iterator[EventColumns]:
+        """Events with ``after_seq < seq <= upto_seq`` as columns, in order, up to ``page``
+        sequence numbers per batch (one query each)."""
         ...
 
     def truncate_item_ops(self, upto_seq: int) -> None:
@@ -469,6 +491,24 @@ class SQLiteJournal:
             sql += " AND user_id = ?"
             args += (user_id,)
         return [EventRecord(*r) for r in self._read(sql + " ORDER BY seq", args)]
+
+    def event_columns(self, after_seq: int, upto_seq: int, *, page: int = 1 << 20) -> Iterator[EventColumns]:
+        """Events with ``after_seq < seq <= upto_seq`` as :class:`EventColumns`, in order: one
+        query per ``page`` sequence numbers (bounded memory for long logs)."""
+        pos = after_seq
+        while pos < upto_seq:
+            end = min(pos + page, upto_seq)
+            got = self._read("SELECT seq, user_id, row, kind, weight FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
+                             (pos, end))
+            if got:
+                seq, users, rows, kinds, weights = zip(*got)
+                try:
+                    batch = EventColumns(np.array(seq, dtype=np.int64), list(users), np.array(rows, dtype=np.int64),
+                                         list(kinds), np.array(weights, dtype=np.float64))
+                except (TypeError, ValueError) as exc:
+                    raise CorruptStoreError(f"journal {self.path}: unreadable events after {pos} ({exc})") from None
+                yield batch
+            pos = end
 
     def event_rows(self) -> tuple[list[str], np.ndarray]:
         """(user ids, rows) of every event, in order — cheap input for statistics."""

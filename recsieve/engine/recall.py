@@ -17,11 +17,13 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 
+from recsieve.errors import CorruptStoreError
 from recsieve.filters import Filter
 from recsieve.indexes.base import SearchParams, VectorIndex
 from recsieve.types import Candidates
@@ -66,7 +68,12 @@ def _empty() -> Candidates:
 
 
 class RecallChannel(ABC):
-    """One source of candidates. ``observe`` lets a channel learn from the event stream."""
+    """One source of candidates. ``observe`` lets a channel learn from the event stream.
+
+    A channel with statistics saves them in the engine's snapshot: :meth:`state` gives them as
+    arrays, :meth:`load_state` puts them back, :meth:`observe_many` learns from many events at
+    once (the journal's tail on open) with exactly the result of :meth:`observe` one by one.
+    """
 
     name: str = "channel"
     #: Names of the extra ranking-head features :meth:`features` gives (beside rank and score).
@@ -81,6 +88,23 @@ class RecallChannel(ABC):
 
     def forget(self, previous_row: int | None, row: int, positive: bool) -> None:  # noqa: B027
         """Undo :meth:`observe` of the same event (counts never go below zero). Default: nothing."""
+
+    def observe_many(self, previous_rows: np.ndarray, rows: np.ndarray, positive: np.ndarray) -> None:
+        """:meth:`observe` of many events, in order: ``previous_rows`` (int64, ``-1`` for none),
+        ``rows`` (int64) and ``positive`` (bool), one entry per event. Default: one by one
+        (nothing at all when the channel does not observe)."""
+        if type(self).observe is RecallChannel.observe:
+            return
+        for prev, row, pos in zip(previous_rows.tolist(), rows.tolist(), positive.tolist()):
+            self.observe(None if prev < 0 else prev, row, pos)
+
+    def state(self) -> dict[str, np.ndarray] | None:
+        """The statistics as arrays, for a snapshot (one consistent moment); ``None``: this
+        channel has none (nothing to save)."""
+        return None
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:  # noqa: B027
+        """Replace the statistics with what :meth:`state` gave. Default (none): nothing."""
 
     def copy(self) -> RecallChannel:
         """An independent copy whose statistics can be changed without touching this one's.
@@ -190,6 +214,85 @@ class TransitionsChannel(RecallChannel):
                 del self._next[previous_row]
                 self._out.pop(previous_row, None)
 
+    def observe_many(self, previous_rows: np.ndarray, rows: np.ndarray, positive: np.ndarray) -> None:
+        """:meth:`observe` of many events at once: the counted pairs are grouped with numpy,
+        then added per source row (the same counts as one by one: they are whole numbers)."""
+        prev, rows, positive = (np.asarray(a) for a in (previous_rows, rows, positive))
+        keep = positive.astype(bool) & (prev >= 0) & (prev != rows)
+        if not keep.any():
+            return
+        src, dst = prev[keep].astype(np.int64), rows[keep].astype(np.int64)
+        order = np.lexsort((dst, src))
+        src, dst = src[order], dst[order]
+        first = np.ones(src.size, dtype=bool)
+        first[1:] = (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])
+        starts = np.flatnonzero(first)
+        counts = np.diff(np.append(starts, src.size)).astype(np.float64)
+        src, dst = src[starts], dst[starts]
+        new_src = np.ones(src.size, dtype=bool)
+        new_src[1:] = src[1:] != src[:-1]
+        bounds = np.append(np.flatnonzero(new_src), src.size).tolist()
+        out = np.add.reduceat(counts, bounds[:-1]).tolist()
+        src_l, dst_l, cnt_l = src.tolist(), dst.tolist(), counts.tolist()
+        with self._lock:
+            for k in range(len(bounds) - 1):
+                a, b = bounds[k], bounds[k + 1]
+                r = src_l[a]
+                nxt = self._next[r]
+                if not nxt:
+                    nxt.update(zip(dst_l[a:b], cnt_l[a:b]))
+                else:
+                    for j, c in zip(dst_l[a:b], cnt_l[a:b]):
+                        nxt[j] = nxt.get(j, 0.0) + c
+                self._out[r] += out[k]
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Compressed sparse rows: source ``rows`` (ascending), ``offsets`` into ``next_rows`` /
+        ``counts`` (each source's transitions, next rows ascending), ``out`` (each source's total)."""
+        with self._lock:
+            sources = sorted(r for r, nxt in self._next.items() if nxt)
+            sizes = np.fromiter((len(self._next[r]) for r in sources), dtype=np.int64, count=len(sources))
+            total = int(sizes.sum())
+            dst = np.fromiter(chain.from_iterable(self._next[r].keys() for r in sources), np.int64, count=total)
+            cnt = np.fromiter(chain.from_iterable(self._next[r].values() for r in sources), np.float64, count=total)
+            out = np.fromiter((self._out.get(r, 0.0) for r in sources), dtype=np.float64, count=len(sources))
+        order = np.lexsort((dst, np.repeat(np.arange(len(sources)), sizes)))
+        return {
+            "rows": np.asarray(sources, dtype=np.int64),
+            "offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+            "next_rows": dst[order],
+            "counts": cnt[order],
+            "out": out,
+        }
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        try:
+            rows, offsets = np.asarray(state["rows"], np.int64), np.asarray(state["offsets"], np.int64)
+            nxt_rows, counts = np.asarray(state["next_rows"], np.int64), np.asarray(state["counts"], np.float64)
+            out = np.asarray(state["out"], np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptStoreError(f"transitions statistics: unreadable ({exc})") from None
+        n = rows.size
+        if (offsets.shape != (n + 1,) or out.shape != (n,) or nxt_rows.shape != counts.shape
+                or (n and (offsets[0] != 0 or offsets[-1] != nxt_rows.size or np.any(np.diff(offsets) < 0)))
+                or (not n and nxt_rows.size)):
+            raise CorruptStoreError("transitions statistics: arrays of inconsistent shapes")
+        nexts: dict[int, dict[int, float]] = defaultdict(dict)
+        outs: dict[int, float] = defaultdict(float)
+        bounds, dst, cnt = offsets.tolist(), nxt_rows.tolist(), counts.tolist()
+        for k, (r, total) in enumerate(zip(rows.tolist(), out.tolist())):
+            nexts[r] = dict(zip(dst[bounds[k]: bounds[k + 1]], cnt[bounds[k]: bounds[k + 1]]))
+            outs[r] = total
+        with self._lock:
+            self._next, self._out = nexts, outs
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray], depth: int = 10, decay: float = 0.7) -> TransitionsChannel:
+        """A channel with the statistics :meth:`state` gave."""
+        channel = cls(depth, decay)
+        channel.load_state(state)
+        return channel
+
     def copy(self) -> TransitionsChannel:
         twin = TransitionsChannel(self.depth, self.decay)
         with self._lock:
@@ -251,6 +354,43 @@ class PopularityChannel(RecallChannel):
             if row < self._counts.shape[0] and self._counts[row] >= 1.0:
                 self._counts[row] -= 1.0
                 self._total -= 1.0
+
+    def observe_many(self, previous_rows: np.ndarray, rows: np.ndarray, positive: np.ndarray) -> None:
+        """:meth:`observe` of many events at once (one ``bincount``)."""
+        hits = np.asarray(rows, dtype=np.int64)[np.asarray(positive, dtype=bool)]
+        if not hits.size:
+            return
+        need = int(hits.max()) + 1
+        with self._lock:
+            if need > self._counts.shape[0]:
+                grown = np.zeros(max(need, 2 * self._counts.shape[0]), dtype=np.float64)
+                grown[: self._counts.shape[0]] = self._counts
+                self._counts = grown
+            self._counts[:need] += np.bincount(hits, minlength=need)
+            self._total += float(hits.size)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """``counts`` (positive events per row) and ``total`` (their sum, shape ``(1,)``)."""
+        with self._lock:
+            return {"counts": self._counts.copy(), "total": np.array([self._total], dtype=np.float64)}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        try:
+            counts = np.array(state["counts"], dtype=np.float64)
+            total = np.asarray(state["total"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptStoreError(f"popularity statistics: unreadable ({exc})") from None
+        if counts.ndim != 1 or total.shape != (1,):
+            raise CorruptStoreError("popularity statistics: arrays of unexpected shapes")
+        with self._lock:
+            self._counts, self._total = counts, float(total[0])
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray], num_rows: Callable[[], int]) -> PopularityChannel:
+        """A channel with the statistics :meth:`state` gave (``num_rows``: the catalog's row count)."""
+        channel = cls(num_rows)
+        channel.load_state(state)
+        return channel
 
     def copy(self) -> PopularityChannel:
         twin = PopularityChannel(self._num_rows)

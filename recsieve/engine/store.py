@@ -6,13 +6,16 @@ An engine lives in a directory::
     DIR/recsieve.toml      settings (EngineConfig)
     DIR/journal.sqlite     write-ahead journal of events and item changes (SQLite, WAL)
     DIR/MANIFEST.json      points at the current snapshot generation
-    DIR/gen-NNNNNNNN/      catalog, vectors, index, users — written atomically by ``save``
+    DIR/gen-NNNNNNNN/      catalog, vectors, index, users, recall statistics — written atomically by ``save``
     DIR/recsieve.lock      file lock: one snapshot (or model switch) writer; snapshot readers share it
 
 Every write is journaled before it changes memory (:meth:`Store.journal_upsert`,
 :meth:`Store.journal_remove`, :meth:`Store.journal_events`); :meth:`Store.load` reads the
 snapshot and replays the journal after it, so nothing acknowledged is lost even without a
-save. The :class:`Store` knows nothing of requests, models or caches.
+save. The snapshot holds the recall statistics as of its sequence
+(:mod:`recsieve.engine.snapshot_stats`), so opening observes only the events after it, in
+bulk; its vectors are memory-mapped. The :class:`Store` knows nothing of requests, models or
+caches.
 
 Many processes may open one directory. Each keeps ``applied_seq``, the last journal entry it
 has applied, and :meth:`Store.catch_up` applies the journal's tail after it (one cheap check
@@ -54,15 +57,20 @@ from recsieve.engine.recall import (
     TransitionsChannel,
     VectorChannel,
 )
+from recsieve.engine.snapshot_stats import (
+    install_statistics,
+    read_statistics,
+    replay_statistics,
+    save_statistics,
+)
 from recsieve.engine.users import UserStore, UserView
-from recsieve.errors import InvalidInputError, StoreError
+from recsieve.errors import CorruptStoreError, InvalidInputError, StoreError
 from recsieve.indexes.base import SearchParams, VectorIndex
 from recsieve.indexes.checks import kind_of
 from recsieve.locks import FileLock
 from recsieve.rendering import content_hash
 from recsieve.storage import GenerationDir
 from recsieve.types import Item
-from recsieve.vectors import as_matrix
 
 __all__ = ["Store", "ItemListener", "new_index", "load_index", "LOCK_FILE"]
 
@@ -121,6 +129,20 @@ def load_index(config: EngineConfig, folder: Path) -> VectorIndex:
     return _BACKENDS[config.backend][1](folder)
 
 
+def _map_vectors(path: Path, dim: int) -> np.ndarray:
+    """A snapshot's item vectors, memory-mapped copy-on-write: pages are read when used, and an
+    in-place update (an item's new vector) stays in this process, never reaching the file."""
+    try:
+        vectors = np.load(path, mmap_mode="c", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CorruptStoreError(f"{path}: unreadable vectors ({exc})") from None
+    if vectors.size == 0:
+        return np.zeros((0, dim), np.float32)
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise CorruptStoreError(f"{path}: vectors of {vectors.dtype} {vectors.shape}, expected float32 (n, {dim})")
+    return vectors.view(np.ndarray)
+
+
 def _item_kwargs(d: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(d)
     if "categories" in out:
@@ -161,7 +183,10 @@ class Store:
         self.channels: list[RecallChannel] = []
         #: told of every catalog change (see :class:`ItemListener`)
         self.listeners: list[ItemListener] = []
+        #: each user's last positive row (where the next transition starts)
         self._last_row: dict[str, int] = {}
+        #: the sequence the installed snapshot's statistics include (None: it has none; rebuild)
+        self._stats_seq: int | None = None
         self._generations = GenerationDir(directory, "engine")
 
     # -- construction ------------------------------------------------------------------
@@ -212,8 +237,7 @@ class Store:
             if self.dim and dim != self.dim:
                 raise StoreError(f"{self.directory}: the newest snapshot has dimension {dim}, this engine {self.dim}")
             catalog = Catalog.load(folder / "catalog")
-            vectors = np.load(folder / "vectors.npy", allow_pickle=False)
-            vectors = as_matrix(vectors, dim, "vectors.npy") if vectors.size else np.zeros((0, dim), np.float32)
+            vectors = _map_vectors(folder / "vectors.npy", dim)
             hashes: dict[int, str] = {}
             if meta.get("hashes_file"):
                 hashes = {int(k): v for k, v in json.loads((folder / meta["hashes_file"]).read_text("utf-8")).items()}
@@ -224,17 +248,25 @@ class Store:
             self.dim = dim
             users = self.new_user_store()
             users.load(folder / "users")
+            saved_stats = read_statistics(folder, meta.get("statistics"))
         old_live = self.catalog.live_rows() if self.listeners else None
         # Rows are stable and the snapshot is newer than this state: its vectors are a superset,
         # so a reader in another thread that mixes old and new parts never reads past them.
         self.vectors, self.hashes, self.field_kinds = vectors, hashes, field_kinds
         self.catalog, self.index, self.users = catalog, index, users
-        for item in self.catalog:  # snapshots written before field kinds were saved
-            self._note_field_kinds(item)
+        if "field_kinds" not in meta:  # snapshots written before field kinds were saved
+            for item in self.catalog:
+                self._note_field_kinds(item)
         self.snapshot_seq = self.applied_seq = int(meta["seq"])
         if self.journal is None:
             self._open_journal()
-        self.channels = self.new_channels()
+        channels = self.new_channels()
+        installed = install_statistics(saved_stats, channels)
+        self._last_row, self._stats_seq = installed if installed is not None else ({}, None)
+        if self._stats_seq is not None and self._stats_seq > self.snapshot_seq:
+            raise StoreError(f"{self.directory}: the snapshot's statistics include entries up to "
+                             f"{self._stats_seq}, past the snapshot's {self.snapshot_seq}")
+        self.channels = channels
         if old_live is not None:
             live = catalog.live_rows()
             gone = np.setdiff1d(old_live, live)
@@ -244,8 +276,8 @@ class Store:
                 listener.items_upserted(live, vectors[live])
 
     def _replay(self, *, dir_locked: bool = False) -> None:
-        """Apply the journal after the installed snapshot, then rebuild the recall statistics
-        from every event up to there; a compaction past the snapshot meanwhile reloads."""
+        """Apply the journal after the installed snapshot, then bring the recall statistics up
+        to there (in bulk); a compaction past the snapshot meanwhile reloads."""
         while True:
             version = self.journal.version()
             try:
@@ -255,7 +287,7 @@ class Store:
                 self._install_snapshot(dir_locked=dir_locked)
                 continue
             break
-        self._rebuild_statistics()
+        self._update_statistics()
         self._synced = version
 
     def _check_meta(self, meta: Mapping[str, Any]) -> None:
@@ -294,11 +326,17 @@ class Store:
                 f"{self.snapshot_seq}; journal.sqlite was replaced or truncated"
             )
 
-    def _rebuild_statistics(self) -> None:
-        """Recompute recall statistics (transitions, popularity) from every event applied."""
-        self._last_row = {}
-        for rec in self.journal.events(upto=self.applied_seq):
-            self._observe(rec)
+    def _update_statistics(self) -> None:
+        """Observe the events after the installed statistics, up to ``applied_seq``, in bulk; when
+        the snapshot held none (written before they were saved), every event from the start."""
+        after = self._stats_seq
+        if after is None:
+            log.warning("recsieve: %s: the snapshot holds no recall statistics (written before they were "
+                        "saved, or without a channel now configured); rebuilding them from all %d journal "
+                        "entries (the next save stores them)", self.directory, self.applied_seq)
+            self.channels, self._last_row, after = self.new_channels(), {}, 0
+        replay_statistics(self.journal, self.users, self.channels, self._last_row, after, self.applied_seq)
+        self._stats_seq = self.applied_seq
 
     # -- many processes: the journal's tail --------------------------------------------
 
@@ -514,7 +552,10 @@ class Store:
             self._apply_tail(dir_locked=True)
             seq = self.applied_seq
 
+            stats: dict[str, Any] = {}
+
             def write(folder: Path) -> None:
+                stats.update(save_statistics(folder, self.channels, self._last_row, seq))
                 (folder / "catalog").mkdir()
                 self.catalog.save(folder / "catalog")
                 np.save(folder / "vectors.npy", self.vectors[: self.catalog.num_rows], allow_pickle=False)
@@ -535,8 +576,11 @@ class Store:
                 "field_kinds": dict(self.field_kinds),
                 "items": len(self.catalog),
                 "users": len(self.users),
+                "statistics": stats,  # filled by write(): everything up to seq observed
             }
-            self._generations.commit(write, meta)
+            final = self._generations.commit(write, meta)
+            # The file now holds exactly these vectors: map it, so memory holds only pages in use.
+            self.vectors = _map_vectors(final / "vectors.npy", self.dim)
             self.journal.truncate_item_ops(seq)
             self.snapshot_seq = seq
 

@@ -12,7 +12,7 @@ import json
 import math
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +105,21 @@ class UserStore:
         if kind == "rating":
             return (float(weight) - 3.0) / 2.0
         return float(weight)
+
+    def event_weights(self, kinds: Sequence[str], weights: np.ndarray) -> np.ndarray:
+        """:meth:`event_weight` of many events at once (float64; a NaN weight: none given)."""
+        names = list(self.kind_weights)
+        code = {k: i for i, k in enumerate(names)}
+        codes = np.fromiter((code.get(k, -1) for k in kinds), dtype=np.int64, count=len(kinds))
+        out = np.array(weights, dtype=np.float64)
+        given = ~np.isnan(out)
+        rating = given & (codes == code.get("rating", -2))
+        out[rating] = (out[rating] - 3.0) / 2.0
+        default = ~given
+        if np.any(codes[default] < 0):
+            raise KeyError(kinds[int(np.flatnonzero(default & (codes < 0))[0])])
+        out[default] = np.array([self.kind_weights[k] for k in names], dtype=np.float64)[codes[default]]
+        return out
 
     def apply(
         self, user_id: str, row: int, vector: np.ndarray, kind: str, ts: float, weight: float | None, text: str | None
