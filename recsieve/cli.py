@@ -457,13 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "systems (default: the engine's, 1.0,1.0,0.3); choose them on the validation stage, not on test")
     s.add_argument("--cold-items", type=float, metavar="FRACTION",
                    help="cold-item protocol: a seeded FRACTION (0 < f < 1) of the items is declared cold; their "
-                        "interactions are removed from training and from every context, they stay in the catalog "
+                        "interactions are removed from training and from every context (all but the test target "
+                        "itself), they stay in the catalog "
                         "with their text, and only users whose test target is cold are evaluated (ID-only systems "
                         "such as sasrec score about 0 there by construction; text-zero-shot is the baseline to "
                         "beat). Default: off")
     s.add_argument("--cache-dir", metavar="DIR",
                    help="where trained models (recsieve's, sasrec's) and the items' text vectors are cached, keyed "
-                        "by the data's fingerprint, the split, each system's settings and the recsieve version; a "
+                        "by the data's fingerprint, the split, each system's settings, the recsieve version and a "
+                        "hash of the training code; a "
                         "repeat of the same command loads them instead of training (default: "
                         "$XDG_CACHE_HOME/recsieve/evaluate, else ~/.cache/recsieve/evaluate)")
     s.add_argument("--no-cache", action="store_true", help="train everything and read or write no model cache")
