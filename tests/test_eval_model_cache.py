@@ -221,3 +221,12 @@ def test_a_writer_that_finishes_second_keeps_the_first_entry(tmp_path, caplog):
     assert (state / "x").read_text() == "first" and cache.lookup(key, "toy-x") == state
     assert not caplog.records and len(entries(cache)) == 1
     assert not list(cache.root.glob(".tmp-*"))  # its own copy was removed
+
+
+def test_evaluate_split_refuses_a_cache_without_the_data_it_keys_on(tmp_path):
+    from recsieve.errors import InvalidInputError
+    from recsieve.evaluation.harness import evaluate_split
+    from recsieve.evaluation.protocol import leave_one_out
+
+    with pytest.raises(InvalidInputError, match="cache_parts"):
+        evaluate_split(leave_one_out(toy()), tiny_sasrec(), cache=ModelCache(tmp_path), progress=False)

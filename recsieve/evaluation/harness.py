@@ -130,21 +130,21 @@ def evaluate(
                        "cold_target_users": split.n_users, "cold_target_users_available": available,
                        "notes": [COLD_NOTE]})
     report["results"] = [
-            evaluate_split(
-                split,
-                system,
-                ks=ks,
-                recall_n=recall_n,
-                stage=stage,
-                exclude_history=exclude_history,
-                batch_size=batch_size,
-                progress=progress,
-                per_user=True,
-                cache=cache,
-                cache_parts=cache_parts,
-            )
-            for system in systems
-        ]
+        evaluate_split(
+            split,
+            system,
+            ks=ks,
+            recall_n=recall_n,
+            stage=stage,
+            exclude_history=exclude_history,
+            batch_size=batch_size,
+            progress=progress,
+            per_user=True,
+            cache=cache,
+            cache_parts=cache_parts,
+        )
+        for system in systems
+    ]
     if cache is not None:
         report["cache"] = {"dir": str(cache.root),
                            "from_cache": [r["system"] for r in report["results"] if r.get("from_cache")]}
@@ -178,6 +178,9 @@ def evaluate_split(
         raise InvalidInputError("recall_n", recall_n, "must be a positive integer")
     if batch_size < 1:
         raise InvalidInputError("batch_size", batch_size, "must be positive")
+    if cache is not None and not cache_parts:
+        raise InvalidInputError("cache_parts", cache_parts, "a cache needs what the training data is made of "
+                                "(dataset, data fingerprint, split), or entries of other data would be served")
     n_items = split.n_items
     start = time.perf_counter()
     from_cache = fit_cached(system, training_sequences(split, stage), n_items, cache, cache_parts or {})
