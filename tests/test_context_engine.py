@@ -236,3 +236,23 @@ def test_a_corrupt_model_folder_is_refused_and_the_old_model_keeps_serving(train
         assert "bad" not in (eng.directory / "recsieve.toml").read_text()
     finally:
         eng.close()
+
+
+def test_scorer_steps_never_take_the_heads_steps():
+    """A user with fewer positive steps than the scorer's and the head's together gives the
+    scorer only steps before the head's last ``skip_last`` ones (none may be shared)."""
+    from recsieve.rerankers.training import Step
+    from recsieve.training.examples import last_positives
+    from recsieve.training.model import held_out_steps
+
+    def seq(n):
+        return [Step(i, "click", float(i), None) for i in range(n)]
+
+    sequences = {"long": seq(10), "short": seq(4), "tiny": seq(2)}
+    contexts, targets = held_out_steps(sequences, skip_last=3, take=2)
+    head = {(u, sequences[u][t].item) for u in sequences for t in last_positives(sequences[u], 3)}
+    scorer = set(zip(["long", "long"], targets[:2]))
+    assert targets[:2] == [5, 6]  # long: the two steps before its last three
+    assert not scorer & head
+    assert targets[2:] == []  # short (3 steps with history) and tiny give the head everything
+    assert [len(c) for c in contexts] == [5, 6]

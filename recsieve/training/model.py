@@ -56,7 +56,8 @@ def held_out_steps(sequences: dict[str, list[Step]], skip_last: int, take: int) 
     contexts, targets = [], []
     for u in sorted(sequences):
         seq = sequences[u]
-        for t in last_positives(seq, skip_last + take)[:take]:
+        steps = last_positives(seq, skip_last + take)
+        for t in steps[: max(0, len(steps) - skip_last)]:  # a short sequence's last steps stay the head's
             rows = [s.item for s in seq[:t] if EVENT_KINDS.get(s.kind, 1.0) > 0]
             if rows:
                 contexts.append(np.asarray(rows, np.int64))
