@@ -23,10 +23,15 @@ from recsieve.engine.engine import Engine
 from recsieve.engine.models import ServingModel
 from recsieve.errors import UnknownItemError
 from recsieve.rerankers.training import Example, Step, build_examples, make_render
+from recsieve.training.batched_examples import batched_groups, supported
 from recsieve.types import EVENT_KINDS, Event
 
-__all__ = ["last_positives", "engine_sequences", "engine_examples", "RankingGroup", "ranking_groups", "observe_steps", "groups_for",
-           "save_replay", "load_replay"]
+__all__ = ["RANKER_USERS", "last_positives", "engine_sequences", "engine_examples", "RankingGroup", "ranking_groups",
+           "observe_steps", "observe_all", "groups_for", "save_replay", "load_replay"]
+
+#: Users whose last steps the ranking head learns from, by default (a seeded sample): enough for
+#: the head's few thousand weights, and a bounded cost however many users the log holds.
+RANKER_USERS = 4000
 
 
 def engine_sequences(engine: Engine, events: Sequence[Event] | None = None) -> dict[str, list[Step]]:
@@ -86,7 +91,15 @@ def engine_examples(
 
 def last_positives(seq: Sequence[Step], k: int) -> list[int]:
     """Positions of the last ``k`` positive steps that have some history before them."""
-    return [t for t in range(1, len(seq)) if EVENT_KINDS.get(seq[t].kind, 1.0) > 0][-k:]
+    if k <= 0:  # [-0:] is every one
+        return [t for t in range(1, len(seq)) if EVENT_KINDS.get(seq[t].kind, 1.0) > 0][-k:]
+    out: list[int] = []
+    for t in range(len(seq) - 1, 0, -1):  # from the end: a long history is not read in full
+        if len(out) >= k:
+            break
+        if EVENT_KINDS.get(seq[t].kind, 1.0) > 0:
+            out.append(t)
+    return out[::-1]
 
 
 @dataclass
@@ -113,6 +126,7 @@ def ranking_groups(
     instruction_for: Callable[[int], str | None] | None = None,
     channels: Sequence[Any] | None = None,
     model: ServingModel | None = None,
+    batch: bool = True,
 ) -> tuple[list[RankingGroup], int]:
     """Ranking examples for the head: each sampled user's last ``steps_per_user`` positive steps,
     with recall run on the history before each.
@@ -126,7 +140,14 @@ def ranking_groups(
     exactly ``sequences`` (they are changed while this runs and restored after; pass a copy
     of live ones), else they are built here. ``new_from``: only positions from
     ``new_from[user]`` on may be targets (users not in it give none) -- for continual
-    updates. ``instruction_for``: see :func:`groups_for`.
+    updates. ``instruction_for``: see :func:`groups_for`. ``users``: a seeded sample of this many
+    users (default: all; training caps it, see :data:`RANKER_USERS`).
+
+    ``batch`` (default): build them in chunks of users
+    (:mod:`recsieve.training.batched_examples`): the same groups -- candidates, order, targets,
+    contexts, features to float rounding -- without changing ``channels``: each user's steps are
+    subtracted from the statistics where they are read. ``batch=False``, or channels other than
+    the built-in ones: the loop over users above, one recall per step.
 
     Returns the groups whose target was recalled and the number of users tried.
     """
@@ -141,6 +162,13 @@ def ranking_groups(
     ids = sorted(lasts)
     if users is not None and users < len(ids):
         ids = sorted(rng.choice(ids, size=users, replace=False).tolist())
+    if batch and supported(channels if channels is not None else engine.new_statistics()):
+        if channels is None:
+            channels = engine.new_statistics()
+            observe_all(engine, channels, sequences)
+        built = batched_groups(engine, sequences, {u: lasts[u] for u in ids}, channels,
+                               instruction_for=instruction_for, model=model, progress=progress)
+        return [RankingGroup(*fields) for fields in built], len(ids)
     if channels is None:
         channels = engine.new_statistics()
         for u in sorted(sequences):
@@ -166,6 +194,27 @@ def observe_steps(engine: Engine, channels: Sequence[Any], steps: Sequence[Step]
             (ch.forget if forget else ch.observe)(prev, step.item, positive)
         if positive:
             prev = step.item
+
+
+def observe_all(engine: Engine, channels: Sequence[Any], sequences: dict[str, list[Step]]) -> None:
+    """:func:`observe_steps` of every user's steps (in user order), with each channel's
+    ``observe_many``: the same statistics, without a Python call per event."""
+    prev, rows, positive = [], [], []
+    weights = engine.users.kind_weights
+    for u in sorted(sequences):
+        steps = sequences[u]
+        r = np.fromiter((s.item for s in steps), np.int64, count=len(steps))
+        pos = np.array([weights[s.kind] > 0 for s in steps], bool)
+        at = np.flatnonzero(pos)
+        before = np.searchsorted(at, np.arange(len(steps))) - 1  # the last positive step before each
+        prev.append(np.where(before >= 0, r[at[np.maximum(before, 0)]] if at.size else -1, -1))
+        rows.append(r)
+        positive.append(pos)
+    if not rows:
+        return
+    arrays = [np.concatenate(a) for a in (prev, rows, positive)]
+    for ch in channels:
+        ch.observe_many(*arrays)
 
 
 def groups_for(engine: Engine, sequences: dict[str, list[Step]], targets: dict[str, list[int]],
