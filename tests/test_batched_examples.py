@@ -369,3 +369,13 @@ def test_many_searches_are_single_searches(kind) -> None:
         keep = (ids[0] >= 0) & accept[np.maximum(ids[0], 0)]
         np.testing.assert_array_equal(rows, ids[0][keep])
         np.testing.assert_array_equal(scores, s[0][keep])
+
+
+def test_fusion_weight_tuning_reads_the_same_lists(shop, tmp_path) -> None:
+    from recsieve.training.fusion import tune_context_weight
+
+    model = _context_model(shop, tmp_path / "model")
+    sequences = engine_sequences(shop)
+    batched = tune_context_weight(shop, sequences, model, steps_per_user=2, users=30, seed=1)
+    loop = tune_context_weight(shop, sequences, model, steps_per_user=2, users=30, seed=1, batch=False)
+    assert batched == loop and batched[1][0]["coverage"] > 0

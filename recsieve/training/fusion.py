@@ -21,7 +21,9 @@ from recsieve.engine.engine import Engine
 from recsieve.engine.models import ServingModel
 from recsieve.engine.recall import fuse
 from recsieve.rerankers.training import Step
-from recsieve.training.examples import last_positives, observe_steps
+from recsieve.training.batched_examples import recall_chunks, supported
+from recsieve.training.examples import last_positives, observe_all, observe_steps
+from recsieve.types import Candidates
 
 __all__ = ["WEIGHT_GRID", "tune_context_weight"]
 
@@ -38,10 +40,13 @@ def tune_context_weight(
     users: int = 400,
     grid: Sequence[float] = WEIGHT_GRID,
     seed: int = 0,
+    batch: bool = True,
 ) -> tuple[float, list[dict[str, Any]]]:
     """The fusion weight for ``model``'s context channel (see the module docstring) and, per
     weight, the recall coverage and mean reciprocal rank it gave. ``steps_per_user``: each
-    sampled user's last positive steps used as targets."""
+    sampled user's last positive steps used as targets. ``batch``: recall in chunks of users
+    (:func:`~recsieve.training.batched_examples.recall_chunks`, the same lists), else one
+    request at a time."""
     if model.context is None:
         raise ValueError("the model has no context encoder to weigh")
     rng = np.random.default_rng(seed)
@@ -49,12 +54,31 @@ def tune_context_weight(
     if users < len(ids):
         ids = sorted(rng.choice(ids, size=users, replace=False).tolist())
     channels = engine.new_statistics()
-    for u in sorted(sequences):
-        observe_steps(engine, channels, sequences[u])
     n = engine.config.recall_n
     found = np.zeros(len(grid))
     rr = np.zeros(len(grid))
     tried = 0
+
+    def count(lists: Sequence[Any], weights: Sequence[float], target: int) -> None:
+        for g, w in enumerate(grid):
+            rows = fuse(lists, [*weights, float(w)], n).rows
+            hit = np.flatnonzero(rows == target)
+            if hit.size:
+                found[g] += 1
+                rr[g] += 1.0 / (1 + int(hit[0]))
+
+    if batch and supported(channels):
+        observe_all(engine, channels, sequences)
+        targets = {u: last_positives(sequences[u], steps_per_user) for u in ids}
+        base = list(engine.config.channel_weights)[: len(channels)]
+        for _plan, req, rec in recall_chunks(engine, sequences, targets, channels, model=model):
+            for g, i in enumerate(rec.index.tolist()):
+                lists = [Candidates(*lst.get(g)) for lst in rec.lists]
+                tried += 1
+                count(lists, base, int(req.steps[req.users[i]].rows[req.targets[i]]))
+        return _choice(grid, found, rr, tried)
+    for u in sorted(sequences):
+        observe_steps(engine, channels, sequences[u])
     for u in ids:
         seq = sequences[u]
         observe_steps(engine, channels, seq, forget=True)
@@ -65,16 +89,15 @@ def tune_context_weight(
                                            [s.ts if s.ts is not None else float(i) for i, s in enumerate(history)])
                 now = seq[t].ts if seq[t].ts is not None else float(t)
                 recalled = engine.recall_stage(view, statistics=channels, now=now, model=model)
-                base = list(engine.config.channel_weights)[: len(recalled.lists) - 1]
                 tried += 1
-                for g, w in enumerate(grid):
-                    rows = fuse(recalled.lists, [*base, float(w)], n).rows
-                    hit = np.flatnonzero(rows == seq[t].item)
-                    if hit.size:
-                        found[g] += 1
-                        rr[g] += 1.0 / (1 + int(hit[0]))
+                count(recalled.lists, list(engine.config.channel_weights)[: len(recalled.lists) - 1], seq[t].item)
         finally:
             observe_steps(engine, channels, seq)
+    return _choice(grid, found, rr, tried)
+
+
+def _choice(grid: Sequence[float], found: np.ndarray, rr: np.ndarray,
+            tried: int) -> tuple[float, list[dict[str, Any]]]:
     table = [{"weight": float(w), "coverage": found[g] / max(tried, 1), "mrr": rr[g] / max(tried, 1)}
              for g, w in enumerate(grid)]
     best = max(range(len(grid)), key=lambda g: (found[g], rr[g], -grid[g]))

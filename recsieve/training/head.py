@@ -22,7 +22,13 @@ from recsieve.errors import InvalidInputError
 from recsieve.intervals import paired_gain
 from recsieve.rerankers.training import TrainReport
 from recsieve.storage import replacing_folder
-from recsieve.training.examples import RankingGroup, engine_sequences, ranking_groups, save_replay
+from recsieve.training.examples import (
+    RANKER_USERS,
+    RankingGroup,
+    engine_sequences,
+    ranking_groups,
+    save_replay,
+)
 from recsieve.training.fusion import tune_context_weight
 from recsieve.types import Event
 
@@ -181,7 +187,7 @@ def train_engine_ranker(
     out: str | Path,
     events: Sequence[Event] | None = None,
     *,
-    users: int | None = 4000,
+    users: int | None = RANKER_USERS,
     steps_per_user: int = 3,
     instruction_share: float = 0.0,
     valid_fraction: float = 0.1,
@@ -204,6 +210,9 @@ def train_engine_ranker(
     on (at most ``blend_groups`` of) the head's validation examples, re-scoring the head's top
     ``blend_top``. Returns the training report.
 
+    ``users``: a seeded sample of users whose steps become examples (default
+    :data:`~recsieve.training.examples.RANKER_USERS`, 4,000; ``None``: every user), which bounds
+    the examples' cost however long the log; they are built in batches (:func:`ranking_groups`).
     Users are split at random into training and validation (``valid_fraction``); each
     contributes its last ``steps_per_user`` steps (see :func:`ranking_groups`). With
     ``instruction_share`` > 0, that share of examples carries a plain-words request made from
