@@ -18,11 +18,13 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from recsieve.errors import CorruptStoreError, IncompatibleVersionError, StoreError
 
@@ -31,6 +33,8 @@ __all__ = [
     "quick_hash_file",
     "QUICK_SPAN",
     "FileProblem",
+    "pack_strings",
+    "unpack_strings",
     "replacing_folder",
     "FORMAT_VERSION",
     "atomic_write_bytes",
@@ -152,6 +156,21 @@ class FileProblem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
+
+
+def pack_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Strings as one UTF-8 byte array (``uint8``) and ``len + 1`` offsets (``int64``): arrays an
+    ``.npz`` holds without pickling, for any characters."""
+    encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets
+
+
+def unpack_strings(blob: np.ndarray, offsets: np.ndarray) -> list[str]:
+    """The strings :func:`pack_strings` packed."""
+    data, bounds = np.asarray(blob, dtype=np.uint8).tobytes(), np.asarray(offsets, dtype=np.int64).tolist()
+    return [data[a:b].decode("utf-8", "surrogatepass") for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _fsync_tree(root: Path) -> dict[str, dict[str, Any]]:

@@ -99,6 +99,14 @@ def test_user_store_round_trip(tmp_path):
         assert np.array_equal(v1.profile, v2.profile)
         assert v1.recent == v2.recent and v1.consumed == v2.consumed and v1.version == v2.version
     assert len(store.get("u0").recent) == 3
+    (tmp_path / "users.npz").write_text("{broken\n" * 2)
+    with pytest.raises(CorruptStoreError):
+        UserStore(DIM).load(tmp_path)
+    (tmp_path / "users.npz").unlink()
+    store.save(tmp_path, format="jsonl")  # the format before columns still loads
+    again = UserStore(DIM, recent_window=3)
+    again.load(tmp_path)
+    assert again.get("u0").recent == store.get("u0").recent and again.get("u1").version == store.get("u1").version
     (tmp_path / "users.jsonl").write_text("{broken\n" * 2)
     with pytest.raises(CorruptStoreError):
         UserStore(DIM).load(tmp_path)

@@ -251,13 +251,17 @@ def _rewrite_manifest(path: Path, edit) -> None:
 
 def downgrade(path: Path) -> None:
     """Make the engine's snapshot look like one written before this change: no statistics file,
-    a JSONL catalog, a manifest with sha256 and sizes only."""
+    a JSONL catalog and user store, a manifest with sha256 and sizes only."""
 
     def edit(manifest, gen):
         cat = Catalog.load(gen / "catalog")
         (gen / "catalog" / "catalog.parquet").unlink()
         cat.save(gen / "catalog", format="jsonl")
         (gen / "statistics.npz").unlink()
+        users = UserStore(manifest["meta"]["dim"], recent_window=10**6)
+        users.load(gen / "users")
+        (gen / "users" / "users.npz").unlink()
+        users.save(gen / "users", format="jsonl")
         manifest["meta"].pop("statistics")
         files = {}
         for p in sorted(gen.rglob("*")):
@@ -381,6 +385,30 @@ def test_columnar_catalog_keeps_types_order_and_tombstones(tmp_path):
         assert [type(v) for v in loaded.get(it.id).metadata.values()] == [type(v) for v in it.metadata.values()]
     assert loaded.title(3) == "d" and not loaded.is_live(3)
     assert loaded.upsert([Item("d", title="D again")]).tolist() == [3]
+
+
+def test_user_store_columns_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    store = UserStore(4, recent_window=3, history_window=5)
+    texts = [None, "héllo ☃", "", None, "a review"]
+    for t in range(40):
+        kind = KINDS[t % len(KINDS)]
+        store.apply(f"u{t % 3}", t % 7, rng.normal(size=4).astype(np.float32), kind,
+                    float(t if t % 5 else 100 - t), 4.0 if kind == "rating" else None, texts[t % 5])
+    store.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["users.npz"]
+    again = UserStore(4, recent_window=3, history_window=5)
+    again.load(tmp_path)
+    vec = np.ones(4, np.float32)
+    for s in (store, again):
+        s.apply("u1", 2, vec, "click", 500.0, None, None)  # both carry on alike
+    for u in ("u0", "u1", "u2"):
+        a, b = store.get(u), again.get(u)
+        assert np.array_equal(a.profile, b.profile) and a.history == b.history and a.recent == b.recent
+        assert (a.consumed, a.version, a.last_ts) == (b.consumed, b.version, b.last_ts)
+    (tmp_path / "users.npz").write_bytes((tmp_path / "users.npz").read_bytes()[:100])
+    with pytest.raises(CorruptStoreError, match="users.npz"):
+        UserStore(4).load(tmp_path)
 
 
 def test_damaged_columnar_catalog_is_a_clear_error(tmp_path):

@@ -16,8 +16,10 @@ gives.
 
 from __future__ import annotations
 
+import gc
 import zipfile
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,9 @@ from recsieve.engine.journal import JournalBackend
 from recsieve.engine.recall import RecallChannel
 from recsieve.engine.users import UserStore
 from recsieve.errors import CorruptStoreError
+from recsieve.storage import pack_strings, unpack_strings
 
-__all__ = ["STATS_FILE", "save_statistics", "read_statistics", "install_statistics", "observe_events",
+__all__ = ["STATS_FILE", "paused_gc", "save_statistics", "read_statistics", "install_statistics", "observe_events",
            "replay_statistics", "previous_positive_rows"]
 
 #: The statistics' file in a snapshot generation.
@@ -37,17 +40,18 @@ _FORMAT = 1
 _LAST = "last_row"
 
 
-def _pack(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Strings as one UTF-8 byte array and offsets (no pickling, any character)."""
-    encoded = [s.encode("utf-8", "surrogatepass") for s in ids]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum([len(b) for b in encoded], out=offsets[1:])
-    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets
-
-
-def _unpack(blob: np.ndarray, offsets: np.ndarray) -> list[str]:
-    data, bounds = blob.tobytes(), offsets.tolist()
-    return [data[a:b].decode("utf-8", "surrogatepass") for a, b in zip(bounds[:-1], bounds[1:])]
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while a snapshot is read and the journal replayed:
+    those build millions of objects that are all kept, which the collector would otherwise scan
+    again and again (a third of a 100k-item open). Memory is still freed by reference counting."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def save_statistics(folder: Path, channels: Sequence[RecallChannel], last_row: Mapping[str, int],
@@ -63,7 +67,7 @@ def save_statistics(folder: Path, channels: Sequence[RecallChannel], last_row: M
         names.append(ch.name)
         arrays.update({f"{ch.name}.{key}": np.asarray(value) for key, value in state.items()})
     users = list(last_row)
-    arrays[f"{_LAST}.users"], arrays[f"{_LAST}.offsets"] = _pack(users)
+    arrays[f"{_LAST}.users"], arrays[f"{_LAST}.offsets"] = pack_strings(users)
     arrays[f"{_LAST}.rows"] = np.fromiter((last_row[u] for u in users), dtype=np.int64, count=len(users))
     np.savez(folder / STATS_FILE, **arrays)
     return {"file": STATS_FILE, "format": _FORMAT, "seq": int(seq), "channels": names, "users": len(users)}
@@ -100,7 +104,7 @@ def install_statistics(saved: Mapping[str, Any] | None,
         return None
     arrays, path = saved["arrays"], saved["path"]
     try:
-        users = _unpack(arrays[f"{_LAST}.users"], arrays[f"{_LAST}.offsets"])
+        users = unpack_strings(arrays[f"{_LAST}.users"], arrays[f"{_LAST}.offsets"])
         rows = arrays[f"{_LAST}.rows"].astype(np.int64).tolist()
     except (KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
         raise CorruptStoreError(f"{path}: unreadable users' last rows ({exc!r})") from None

@@ -59,6 +59,7 @@ from recsieve.engine.recall import (
 )
 from recsieve.engine.snapshot_stats import (
     install_statistics,
+    paused_gc,
     read_statistics,
     replay_statistics,
     save_statistics,
@@ -222,8 +223,9 @@ class Store:
 
     def load(self) -> None:
         """Load the last snapshot, then replay the journal after it."""
-        self._install_snapshot()
-        self._replay()
+        with paused_gc():
+            self._install_snapshot()
+            self._replay()
 
     def _install_snapshot(self, *, dir_locked: bool = False) -> None:
         """Read the newest snapshot (holding the directory's lock shared, unless this thread holds
@@ -368,8 +370,9 @@ class Store:
     def _reload(self, *, dir_locked: bool = False) -> None:
         log.info("recsieve: %s: another process compacted the journal past entry %d; reloading the newest snapshot",
                  self.directory, self.applied_seq)
-        self._install_snapshot(dir_locked=dir_locked)
-        self._replay(dir_locked=dir_locked)
+        with paused_gc():
+            self._install_snapshot(dir_locked=dir_locked)
+            self._replay(dir_locked=dir_locked)
 
     def _apply(self, entry: Entry, statistics: bool = True) -> None:
         if isinstance(entry, ItemOp):

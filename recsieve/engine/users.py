@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import zipfile
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,11 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from recsieve.errors import CorruptStoreError
+from recsieve.storage import pack_strings, unpack_strings
 from recsieve.types import EVENT_KINDS
 
 __all__ = ["UserStore", "UserView", "RecentEvent"]
 
 _DAY = 86400.0
+#: The user store's snapshot file (columns; ``users.jsonl`` + ``profiles.npy`` before it).
+_COLUMNS = "users.npz"
 
 
 @dataclass(frozen=True)
@@ -164,8 +168,81 @@ class UserStore:
 
     # -- persistence -------------------------------------------------------------------
 
-    def save(self, folder: Path) -> None:
-        """Write ``users.jsonl`` and ``profiles.npy`` into ``folder``."""
+    def save(self, folder: Path, *, format: str = "npz") -> None:
+        """Write ``users.npz`` into ``folder``: every user's state as columns (see :meth:`load`);
+        with ``format="jsonl"``, ``users.jsonl`` + ``profiles.npy`` (the format before columns)."""
+        if format == "jsonl":
+            self._save_jsonl(folder)
+            return
+        if format != "npz":
+            raise ValueError(f"format: expected 'npz' or 'jsonl', got {format!r}")
+        with self._lock:
+            ids = list(self._users)
+            states = [self._users[u] for u in ids]
+            profiles = np.zeros((len(ids), self.dim), dtype=np.float64)
+            for i, st in enumerate(states):
+                profiles[i] = st.profile
+            consumed = [sorted(st.consumed) for st in states]
+            recent = [list(st.recent) for st in states]
+            weight = np.fromiter((st.weight for st in states), dtype=np.float64, count=len(states))
+            last_ts = np.fromiter((st.last_ts for st in states), dtype=np.float64, count=len(states))
+            version = np.fromiter((st.version for st in states), dtype=np.int64, count=len(states))
+        events = [e for window in recent for e in window]
+        kinds = sorted({e.kind for e in events})
+        code = {k: i for i, k in enumerate(kinds)}
+        arrays: dict[str, np.ndarray] = {"profiles": profiles, "weight": weight, "last_ts": last_ts, "version": version}
+        arrays["ids"], arrays["ids_offsets"] = pack_strings(ids)
+        arrays["consumed"] = np.fromiter((r for rows in consumed for r in rows), dtype=np.int64)
+        arrays["consumed_offsets"] = _offsets(consumed)
+        arrays["recent_offsets"] = _offsets(recent)
+        arrays["recent_row"] = np.fromiter((e.row for e in events), dtype=np.int64, count=len(events))
+        arrays["recent_kind"] = np.fromiter((code[e.kind] for e in events), dtype=np.int16, count=len(events))
+        arrays["recent_ts"] = np.fromiter((e.ts for e in events), dtype=np.float64, count=len(events))
+        arrays["recent_weight"] = np.fromiter((e.weight for e in events), dtype=np.float64, count=len(events))
+        arrays["recent_has_text"] = np.fromiter((e.text is not None for e in events), dtype=bool, count=len(events))
+        arrays["recent_text"], arrays["recent_text_offsets"] = pack_strings([e.text or "" for e in events])
+        arrays["kinds"], arrays["kinds_offsets"] = pack_strings(kinds)
+        np.savez(folder / _COLUMNS, **arrays)
+
+    def load(self, folder: Path) -> None:
+        """Replace the store's content with what :meth:`save` wrote (``users.npz``), or with a
+        store saved as ``users.jsonl`` + ``profiles.npy`` (the format before columns)."""
+        if not (folder / _COLUMNS).is_file():
+            self._load_jsonl(folder)
+            return
+        path = folder / _COLUMNS
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                a = {key: npz[key] for key in npz.files}
+            ids = unpack_strings(a["ids"], a["ids_offsets"])
+            kinds = unpack_strings(a["kinds"], a["kinds_offsets"])
+            texts = unpack_strings(a["recent_text"], a["recent_text_offsets"])
+            n, profiles = len(ids), a["profiles"].astype(np.float64, copy=False)
+            if profiles.shape != (n, self.dim) or any(a[k].shape != (n,) for k in ("weight", "last_ts", "version")):
+                raise ValueError(f"{n} users but profiles {profiles.shape}, expected dimension {self.dim}")
+            weight, last_ts, version = a["weight"].tolist(), a["last_ts"].tolist(), a["version"].tolist()
+            c_off, consumed = a["consumed_offsets"].tolist(), a["consumed"].tolist()
+            r_off = a["recent_offsets"].tolist()
+            has_text = a["recent_has_text"].tolist()
+            events = [RecentEvent(r, kinds[k], t, w, x if h else None) for r, k, t, w, x, h in zip(
+                a["recent_row"].tolist(), a["recent_kind"].tolist(), a["recent_ts"].tolist(),
+                a["recent_weight"].tolist(), texts, has_text, strict=True)]
+            if len(c_off) != n + 1 or len(r_off) != n + 1 or c_off[-1] != len(consumed) or r_off[-1] != len(events):
+                raise ValueError("offsets do not match the users")
+        except (OSError, ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+            raise CorruptStoreError(f"user store {path}: unreadable ({exc!r})") from None
+        users: dict[str, _State] = {}
+        for i, uid in enumerate(ids):
+            st = _State(0, self.window)
+            st.profile = profiles[i]
+            st.weight, st.last_ts, st.version = weight[i], last_ts[i], version[i]
+            st.consumed = set(consumed[c_off[i]: c_off[i + 1]])
+            st.recent.extend(events[r_off[i]: r_off[i + 1]])
+            users[uid] = st
+        with self._lock:
+            self._users = users
+
+    def _save_jsonl(self, folder: Path) -> None:
         with self._lock:
             ids = list(self._users)
             profiles = np.zeros((len(ids), self.dim), dtype=np.float64)
@@ -173,23 +250,16 @@ class UserStore:
             for i, uid in enumerate(ids):
                 st = self._users[uid]
                 profiles[i] = st.profile
-                lines.append(
-                    json.dumps(
-                        {
-                            "user_id": uid,
-                            "weight": st.weight,
-                            "last_ts": st.last_ts if st.last_ts != -math.inf else None,
-                            "version": st.version,
-                            "consumed": sorted(st.consumed),
-                            "recent": [[e.row, e.kind, e.ts, e.weight, e.text] for e in st.recent],
-                        }
-                    )
-                )
+                lines.append(json.dumps({
+                    "user_id": uid, "weight": st.weight, "last_ts": st.last_ts if st.last_ts != -math.inf else None,
+                    "version": st.version, "consumed": sorted(st.consumed),
+                    "recent": [[e.row, e.kind, e.ts, e.weight, e.text] for e in st.recent],
+                }))
         (folder / "users.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         np.save(folder / "profiles.npy", profiles, allow_pickle=False)
 
-    def load(self, folder: Path) -> None:
-        """Replace the store's content with what :meth:`save` wrote."""
+    def _load_jsonl(self, folder: Path) -> None:
+        """A store saved as ``users.jsonl`` (one JSON object per user) and ``profiles.npy``."""
         try:
             profiles = np.load(folder / "profiles.npy", allow_pickle=False)
             lines = (folder / "users.jsonl").read_text(encoding="utf-8").splitlines()
@@ -213,3 +283,9 @@ class UserStore:
             users[d["user_id"]] = st
         with self._lock:
             self._users = users
+
+
+def _offsets(groups: list[list]) -> np.ndarray:
+    out = np.zeros(len(groups) + 1, dtype=np.int64)
+    np.cumsum([len(g) for g in groups], out=out[1:])
+    return out
