@@ -150,7 +150,10 @@ def test_missing_and_out_of_order_times(shop) -> None:
     _same(*_both(shop, sequences, steps_per_user=3, seed=0))
 
 
-def test_chunks_ties_hnsw_and_consumed_items_kept(ties) -> None:
+def test_chunks_ties_hnsw_and_consumed_items_kept(ties, monkeypatch) -> None:
+    import recsieve.training.batched_recall as batched
+
+    monkeypatch.setattr(batched, "DENSE_LIMIT", 0)  # transition scores summed by sorting, not in a matrix
     sequences = engine_sequences(ties)
     channels = ties.new_statistics()
     observe_all(ties, channels, sequences)
@@ -294,7 +297,11 @@ def _stream(rng, users, n_rows):
     return {u: (rng.integers(0, n_rows, size=int(rng.integers(1, 12))), rng.random(12) < 0.8) for u in range(users)}
 
 
-def test_leave_out_tables_are_the_channels_after_forget() -> None:
+@pytest.mark.parametrize("dense", [True, False])
+def test_leave_out_tables_are_the_channels_after_forget(monkeypatch, dense) -> None:
+    import recsieve.training.batched_recall as batched
+
+    monkeypatch.setattr(batched, "DENSE_LIMIT", 1 << 23 if dense else 0)  # summed in a matrix, or sorted
     rng = np.random.default_rng(1)
     n_rows, n = 25, 8
     stream = _stream(rng, 12, n_rows)
@@ -346,9 +353,12 @@ def test_leave_out_tables_are_the_channels_after_forget() -> None:
         feed(pop, u)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
-def test_many_searches_are_single_searches(kind) -> None:
+@pytest.mark.parametrize("kind,deeper", [("flat", 128), ("flat", 2), ("hnsw", 128)])
+def test_many_searches_are_single_searches(kind, deeper, monkeypatch) -> None:
+    import recsieve.training.batched_recall as batched
     from recsieve.indexes.faiss_index import FaissIndex
+
+    monkeypatch.setattr(batched, "DEEPER", deeper)  # 2: most queries come out short and go deeper
 
     rng = np.random.default_rng(2)
     vectors = rng.normal(size=(300, 8)).astype(np.float32)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -261,14 +262,31 @@ def recall_chunks(engine: Engine, sequences: dict[str, list[Step]], targets: dic
     """Recall for every (user, target position) of ``targets``, with ``channels``' statistics
     leaving each user's own steps out, a chunk of users at a time: yields ``(plan, requests,
     recall)``. ``channels`` must have observed ``sequences`` (:func:`supported` channels only)."""
-    plan = _Plan(engine, channels, model)
-    req = prepare(plan, sequences, targets, instruction_for)
+    with _one_blas_thread():
+        plan = _Plan(engine, channels, model)
+        req = prepare(plan, sequences, targets, instruction_for)
     bounds = np.searchsorted(req.users, np.arange(0, len(req.ids) + chunk, chunk))
     with tqdm(total=len(req.ids), desc="ranking examples", unit="user", disable=not progress, leave=False) as bar:
         for a, b in zip(bounds[:-1], bounds[1:]):
             if b > a:
-                yield plan, req, _recall(plan, req, np.arange(a, b))
+                with _one_blas_thread():
+                    rec = _recall(plan, req, np.arange(a, b))
+                yield plan, req, rec
             bar.update(min(chunk, len(req.ids) - bar.n))
+
+
+@contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """numpy's BLAS on one thread meanwhile (where threadpoolctl is installed): the matrices here
+    are one request's (a few hundred rows), which a BLAS thread pool slows down rather than
+    speeds up -- twentyfold on a busy two-core machine. Recall's order does not depend on it."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
 
 
 def _recall(plan: _Plan, req: Requests, index: np.ndarray) -> Recall:
@@ -345,7 +363,8 @@ def batched_groups(engine: Engine, sequences: dict[str, list[Step]], targets: di
     groups = []
     for plan, req, rec in recall_chunks(engine, sequences, targets, channels, instruction_for=instruction_for,
                                         model=model, chunk=chunk, progress=progress):
-        groups += _examples(plan, req, rec, sequences)
+        with _one_blas_thread():
+            groups += _examples(plan, req, rec)
     return groups
 
 
@@ -359,8 +378,7 @@ class _Cands:
         return int(self.rows.shape[0])
 
 
-def _examples(plan: _Plan, req: Requests, rec: Recall,
-              sequences: dict[str, list[Step]]) -> list[tuple[str, np.ndarray, int, np.ndarray, str]]:
+def _examples(plan: _Plan, req: Requests, rec: Recall) -> list[tuple[str, np.ndarray, int, np.ndarray, str]]:
     """(user, features, target position, rows, context) of each request whose target was recalled."""
     fused = rec.fused
     hits, at = [], []

@@ -16,7 +16,7 @@ with offsets. Keys ``group * R + row`` (``R`` above every row) match rows of one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import faiss
@@ -26,8 +26,13 @@ from recsieve.engine.recall import PopularityChannel, TransitionsChannel
 from recsieve.indexes.base import SearchParams, VectorIndex
 from recsieve.indexes.faiss_index import FaissIndex
 
-__all__ = ["Lists", "unique_sorted", "order_by", "OwnSteps", "TransitionTable", "PopularityTable", "fuse_many", "list_features",
+__all__ = ["DENSE_LIMIT", "DEEPER", "Lists", "unique_sorted", "order_by", "OwnSteps", "TransitionTable", "PopularityTable", "fuse_many", "list_features",
            "search_many"]
+
+#: A chunk's transition scores are summed in a dense (requests x rows) matrix up to this many cells.
+DENSE_LIMIT = 1 << 23
+#: A batched search asks for this many rows past ``n + 1`` at most, to drop excluded ones (then deeper if short).
+DEEPER = 128
 
 
 @dataclass
@@ -312,23 +317,49 @@ class TransitionTable:
         e = np.flatnonzero(alive)
         lengths = self.offsets[s[e] + 1] - self.offsets[s[e]]
         starts = np.cumsum(lengths) - lengths  # where each source's transitions start in the flat arrays
-        owner = np.repeat(e, lengths)
-        idx = np.arange(owner.size) - np.repeat(starts, lengths) + np.repeat(self.offsets[s[e]], lengths)
+        idx = np.arange(int(lengths.sum())) + np.repeat(self.offsets[s[e]] - starts, lengths)
         dst = self.next_rows[idx]
-        c = self.counts[idx].copy()
+        c = self.counts[idx]
         # take out the user's own pairs out of each source (few): found by the pair, not per transition
         k, own_dst, own_n = own.pairs_from(u_of[e], src[e])
         at = _lookup(src[e][k] * self.base + own_dst, self.pair_keys, np.arange(self.pair_keys.size), default=-1)
         held = at >= 0
         flat = starts[k[held]] + at[held] - self.offsets[s[e][k[held]]]
-        c[flat] = np.maximum(c[flat] - own_n[held], 0.0)
+        c[flat] = np.maximum(c[flat] - own_n[held], 0.0)  # (a pair left at 0 is gone from the channel)
+        w = np.array(self.weights, np.float64)[i_of[e]] / np.where(out[e] > 0, out[e], np.inf)
+        vals = np.repeat(w, lengths) * c
+        keys = np.repeat(g_of[e] * self.base, lengths) + dst
+        if self.decay > 0 and n_groups * self.base <= DENSE_LIMIT:
+            return self._top_dense(keys, vals, n, accept, exclude, n_groups)
         keep = c > 0
-        owner, dst, c = owner[keep], dst[keep], c[keep]
-        w = np.array(self.weights, np.float64)[i_of] / np.where(out > 0, out, np.inf)
-        vals = w[owner] * c
         # each row's contributions added in the order the channel adds them (most recent source first)
-        uniq, sums = _sum_in_order(g_of[owner] * self.base + dst, vals)
+        uniq, sums = _sum_in_order(keys[keep], vals[keep])
         return _top(uniq, sums, self.base, n, accept, exclude, n_groups)
+
+    def _top_dense(self, keys: np.ndarray, vals: np.ndarray, n: int, accept: np.ndarray, exclude: KeySet,
+                   n_groups: int) -> Lists:
+        """:func:`_top` of the contributions ``vals`` to keys ``request * R + row``, summed in a
+        ``(requests, rows)`` matrix in the order they come (request by request, most recent source
+        first, as the channel adds them). With ``decay > 0`` every contribution of a pair the
+        channel holds is positive, so a row is a candidate exactly when its sum is."""
+        base = self.base
+        scores = np.bincount(keys, weights=vals, minlength=n_groups * base).reshape(n_groups, base)
+        ok = scores > 0
+        ok[:, : accept.size] &= accept[None, :base]
+        ok[:, accept.size :] = False
+        if exclude.mask is not None and exclude.mask.size > n_groups * base:
+            ok &= ~exclude.mask[: n_groups * base].reshape(n_groups, base)
+        else:
+            gg, rr = np.nonzero(ok)
+            ok[gg, rr] = ~exclude.has(gg * base + rr)
+        if base > n:  # rows at least as good as each request's n-th best (ties included) are sorted
+            coarse = np.where(ok, scores, -np.inf).astype(np.float32)  # rounding keeps the order (ties aside)
+            floor = np.partition(coarse, base - n, axis=1)[:, base - n]
+            ok &= coarse >= floor[:, None]
+        gg, rr = np.nonzero(ok)
+        vv = scores[gg, rr]
+        order = order_by(gg, -vv, rr)
+        return Lists.from_sorted(gg[order], rr[order], vv[order].astype(np.float32), n_groups, n)
 
     def last_share(self, last: np.ndarray, users: np.ndarray, rows: np.ndarray, own: OwnSteps,
                    taken: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -481,10 +512,11 @@ def search_many(index: VectorIndex, queries: np.ndarray, n: int, excludes: Seque
     followed by its accept check: ``(rows, scores)``; ``excludes[i]`` sorted.
 
     On an exact FAISS index the queries go in calls of many (under FAISS's BLAS threshold, so each
-    query's scores come from the same kernel as a single search), asking for enough more than
-    ``n`` to drop each query's excluded rows afterwards; a query whose kept scores tie is searched
-    again alone (ties may be ordered otherwise), as is every query of a call whose first query
-    does not match its own single search. Other indexes are searched one query at a time."""
+    query's scores come from the same kernel as a single search), grouped by how many rows they
+    exclude and asking for enough more than ``n`` to drop them afterwards. A query whose kept
+    scores tie is searched again alone (ties may be ordered otherwise), as is every query of a
+    call whose first untied query does not match its own single search. Other indexes are searched one query at a time (their search with exclusions
+    is not a search without them, filtered)."""
     empty = (np.empty(0, np.int64), np.empty(0, np.float32))
     if not len(queries) or len(index) == 0:
         return [empty for _ in range(len(queries))]
@@ -498,41 +530,60 @@ def search_many(index: VectorIndex, queries: np.ndarray, n: int, excludes: Seque
 
     if not (isinstance(index, FaissIndex) and index.kind == "flat"):
         return [single(i) for i in range(len(queries))]
-    out: list[tuple[np.ndarray, np.ndarray]] = []
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(queries)
+    # queries with similar numbers of excluded rows go together: a call asks for n + the most excluded + 1
+    order = np.argsort(np.array([e.size for e in excludes], np.int64), kind="stable")
     step = max(1, min(256, int(faiss.cvar.distance_compute_blas_threshold) - 1))
-    for start in range(0, len(queries), step):
-        stop = min(start + step, len(queries))
-        part = excludes[start:stop]
-        k = n + max(e.size for e in part) + 1
-        scores, ids = index.search(queries[start:stop], k, params=params)
-        width = ids.shape[1]
-        base = int(max(ids.max(initial=0), max((int(e.max(initial=0)) for e in part), default=0))) + 1
-        q = np.repeat(np.arange(stop - start), [e.size for e in part])
-        dropped = KeySet(q * base + np.concatenate(part), (stop - start) * base).has(
-            np.arange(stop - start)[:, None] * base + np.maximum(ids, 0))
-        valid = (ids >= 0) & ~dropped
-        rank = np.cumsum(valid, axis=1)
-        # a tie among the first n + 1 kept: the single search may order it otherwise
-        head = np.flatnonzero((valid & (rank <= n + 1)).ravel())
-        qs, sc = head // width, scores.ravel()[head]
-        tied = set(qs[1:][(qs[1:] == qs[:-1]) & (sc[1:] == sc[:-1])].tolist())
-        take = valid & (rank <= n)
-        take &= _accepted(np.maximum(ids, 0), accept)
-        counts = take.sum(axis=1)
-        flat = np.flatnonzero(take.ravel())
-        rows = np.split(ids.ravel()[flat], np.cumsum(counts)[:-1])
-        scs = np.split(scores.ravel()[flat].astype(np.float32), np.cumsum(counts)[:-1])
-        batch = list(zip(rows, scs))
-        check = next((j for j in range(stop - start) if j not in tied), None)
-        if check is not None:  # one query searched alone as well: the batch must have found the same
-            alone = single(start + check)
-            if np.array_equal(alone[0], batch[check][0]) and np.array_equal(alone[1], batch[check][1]):
-                batch[check] = alone
-            else:  # this FAISS does not search a batch as it searches one query
-                tied = set(range(stop - start)) - {check}
-                batch[check] = alone
-        out += [single(start + j) if j in tied else got for j, got in enumerate(batch)]
-    return out
+    for start in range(0, order.size, step):
+        part = order[start : start + step]
+        for i, got in zip(part.tolist(), _search_batch(index, queries[part], n, [excludes[i] for i in part],
+                                                      accept, params, lambda j, part=part: single(int(part[j])))):
+            out[i] = got
+    return out  # type: ignore[return-value]
+
+
+def _search_batch(index: VectorIndex, queries: np.ndarray, n: int, excludes: Sequence[np.ndarray],
+                  accept: np.ndarray, params: SearchParams | None,
+                  single: Callable[[int], tuple[np.ndarray, np.ndarray]],
+                  deeper: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One call of :func:`search_many`: the queries' results, each checked as described there.
+
+    It asks for ``n + 1`` plus at most ``deeper`` (default :data:`DEEPER`) rows to drop (a user's consumed rows are rarely
+    all among the nearest); queries that come out short are asked again for all they exclude."""
+    m = len(queries)
+    most = max(e.size for e in excludes)
+    deeper = DEEPER if deeper is None else deeper
+    scores, ids = index.search(queries, n + 1 + min(most, deeper), params=params)
+    width = ids.shape[1]
+    base = int(max(ids.max(initial=0), max((int(e.max(initial=0)) for e in excludes), default=0))) + 1
+    q = np.repeat(np.arange(m), [e.size for e in excludes])
+    dropped = KeySet(q * base + np.concatenate(excludes), m * base).has(np.arange(m)[:, None] * base
+                                                                         + np.maximum(ids, 0))
+    valid = (ids >= 0) & ~dropped
+    rank = np.cumsum(valid, axis=1)
+    # short: fewer than n + 1 kept though the index had more to give
+    short = set(np.flatnonzero((rank[:, -1] < n + 1) & (ids[:, -1] >= 0)).tolist()) if most > deeper else set()
+    # a tie among the first n + 1 kept: the single search may order it otherwise
+    head = np.flatnonzero((valid & (rank <= n + 1)).ravel())
+    qs, sc = head // width, scores.ravel()[head]
+    tied = set(qs[1:][(qs[1:] == qs[:-1]) & (sc[1:] == sc[:-1])].tolist()) - short
+    take = valid & (rank <= n) & _accepted(np.maximum(ids, 0), accept)
+    counts = take.sum(axis=1)
+    flat = np.flatnonzero(take.ravel())
+    cut = np.cumsum(counts)[:-1]
+    batch = list(zip(np.split(ids.ravel()[flat], cut), np.split(scores.ravel()[flat].astype(np.float32), cut)))
+    check = next((j for j in range(m) if j not in tied and j not in short), None)
+    if check is not None:  # one query searched alone as well: the batch must have found the same
+        alone = single(check)
+        if not (np.array_equal(alone[0], batch[check][0]) and np.array_equal(alone[1], batch[check][1])):
+            tied = set(range(m)) - short  # this FAISS does not search a batch as it searches one query
+        batch[check] = alone
+    if short:
+        redo = sorted(short)
+        for j, got in zip(redo, _search_batch(index, queries[redo], n, [excludes[j] for j in redo], accept, params,
+                                              lambda r: single(redo[r]), deeper=most)):
+            batch[j] = got
+    return [single(j) if j in tied and j != check else got for j, got in enumerate(batch)]
 
 
 def _accepted(rows: np.ndarray, accept: np.ndarray) -> np.ndarray:
