@@ -22,6 +22,7 @@ from recsieve.engine.recall import (
 )
 from recsieve.rerankers.training import Step
 from recsieve.training.batched_examples import batched_groups, supported
+from recsieve.training.batched_features import list_features
 from recsieve.training.batched_recall import (
     KeySet,
     Lists,
@@ -29,9 +30,8 @@ from recsieve.training.batched_recall import (
     PopularityTable,
     TransitionTable,
     fuse_many,
-    list_features,
-    search_many,
 )
+from recsieve.training.batched_search import search_many
 from recsieve.training.examples import (
     engine_sequences,
     groups_for,
@@ -355,7 +355,7 @@ def test_leave_out_tables_are_the_channels_after_forget(monkeypatch, dense) -> N
 
 @pytest.mark.parametrize("kind,deeper", [("flat", 128), ("flat", 2), ("hnsw", 128)])
 def test_many_searches_are_single_searches(kind, deeper, monkeypatch) -> None:
-    import recsieve.training.batched_recall as batched
+    import recsieve.training.batched_search as batched
     from recsieve.indexes.faiss_index import FaissIndex
 
     monkeypatch.setattr(batched, "DEEPER", deeper)  # 2: most queries come out short and go deeper

@@ -15,8 +15,9 @@ users:
 - **one search for many queries** on an exact FAISS index, for the vector channel and the
   behaviour index; the context encoder runs once per chunk and context length (a batch of equal
   lengths computes what a single request computes, bit for bit);
-- fusion and the per-channel features over all candidates of the chunk at once; the other
-  features, the candidate scorer and the rendered context are serving's own functions per request.
+- fusion and the per-channel features over all candidates of the chunk at once
+  (:mod:`recsieve.training.batched_features`), the candidate scorer in batches; the other
+  features and the rendered context are serving's own functions, per request.
 
 Channels other than the built-in vector, transitions and popularity ones are not supported here
 (:func:`supported` says so, and :func:`~recsieve.training.examples.ranking_groups` then runs the
@@ -47,6 +48,7 @@ from recsieve.engine.recall import (
 from recsieve.engine.users import RecentEvent, UserView
 from recsieve.rerankers.training import Step
 from recsieve.training.batched_context import Context, cross_scores, user_vectors
+from recsieve.training.batched_features import list_features
 from recsieve.training.batched_recall import (
     KeySet,
     Lists,
@@ -54,10 +56,9 @@ from recsieve.training.batched_recall import (
     PopularityTable,
     TransitionTable,
     fuse_many,
-    list_features,
-    search_many,
     unique_sorted,
 )
+from recsieve.training.batched_search import search_many
 from recsieve.types import EVENT_KINDS
 from recsieve.vectors import normalize
 

@@ -16,23 +16,18 @@ with offsets. Keys ``group * R + row`` (``R`` above every row) match rows of one
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
 from recsieve.engine.recall import PopularityChannel, TransitionsChannel
-from recsieve.indexes.base import SearchParams, VectorIndex
-from recsieve.indexes.faiss_index import FaissIndex
 
-__all__ = ["DENSE_LIMIT", "DEEPER", "Lists", "unique_sorted", "order_by", "OwnSteps", "TransitionTable", "PopularityTable", "fuse_many", "list_features",
-           "search_many"]
+__all__ = ["DENSE_LIMIT", "Lists", "unique_sorted", "order_by", "KeySet", "lookup", "OwnSteps", "TransitionTable",
+           "PopularityTable", "fuse_many", "accepted"]
 
 #: A chunk's transition scores are summed in a dense (requests x rows) matrix up to this many cells.
 DENSE_LIMIT = 1 << 23
-#: A batched search asks for this many rows past ``n + 1`` at most, to drop excluded ones (then deeper if short).
-DEEPER = 128
 
 
 @dataclass
@@ -176,7 +171,7 @@ class KeySet:
         return _member(keys, self.keys)
 
 
-def _lookup(keys: np.ndarray, sorted_keys: np.ndarray, values: np.ndarray, default: float = 0.0) -> np.ndarray:
+def lookup(keys: np.ndarray, sorted_keys: np.ndarray, values: np.ndarray, default: float = 0.0) -> np.ndarray:
     """``values`` at each of ``keys`` in ``sorted_keys`` (ascending, unique), ``default`` where absent."""
     out = np.full(keys.shape, default, dtype=values.dtype if values.size else np.float64)
     if sorted_keys.size:
@@ -225,10 +220,10 @@ class OwnSteps:
         self.pair_keys, self.pair_counts = _counts((pair_users * base + src) * base + dst)
 
     def item_count(self, users: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return _lookup(users * self.base + rows, self.item_keys, self.item_counts.astype(np.float64))
+        return lookup(users * self.base + rows, self.item_keys, self.item_counts.astype(np.float64))
 
     def pair_count(self, users: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-        return _lookup((users * self.base + src) * self.base + dst, self.pair_keys, self.pair_counts.astype(np.float64))
+        return lookup((users * self.base + src) * self.base + dst, self.pair_keys, self.pair_counts.astype(np.float64))
 
     def pairs_from(self, users: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The own pairs out of each ``(users[e], src[e])``: ``(e, dst, count)`` per pair."""
@@ -277,7 +272,7 @@ class TransitionTable:
             return keys, np.zeros(0)
         b = own.base
         pair = keys % (b * b)
-        have = _lookup(pair // b * self.base + pair % b, self.pair_keys, self.counts)
+        have = lookup(pair // b * self.base + pair % b, self.pair_keys, self.counts)
         taken = np.minimum(have, own.pair_counts)
         user_src = keys // b
         first = np.ones(user_src.size, bool)
@@ -293,7 +288,7 @@ class TransitionTable:
         """Per (user, source row): the table index (-1: none), the total out of it and whether
         any transition out of it is left once the user's own are taken out."""
         s = np.where(src < self.base, self.src_index[np.minimum(src, self.base - 1)], -1)
-        dec = _lookup(users * own.base + src, taken[0], taken[1])
+        dec = lookup(users * own.base + src, taken[0], taken[1])
         out = np.where(s >= 0, np.maximum(0.0, self.out[np.maximum(s, 0)] - dec), 0.0)
         alive = (s >= 0) & (np.where(s >= 0, self.slice_sums[np.maximum(s, 0)], 0.0) - dec > 0)
         return s, out, alive
@@ -322,7 +317,7 @@ class TransitionTable:
         c = self.counts[idx]
         # take out the user's own pairs out of each source (few): found by the pair, not per transition
         k, own_dst, own_n = own.pairs_from(u_of[e], src[e])
-        at = _lookup(src[e][k] * self.base + own_dst, self.pair_keys, np.arange(self.pair_keys.size), default=-1)
+        at = lookup(src[e][k] * self.base + own_dst, self.pair_keys, np.arange(self.pair_keys.size), default=-1)
         held = at >= 0
         flat = starts[k[held]] + at[held] - self.offsets[s[e][k[held]]]
         c[flat] = np.maximum(c[flat] - own_n[held], 0.0)  # (a pair left at 0 is gone from the channel)
@@ -373,7 +368,7 @@ class TransitionTable:
         s, total, alive = self.source_state(users[k], last[k], own, taken)
         ok = alive & (total != 0)
         k, total = k[ok], total[ok]
-        at = _lookup(last[k] * self.base + np.minimum(rows[k], self.base - 1), self.pair_keys,
+        at = lookup(last[k] * self.base + np.minimum(rows[k], self.base - 1), self.pair_keys,
                      np.arange(self.pair_keys.size, dtype=np.int64), default=-1)
         found = (at >= 0) & (rows[k] < self.base)
         c = np.zeros(k.size)
@@ -435,7 +430,7 @@ class PopularityTable:
         g_b = np.repeat(np.arange(n_groups), [owned[u].size for u in users])
         rows_b = np.concatenate([owned[u] for u in users]) if n_groups else np.empty(0, np.int64)
         rows_b = rows_b.astype(np.int64)
-        ok = _accepted(rows_b, self.accept) & ~exclude.has(g_b * base + rows_b)
+        ok = accepted(rows_b, self.accept) & ~exclude.has(g_b * base + rows_b)
         g_b, rows_b = g_b[ok], rows_b[ok]
         vals_b = self.left(users[g_b], rows_b, own)
         g = np.concatenate([g_a[first], g_b])
@@ -480,111 +475,6 @@ def fuse_many(lists: Sequence[Lists], weights: Sequence[float], n: int, base: in
     return Lists.from_sorted(g[order], rows[order], fused[order].astype(np.float32), n_groups, n)
 
 
-def list_features(fused: Lists, lists: Sequence[Lists], base: int) -> np.ndarray:
-    """The per-channel columns of :func:`~recsieve.engine.ranker.candidate_features` (each channel's
-    ``inv_rank`` and ``score``) for every fused candidate of every request: ``(len(fused.rows), 2 * C)``."""
-    g = fused.groups()
-    keys = g * base + fused.rows
-    cols = []
-    for lst in lists:
-        inv = np.zeros(keys.size, np.float32)
-        score = np.zeros(keys.size, np.float32)
-        lg = lst.groups()
-        if lst.rows.size:
-            lkeys = lg * base + lst.rows
-            order = np.argsort(lkeys, kind="stable")
-            at = _lookup(keys, lkeys[order], order.astype(np.int64), default=-1)
-            top = np.zeros(lst.n_groups, np.float32)
-            np.maximum.at(top, lg, np.abs(lst.scores))
-            top[top == 0] = 1.0
-            hit = at >= 0
-            i = at[hit]
-            pos = (i - lst.offsets[lg[i]]).astype(np.float64)
-            inv[hit] = 1.0 / np.sqrt(pos + 1.0)
-            score[hit] = lst.scores[i] / top[lg[i]]
-        cols += [inv, score]
-    return np.stack(cols, axis=1) if cols else np.zeros((keys.size, 0), np.float32)
-
-
-def search_many(index: VectorIndex, queries: np.ndarray, n: int, excludes: Sequence[np.ndarray], accept: np.ndarray,
-                params: SearchParams | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """For each query, what a recall channel gets from ``index.search(query, n, exclude=...)``
-    followed by its accept check: ``(rows, scores)``; ``excludes[i]`` sorted.
-
-    On an exact FAISS index the queries go in calls of many (under FAISS's BLAS threshold, so each
-    query's scores come from the same kernel as a single search), grouped by how many rows they
-    exclude and asking for enough more than ``n`` to drop them afterwards. A query whose kept
-    scores tie is searched again alone (ties may be ordered otherwise), as is every query of a
-    call whose first untied query does not match its own single search. Other indexes are searched one query at a time (their search with exclusions
-    is not a search without them, filtered)."""
-    empty = (np.empty(0, np.int64), np.empty(0, np.float32))
-    if not len(queries) or len(index) == 0:
-        return [empty for _ in range(len(queries))]
-
-    def single(i: int) -> tuple[np.ndarray, np.ndarray]:
-        scores, ids = index.search(queries[i : i + 1], n, exclude=excludes[i], params=params)
-        keep = ids[0] >= 0
-        rows, sc = ids[0][keep], scores[0][keep]
-        ok = _accepted(rows, accept)
-        return np.ascontiguousarray(rows[ok]), np.ascontiguousarray(sc[ok], dtype=np.float32)
-
-    if not (isinstance(index, FaissIndex) and index.kind == "flat"):
-        return [single(i) for i in range(len(queries))]
-    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(queries)
-    # queries with similar numbers of excluded rows go together: a call asks for n + the most excluded + 1
-    order = np.argsort(np.array([e.size for e in excludes], np.int64), kind="stable")
-    step = max(1, min(256, int(faiss.cvar.distance_compute_blas_threshold) - 1))
-    for start in range(0, order.size, step):
-        part = order[start : start + step]
-        for i, got in zip(part.tolist(), _search_batch(index, queries[part], n, [excludes[i] for i in part],
-                                                      accept, params, lambda j, part=part: single(int(part[j])))):
-            out[i] = got
-    return out  # type: ignore[return-value]
-
-
-def _search_batch(index: VectorIndex, queries: np.ndarray, n: int, excludes: Sequence[np.ndarray],
-                  accept: np.ndarray, params: SearchParams | None,
-                  single: Callable[[int], tuple[np.ndarray, np.ndarray]],
-                  deeper: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One call of :func:`search_many`: the queries' results, each checked as described there.
-
-    It asks for ``n + 1`` plus at most ``deeper`` (default :data:`DEEPER`) rows to drop (a user's consumed rows are rarely
-    all among the nearest); queries that come out short are asked again for all they exclude."""
-    m = len(queries)
-    most = max(e.size for e in excludes)
-    deeper = DEEPER if deeper is None else deeper
-    scores, ids = index.search(queries, n + 1 + min(most, deeper), params=params)
-    width = ids.shape[1]
-    base = int(max(ids.max(initial=0), max((int(e.max(initial=0)) for e in excludes), default=0))) + 1
-    q = np.repeat(np.arange(m), [e.size for e in excludes])
-    dropped = KeySet(q * base + np.concatenate(excludes), m * base).has(np.arange(m)[:, None] * base
-                                                                         + np.maximum(ids, 0))
-    valid = (ids >= 0) & ~dropped
-    rank = np.cumsum(valid, axis=1)
-    # short: fewer than n + 1 kept though the index had more to give
-    short = set(np.flatnonzero((rank[:, -1] < n + 1) & (ids[:, -1] >= 0)).tolist()) if most > deeper else set()
-    # a tie among the first n + 1 kept: the single search may order it otherwise
-    head = np.flatnonzero((valid & (rank <= n + 1)).ravel())
-    qs, sc = head // width, scores.ravel()[head]
-    tied = set(qs[1:][(qs[1:] == qs[:-1]) & (sc[1:] == sc[:-1])].tolist()) - short
-    take = valid & (rank <= n) & _accepted(np.maximum(ids, 0), accept)
-    counts = take.sum(axis=1)
-    flat = np.flatnonzero(take.ravel())
-    cut = np.cumsum(counts)[:-1]
-    batch = list(zip(np.split(ids.ravel()[flat], cut), np.split(scores.ravel()[flat].astype(np.float32), cut)))
-    check = next((j for j in range(m) if j not in tied and j not in short), None)
-    if check is not None:  # one query searched alone as well: the batch must have found the same
-        alone = single(check)
-        if not (np.array_equal(alone[0], batch[check][0]) and np.array_equal(alone[1], batch[check][1])):
-            tied = set(range(m)) - short  # this FAISS does not search a batch as it searches one query
-        batch[check] = alone
-    if short:
-        redo = sorted(short)
-        for j, got in zip(redo, _search_batch(index, queries[redo], n, [excludes[j] for j in redo], accept, params,
-                                              lambda r: single(redo[r]), deeper=most)):
-            batch[j] = got
-    return [single(j) if j in tied and j != check else got for j, got in enumerate(batch)]
-
-
-def _accepted(rows: np.ndarray, accept: np.ndarray) -> np.ndarray:
+def accepted(rows: np.ndarray, accept: np.ndarray) -> np.ndarray:
+    """Whether recall's accept check lets each row through (``accept``: a mask of rows)."""
     return accept[np.clip(rows, 0, accept.size - 1)] & (rows < accept.size)
