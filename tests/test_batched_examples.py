@@ -94,8 +94,8 @@ def ties(tmp_path_factory):
     eng.close()
 
 
-def _same(got, want) -> None:
-    assert len(got) == len(want) and want
+def _same(got, want, *, some: bool = True) -> None:
+    assert len(got) == len(want) and (want or not some)
     for a, b in zip(got, want):
         assert (a.user_id, a.target, a.context) == (b.user_id, b.target, b.context)
         np.testing.assert_array_equal(a.rows, b.rows)
@@ -180,6 +180,25 @@ def test_statistics_are_left_as_given(shop) -> None:
         if st is not None:
             after = ch.state()
             assert all(np.array_equal(st[k], after[k]) for k in st)
+
+
+def test_each_user_is_taken_out_of_the_statistics_as_given(shop) -> None:
+    """Statistics that lack a user's steps: that user's forget stops at zero, and nothing of theirs
+    reaches the users after them (the loop re-observed what it had forgotten)."""
+    sequences = engine_sequences(shop)
+    users = sorted(u for u in sequences if last_positives(sequences[u], 2))
+    missing, later = users[0], users[1:6]
+    given = shop.new_statistics()
+    for u in sorted(sequences):
+        if u != missing:
+            observe_steps(shop, given, sequences[u])
+    targets = {u: last_positives(sequences[u], 2) for u in [missing, *later]}
+    got = [_Group(*g) for g in batched_groups(shop, sequences, targets, given)]
+    assert got
+    for u in [missing, *later]:
+        alone = [ch.copy() for ch in given]
+        observe_steps(shop, alone, sequences[u], forget=True)
+        _same([g for g in got if g.user_id == u], groups_for(shop, sequences, {u: targets[u]}, alone), some=False)
 
 
 def test_observe_all_counts_what_observe_steps_counts(shop) -> None:

@@ -199,22 +199,20 @@ def observe_steps(engine: Engine, channels: Sequence[Any], steps: Sequence[Step]
 def observe_all(engine: Engine, channels: Sequence[Any], sequences: dict[str, list[Step]]) -> None:
     """:func:`observe_steps` of every user's steps (in user order), with each channel's
     ``observe_many``: the same statistics, without a Python call per event."""
-    prev, rows, positive = [], [], []
-    weights = engine.users.kind_weights
-    for u in sorted(sequences):
-        steps = sequences[u]
-        r = np.fromiter((s.item for s in steps), np.int64, count=len(steps))
-        pos = np.array([weights[s.kind] > 0 for s in steps], bool)
-        at = np.flatnonzero(pos)
-        before = np.searchsorted(at, np.arange(len(steps))) - 1  # the last positive step before each
-        prev.append(np.where(before >= 0, r[at[np.maximum(before, 0)]] if at.size else -1, -1))
-        rows.append(r)
-        positive.append(pos)
-    if not rows:
+    seqs = [sequences[u] for u in sorted(sequences)]
+    n = sum(len(q) for q in seqs)
+    if not n:
         return
-    arrays = [np.concatenate(a) for a in (prev, rows, positive)]
+    positive_kind = {k: w > 0 for k, w in engine.users.kind_weights.items()}
+    rows = np.fromiter((s.item for q in seqs for s in q), np.int64, count=n)
+    positive = np.fromiter((positive_kind[s.kind] for q in seqs for s in q), bool, count=n)
+    starts = np.repeat(np.cumsum([0] + [len(q) for q in seqs[:-1]]), [len(q) for q in seqs])
+    # each step's previous positive step of the same user: the latest positive position before it
+    mark = np.where(positive, np.arange(n), -1)
+    before = np.maximum.accumulate(np.concatenate([[-1], mark[:-1]]))
+    prev = np.where(before >= starts, rows[np.maximum(before, 0)], -1)
     for ch in channels:
-        ch.observe_many(*arrays)
+        ch.observe_many(prev, rows, positive)
 
 
 def groups_for(engine: Engine, sequences: dict[str, list[Step]], targets: dict[str, list[int]],
