@@ -137,8 +137,9 @@ def ranking_groups(
     the head never learns from a feature that already counts its own label, while everyone
     else's behaviour up to the present (a trend, a newly popular item) is there to learn
     from, at the strength serving sees it. ``channels``: statistics that already observed
-    exactly ``sequences`` (they are changed while this runs and restored after; pass a copy
-    of live ones), else they are built here. ``new_from``: only positions from
+    exactly ``sequences`` (the per-user loop changes them while it runs and restores them
+    after, so pass a copy of live ones; the batched builder only reads them), else they are
+    built here. ``new_from``: only positions from
     ``new_from[user]`` on may be targets (users not in it give none) -- for continual
     updates. ``instruction_for``: see :func:`groups_for`. ``users``: a seeded sample of this many
     users (default: all; training caps it, see :data:`RANKER_USERS`).
