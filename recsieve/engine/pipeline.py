@@ -37,9 +37,10 @@ from recsieve.types import Candidates, Recommendation
 from recsieve.vectors import normalize
 
 if TYPE_CHECKING:  # pragma: no cover
+    from recsieve.engine.config import EngineConfig
     from recsieve.rerankers.base import Reranker
 
-__all__ = ["Pipeline", "Recalled", "MAX_INSTRUCTION"]
+__all__ = ["Pipeline", "Recalled", "MAX_INSTRUCTION", "query_vector"]
 
 log = logging.getLogger("recsieve")
 
@@ -59,6 +60,28 @@ class Recalled:
     channels: Sequence[RecallChannel]
     instruction: np.ndarray | None
     request: RecallRequest
+
+
+def query_vector(cfg: EngineConfig, vectors: np.ndarray, profile: np.ndarray | None, rows: Sequence[int],
+                 weights: Sequence[float], instruction: np.ndarray | None) -> np.ndarray | None:
+    """The vector channel's query (the one rule, for serving and for training's batched examples):
+    ``profile_weight`` × the unit long-term profile + ``recent_weight`` × the unit weighted sum of the
+    recent ``rows``' vectors + ``instruction_weight`` × the instruction's vector, normalised;
+    ``None`` when it is zero."""
+    dim = vectors.shape[1]
+    q = np.zeros(dim, dtype=np.float64)
+    if profile is not None:
+        q += cfg.profile_weight * profile / np.linalg.norm(profile)
+    if len(rows):
+        short = sum(w * vectors[r].astype(np.float64) for r, w in zip(rows, weights))
+        norm = np.linalg.norm(short)
+        if norm > 1e-9:
+            q += cfg.recent_weight * short / norm
+    if instruction is not None:
+        q += cfg.instruction_weight * instruction
+    if np.linalg.norm(q) < 1e-9:
+        return None
+    return normalize(q, dim, "query")[0]
 
 
 class Pipeline:
@@ -127,22 +150,9 @@ class Pipeline:
 
     def query_vector(self, view: UserView | None, instruction: np.ndarray | None) -> np.ndarray | None:
         """The vector channel's query: long-term profile + short-term vector + instruction."""
-        cfg, vectors, dim = self.store.config, self.store.vectors, self.store.dim
-        q = np.zeros(dim, dtype=np.float64)
-        if view is not None:
-            if view.profile is not None:
-                q += cfg.profile_weight * view.profile / np.linalg.norm(view.profile)
-            recent = view.recent[-cfg.short_term_events :]
-            if recent:
-                short = sum(e.weight * vectors[e.row].astype(np.float64) for e in recent)
-                norm = np.linalg.norm(short)
-                if norm > 1e-9:
-                    q += cfg.recent_weight * short / norm
-        if instruction is not None:
-            q += cfg.instruction_weight * instruction
-        if np.linalg.norm(q) < 1e-9:
-            return None
-        return normalize(q, dim, "query")[0]
+        recent = view.recent[-self.store.config.short_term_events :] if view is not None else []
+        return query_vector(self.store.config, self.store.vectors, view.profile if view is not None else None,
+                            [e.row for e in recent], [e.weight for e in recent], instruction)
 
     # -- recall --------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from recsieve.engine.context import ContextRuntime
 from recsieve.engine.engine import Engine
 from recsieve.engine.models import ServingModel
+from recsieve.engine.pipeline import query_vector
 from recsieve.engine.ranker import candidate_features
 from recsieve.engine.recall import (
     PopularityChannel,
@@ -61,7 +62,6 @@ from recsieve.training.batched_recall import (
 )
 from recsieve.training.batched_search import search_many
 from recsieve.types import EVENT_KINDS
-from recsieve.vectors import normalize
 
 __all__ = ["CHUNK_USERS", "supported", "Requests", "Recall", "prepare", "recall_chunks", "batched_groups"]
 
@@ -178,21 +178,8 @@ def _profiles(users: Sequence[_User], wanted: Sequence[Sequence[int]], vectors: 
 
 def _query(plan: _Plan, profile: np.ndarray | None, rows: np.ndarray, weights: np.ndarray,
            instruction: np.ndarray | None) -> np.ndarray | None:
-    """Serving's query vector (:meth:`~recsieve.engine.pipeline.Pipeline.query_vector`), in its arithmetic."""
-    cfg, vectors, dim = plan.cfg, plan.vectors, plan.vectors.shape[1]
-    q = np.zeros(dim, dtype=np.float64)
-    if profile is not None:
-        q += cfg.profile_weight * profile / np.linalg.norm(profile)
-    if rows.size:
-        short = sum(w * vectors[r].astype(np.float64) for r, w in zip(rows.tolist(), weights.tolist()))
-        norm = np.linalg.norm(short)
-        if norm > 1e-9:
-            q += cfg.recent_weight * short / norm
-    if instruction is not None:
-        q += cfg.instruction_weight * instruction
-    if np.linalg.norm(q) < 1e-9:
-        return None
-    return normalize(q, dim, "query")[0]
+    """Serving's query vector (:func:`~recsieve.engine.pipeline.query_vector`, the same function)."""
+    return query_vector(plan.cfg, plan.vectors, profile, rows.tolist(), weights.tolist(), instruction)
 
 
 @dataclass
