@@ -299,18 +299,7 @@ class Catalog:
         if lines[-1] != "":
             raise CorruptStoreError(f"{path} line {len(lines)}: truncated (no final newline)")
         lines.pop()
-        header = _load_line(path, lines, 1)
-        if not isinstance(header, dict) or header.get("format") != _FORMAT:
-            raise CorruptStoreError(f"{path} line 1: not a recsieve catalog header")
-        if header.get("format_version") != _FORMAT_VERSION:
-            raise IncompatibleVersionError(
-                f"{path}: catalog format version {header.get('format_version')!r}; this recsieve reads {_FORMAT_VERSION}"
-            )
-        try:
-            cat = cls(header["template"])
-            num_rows, live, version = (int(header[k]) for k in ("num_rows", "live", "version"))
-        except (KeyError, TypeError, ValueError, InvalidInputError) as exc:
-            raise CorruptStoreError(f"{path} line 1: bad header: {exc}") from None
+        cat, num_rows, live, version = cls._from_header(_load_line(path, lines, 1), f"{path} line 1")
         if len(lines) - 1 != num_rows:
             raise CorruptStoreError(f"{path}: header says {num_rows} rows, file has {len(lines) - 1} (truncated?)")
         for row in range(num_rows):
@@ -342,19 +331,26 @@ class Catalog:
 
 
     @classmethod
-    def _load_parquet(cls, path: Path) -> Catalog:
-        header, ids, items = read_catalog_parquet(path)
-        if header.get("format") != _FORMAT:
-            raise CorruptStoreError(f"{path}: not a recsieve catalog")
+    def _from_header(cls, header: Any, where: str) -> tuple[Catalog, int, int, int]:
+        """An empty catalog with the snapshot header's template, and the header's row, live-item and
+        version counts; ``where`` names the file (and line) in the errors."""
+        if not isinstance(header, dict) or header.get("format") != _FORMAT:
+            raise CorruptStoreError(f"{where}: not a recsieve catalog header")
         if header.get("format_version") != _FORMAT_VERSION:
             raise IncompatibleVersionError(
-                f"{path}: catalog format version {header.get('format_version')!r}; this recsieve reads {_FORMAT_VERSION}"
+                f"{where}: catalog format version {header.get('format_version')!r}; this recsieve reads {_FORMAT_VERSION}"
             )
         try:
             cat = cls(header["template"])
             num_rows, live, version = (int(header[k]) for k in ("num_rows", "live", "version"))
         except (KeyError, TypeError, ValueError, InvalidInputError) as exc:
-            raise CorruptStoreError(f"{path}: bad header: {exc}") from None
+            raise CorruptStoreError(f"{where}: bad header: {exc}") from None
+        return cat, num_rows, live, version
+
+    @classmethod
+    def _load_parquet(cls, path: Path) -> Catalog:
+        header, ids, items = read_catalog_parquet(path)
+        cat, num_rows, live, version = cls._from_header(header, str(path))
         if len(ids) != num_rows:
             raise CorruptStoreError(f"{path}: header says {num_rows} rows, file has {len(ids)} (truncated?)")
         row_of = {item_id: row for row, item_id in enumerate(ids)}
