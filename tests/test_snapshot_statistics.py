@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_config import WordHashEmbedder
 
 from recsieve import Engine, EngineConfig, Event, Item
 from recsieve.catalog import Catalog
@@ -30,20 +31,6 @@ from recsieve.types import EVENT_KINDS
 
 N_ITEMS = 40
 KINDS = sorted(EVENT_KINDS)  # positive and non-positive kinds
-
-
-class WordHashEmbedder:
-    """A tiny deterministic stand-in for the bi-encoder: a hashed bag of words, 16 dims."""
-
-    dim = 16
-
-    def embed(self, texts, *, show_progress=None):
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            out[i, 0] = 1.0
-            for word in text.lower().split():
-                out[i, 1 + int(hashlib.sha256(word.encode()).hexdigest(), 16) % (self.dim - 1)] += 1.0
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 CONFIG = EngineConfig(index="flat", refresh_threads=0, cache="none")
