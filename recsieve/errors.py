@@ -20,6 +20,7 @@ __all__ = [
     "IncompatibleVersionError",
     "MissingDependencyError",
     "ModelNotTrainedError",
+    "ClusterUnavailableError",
 ]
 
 
@@ -84,3 +85,8 @@ class MissingDependencyError(RecsieveError, ImportError):
 
 class ModelNotTrainedError(RecsieveError):
     """A model is needed that has not been trained (recsieve never ships an untrained head)."""
+
+
+class ClusterUnavailableError(RecsieveError, ConnectionError):
+    """A distributed engine (a Ray cluster) does not answer at the address given; the message
+    names the address and what to check."""

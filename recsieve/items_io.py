@@ -33,13 +33,18 @@ from recsieve.errors import DuplicateIdError, InvalidInputError
 from recsieve.types import Item
 from recsieve.validation import RESERVED_FIELDS, check_item
 
-__all__ = ["ItemsRead", "read_items", "scan_items", "item_from_record", "NOT_UTF8_RE"]
+__all__ = [
+    "ItemsRead", "read_items", "scan_items", "item_records", "record_unit", "ITEM_FILE_SUFFIXES",
+    "item_from_record", "NOT_UTF8_RE",
+]
 
 #: Matches the lone surrogates that ``decode("utf-8", errors="surrogateescape")`` leaves for
 #: bytes that are not UTF-8, so a reader can report the very line that holds them.
 NOT_UTF8_RE = re.compile("[\udc80-\udcff]")
 
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+#: The file name endings of item files (lower case).
+ITEM_FILE_SUFFIXES = tuple(_SUFFIXES)
 _INT_RE = re.compile(r"[+-]?(?:0|[1-9][0-9]*)")
 _FLOAT_RE = re.compile(r"[+-]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
@@ -134,6 +139,40 @@ def read_items(path: str | Path, *, skip_invalid: bool = False) -> list[Item]:
 def scan_items(path: str | Path, *, skip_invalid: bool = False) -> ItemsRead:
     """Like :func:`read_items`, returning the items and the errors of skipped lines."""
     path = Path(path)
+    out = ItemsRead([])
+    first_line: dict[str, int] = {}
+    unit = record_unit(path)
+    for line, got in item_records(path):
+        try:
+            if isinstance(got, InvalidInputError):
+                raise got
+            if got.id in first_line:
+                raise DuplicateIdError(f"{path.name} {unit} {line}: id", got.id,
+                                       f"duplicate of the id on {unit} {first_line[got.id]}")
+        except InvalidInputError as exc:
+            if not skip_invalid:
+                raise
+            out.errors.append(exc)
+            continue
+        first_line[got.id] = line
+        out.items.append(got)
+    return out
+
+
+def record_unit(path: str | Path) -> str:
+    """What errors call a record of the item file ``path``: ``"row"`` (Parquet) or ``"line"``."""
+    return "row" if _SUFFIXES.get(Path(path).suffix.lower()) == "parquet" else "line"
+
+
+def item_records(path: str | Path) -> Iterator[tuple[int, Item | InvalidInputError]]:
+    """Each record of an item file in file order with its line (Parquet: row): the validated
+    :class:`Item`, or the :class:`InvalidInputError` naming that line and field. Blank lines are
+    skipped; ids are not compared (:func:`scan_items` refuses a repeated one).
+
+    A path that is no item file raises here, before anything is read; a file that cannot be read
+    on (broken CSV quoting, an unreadable Parquet file) raises where reading stops.
+    """
+    path = Path(path)
     kind = _SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise InvalidInputError(
@@ -144,25 +183,19 @@ def scan_items(path: str | Path, *, skip_invalid: bool = False) -> ItemsRead:
     if not path.is_file():
         raise InvalidInputError("path", str(path), "no such file")
     records = {"jsonl": _jsonl_records, "csv": _csv_records, "parquet": _parquet_records}[kind](path)
-    out = ItemsRead([])
-    first_line: dict[str, int] = {}
-    unit = "row" if kind == "parquet" else "line"
+    return _validated(path, records)
+
+
+def _validated(path: Path, records: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Item | InvalidInputError]]:
+    unit = record_unit(path)
     for line, record in records:
-        where = f"{path.name} {unit} {line}: "
-        try:
-            if isinstance(record, InvalidInputError):
-                raise record
-            item = item_from_record(record, where)
-            if item.id in first_line:
-                raise DuplicateIdError(f"{where}id", item.id, f"duplicate of the id on {unit} {first_line[item.id]}")
-        except InvalidInputError as exc:
-            if not skip_invalid:
-                raise
-            out.errors.append(exc)
+        if isinstance(record, InvalidInputError):
+            yield line, record
             continue
-        first_line[item.id] = line
-        out.items.append(item)
-    return out
+        try:
+            yield line, item_from_record(record, f"{path.name} {unit} {line}: ")
+        except InvalidInputError as exc:
+            yield line, exc
 
 
 def _decode(data: bytes) -> str:

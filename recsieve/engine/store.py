@@ -192,11 +192,11 @@ class Store:
 
     # -- construction ------------------------------------------------------------------
 
-    def init_empty(self, dim: int) -> None:
-        """Fresh, empty state of dimension ``dim`` (a new engine directory)."""
+    def init_empty(self, dim: int, index: VectorIndex | None = None) -> None:
+        """Fresh, empty state of dimension ``dim`` (a new engine directory), over ``index`` if given."""
         self.dim = dim
         self.vectors = np.zeros((0, dim), dtype=np.float32)
-        self.index = new_index(self.config, dim)
+        self.index = new_index(self.config, dim) if index is None else index
         self.users = self.new_user_store()
         self.journal = Journal(self.directory / "journal.sqlite", dim)
         self.channels = self.new_channels()
@@ -477,7 +477,9 @@ class Store:
                 out.append(i)
         return out
 
-    def apply_upsert(self, items: Sequence[Item], vectors: np.ndarray, hashes: Sequence[str] | None = None) -> None:
+    def apply_upsert(self, items: Sequence[Item], vectors: np.ndarray, hashes: Sequence[str] | None = None, *,
+                     indexed: bool = False) -> None:
+        """Apply an upsert to memory; ``indexed``: the vector index holds these rows already."""
         if hashes is None:
             hashes = [content_hash(self.catalog.render(it)) for it in items]
         rows = self.catalog.upsert(items)
@@ -489,7 +491,8 @@ class Store:
         self.vectors[rows] = vectors
         for r, h in zip(rows.tolist(), hashes):
             self.hashes[r] = h
-        self.index.upsert(rows, vectors, [dict(it.metadata) for it in items])
+        if not indexed:
+            self.index.upsert(rows, vectors, [dict(it.metadata) for it in items])
         for it in items:
             self._note_field_kinds(it)
         for listener in self.listeners:

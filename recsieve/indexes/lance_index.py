@@ -65,7 +65,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         f"LanceIndex needs lancedb and pyarrow: pip install 'recsieve[lance]' ({exc})"
     ) from exc
 
-__all__ = ["LanceIndex", "LANCE_INDEX_TYPES"]
+__all__ = ["LanceIndex", "LANCE_INDEX_TYPES", "table_schema"]
 
 #: ANN index types :class:`LanceIndex` can build.
 LANCE_INDEX_TYPES = ("hnsw_sq", "ivf_pq", "none")
@@ -76,6 +76,15 @@ _ARROW = {"number": pa.float64(), "bool": pa.bool_(), "string": pa.string()}
 _KIND_OF = {pa.float64(): "number", pa.bool_(): "bool", pa.string(): "string"}
 _CHUNK = 4096  # ids per IN (...) list
 _OPTIMIZE_EVERY = 64  # writes between compactions of the small fragments each write leaves
+
+
+def table_schema(dim: int, fields: Mapping[str, str]) -> pa.Schema:
+    """The schema of a :class:`LanceIndex` table: ``id`` (int64), ``vector`` (float32[dim]) and
+    one column per metadata field (``fields``: name -> kind, as
+    :func:`~recsieve.indexes.checks.kind_of` tells it), in that order. A table written elsewhere
+    in this schema (a distributed build's) opens as an index with ``LanceIndex(dim, uri=...)``."""
+    base = [pa.field("id", pa.int64(), nullable=False), pa.field("vector", pa.list_(pa.float32(), dim))]
+    return pa.schema(base + [pa.field(name, _ARROW[kind]) for name, kind in fields.items()])
 
 
 def _ids_sql(ids: Sequence[int]) -> str:
@@ -183,13 +192,7 @@ class LanceIndex(VectorIndex):
             self._table = self._db.open_table(self.table_name)
             self._check_schema(self._table.schema)
         else:
-            base = pa.schema(
-                [
-                    pa.field("id", pa.int64(), nullable=False),
-                    pa.field("vector", pa.list_(pa.float32(), self.dim)),
-                ]
-            )
-            self._table = self._db.create_table(self.table_name, schema=base)
+            self._table = self._db.create_table(self.table_name, schema=table_schema(self.dim, {}))
         self._schema = {
             f.name: _KIND_OF[f.type] for f in self._table.schema if f.name not in ("id", "vector")
         }

@@ -1,0 +1,89 @@
+"""Ray is optional: the default install never imports it, and the Ray path says what to install
+when it is missing, or which address does not answer. Fast (no Ray instance is started)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib import resources
+
+import pytest
+
+from recsieve.errors import ClusterUnavailableError, InvalidInputError
+
+DEMO = str(resources.files("recsieve") / "data" / "demo_items.jsonl")
+
+
+def run_python(code: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_default_install_never_imports_ray():
+    got = run_python(
+        "import json, sys\n"
+        "import recsieve, recsieve.cli, recsieve.distributed, recsieve.distributed.build\n"
+        "from recsieve import Engine, EngineConfig\n"
+        "recsieve.cli.build_parser()\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))))\n"
+    )
+    assert got == []
+
+
+def test_without_ray_the_ray_path_names_the_extra(tmp_path):
+    out = tmp_path / "eng"
+    got = run_python(
+        "import contextlib, io, json, sys\n"
+        "sys.modules['ray'] = None  # as if Ray were not installed\n"
+        "from recsieve.distributed import build_index\n"
+        "from recsieve.errors import MissingDependencyError\n"
+        "from recsieve.cli import main\n"
+        "try:\n"
+        f"    build_index({DEMO!r}, {str(out)!r})\n"
+        "    error = None\n"
+        "except MissingDependencyError as exc:\n"
+        "    error = str(exc)\n"
+        "err = io.StringIO()\n"
+        "with contextlib.redirect_stderr(err):\n"
+        f"    code = main(['build-index', {DEMO!r}, '--out', {str(out)!r}, '--ray'])\n"
+        "print(json.dumps({'error': error, 'code': code, 'stderr': err.getvalue()}))\n"
+    )
+    assert got["error"] is not None and "pip install 'recsieve[ray]'" in got["error"]
+    assert got["code"] == 2
+    assert got["stderr"].startswith("recsieve build-index: error:") and "recsieve[ray]" in got["stderr"]
+    assert got["stderr"].count("\n") == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_an_address_where_nothing_listens_fails_at_once(tmp_path, capsys):
+    pytest.importorskip("ray")
+    pytest.importorskip("lance")
+    from recsieve.cli import main
+    from recsieve.distributed import build_index
+
+    out = tmp_path / "eng"
+    with pytest.raises(ClusterUnavailableError, match=r"address='127\.0\.0\.1:1': no Ray cluster answers there"):
+        build_index(DEMO, out, address="127.0.0.1:1")
+    assert main(["build-index", DEMO, "--out", str(out), "--ray", "ray://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recsieve build-index: error: address='ray://127.0.0.1:1'") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # nothing left: neither the directory nor a half-built one
+
+
+@pytest.mark.parametrize("address", ["nonsense", "host:", ":6379", "host:99999", "ray://"])
+def test_a_malformed_address_names_itself(address):
+    pytest.importorskip("ray")
+    from recsieve.distributed import connect
+
+    with pytest.raises(InvalidInputError, match="^address="):
+        connect(address)
+
+
+def test_num_cpus_is_for_a_local_ray_only():
+    pytest.importorskip("ray")
+    from recsieve.distributed import connect
+
+    with pytest.raises(InvalidInputError, match="^num_cpus=2"):
+        connect("127.0.0.1:6379", num_cpus=2)
