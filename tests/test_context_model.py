@@ -125,8 +125,29 @@ def test_save_load_gives_identical_scores(with_scorer, tmp_path):
     assert np.array_equal(model.score_candidates(ctxs[0], cand), again.score_candidates(ctxs[0], cand))
     assert np.array_equal(model.item_vectors(), again.item_vectors())
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["settings"]["dim"] == 32
+    assert manifest["format_version"] == 2 and manifest["settings"]["dim"] == 32
+    assert manifest["settings"]["block"] == "sasrec"
     assert set(manifest["files"]) == {"tower.pt", "encoder.pt", "scorer.pt", "items.npy"}
+
+
+def test_format_1_folder_loads_with_pre_ln_blocks(tmp_path):
+    """A folder saved before the block layout was a setting (format 1, no "block") is read as
+    pre-LN and scores exactly as the model that wrote it; read as SASRec blocks it would not."""
+    seqs = [np.array([1, 2, 3, 4, 5]), np.array([2, 3, 4, 6]), np.array([7, 1, 2, 3])] * 4
+    settings = ContextSettings(n_warm=8, text_dim=0, dim=16, max_len=6, block="prenorm")
+    model, _ = fit_context_model(seqs, 8, None, settings=settings, config=_cfg(epochs=3))
+    folder = model.save(tmp_path / "old")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["settings"]["block"]
+    manifest["format_version"] = 1
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    again = ContextModel.load(folder)
+    assert again.settings.block == "prenorm"
+    ctxs = [np.array([1, 2, 3]), np.array([7, 1])]
+    assert np.array_equal(model.score_items(ctxs), again.score_items(ctxs))
+    manifest["format_version"] = 2  # the same weights read as SASRec blocks score differently
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert not np.allclose(model.score_items(ctxs), ContextModel.load(folder).score_items(ctxs))
 
 
 def test_corrupt_or_half_written_folder_is_refused(with_scorer, tmp_path):

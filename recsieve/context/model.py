@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsieve.context.modules import CandidateScorer, ContextEncoder, ItemTower, gap_buckets
+from recsieve.context.modules import (
+    BLOCK_STYLES,
+    CandidateScorer,
+    ContextEncoder,
+    ItemTower,
+    gap_buckets,
+)
 from recsieve.errors import (
     CorruptStoreError,
     IncompatibleVersionError,
@@ -33,7 +39,10 @@ from recsieve.storage import atomic_write_json, read_json, replacing_folder, sha
 
 __all__ = ["ContextSettings", "ContextModel", "FORMAT_VERSION", "MANIFEST", "KIND"]
 
-FORMAT_VERSION = 1
+#: 2: the encoder's block layout is a setting (``ContextSettings.block``), SASRec's by default.
+FORMAT_VERSION = 2
+#: Format 1 folders still load (their blocks are pre-LN).
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 KIND = "recsieve-context-model"
 _WEIGHTS = ("tower.pt", "encoder.pt", "scorer.pt")
@@ -49,7 +58,7 @@ class ContextSettings:
     blocks: int = 2
     heads: int = 1
     max_len: int = 200
-    dropout: float = 0.2
+    dropout: float = 0.1
     adapter_hidden: int = 256
     use_ids: bool = True
     #: Event kinds the model knows, in embedding order (index + 1); others map to 0 (unknown).
@@ -57,6 +66,8 @@ class ContextSettings:
     instruction_dim: int = 0
     n_candidate_types: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the encoder's transformer block layout (:data:`~recsieve.context.modules.BLOCK_STYLES`)
+    block: str = "sasrec"
 
     def __post_init__(self) -> None:
         for name in ("n_warm", "dim", "blocks", "heads", "max_len", "adapter_hidden"):
@@ -67,6 +78,8 @@ class ContextSettings:
             raise InvalidInputError("heads", self.heads, f"must divide dim={self.dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise InvalidInputError("dropout", self.dropout, "must be in [0, 1)")
+        if self.block not in BLOCK_STYLES:
+            raise InvalidInputError("block", self.block, f"expected one of {BLOCK_STYLES}")
         object.__setattr__(self, "kinds", tuple(self.kinds))
 
 
@@ -103,6 +116,7 @@ class ContextModel:
             dropout=s.dropout,
             n_kinds=len(s.kinds),
             instruction_dim=s.instruction_dim,
+            block=s.block,
         )
         self.scorer: CandidateScorer | None = None
         self._kind_index = {k: i + 1 for i, k in enumerate(s.kinds)}
@@ -346,9 +360,9 @@ class ContextModel:
         man = read_json(folder / MANIFEST, "context model manifest")
         if not isinstance(man, dict) or man.get("kind") != KIND:
             raise CorruptStoreError(f"context model: {folder / MANIFEST} is not a context-model manifest")
-        if man.get("format_version") != FORMAT_VERSION:
+        if man.get("format_version") not in READABLE_VERSIONS:
             raise IncompatibleVersionError(
-                f"context model: format_version={man.get('format_version')!r}, this recsieve reads {FORMAT_VERSION}"
+                f"context model: format_version={man.get('format_version')!r}, this recsieve reads {READABLE_VERSIONS}"
             )
         files = man.get("files")
         if not isinstance(files, dict) or "items.npy" not in files:
@@ -362,6 +376,8 @@ class ContextModel:
         try:
             raw = dict(man["settings"])
             raw["kinds"] = tuple(raw.get("kinds", ()))
+            if man["format_version"] == 1:  # format 1 predates the setting: pre-LN blocks
+                raw.setdefault("block", "prenorm")
             settings = ContextSettings(**raw)
             model = cls(settings, threads=threads)
             model.tower.load_state_dict(torch.load(folder / "tower.pt", weights_only=True))

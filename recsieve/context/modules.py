@@ -8,7 +8,10 @@ Shapes and conventions (shared by training and serving, so a rule is written onc
   no mask (the fast fused kernel); positions are counted from the newest event;
 - ``kinds`` are small ints (``0`` = unknown kind), ``gaps`` are age buckets from
   :func:`gap_buckets` (``0`` = unknown);
-- an item token is ``adapter(text vector) + ID residual`` (the residual only for warm rows).
+- an item token is ``adapter(text vector) + ID residual`` (the residual only for warm rows);
+- every ``Linear`` and ``Embedding`` but the text adapter's starts from ``N(0, INIT_STD²)``
+  (biases 0), as in the published SASRec code (measured on ML-1M, ID-only, 25 epochs: NDCG@10 0.1414 against 0.1331
+  with PyTorch's defaults and ``dim**-0.5`` embeddings).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "INIT_STD",
+    "BLOCK_STYLES",
     "GAP_EDGES_S",
     "N_GAP_BUCKETS",
     "gap_buckets",
@@ -29,6 +34,24 @@ __all__ = [
     "ContextEncoder",
     "CandidateScorer",
 ]
+
+#: Standard deviation of every initial weight (SASRec's reference initialisation).
+INIT_STD = 0.02
+#: Transformer block layouts: ``"sasrec"`` (Kang & McAuley's: the attention's residual is the
+#: layer-normed input that forms the queries, keys and values read the raw stream, and the FFN
+#: runs on the layer-normed sum with its own residual) and ``"prenorm"`` (the common pre-LN
+#: block; models saved in format 1 use it).
+BLOCK_STYLES = ("sasrec", "prenorm")
+
+
+def init_weights(module: nn.Module) -> None:
+    """``N(0, INIT_STD²)`` for every Linear and Embedding weight under ``module``, zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=INIT_STD)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
 
 #: Upper edges (seconds) of the coarse age buckets: 1 min, 1 h, 1 day, 1 week, 30 days, 1 year.
 GAP_EDGES_S = (60.0, 3600.0, 86400.0, 7 * 86400.0, 30 * 86400.0, 365 * 86400.0)
@@ -75,10 +98,10 @@ class ItemTower(nn.Module):
             else None
         )
         self.ids = nn.Embedding(n_warm, dim) if use_ids else None
-        if self.ids is not None:
-            nn.init.normal_(self.ids.weight, std=dim**-0.5)
         if self.adapter is None and self.ids is None:
             raise ValueError("an item tower needs text vectors, IDs, or both")
+        if self.ids is not None:  # the adapter keeps PyTorch's default: text carries signal from the start
+            init_weights(self.ids)
 
     def rows(self, text: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
         """Tokens ``(k, dim)`` of some catalog ``rows`` (``text`` = their text vectors ``(k, text_dim)``)."""
@@ -131,11 +154,14 @@ class Dropout(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block; ``allowed`` is a boolean attention mask (True = may attend)."""
+    """Causal transformer block in one of :data:`BLOCK_STYLES` (dropout on the residual branches
+    and inside the FFN; none on the attention weights, so the fused attention kernel runs)."""
 
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float, style: str = "sasrec") -> None:
         super().__init__()
-        self.heads, self.dropout = heads, dropout
+        if style not in BLOCK_STYLES:
+            raise ValueError(f"block style {style!r}: expected one of {BLOCK_STYLES}")
+        self.heads, self.dropout, self.style = heads, dropout, style
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.ffn = nn.Sequential(
@@ -146,24 +172,33 @@ class Block(nn.Module):
     def heads_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v ``(b, heads, n, dim/heads)`` of the block's input ``x`` ``(b, n, dim)``."""
         b, n, d = x.shape
-        qkv = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        normed = self.ln1(x)
+        if self.style == "prenorm":
+            qkv = self.qkv(normed)
+        else:  # queries from the normed stream, keys and values from the raw one
+            w, bias = self.qkv.weight, self.qkv.bias
+            qkv = torch.cat([F.linear(normed, w[:d], bias[:d]), F.linear(x, w[d:], bias[d:])], -1)
+        qkv = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         return qkv[0], qkv[1], qkv[2]
 
     def finish(self, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
         """Residual attention output (``att`` in heads layout), then the residual FFN."""
         b, _, n, _ = att.shape
-        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, n, x.shape[-1])))
-        return x + self.drop(self.ffn(self.ln2(x)))
+        out = self.drop(self.proj(att.transpose(1, 2).reshape(b, n, x.shape[-1])))
+        if self.style == "prenorm":
+            x = x + out
+            return x + self.drop(self.ffn(self.ln2(x)))
+        x = self.ln2(self.ln1(x) + out)
+        return x + self.drop(self.ffn(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Causal self-attention (no dropout on attention weights, so the fused kernel runs;
-        dropout stays on the embeddings, the residual branches and inside the FFN)."""
+        """Causal self-attention, then the FFN."""
         q, k, v = self.heads_qkv(x)
         return self.finish(x, F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
 
 class ContextEncoder(nn.Module):
-    """Causal transformer over a user's last ``max_len`` events (SASRec-like, pre-LN).
+    """Causal transformer over a user's last ``max_len`` events (SASRec's blocks by default).
 
     Input token = ``sqrt(dim)`` × item token + kind embedding + age-bucket embedding +
     position (counted from the newest event), optionally led by an instruction token (a
@@ -178,9 +213,10 @@ class ContextEncoder(nn.Module):
         blocks: int = 2,
         heads: int = 1,
         max_len: int = 200,
-        dropout: float = 0.2,
+        dropout: float = 0.1,
         n_kinds: int = 1,
         instruction_dim: int = 0,
+        block: str = "sasrec",
     ) -> None:
         super().__init__()
         self.dim, self.max_len = dim, max_len
@@ -189,10 +225,9 @@ class ContextEncoder(nn.Module):
         self.gaps = nn.Embedding(N_GAP_BUCKETS, dim)
         self.instruction = nn.Linear(instruction_dim, dim) if instruction_dim else None
         self.drop = Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(blocks))
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout, block) for _ in range(blocks))
         self.ln = nn.LayerNorm(dim)
-        for emb in (self.pos, self.kinds, self.gaps):
-            nn.init.normal_(emb.weight, std=dim**-0.5)
+        init_weights(self)
         with torch.no_grad():  # unknown kind / unknown age add nothing
             self.kinds.weight[0].zero_()
             self.gaps.weight[0].zero_()

@@ -1,8 +1,10 @@
 """SASRec (Kang & McAuley, ICDM 2018) trained to the full-softmax recipe, as a yardstick.
 
-The published architecture — a causal pre-LayerNorm transformer over item-**ID** embeddings
-(d=64, 2 blocks, 1 head, learned positions, dropout, item embeddings shared between input
-and output) — trained as in Klenitskiy & Vasilev (RecSys 2023, "SASRec+"): cross-entropy over
+The published architecture — a causal transformer over item-**ID** embeddings with SASRec's
+blocks (queries from the layer-normed stream, which is also the attention's residual; d=64,
+2 blocks, 1 head, learned positions, dropout 0.1, item embeddings shared between input and
+output, every weight initialised from N(0, 0.02²) as in the reference code) — trained as in
+Klenitskiy & Vasilev (RecSys 2023, "SASRec+"): cross-entropy over
 **all** items at every position of a user's last ``max_len + 1`` training items, Adam(W)
 lr 1e-3, batch 128. It reuses :func:`recsieve.training.context_model.train_next_item` with an
 ID-only item tower, so the yardstick and the context encoder share one loop; text vectors,
@@ -52,7 +54,7 @@ class SASRec:
         blocks: int = 2,
         heads: int = 1,
         max_len: int = 200,
-        dropout: float = 0.2,
+        dropout: float = 0.1,
         lr: float = 1e-3,
         batch_size: int = 128,
         epochs: int = 200,
