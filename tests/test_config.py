@@ -78,7 +78,7 @@ def old_flat_toml(config: EngineConfig) -> str:
 
 
 #: Settings added after the flat format was replaced: an old flat file never holds them.
-NEWER_SETTINGS = {"embedding_backend", "context_window", "context_weight"}
+NEWER_SETTINGS = {"embedding_backend", "context_window", "context_weight", "journal"}
 
 
 def migration_lines(caplog):
@@ -108,7 +108,7 @@ def test_toml_is_tables_with_a_comment_per_setting():
 
 def test_every_setting_has_one_table_and_an_explanation():
     names = [f.name for f in dataclasses.fields(EngineConfig)]
-    assert len(names) == 33  # 30 + context_window, context_weight, embedding_backend
+    assert len(names) == 34  # 30 + context_window, context_weight, embedding_backend, journal
     for f in dataclasses.fields(EngineConfig):
         assert f.metadata["section"] in SECTIONS, f.name
         assert f.metadata["doc"].strip() and "\n" not in f.metadata["doc"], f.name

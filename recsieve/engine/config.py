@@ -2,7 +2,7 @@
 
 In Python the settings are flat (``EngineConfig(recall_n=100)``, ``config.recall_n``); on disk
 each lives in the table of its stage (``[index]``, ``[items]``, ``[users]``, ``[recall]``,
-``[rerank]``, ``[cache]``), with a one-line comment that says what it means. A file in the old
+``[rerank]``, ``[cache]``, ``[journal]``), with a one-line comment that says what it means. A file in the old
 flat form (one ``[recsieve]`` table, or top-level keys) still opens; it is migrated in memory and
 the ``recsieve`` logger says so once, with how to rewrite it.
 """
@@ -44,7 +44,7 @@ RERANK_TIERS = ("full", "fast")
 CONFIG_FILE = "recsieve.toml"
 
 #: The TOML tables, in the order they are written, each with the one line written above it.
-SECTIONS = ("index", "items", "users", "recall", "rerank", "cache")
+SECTIONS = ("index", "items", "users", "recall", "rerank", "cache", "journal")
 _SECTION_DOCS = {
     "index": "The vector index.",
     "items": "How items become vectors.",
@@ -52,6 +52,7 @@ _SECTION_DOCS = {
     "recall": "The coarse sieve: query vector, channels, fusion.",
     "rerank": "The fine sieve: ranking head and cross-encoder.",
     "cache": "Result and score caches, near-line refresh.",
+    "journal": "Where events and item changes are journaled (shared by every process of the engine).",
 }
 #: The table the old flat format used.
 _OLD_TABLE = "recsieve"
@@ -150,6 +151,11 @@ class EngineConfig:
     score_cache_entries: int = _setting(200_000, "cache", "Re-ranker scores cached, one per (context, item).")
     refresh_threads: int = _setting(1, "cache", "Near-line refresh workers (0: no near-line refresh).")
     refresh_queue: int = _setting(1024, "cache", "Users waiting for a near-line refresh at most.")
+    # [journal]
+    journal: str = _setting(
+        "", "journal", 'Empty: journal.sqlite in the directory (the processes of one machine); '
+        '"redis://HOST:PORT/DB?stream=NAME": a Redis stream (many machines; needs appendfsync always).'
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.channels, tuple):
@@ -352,6 +358,12 @@ def _check_cache(c: EngineConfig) -> None:
         raise InvalidInputError("refresh_threads", c.refresh_threads, "must be a non-negative integer")
 
 
+def _check_journal(c: EngineConfig) -> None:
+    _strings(c, "journal")
+    if c.journal and not c.journal.startswith(("redis://", "rediss://", "unix://")):
+        raise InvalidInputError("journal", c.journal, 'expected "" (journal.sqlite) or redis://HOST:PORT/DB?stream=NAME')
+
+
 _CHECKS: dict[str, Callable[[EngineConfig], None]] = {
     "index": _check_index,
     "items": _check_items,
@@ -359,6 +371,7 @@ _CHECKS: dict[str, Callable[[EngineConfig], None]] = {
     "recall": _check_recall,
     "rerank": _check_rerank,
     "cache": _check_cache,
+    "journal": _check_journal,
 }
 
 

@@ -4,7 +4,8 @@ statistics, the journal, and the snapshots they are saved in.
 An engine lives in a directory::
 
     DIR/recsieve.toml      settings (EngineConfig)
-    DIR/journal.sqlite     write-ahead journal of events and item changes (SQLite, WAL)
+    DIR/journal.sqlite     write-ahead journal of events and item changes (SQLite, WAL; or a Redis
+                           stream named by the config's ``journal``: :mod:`recsieve.engine.journal_redis`)
     DIR/MANIFEST.json      points at the current snapshot generation
     DIR/gen-NNNNNNNN/      catalog, vectors, index, users, recall statistics — written atomically by ``save``
     DIR/recsieve.lock      file lock: one snapshot (or model switch) writer; snapshot readers share it
@@ -73,7 +74,7 @@ from recsieve.rendering import content_hash
 from recsieve.storage import GenerationDir
 from recsieve.types import Item
 
-__all__ = ["Store", "ItemListener", "new_index", "load_index", "LOCK_FILE"]
+__all__ = ["Store", "ItemListener", "new_index", "load_index", "open_journal", "LOCK_FILE"]
 
 log = logging.getLogger("recsieve")
 
@@ -128,6 +129,16 @@ def new_index(config: EngineConfig, dim: int) -> VectorIndex:
 def load_index(config: EngineConfig, folder: Path) -> VectorIndex:
     """The vector index saved in ``folder`` by the config's backend."""
     return _BACKENDS[config.backend][1](folder)
+
+
+def open_journal(directory: Path, config: EngineConfig, dim: int) -> JournalBackend:
+    """The journal the config names: ``journal.sqlite`` in ``directory`` (the processes of one
+    machine), or the Redis stream of ``config.journal`` (many machines)."""
+    if config.journal:
+        from recsieve.engine.journal_redis import RedisJournal
+
+        return RedisJournal(config.journal, dim)
+    return Journal(directory / "journal.sqlite", dim)
 
 
 def _map_vectors(path: Path, dim: int) -> np.ndarray:
@@ -198,12 +209,13 @@ class Store:
         self.vectors = np.zeros((0, dim), dtype=np.float32)
         self.index = new_index(self.config, dim) if index is None else index
         self.users = self.new_user_store()
-        self.journal = Journal(self.directory / "journal.sqlite", dim)
+        self.journal = open_journal(self.directory, self.config, dim)
         self.channels = self.new_channels()
         self._synced = self.journal.version()
         self.applied_seq = self.journal.head()
         if self.applied_seq:
-            raise StoreError(f"{self.directory}: journal.sqlite already holds entries; open the directory instead")
+            raise StoreError(f"{self.directory}: journal {self.journal.path} already holds entries; open the directory "
+                             "instead")
 
     def new_user_store(self) -> UserStore:
         """An empty user store with the config's window and half-life."""
@@ -315,17 +327,17 @@ class Store:
 
     def _open_journal(self) -> None:
         path = self.directory / "journal.sqlite"
-        if self.snapshot_seq > 0 and not path.exists():
+        if not self.config.journal and self.snapshot_seq > 0 and not path.exists():
             raise StoreError(
                 f"{self.directory}: journal.sqlite is missing but the snapshot needs its entries up to "
                 f"{self.snapshot_seq}; restore journal.sqlite (a new one is not created)"
             )
-        self.journal = Journal(path, self.dim)
+        self.journal = open_journal(self.directory, self.config, self.dim)
         head = self.journal.head()
         if head < self.snapshot_seq:
             raise StoreError(
                 f"{self.directory}: the journal ends at {head} but the snapshot needs "
-                f"{self.snapshot_seq}; journal.sqlite was replaced or truncated"
+                f"{self.snapshot_seq}; journal {self.journal.path} was replaced or truncated"
             )
 
     def _update_statistics(self) -> None:
