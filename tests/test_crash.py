@@ -101,9 +101,10 @@ def remove_dir(tmp_path_factory, base_dir, embedder):
     return path
 
 
-def run_and_kill(path: Path, op: str, delay: float) -> list[int]:
-    """Start a writer child, let it write for ``delay`` seconds after it is ready, kill -9 it."""
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, op, str(path), str(POOL)], stdout=subprocess.PIPE,
+def run_and_kill(path: Path, op: str, delay: float, script: str = CHILD) -> list[int]:
+    """Start a writer child (``script``, given ``op``, ``path`` and ``POOL``), let it write for
+    ``delay`` seconds after it is ready, kill -9 it."""
+    proc = subprocess.Popen([sys.executable, "-c", script, op, str(path), str(POOL)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     ready = proc.stdout.readline()
     assert ready.strip() == "READY", proc.stderr.read()

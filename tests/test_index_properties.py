@@ -31,7 +31,7 @@ op_st = st.one_of(
 
 
 def vectors_and_meta(ids: list[int], seed: int) -> tuple[np.ndarray, list[dict]]:
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, *ids])  # two upserts of other ids with one seed: no tied vectors
     x = rng.normal(size=(len(ids), DIM)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     meta = []

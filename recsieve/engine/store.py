@@ -603,5 +603,7 @@ class Store:
             self.snapshot_seq = seq
 
     def close(self) -> None:
+        if self.index is not None:
+            self.index.close()  # a background compaction in flight is cancelled and waited for
         if self.journal is not None:
             self.journal.close()

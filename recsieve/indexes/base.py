@@ -81,6 +81,11 @@ class VectorIndex(ABC):
     def __contains__(self, item_id: object) -> bool:
         """Whether ``item_id`` is live in the index."""
 
+    def close(self) -> None:
+        """Stop background work (a compaction in flight), waiting for it to end; the index stays
+        usable. Implementations without background work have nothing to stop."""
+        return None
+
     @abstractmethod
     def save(self, directory: Path) -> None:
         """Write the index into the empty folder ``directory`` (the caller makes it atomic)."""

@@ -3,21 +3,36 @@
 One scheme for every kind (flat, HNSW, IVF): FAISS holds vectors at dense internal
 *positions* ``0..P-1``, appended in order. Beside it live ``pos_ids`` (position -> item id),
 an ``alive`` bitmap over positions, the id -> position map, and the metadata in columns over
-the same positions. Upserting an existing id tombstones its old position and appends; removing
-tombstones. Searches pass one ``IDSelectorBitmap`` (alive, matching the filter, not excluded)
-through per-call ``SearchParameters``, so every returned item qualifies and no post-filtering
-shortfall occurs. When the dead fraction passes ``compact_at``, the index is rebuilt from the
-vectors FAISS already stores (``reconstruct_n``).
+the same positions (together a :class:`~recsieve.indexes.faiss_state.FaissState`). Upserting an
+existing id tombstones its old position and appends; removing tombstones. Searches pass one
+``IDSelectorBitmap`` (alive, matching the filter, not excluded) through per-call
+``SearchParameters``, so every returned item qualifies and no post-filtering shortfall occurs.
 
 Why one scheme rather than ``IndexIDMap2.remove_ids`` for flat/IVF: HNSW cannot remove, so it
 needs tombstones anyway; with one position space for all kinds, filters, exclusions and removals
 share a single bitmap and one tested code path, an upsert is an O(1) append, and FAISS's own
 ``remove_ids`` is O(n) per call on flat indexes anyway.
 
+**Compaction, off the write lock.** When the dead fraction of positions passes ``compact_at``
+(or an IVF with an automatic ``nlist`` has grown 8-fold since its training), a write starts a
+compaction in a background thread: under the lock it only notes which positions are live and
+copies their ids and metadata; the new FAISS index (HNSW graph, IVF re-trained) is then built
+from the vectors FAISS already stores, read in chunks under the *read* lock, while searches and
+writes go on against the current index. Writes made meanwhile are recorded and applied to the new
+index — most of them before, the last few under the write lock — and the new state replaces the
+old in one assignment under that lock. One compaction runs at a time; one that fails is logged
+and the current index keeps serving (automatic retries wait until as many items have been
+written again as ``compact_at`` of the index). :meth:`FaissIndex.compact` does the same in the
+caller's thread; :meth:`FaissIndex.close` cancels a background compaction and waits for any to
+end; :meth:`FaissIndex.save` writes the serving state (a consistent one: with its tombstones),
+never a half-built one.
+
 IVF needs training: until ``train_min`` live items exist an ``ivf`` index keeps them in an
-exact ``IndexFlatIP`` (exact search); the first upsert reaching ``train_min`` trains the IVF on
-all live vectors (``nlist`` defaults to ``4 * sqrt(n)``, at most ``n / 39``). With an automatic
-``nlist`` it retrains whenever the live count has grown 8-fold since the last training.
+exact ``IndexFlatIP`` (exact search); the write that reaches ``train_min`` trains the IVF on
+all live vectors (``nlist`` defaults to ``4 * sqrt(n)``, at most ``n / 39``) in the writer's
+thread before it returns — off the lock, so other threads' searches and writes go on against the
+exact index meanwhile. With an automatic ``nlist`` it retrains (in the background, as above)
+whenever the live count has grown 8-fold since the last training.
 
 A search whose allowed set is small (``<= exact_below`` items), or where HNSW/IVF came back
 short of ``k`` (a very selective filter), is answered exactly over the allowed set.
@@ -25,8 +40,13 @@ short of ``k`` (a very selective filter), is answered exactly over the allowed s
 
 from __future__ import annotations
 
+import atexit
+import copy
 import hashlib
+import logging
 import math
+import os
+import threading
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,10 +72,13 @@ from recsieve.indexes.checks import (
     read_index_meta,
 )
 from recsieve.indexes.columns import ColumnStore
+from recsieve.indexes.faiss_state import Cancelled, FaissState, LogEntry, Snapshot
 from recsieve.locks import RWLock
 from recsieve.storage import atomic_write_bytes, atomic_write_json
 
 __all__ = ["FaissIndex", "FAISS_KINDS"]
+
+log = logging.getLogger("recsieve")
 
 #: The index kinds :class:`FaissIndex` builds.
 FAISS_KINDS = ("flat", "hnsw", "ivf")
@@ -64,6 +87,8 @@ _VERSION = 1
 _INDEX_FILE = "index.faiss"
 _STATE_FILE = "state.npz"
 _MAGICS = (b"IxFI", b"IHNf", b"IwFl")  # IndexFlatIP, IndexHNSWFlat, IndexIVFFlat
+_CATCH_UP_PASSES = 4  # log replays outside the write lock before the last one under it
+_SWAP_AT = 1024  # ...stopping early once a pass found at most this many logged items
 
 
 class FaissIndex(VectorIndex):
@@ -72,8 +97,11 @@ class FaissIndex(VectorIndex):
     ``kind``: ``"flat"`` (exact), ``"hnsw"`` (``IndexHNSWFlat``: ``hnsw_m``,
     ``ef_construction``, default ``ef_search``) or ``"ivf"`` (``IndexIVFFlat``: ``nlist``,
     default ``nprobe``; exact until ``train_min`` items). ``compact_at``: dead fraction of
-    positions that triggers a rebuild; ``exact_below``: allowed-set size under which filtered
-    searches are exact. Thread-safe: searches share a lock, writes take it exclusively.
+    positions that triggers a compaction; ``exact_below``: allowed-set size under which filtered
+    searches are exact. ``compact_threads``: OpenMP threads of a background compaction (default
+    half the CPUs, at least one, so requests keep the rest; not saved with the index).
+    Thread-safe: searches share a lock, writes take it exclusively; compactions run off it (see
+    the module docstring).
     """
 
     def __init__(
@@ -89,6 +117,7 @@ class FaissIndex(VectorIndex):
         train_min: int = 1024,
         compact_at: float = 0.25,
         exact_below: int = 2048,
+        compact_threads: int | None = None,
     ) -> None:
         self.dim = check_positive("dim", dim)
         if kind not in FAISS_KINDS:
@@ -104,13 +133,17 @@ class FaissIndex(VectorIndex):
             raise InvalidInputError("compact_at", compact_at, "must be in (0, 1]")
         self.compact_at = float(compact_at)
         self.exact_below = check_positive("exact_below", exact_below)
+        self.compact_threads = check_positive("compact_threads", compact_threads, allow_none=True) or max(
+            1, (os.cpu_count() or 2) // 2
+        )
         self._lock = RWLock()
-        self._index: faiss.Index = self._new_index(0)
-        self._trained_at = 0  # live count when the IVF was last trained (0: not trained)
-        self._pos_ids = np.zeros(0, dtype=np.int64)
-        self._alive = np.zeros(0, dtype=bool)
-        self._pos_of: dict[int, int] = {}
-        self._meta = ColumnStore()
+        self._state = FaissState.empty(self._new_index(0))
+        # compaction: held while one runs; the writes made meanwhile (None: none runs)
+        self._compacting = threading.Lock()
+        self._log: list[LogEntry] | None = None
+        self._cancel = threading.Event()  # set by close(): background compactions stop
+        self._written = 0  # items upserted or removed so far
+        self._retry_at = 0  # after a failed background compaction: _written before the next try
 
     # ------------------------------------------------------------------ building
 
@@ -131,41 +164,114 @@ class FaissIndex(VectorIndex):
             return index
         return faiss.IndexFlatIP(self.dim)
 
-    def _rebuild(self) -> None:
-        """Rebuild from live vectors only: drops tombstones, (re)trains an IVF. Caller holds the write lock."""
-        keep = np.flatnonzero(self._alive)
-        vectors = self._vectors(keep)
-        index = self._new_index(len(keep))
-        self._trained_at = 0
-        if isinstance(index, faiss.IndexIVF):
-            index.train(vectors)
-            # an array direct map lets reconstruct_n read the vectors back for the next rebuild
-            index.set_direct_map_type(faiss.DirectMap.Array)
-            self._trained_at = len(keep)
-        if len(keep):
-            index.add(vectors)
-        self._index = index
-        self._pos_ids = self._pos_ids[keep]
-        self._alive = np.ones(len(keep), dtype=bool)
-        self._pos_of = {int(i): p for p, i in enumerate(self._pos_ids.tolist())}
-        self._meta.take(keep)
+    def _needs_rebuild(self, state: FaissState) -> str | None:
+        """Why ``state`` should be rebuilt: ``"train"`` (an untrained IVF reached ``train_min``),
+        ``"compact"`` (dead fraction), ``"retrain"`` (automatic ``nlist``, 8-fold growth), or None."""
+        live = len(state.pos_of)
+        if self.kind == "ivf" and not state.trained_at and live >= self.train_min:
+            return "train"
+        dead = len(state.alive) - live
+        if dead and dead >= self.compact_at * len(state.alive):
+            return "compact"
+        if self.kind == "ivf" and state.trained_at and self.nlist is None and live >= 8 * state.trained_at:
+            return "retrain"
+        return None
 
-    def _vectors(self, positions: np.ndarray) -> np.ndarray:
-        if not len(positions):
-            return np.zeros((0, self.dim), dtype=np.float32)
-        everything = self._index.reconstruct_n(0, self._index.ntotal)
-        return np.ascontiguousarray(everything[positions])
+    def _build(self, snap: Snapshot, cancel: threading.Event) -> FaissState:
+        """A new state holding the snapshot's live items: a fresh FAISS index (an IVF trained
+        anew) filled from the current index's stored vectors, read under the read lock."""
+        index = self._new_index(len(snap.keep))
+        return snap.build(index, self._lock, cancel)
 
-    def _needs_rebuild(self) -> bool:
-        live = len(self._pos_of)
-        dead = len(self._alive) - live
-        if dead and dead >= self.compact_at * len(self._alive):
-            return True
-        if self.kind != "ivf":
+    def _after_write(self, state: FaissState) -> bool:
+        """Called by a writer holding the write lock: start a background compaction when one is
+        due; return True when the writer must train the IVF itself (after releasing the lock)."""
+        why = self._needs_rebuild(state)
+        if why is None:
             return False
-        if not self._trained_at:
-            return live >= self.train_min
-        return self.nlist is None and live >= 8 * self._trained_at
+        if why == "train":
+            return True
+        if self._written >= self._retry_at:
+            self._start_background(state)
+        return False
+
+    def _start_background(self, state: FaissState) -> bool:
+        """Start a background compaction of ``state`` unless one runs or the index is closed;
+        return whether it started. Caller holds the lock (read or write)."""
+        if self._cancel.is_set() or not self._compacting.acquire(blocking=False):
+            return False  # closed, or one runs already (the next write after it checks again)
+        try:
+            snap = self._begin(state)
+            # A daemon thread, but never inside FAISS when the interpreter finalises (a thread
+            # coming back from C++ then would abort the process): close() runs at exit first.
+            atexit.register(self.close)
+            threading.Thread(
+                target=self._background, args=(snap,), name="recsieve-faiss-compaction", daemon=True
+            ).start()
+        except BaseException:
+            atexit.unregister(self.close)
+            self._log = None
+            self._compacting.release()
+            raise
+        return True
+
+    def _begin(self, state: FaissState) -> Snapshot:
+        """Snapshot ``state`` and start recording writes. Caller holds the lock (read or write)
+        and the compaction lock."""
+        snap = Snapshot(state, copy.deepcopy(state.meta))
+        self._log = []
+        return snap
+
+    def _background(self, snap: Snapshot) -> None:
+        """The body of a background compaction's thread (it holds the compaction lock)."""
+        try:
+            faiss.omp_set_num_threads(self.compact_threads)  # this thread's own OpenMP setting
+            try:
+                self._run(snap, self._cancel)
+                self._retry_at = 0
+            except Cancelled:
+                return
+            except Exception:
+                self._failed(snap)
+                return
+            finally:
+                self._compacting.release()
+            self._train(self._cancel)  # a write may have brought an IVF to train_min meanwhile
+        finally:
+            atexit.unregister(self.close)
+
+    def _failed(self, snap: Snapshot) -> None:
+        """Log the failure of an automatic rebuild (in an ``except`` block); the next automatic
+        try waits until ``compact_at`` of the index has been written again."""
+        self._retry_at = self._written + max(64, int(self.compact_at * len(snap.state.alive)))
+        log.exception("recsieve: FAISS %s rebuild of %d items failed; the current index keeps serving",
+                      self.kind, len(snap.keep))
+
+    def _run(self, snap: Snapshot, cancel: threading.Event) -> None:
+        """Build the new state off the lock, apply the writes logged meanwhile, swap it in. Any
+        failure leaves the current state serving and stops the log. Holds the compaction lock."""
+        try:
+            new = self._build(snap, cancel)
+            for _ in range(_CATCH_UP_PASSES):
+                if cancel.is_set():
+                    raise Cancelled
+                with self._lock.read():  # excludes writers, the only other users of the log
+                    entries, self._log = self._log, []
+                new.replay(entries)
+                if sum(len(e.ids) for e in entries) <= _SWAP_AT:
+                    break
+            with self._lock.write():
+                new.replay(self._log)
+                self._state, self._log = new, None
+        except BaseException:
+            with self._lock.write():
+                self._log = None
+            raise
+
+    def _record(self, entry: LogEntry) -> None:
+        """Under the write lock: note a write for the compaction in flight, if any."""
+        if self._log is not None:
+            self._log.append(entry)
 
     # ------------------------------------------------------------------ writes
 
@@ -180,53 +286,115 @@ class FaissIndex(VectorIndex):
         if not len(arr):
             return
         with self._lock.write():
-            rows, new_fields = clean_metadata(metadata, len(arr), self._meta.schema)
-            start = len(self._pos_ids)
-            old = [self._pos_of[i] for i in arr.tolist() if i in self._pos_of]
-            self._index.add(vecs)
-            self._pos_ids = np.concatenate([self._pos_ids, arr])
-            self._alive = np.concatenate([self._alive, np.ones(len(arr), dtype=bool)])
-            self._alive[old] = False
-            self._meta.append(rows, new_fields)
-            for p, i in enumerate(arr.tolist(), start):
-                self._pos_of[i] = p
-            if self._needs_rebuild():
-                self._rebuild()
+            state = self._state
+            rows, new_fields = clean_metadata(metadata, len(arr), state.meta.schema)
+            state.add(arr, vecs, rows, new_fields)
+            self._record(LogEntry(arr.copy(), vecs.copy(), rows, new_fields))
+            self._written += len(arr)
+            train = self._after_write(state)
+        if train:
+            self._train()
 
     def remove(self, ids: np.ndarray | Sequence[int]) -> int:
         """Remove ``ids`` (unknown ids are ignored); return how many were removed."""
         arr = check_ids(ids, "ids")
         with self._lock.write():
-            gone = [self._pos_of.pop(i) for i in set(arr.tolist()) if i in self._pos_of]
-            self._alive[gone] = False
-            if gone and self._needs_rebuild():
-                self._rebuild()
-        return len(gone)
+            state = self._state
+            gone = state.drop(arr)
+            if gone:
+                self._record(LogEntry(arr.copy(), None, None, None))
+                self._written += gone
+                self._after_write(state)  # never "train": removing does not add live items
+        return gone
 
-    def compact(self) -> None:
-        """Rebuild now from live vectors (drops tombstones; retrains an IVF when it has enough items)."""
-        with self._lock.write():
-            self._rebuild()
+    def _train(self, cancel: threading.Event | None = None) -> None:
+        """Train the IVF in this thread if it reached ``train_min`` and no compaction runs. One
+        that runs calls this when it ends (it may have built from fewer items), so a write
+        arriving meanwhile neither waits for it nor leaves the IVF untrained. A failure is
+        logged: the write that called it is done, and the exact index keeps serving. ``cancel``:
+        a background thread's (set by :meth:`close`)."""
+        if self._written < self._retry_at or not self._compacting.acquire(blocking=False):
+            return  # after a failure: later; or the running compaction trains when it ends
+        try:
+            cancel = cancel or threading.Event()
+            with self._lock.read():
+                if cancel.is_set() or self._needs_rebuild(self._state) != "train":
+                    return
+                snap = self._begin(self._state)
+            try:
+                self._run(snap, cancel)
+            except Cancelled:
+                pass
+            except Exception:
+                self._failed(snap)  # the write is done; the exact index keeps serving it
+        finally:
+            self._compacting.release()
+
+    def compact(self, *, wait: bool = True) -> bool:
+        """Rebuild now from live vectors (drops tombstones; retrains an IVF when it has enough
+        items), off the write lock: searches and writes go on against the current index, and the
+        writes made meanwhile reach the new one before it replaces the current one.
+
+        ``wait=True``: in the caller's thread, after waiting for a compaction already running;
+        if the rebuild raises, the current index keeps serving and the error propagates.
+        ``wait=False``: in a background thread, as an automatic compaction (``compact_threads``,
+        failures logged, cancelled by :meth:`close`), unless one runs already or the index is
+        closed. Returns whether a compaction ran (``wait``) or started."""
+        if not wait:
+            with self._lock.read():
+                return self._start_background(self._state)
+        with self._compacting:
+            with self._lock.read():
+                snap = self._begin(self._state)
+            self._run(snap, threading.Event())
+            self._retry_at = 0
+        self._train()  # a write may have brought an IVF to train_min while this one ran
+        return True
+
+    @property
+    def compacting(self) -> bool:
+        """Whether a compaction is running (in the background or in some caller's thread)."""
+        return self._compacting.locked()
+
+    def wait_for_compaction(self, timeout: float | None = None) -> bool:
+        """Wait until no compaction runs (at most ``timeout`` seconds); return whether none does."""
+        if not self._compacting.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        self._compacting.release()
+        return True
+
+    def close(self) -> None:
+        """Cancel a background compaction (the current index keeps serving) and wait for any
+        compaction to end. The index stays usable; later compactions run only when asked for
+        (:meth:`compact`) or to train an IVF."""
+        self._cancel.set()
+        self.wait_for_compaction()
 
     # ------------------------------------------------------------------ reads
 
     def __len__(self) -> int:
-        return len(self._pos_of)
+        return len(self._state.pos_of)
 
     def __contains__(self, item_id: object) -> bool:
         if isinstance(item_id, (bool, np.bool_)) or not isinstance(item_id, (int, np.integer)):
             return False
-        return int(item_id) in self._pos_of
+        return int(item_id) in self._state.pos_of
 
     @property
     def trained(self) -> bool:
         """Whether the ANN structure is in use (always true for flat and HNSW)."""
-        return self.kind != "ivf" or isinstance(self._index, faiss.IndexIVF)
+        return self.kind != "ivf" or isinstance(self._state.index, faiss.IndexIVF)
+
+    @property
+    def positions(self) -> int:
+        """Positions FAISS holds now, live and tombstoned (a compaction drops the tombstones)."""
+        return len(self._state.pos_ids)
 
     def metadata(self, item_id: int) -> dict[str, Any]:
         """The filterable metadata stored for ``item_id`` (``KeyError`` if absent)."""
         with self._lock.read():
-            return self._meta.row(self._pos_of[int(item_id)])
+            state = self._state
+            return state.meta.row(state.pos_of[int(item_id)])
 
     def search(
         self,
@@ -245,13 +413,14 @@ class FaissIndex(VectorIndex):
         scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
         ids = np.full((q.shape[0], k), -1, dtype=np.int64)
         with self._lock.read():
-            drop = [self._pos_of[i] for i in excl.tolist() if i in self._pos_of]
+            state = self._state
+            drop = [state.pos_of[i] for i in excl.tolist() if i in state.pos_of]
             if filter is None and not drop:  # the common case: no per-call mask to build
-                allowed, n_allowed = self._alive, len(self._pos_of)
+                allowed, n_allowed = state.alive, len(state.pos_of)
             else:
-                allowed = self._alive.copy()
+                allowed = state.alive.copy()
                 if filter is not None:
-                    allowed &= self._meta.evaluate(filter)
+                    allowed &= state.meta.evaluate(filter)
                 allowed[drop] = False
                 n_allowed = int(allowed.sum())
             kk = min(k, n_allowed)
@@ -261,10 +430,10 @@ class FaissIndex(VectorIndex):
             if n_allowed < len(allowed):
                 bitmap = np.packbits(allowed, bitorder="little")
                 sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
-            index = self._index
+            index = state.index
             exact = isinstance(index, faiss.IndexFlat) or n_allowed <= self.exact_below
             if exact:
-                dist, pos = self._exact_search(q, kk, sel)
+                dist, pos = _exact_search(index, q, kk, sel)
             else:
                 if isinstance(index, faiss.IndexHNSW):
                     sp = faiss.SearchParametersHNSW(sel=sel, efSearch=max(ef, kk))
@@ -274,23 +443,12 @@ class FaissIndex(VectorIndex):
                 # a selective filter can starve the ANN search: answer short rows exactly
                 short = np.flatnonzero((pos < 0).any(axis=1))
                 if len(short):
-                    dist[short], pos[short] = self._exact_search(q[short], kk, sel)
+                    dist[short], pos[short] = _exact_search(index, q[short], kk, sel)
             found = pos >= 0
-            ids[:, :kk] = np.where(found, self._pos_ids[np.where(found, pos, 0)], -1)
+            ids[:, :kk] = np.where(found, state.pos_ids[np.where(found, pos, 0)], -1)
             scores[:, :kk] = np.where(found, dist, -np.inf)
             del bitmap  # the selector reads it until here
         return scores, ids
-
-    def _exact_search(self, q: np.ndarray, k: int, sel: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Exact inner-product search over the selected positions."""
-        index = self._index
-        if isinstance(index, faiss.IndexHNSW):
-            return faiss.downcast_index(index.storage).search(
-                q, k, params=faiss.SearchParameters(sel=sel)
-            )
-        if isinstance(index, faiss.IndexIVF):
-            return index.search(q, k, params=faiss.SearchParametersIVF(sel=sel, nprobe=index.nlist))
-        return index.search(q, k, params=faiss.SearchParameters(sel=sel))
 
     # ------------------------------------------------------------------ persistence
 
@@ -309,24 +467,26 @@ class FaissIndex(VectorIndex):
         }
 
     def save(self, directory: Path) -> None:
-        """Write ``index.faiss``, ``state.npz`` (id maps, metadata columns) and ``meta.json``."""
+        """Write ``index.faiss``, ``state.npz`` (id maps, metadata columns) and ``meta.json``:
+        the serving state (a compaction in flight is not waited for; its result is in a later save)."""
         directory = Path(directory)
         if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
             raise StoreError(f"index directory {directory} must be an empty folder")
         directory.mkdir(parents=True, exist_ok=True)
         with self._lock.read():
-            blob = faiss.serialize_index(self._index).tobytes()
-            desc, arrays = self._meta.to_arrays()
-            arrays = {"pos_ids": self._pos_ids, "alive": self._alive, **arrays}
+            state = self._state
+            blob = faiss.serialize_index(state.index).tobytes()
+            desc, arrays = state.meta.to_arrays()
+            arrays = {"pos_ids": state.pos_ids, "alive": state.alive, **arrays}
             with open(directory / _STATE_FILE, "wb") as fh:
                 np.savez(fh, allow_pickle=False, **arrays)
             meta = {
                 "format": _FORMAT,
                 "version": _VERSION,
                 "settings": self._settings(),
-                "trained_at": self._trained_at,
-                "positions": len(self._pos_ids),
-                "live": len(self._pos_of),
+                "trained_at": state.trained_at,
+                "positions": len(state.pos_ids),
+                "live": len(state.pos_of),
                 "metadata": desc,
                 "index_bytes": len(blob),
                 "index_sha256": hashlib.sha256(blob).hexdigest(),
@@ -403,16 +563,20 @@ class FaissIndex(VectorIndex):
             raise CorruptStoreError(
                 f"{directory / _INDEX_FILE}: dimension/size/metric do not match {META_FILE}"
             )
-        self._index = index
-        self._trained_at = trained_at
-        self._pos_ids = pos_ids
-        self._alive = alive
-        self._meta = store
-        self._pos_of = {
-            int(i): int(p)
-            for p, i in zip(np.flatnonzero(alive).tolist(), pos_ids[alive].tolist(), strict=True)
-        }
+        pos_of = dict(zip(pos_ids[alive].tolist(), np.flatnonzero(alive).tolist(), strict=True))
+        self._state = FaissState(index, pos_ids, alive, pos_of, store, trained_at)
         return self
 
     def __repr__(self) -> str:
-        return f"FaissIndex(dim={self.dim}, kind={self.kind!r}, live={len(self)}, positions={len(self._pos_ids)})"
+        return f"FaissIndex(dim={self.dim}, kind={self.kind!r}, live={len(self)}, positions={self.positions})"
+
+
+def _exact_search(index: faiss.Index, q: np.ndarray, k: int, sel: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product search over the selected positions of ``index``."""
+    if isinstance(index, faiss.IndexHNSW):
+        return faiss.downcast_index(index.storage).search(
+            q, k, params=faiss.SearchParameters(sel=sel)
+        )
+    if isinstance(index, faiss.IndexIVF):
+        return index.search(q, k, params=faiss.SearchParametersIVF(sel=sel, nprobe=index.nlist))
+    return index.search(q, k, params=faiss.SearchParameters(sel=sel))

@@ -1,0 +1,129 @@
+"""What a :class:`~recsieve.indexes.faiss_index.FaissIndex` serves from, and how a compaction
+builds the next one.
+
+:class:`FaissState` is one FAISS index with its maps over positions (position -> id, alive
+bitmap, id -> position, metadata columns): searches read one, writes change it, and a compaction
+replaces it whole. :class:`Snapshot` is the part of a state a compaction starts from (the live
+positions, their ids, a copy of the metadata) and :meth:`Snapshot.build` fills a new FAISS index
+from the vectors the old one stores, in chunks read under the index's read lock, so writers
+wait at most for one chunk. :class:`LogEntry` records a write made while a compaction runs;
+:meth:`FaissState.replay` applies such writes to the new state before it is swapped in.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+import faiss
+import numpy as np
+
+from recsieve.indexes.columns import ColumnStore
+from recsieve.locks import RWLock
+
+__all__ = ["Cancelled", "FaissState", "LogEntry", "Snapshot", "CHUNK"]
+
+#: Vectors read (under the read lock) or added to a new index at once during a compaction; a
+#: cancelled one stops at the next chunk.
+CHUNK = 2048
+_POINTS_PER_CENTROID = 256  # FAISS k-means samples this many training points per list at most
+
+
+class Cancelled(Exception):
+    """A compaction stopped because its index was closed."""
+
+
+class LogEntry(NamedTuple):
+    """One write made during a compaction: an upsert (``vectors`` set) or a removal."""
+
+    ids: np.ndarray
+    vectors: np.ndarray | None
+    rows: list[dict[str, Any]] | None
+    new_fields: Mapping[str, str] | None
+
+
+class FaissState:
+    """A FAISS index and its maps over positions: ``pos_ids`` (position -> id, never changed in
+    place: appends make a new array), ``alive`` (bitmap), ``pos_of`` (live id -> position),
+    ``meta`` (metadata columns) and ``trained_at`` (live count when an IVF was trained, else 0).
+    Callers hold the index's lock: shared to read, exclusive to :meth:`add` or :meth:`drop`."""
+
+    __slots__ = ("index", "pos_ids", "alive", "pos_of", "meta", "trained_at")
+
+    def __init__(self, index: faiss.Index, pos_ids: np.ndarray, alive: np.ndarray, pos_of: dict[int, int],
+                 meta: ColumnStore, trained_at: int) -> None:
+        self.index, self.pos_ids, self.alive, self.pos_of = index, pos_ids, alive, pos_of
+        self.meta, self.trained_at = meta, trained_at
+
+    @classmethod
+    def empty(cls, index: faiss.Index) -> FaissState:
+        """A state with no positions over the empty ``index``."""
+        return cls(index, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), {}, ColumnStore(), 0)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, rows: list[dict[str, Any]],
+            new_fields: Mapping[str, str]) -> None:
+        """Append ``ids`` (unique) at new positions; an id already live has its old one tombstoned."""
+        start = len(self.pos_ids)
+        old = [self.pos_of[i] for i in ids.tolist() if i in self.pos_of]
+        self.index.add(vectors)
+        self.pos_ids = np.concatenate([self.pos_ids, ids])
+        self.alive = np.concatenate([self.alive, np.ones(len(ids), dtype=bool)])
+        self.alive[old] = False
+        self.meta.append(rows, new_fields)
+        self.pos_of.update(zip(ids.tolist(), range(start, start + len(ids))))
+
+    def drop(self, ids: np.ndarray) -> int:
+        """Tombstone the live ones of ``ids``; return how many were live."""
+        gone = [self.pos_of.pop(i) for i in set(ids.tolist()) if i in self.pos_of]
+        self.alive[gone] = False
+        return len(gone)
+
+    def replay(self, entries: Iterable[LogEntry]) -> None:
+        """Apply logged writes in order."""
+        for e in entries:
+            if e.vectors is None:
+                self.drop(e.ids)
+            else:
+                self.add(e.ids, e.vectors, e.rows or [], e.new_fields or {})
+
+
+class Snapshot:
+    """The live part of ``state`` at one moment (the caller holds the index's lock): its
+    positions ``keep``, their ``ids`` and ``meta``, a private copy of the state's metadata; the
+    ``state`` itself is read for the vectors."""
+
+    def __init__(self, state: FaissState, meta: ColumnStore) -> None:
+        self.state = state
+        self.keep = np.flatnonzero(state.alive)
+        self.ids = state.pos_ids[self.keep]
+        self.meta = meta
+
+    def read(self, positions: np.ndarray, lock: RWLock, cancel: threading.Event) -> np.ndarray:
+        """The stored vectors at ``positions`` of the snapshot's state, a chunk at a time under
+        ``lock`` shared (positions below the state's size never change: writes only append)."""
+        out = np.empty((len(positions), self.state.index.d), dtype=np.float32)
+        for lo in range(0, len(positions), CHUNK):
+            if cancel.is_set():
+                raise Cancelled
+            with lock.read():
+                out[lo : lo + CHUNK] = self.state.index.reconstruct_batch(positions[lo : lo + CHUNK])
+        return out
+
+    def build(self, index: faiss.Index, lock: RWLock, cancel: threading.Event) -> FaissState:
+        """A new state of the snapshot's live items in the empty ``index`` (an IVF is trained
+        first, on at most the points FAISS's k-means would sample, chosen with a fixed seed)."""
+        n = len(self.keep)
+        trained_at = 0
+        if isinstance(index, faiss.IndexIVF):
+            cap = _POINTS_PER_CENTROID * index.nlist
+            sample = self.keep if n <= cap else np.sort(np.random.default_rng(0).choice(self.keep, cap, replace=False))
+            index.train(self.read(sample, lock, cancel))
+            # an array direct map lets reconstruct_batch read the vectors back for the next rebuild
+            index.set_direct_map_type(faiss.DirectMap.Array)
+            trained_at = n
+        for lo in range(0, n, CHUNK):
+            index.add(self.read(self.keep[lo : lo + CHUNK], lock, cancel))
+        self.meta.take(self.keep)
+        pos_of = dict(zip(self.ids.tolist(), range(n)))
+        return FaissState(index, self.ids, np.ones(n, dtype=bool), pos_of, self.meta, trained_at)
