@@ -227,3 +227,21 @@ def test_an_engine_directory_journaled_on_redis(tmp_path, redis_journal_url):
         assert sorted(it.id for it in again.catalog) == ["a", "b"]
         assert again.users.get("u").version == 3
         assert [e.kind for e in again.journal.events("u")] == ["click", "view", "click"]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def journal_url(request) -> str:
+    """For tests run on both journals: ``""`` (``journal.sqlite`` in the directory) or a Redis stream
+    no other test uses (an engine config's ``journal``)."""
+    return "" if request.param == "sqlite" else request.getfixturevalue("redis_journal_url")
+
+
+@pytest.fixture
+def open_journal(journal_url, tmp_path):
+    """``open_journal(dim)``: a journal on one storage for the test, SQLite or Redis, opened anew each call."""
+    from recsieve.engine.journal import Journal
+
+    def make(dim: int):
+        return RedisJournal(journal_url, dim) if journal_url else Journal(tmp_path / "j.sqlite", dim)
+
+    return make

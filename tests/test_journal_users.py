@@ -5,6 +5,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+from test_journal_redis import journal_url, open_journal, redis_base, redis_journal_url  # noqa: F401 (fixtures)
 
 from recsieve.engine.journal import EventRecord, ItemOp, Journal
 from recsieve.engine.users import UserStore
@@ -13,15 +14,15 @@ from recsieve.errors import CorruptStoreError, StoreError
 DIM = 4
 
 
-def test_journal_replays_in_order_across_reopen(tmp_path):
-    j = Journal(tmp_path / "j.sqlite", DIM)
+def test_journal_replays_in_order_across_reopen(open_journal):  # noqa: F811 (the imported fixture)
+    j = open_journal(DIM)
     vecs = np.eye(DIM, dtype=np.float32)[:2]
     s1 = j.append_item_op("upsert", [{"id": "a"}, {"id": "b"}], vecs)
     s2 = j.append_events([("u", "a", 0, "click", 10.0, None, None), ("u", "b", 1, "view", 11.0, 2.0, "hi")])
     s3 = j.append_item_op("remove", ["a"])
     assert (s1, s2, s3) == (1, 3, 4)
     j.close()
-    j = Journal(tmp_path / "j.sqlite", DIM)
+    j = open_journal(DIM)
     entries = list(j.replay(0))
     assert [e.seq for e in entries] == [1, 2, 3, 4]
     assert isinstance(entries[0], ItemOp) and np.array_equal(entries[0].vectors, vecs)
@@ -29,13 +30,13 @@ def test_journal_replays_in_order_across_reopen(tmp_path):
     assert [e.seq for e in j.replay(2)] == [3, 4]
 
 
-def test_sequence_never_goes_back_after_truncation(tmp_path):
-    j = Journal(tmp_path / "j.sqlite", DIM)
+def test_sequence_never_goes_back_after_truncation(open_journal):  # noqa: F811 (the imported fixture)
+    j = open_journal(DIM)
     j.append_item_op("upsert", [{"id": "a"}], np.ones((1, DIM), np.float32))
     j.append_item_op("remove", ["a"])
     j.truncate_item_ops(2)
     j.close()
-    j = Journal(tmp_path / "j.sqlite", DIM)
+    j = open_journal(DIM)
     assert j.last_seq == 2
     assert j.append_item_op("remove", ["b"]) == 3
 

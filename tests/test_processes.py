@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_config import WordHashEmbedder
+from test_journal_redis import journal_url, open_journal, redis_base, redis_journal_url  # noqa: F401 (fixtures)
 
 from recsieve import Engine, EngineConfig, Event, Item
 from recsieve.engine.journal import EventRecord, ItemOp, Journal, network_filesystem
@@ -149,9 +150,10 @@ def acks(lines: list[str], kind: str) -> list[str]:
 
 
 @pytest.fixture
-def directory(tmp_path: Path) -> Path:
+def directory(tmp_path: Path, journal_url: str) -> Path:  # noqa: F811 (the imported fixture)
+    """An engine directory journaled in ``journal.sqlite`` or on a Redis stream (each test runs on both)."""
     path = tmp_path / "eng"
-    eng = Engine.create(path, CONFIG, embedder=WordHashEmbedder())
+    eng = Engine.create(path, CONFIG.replace(journal=journal_url), embedder=WordHashEmbedder())
     eng.upsert_items([Item(f"base-{i:03d}", title=f"base item {i} {WORDS[i % len(WORDS)]} {WORDS[(i * 7) % len(WORDS)]}")
                       for i in range(60)])
     eng.save()
@@ -346,8 +348,8 @@ def test_a_model_switched_in_one_process_serves_in_another(directory, children):
 # -- one process, two engines: the mechanics, fast -----------------------------------------
 
 
-def test_two_journals_on_one_file_get_distinct_sequence_numbers(tmp_path):
-    one, two = Journal(tmp_path / "j.sqlite", 4), Journal(tmp_path / "j.sqlite", 4)
+def test_two_journals_on_one_file_get_distinct_sequence_numbers(open_journal):  # noqa: F811 (the imported fixture)
+    one, two = open_journal(4), open_journal(4)
     try:
         seqs = []
         for n in range(20):
