@@ -7,6 +7,7 @@ import pytest
 
 from recsieve.bench import SECTIONS
 from recsieve.bench.common import ProgressBar
+from recsieve.bench.compaction import RATIO_KEY, compaction_latency, format_compaction
 from recsieve.bench.scale import format_scale, neighbour_recall, scale_section
 from recsieve.embedding import resolve_backend
 from recsieve.quantization import ISAS
@@ -25,7 +26,8 @@ def test_scale_section_records_each_backend_against_fp32(tmp_path) -> None:
     pytest.importorskip("onnxruntime")
     notes: list[str] = []
     res = scale_section({}, 0, ProgressBar(1, False), notes, tmp_path, items=40, rounds=2,
-                        backends=["onnx"], extra_texts={"titles": ["Heat (1995)", "Casino (1995)", "Babe (1995)"]})
+                        backends=["onnx"], extra_texts={"titles": ["Heat (1995)", "Casino (1995)", "Babe (1995)"]},
+                        compaction_items=300)
     assert "scale" in SECTIONS
     assert res["isa"] in ISAS and res["default_backend"] == resolve_backend("auto")
     assert list(res["backends"]) == ["torch", "onnx"] and res["quality_texts"] == {"generated": 40, "titles": 3}
@@ -36,3 +38,21 @@ def test_scale_section_records_each_backend_against_fp32(tmp_path) -> None:
     assert res["fastest_keeping_neighbours"] in ("torch", "onnx") and len(res["load_avg_per_round"]) == 2
     assert "onnx" in format_scale(res) and notes
     assert not list(tmp_path.glob("scale-*"))  # each build's directory is removed after timing
+    assert res["compaction"]["items"] == 300 and res[RATIO_KEY] == res["compaction"][RATIO_KEY]
+    assert "compaction" in format_scale(res)
+
+
+def test_compaction_latency_times_recommend_before_during_and_after(tmp_path) -> None:
+    res = compaction_latency(400, 0, tmp_path, users=20, events=5, requests=15)
+    assert res["removed_before"] == 40 and res["positions_before"] == 400
+    assert res["positions_after"] == 360  # the compaction ran to its swap: the tombstones are gone
+    assert res["recommend_before"]["n"] == res["recommend_after"]["n"] == 15
+    assert res["recommend_without"]["n"] == 30 and res["compaction_s"] > 0
+    during = res["recommend_during"]  # requests started while it ran: none if it was that quick
+    if during is None:
+        assert res[RATIO_KEY] is None and "over before" in format_compaction(res)
+    else:
+        assert res[RATIO_KEY] == pytest.approx(during["p99_ms"] / res["recommend_without"]["p99_ms"])
+        assert "p99 ratio" in format_compaction(res)
+    assert set(res["load_avg"]) == {"before", "during", "after"}
+    assert not list(tmp_path.iterdir())  # the engine directory is removed

@@ -16,6 +16,10 @@ int8-relevant instruction set (:func:`recsieve.quantization.cpu_isa`) is recorde
 With ``--zero-shot`` (and ``--ml1m``) it also ranks ML-1M items for every user by the
 zero-shot text model with each backend that keeps neighbours, paired with fp32 on the same users.
 
+It then times ``Engine.recommend`` during a compaction of the vector index against without one
+(:mod:`recsieve.bench.compaction`; 100,000 items, quick 5,000): ``compaction`` in the result, with
+``recommend_p99_during_vs_without_compaction``.
+
     python -m recsieve.bench.scale --quick --ml1m ../shared/data/ml-1m --zero-shot --json scale.json
 """
 
@@ -42,6 +46,7 @@ from recsieve.bench.common import (
     pinned_threads,
     synthetic_items,
 )
+from recsieve.bench.compaction import RATIO_KEY, compaction_latency, format_compaction
 from recsieve.catalog import Catalog
 from recsieve.embedding import EMBEDDING_BACKENDS, SentenceTransformerEmbedder, resolve_backend
 from recsieve.engine.config import EngineConfig
@@ -54,8 +59,8 @@ __all__ = ["KEEP_NEIGHBOURS", "format_scale", "main", "neighbour_recall", "scale
 KEEP_NEIGHBOURS = 0.98
 _NEEDS = {"onnx": ("onnxruntime", "onnx"), "onnx-int8": ("onnxruntime", "onnx"),
           "openvino": ("openvino", "onnxruntime", "onnx"), "openvino-bf16": ("openvino", "onnxruntime", "onnx")}
-_PRESETS = {True: {"items": 1000, "rounds": 2, "quality_texts": 1000},
-            False: {"items": 10_000, "rounds": 3, "quality_texts": 3000}}
+_PRESETS = {True: {"items": 1000, "rounds": 2, "quality_texts": 1000, "compaction_items": 5000},
+            False: {"items": 10_000, "rounds": 3, "quality_texts": 3000, "compaction_items": 100_000}}
 
 
 def neighbour_recall(reference: np.ndarray, got: np.ndarray, k: int = 10) -> float:
@@ -82,12 +87,15 @@ def _installed(backend: str) -> bool:
 
 def scale_section(cfg: dict[str, Any], seed: int, bar: ProgressBar, notes: list[str], workdir: Path, *,
                   quick: bool = False, backends: Sequence[str] | None = None, items: int | None = None,
-                  rounds: int | None = None, extra_texts: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    """Build-index items/s and neighbour recall per embedding backend (see the module docstring).
+                  rounds: int | None = None, extra_texts: dict[str, list[str]] | None = None,
+                  compaction_items: int | None = None) -> dict[str, Any]:
+    """Build-index items/s and neighbour recall per embedding backend, and recommend latency
+    during a compaction (see the module docstring).
 
     ``backends``: a subset of :data:`EMBEDDING_BACKENDS` (``torch`` is always measured);
     ``items`` / ``rounds``: override the preset (quick: 1,000 items, 2 rounds; full: 10,000, 3);
-    ``extra_texts``: more named text sets for the neighbour check (e.g. ML-1M titles).
+    ``extra_texts``: more named text sets for the neighbour check (e.g. ML-1M titles);
+    ``compaction_items``: the compaction engine's size (quick 5,000, full 100,000; 0: not run).
     """
     preset = dict(_PRESETS[quick])
     n_items, n_rounds = items or preset["items"], rounds or preset["rounds"]
@@ -150,6 +158,13 @@ def scale_section(cfg: dict[str, Any], seed: int, bar: ProgressBar, notes: list[
     out["fastest_keeping_neighbours"] = max(keeping, key=lambda n: out["backends"][n]["ratio_vs_torch_median"])
     notes.append("scale: build-index items/s = generated items / wall time of build_index (embed, HNSW, journal, "
                  "snapshot); ratio_vs_torch within each round, median over rounds; exports made before timing")
+    n_compaction = preset["compaction_items"] if compaction_items is None else compaction_items
+    if n_compaction:
+        bar.step(f"scale: recommend during a compaction at {n_compaction:,} items")
+        out["compaction"] = compaction_latency(n_compaction, seed, workdir)
+        out[RATIO_KEY] = out["compaction"][RATIO_KEY]
+        notes.append(f"scale: {RATIO_KEY} = p99 of single-caller recommend while FaissIndex.compact(wait=False) "
+                     "rebuilds the HNSW graph in the background / p99 before and after it (recsieve.bench.compaction)")
     return out
 
 
@@ -181,6 +196,8 @@ def format_scale(res: dict[str, Any]) -> str:
         lines.append(f"  {name:14s} {row['items_per_s_median']:7.0f} items/s  {row['ratio_vs_torch_median']:5.2f}x "
                      f"fp32 (rounds {', '.join(f'{x:.2f}' for x in row['ratio_vs_torch'])})  {quality}"
                      f"{'' if row['keeps_neighbours'] else '  (loses neighbours)'}")
+    if "compaction" in res:
+        lines.append(format_compaction(res["compaction"]))
     return "\n".join(lines)
 
 
@@ -194,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zero-shot", action="store_true", help="with --ml1m: zero-shot NDCG@10 per backend "
                     "that keeps neighbours, paired with fp32's")
     ap.add_argument("--users", type=int, help="users of the zero-shot evaluation (default: all)")
+    ap.add_argument("--compaction-items", type=int, help="items of the compaction measurement (default "
+                    "100,000, quick 5,000; 0: skip it)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write the result here")
     args = ap.parse_args(argv)
@@ -210,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with pinned_threads(args.threads):
             res = scale_section({}, 0, bar, notes, workdir, quick=args.quick, items=args.items, rounds=args.rounds,
-                                backends=args.backends.split(",") if args.backends else None, extra_texts=extra)
+                                backends=args.backends.split(",") if args.backends else None, extra_texts=extra,
+                                compaction_items=args.compaction_items)
             if args.zero_shot and dataset is not None:
                 bar.step("scale: ML-1M zero-shot NDCG@10 per backend")
                 keeping = [b for b, row in res["backends"].items() if row["keeps_neighbours"]]
