@@ -4,8 +4,7 @@ statistics, the journal, and the snapshots they are saved in.
 An engine lives in a directory::
 
     DIR/recsieve.toml      settings (EngineConfig)
-    DIR/journal.sqlite     write-ahead journal of events and item changes (SQLite, WAL; or a Redis
-                           stream named by the config's ``journal``: :mod:`recsieve.engine.journal_redis`)
+    DIR/journal.sqlite     write-ahead journal of events and item changes (SQLite, WAL; or the config's Redis stream)
     DIR/MANIFEST.json      points at the current snapshot generation
     DIR/gen-NNNNNNNN/      catalog, vectors, index, users, recall statistics — written atomically by ``save``
     DIR/recsieve.lock      file lock: one snapshot (or model switch) writer; snapshot readers share it
@@ -48,10 +47,10 @@ from recsieve.engine.journal import (
     Entry,
     EventRecord,
     ItemOp,
-    Journal,
     JournalBackend,
     JournalTruncated,
 )
+from recsieve.engine.journals import open_journal
 from recsieve.engine.recall import (
     PopularityChannel,
     RecallChannel,
@@ -74,7 +73,7 @@ from recsieve.rendering import content_hash
 from recsieve.storage import GenerationDir
 from recsieve.types import Item
 
-__all__ = ["Store", "ItemListener", "new_index", "load_index", "open_journal", "LOCK_FILE"]
+__all__ = ["Store", "ItemListener", "new_index", "load_index", "LOCK_FILE"]
 
 log = logging.getLogger("recsieve")
 
@@ -129,16 +128,6 @@ def new_index(config: EngineConfig, dim: int) -> VectorIndex:
 def load_index(config: EngineConfig, folder: Path) -> VectorIndex:
     """The vector index saved in ``folder`` by the config's backend."""
     return _BACKENDS[config.backend][1](folder)
-
-
-def open_journal(directory: Path, config: EngineConfig, dim: int) -> JournalBackend:
-    """The journal the config names: ``journal.sqlite`` in ``directory`` (the processes of one
-    machine), or the Redis stream of ``config.journal`` (many machines)."""
-    if config.journal:
-        from recsieve.engine.journal_redis import RedisJournal
-
-        return RedisJournal(config.journal, dim)
-    return Journal(directory / "journal.sqlite", dim)
 
 
 def _map_vectors(path: Path, dim: int) -> np.ndarray:
@@ -214,8 +203,7 @@ class Store:
         self._synced = self.journal.version()
         self.applied_seq = self.journal.head()
         if self.applied_seq:
-            raise StoreError(f"{self.directory}: journal {self.journal.path} already holds entries; open the directory "
-                             "instead")
+            raise StoreError(f"{self.directory}: journal {self.journal.path} already holds entries; open the directory")
 
     def new_user_store(self) -> UserStore:
         """An empty user store with the config's window and half-life."""
