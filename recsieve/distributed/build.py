@@ -246,8 +246,9 @@ def build_index(items: str | Path, out: str | Path, config: EngineConfig | None 
                                            "fields": _field_kinds(catalog.items)})
                 embedded.write_lance(uri)
                 vectors = _read_vectors(uri, len(catalog.items))
-            else:
-                vectors = np.zeros((0, make().dim), dtype=np.float32)
+            else:  # no items: the dimension from an embedder made here (on this machine's CPU)
+                dim = (embedder or _default_embedder(config, backend, "cpu"))().dim
+                vectors = np.zeros((0, dim), dtype=np.float32)
             embed_s = time.perf_counter() - t_embed
         t_assemble = time.perf_counter()
         _assemble(store, catalog.items, vectors, catalog.hashes, place, chunk_rows)
@@ -285,9 +286,10 @@ def _assemble(store: Store, items: list[Item], vectors: np.ndarray, hashes: list
 
 def _spread(dataset: Any, n: int, batch_size: int, pool: int) -> Any:
     """``dataset`` in enough blocks for every actor of the pool to get some (a block goes to one
-    actor whole): one per batch, at most 16 per actor, never fewer than it has."""
+    actor whole): one per batch, at most 16 per actor, never fewer than it has. Repartitioned
+    here, before the actors start: a pool that holds every CPU would starve the shuffle's tasks."""
     blocks = min(-(-n // batch_size), 16 * pool)
-    return dataset.repartition(blocks) if blocks > dataset.num_blocks() else dataset
+    return dataset.repartition(blocks).materialize() if blocks > dataset.num_blocks() else dataset
 
 
 def _gpus(ray: Any, gpus_per_actor: float | None, backend: str) -> float:
