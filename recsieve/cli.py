@@ -69,6 +69,15 @@ def _build_index_on_ray(args: argparse.Namespace, config: EngineConfig | None) -
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from recsieve.distributed.serve import serve_directory, serve_until_interrupted
+
+    report = serve_directory(args.dir, replicas=args.replicas, host=args.host, port=args.port,
+                             address=args.ray or None, replica_cpus=args.replica_cpus)
+    print(f"serving {args.dir}: {report.replicas} replicas on {report.url} (POST /recommend, /events)", flush=True)
+    return serve_until_interrupted()
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     with Engine.open(args.dir) as engine:
         hits = engine.search(args.text, args.k, filters=args.filter)
@@ -350,6 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--staging", help="--ray: a folder every machine of the cluster can reach, for the embedded rows "
                    "(default: inside the directory being built; enough on one machine)")
     s.set_defaults(func=cmd_build_index)
+
+    s = sub.add_parser("serve", help="serve over HTTP with N replicas on Ray Serve (needs recsieve[ray])")
+    s.add_argument("dir", help="engine directory (every replica opens it and shares its journal)")
+    s.add_argument("--replicas", type=int, default=1, help="serving replicas (default 1)")
+    s.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1: loopback only)")
+    s.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    s.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="join the Ray cluster at ADDRESS (default: local)")
+    s.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per replica (default 1)")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("search", help="items nearest to a text")
     s.add_argument("dir", help="engine directory")

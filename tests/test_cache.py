@@ -2,13 +2,12 @@
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+from test_journal_redis import redis_server
 
 from recsieve.engine.cache import MemoryCache, RedisCache, ScoreCache, decode, encode, result_key
 from recsieve.types import Recommendation
@@ -19,30 +18,9 @@ def recs(tag, n=3):
 
 
 @pytest.fixture(scope="module")
-def redis_url():
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server); Redis backend not tested")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("redis-server did not start")
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(timeout=10)
+def redis_url(tmp_path_factory):
+    with redis_server(tmp_path_factory.mktemp("redis"), durable=False) as url:  # a cache needs no fsync
+        yield url
 
 
 @pytest.fixture(params=["memory", "redis"])
