@@ -42,12 +42,10 @@ from __future__ import annotations
 
 import atexit
 import copy
-import hashlib
 import logging
 import math
 import os
 import threading
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -71,8 +69,17 @@ from recsieve.indexes.checks import (
     clean_metadata,
     read_index_meta,
 )
-from recsieve.indexes.columns import ColumnStore
-from recsieve.indexes.faiss_state import Cancelled, FaissState, LogEntry, Snapshot
+from recsieve.indexes.faiss_state import (
+    FORMAT,
+    INDEX_FILE,
+    VERSION,
+    Cancelled,
+    FaissState,
+    LogEntry,
+    Snapshot,
+    read_state,
+    write_state,
+)
 from recsieve.locks import RWLock
 from recsieve.storage import atomic_write_bytes, atomic_write_json
 
@@ -82,11 +89,6 @@ log = logging.getLogger("recsieve")
 
 #: The index kinds :class:`FaissIndex` builds.
 FAISS_KINDS = ("flat", "hnsw", "ivf")
-_FORMAT = "recsieve-faiss-index"
-_VERSION = 1
-_INDEX_FILE = "index.faiss"
-_STATE_FILE = "state.npz"
-_MAGICS = (b"IxFI", b"IHNf", b"IwFl")  # IndexFlatIP, IndexHNSWFlat, IndexIVFFlat
 _CATCH_UP_PASSES = 4  # log replays outside the write lock before the last one under it
 _SWAP_AT = 1024  # ...stopping early once a pass found at most this many logged items
 
@@ -474,97 +476,20 @@ class FaissIndex(VectorIndex):
             raise StoreError(f"index directory {directory} must be an empty folder")
         directory.mkdir(parents=True, exist_ok=True)
         with self._lock.read():
-            state = self._state
-            blob = faiss.serialize_index(state.index).tobytes()
-            desc, arrays = state.meta.to_arrays()
-            arrays = {"pos_ids": state.pos_ids, "alive": state.alive, **arrays}
-            with open(directory / _STATE_FILE, "wb") as fh:
-                np.savez(fh, allow_pickle=False, **arrays)
-            meta = {
-                "format": _FORMAT,
-                "version": _VERSION,
-                "settings": self._settings(),
-                "trained_at": state.trained_at,
-                "positions": len(state.pos_ids),
-                "live": len(state.pos_of),
-                "metadata": desc,
-                "index_bytes": len(blob),
-                "index_sha256": hashlib.sha256(blob).hexdigest(),
-            }
-        atomic_write_bytes(directory / _INDEX_FILE, blob)
+            blob, meta = write_state(self._state, self._settings(), directory)
+        atomic_write_bytes(directory / INDEX_FILE, blob)
         atomic_write_json(directory / META_FILE, meta)
 
     @classmethod
     def load(cls, directory: Path) -> FaissIndex:
         """Read an index written by :meth:`save`; a damaged folder raises :class:`CorruptStoreError`."""
         directory = Path(directory)
-        meta = read_index_meta(directory, _FORMAT, _VERSION, "FAISS")
+        meta = read_index_meta(directory, FORMAT, VERSION, "FAISS")
         try:
-            settings = dict(meta["settings"])
-            self = cls(**settings)
-            n_pos, n_live, trained_at = (
-                int(meta["positions"]),
-                int(meta["live"]),
-                int(meta["trained_at"]),
-            )
-            expected_size, expected_sha = int(meta["index_bytes"]), str(meta["index_sha256"])
-            desc = meta["metadata"]
+            self = cls(**dict(meta["settings"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptStoreError(
-                f"{directory / META_FILE}: bad or missing entry ({exc})"
-            ) from None
-        try:
-            blob = (directory / _INDEX_FILE).read_bytes()
-        except FileNotFoundError:
-            raise StoreError(f"{directory}: missing {_INDEX_FILE}") from None
-        if (
-            len(blob) != expected_size
-            or hashlib.sha256(blob).hexdigest() != expected_sha
-            or blob[:4] not in _MAGICS
-        ):
-            raise CorruptStoreError(
-                f"{directory / _INDEX_FILE} is truncated or corrupted (size/checksum mismatch)"
-            )
-        try:
-            with np.load(directory / _STATE_FILE, allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}
-            pos_ids, alive = arrays.pop("pos_ids"), arrays.pop("alive")
-            store = ColumnStore.from_arrays(desc, arrays)
-        except FileNotFoundError:
-            raise StoreError(f"{directory}: missing {_STATE_FILE}") from None
-        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as exc:
-            raise CorruptStoreError(
-                f"{directory / _STATE_FILE} is truncated or corrupted ({exc})"
-            ) from None
-        if (
-            pos_ids.dtype != np.int64
-            or alive.dtype != bool
-            or pos_ids.shape != (n_pos,)
-            or alive.shape != (n_pos,)
-            or store.size != n_pos
-            or int(alive.sum()) != n_live
-            or (n_pos and pos_ids.min() < 0)
-            or len(np.unique(pos_ids[alive])) != n_live
-        ):
-            raise CorruptStoreError(
-                f"{directory / _STATE_FILE}: id maps are inconsistent with {META_FILE}"
-            )
-        try:
-            index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
-        except RuntimeError as exc:
-            raise CorruptStoreError(
-                f"{directory / _INDEX_FILE} cannot be read by FAISS ({str(exc)[:200]})"
-            ) from None
-        if (
-            index.d != self.dim
-            or index.ntotal != n_pos
-            or index.metric_type != faiss.METRIC_INNER_PRODUCT
-        ):
-            raise CorruptStoreError(
-                f"{directory / _INDEX_FILE}: dimension/size/metric do not match {META_FILE}"
-            )
-        pos_of = dict(zip(pos_ids[alive].tolist(), np.flatnonzero(alive).tolist(), strict=True))
-        self._state = FaissState(index, pos_ids, alive, pos_of, store, trained_at)
+            raise CorruptStoreError(f"{directory / META_FILE}: bad or missing entry ({exc})") from None
+        self._state = read_state(directory, meta, self.dim)
         return self
 
     def __repr__(self) -> str:

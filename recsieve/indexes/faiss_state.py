@@ -8,21 +8,36 @@ positions, their ids, a copy of the metadata) and :meth:`Snapshot.build` fills a
 from the vectors the old one stores, in chunks read under the index's read lock, so writers
 wait at most for one chunk. :class:`LogEntry` records a write made while a compaction runs;
 :meth:`FaissState.replay` applies such writes to the new state before it is swapped in.
+:func:`write_state` and :func:`read_state` save a state into an index folder and read it back,
+checking every file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import zipfile
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
 
+from recsieve.errors import CorruptStoreError, StoreError
+from recsieve.indexes.checks import META_FILE
 from recsieve.indexes.columns import ColumnStore
 from recsieve.locks import RWLock
 
-__all__ = ["Cancelled", "FaissState", "LogEntry", "Snapshot", "CHUNK"]
+__all__ = ["Cancelled", "FaissState", "LogEntry", "Snapshot", "CHUNK", "FORMAT", "VERSION", "INDEX_FILE",
+           "read_state", "write_state"]
+
+#: The format marker and version in a saved index's ``meta.json``, and the FAISS index's file.
+FORMAT = "recsieve-faiss-index"
+VERSION = 1
+INDEX_FILE = "index.faiss"
+_STATE_FILE = "state.npz"
+_MAGICS = (b"IxFI", b"IHNf", b"IwFl")  # IndexFlatIP, IndexHNSWFlat, IndexIVFFlat
 
 #: Vectors read (under the read lock) or added to a new index at once during a compaction; a
 #: cancelled one stops at the next chunk.
@@ -127,3 +142,73 @@ class Snapshot:
         self.meta.take(self.keep)
         pos_of = dict(zip(self.ids.tolist(), range(n)))
         return FaissState(index, self.ids, np.ones(n, dtype=bool), pos_of, self.meta, trained_at)
+
+
+# ---------------------------------------------------------------------------------- persistence
+
+
+def write_state(state: FaissState, settings: Mapping[str, Any], directory: Path) -> tuple[bytes, dict[str, Any]]:
+    """Write ``state.npz`` (id maps, metadata columns) of ``state`` into ``directory``; return the
+    serialized FAISS index and the ``meta.json`` description (with the index's size and sha256) for
+    the caller to write. The caller holds the index's lock (shared)."""
+    blob = faiss.serialize_index(state.index).tobytes()
+    desc, arrays = state.meta.to_arrays()
+    arrays = {"pos_ids": state.pos_ids, "alive": state.alive, **arrays}
+    with open(directory / _STATE_FILE, "wb") as fh:
+        np.savez(fh, allow_pickle=False, **arrays)
+    return blob, {
+        "format": FORMAT,
+        "version": VERSION,
+        "settings": dict(settings),
+        "trained_at": state.trained_at,
+        "positions": len(state.pos_ids),
+        "live": len(state.pos_of),
+        "metadata": desc,
+        "index_bytes": len(blob),
+        "index_sha256": hashlib.sha256(blob).hexdigest(),
+    }
+
+
+def read_state(directory: Path, meta: Mapping[str, Any], dim: int) -> FaissState:
+    """The state saved in ``directory`` (described by its ``meta``, of dimension ``dim``); a
+    missing file raises :class:`StoreError`, a damaged or inconsistent one :class:`CorruptStoreError`."""
+    try:
+        n_pos, n_live, trained_at = int(meta["positions"]), int(meta["live"]), int(meta["trained_at"])
+        expected_size, expected_sha = int(meta["index_bytes"]), str(meta["index_sha256"])
+        desc = meta["metadata"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptStoreError(f"{directory / META_FILE}: bad or missing entry ({exc})") from None
+    try:
+        blob = (directory / INDEX_FILE).read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"{directory}: missing {INDEX_FILE}") from None
+    if len(blob) != expected_size or hashlib.sha256(blob).hexdigest() != expected_sha or blob[:4] not in _MAGICS:
+        raise CorruptStoreError(f"{directory / INDEX_FILE} is truncated or corrupted (size/checksum mismatch)")
+    try:
+        with np.load(directory / _STATE_FILE, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        pos_ids, alive = arrays.pop("pos_ids"), arrays.pop("alive")
+        store = ColumnStore.from_arrays(desc, arrays)
+    except FileNotFoundError:
+        raise StoreError(f"{directory}: missing {_STATE_FILE}") from None
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as exc:
+        raise CorruptStoreError(f"{directory / _STATE_FILE} is truncated or corrupted ({exc})") from None
+    if (
+        pos_ids.dtype != np.int64
+        or alive.dtype != bool
+        or pos_ids.shape != (n_pos,)
+        or alive.shape != (n_pos,)
+        or store.size != n_pos
+        or int(alive.sum()) != n_live
+        or (n_pos and pos_ids.min() < 0)
+        or len(np.unique(pos_ids[alive])) != n_live
+    ):
+        raise CorruptStoreError(f"{directory / _STATE_FILE}: id maps are inconsistent with {META_FILE}")
+    try:
+        index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
+    except RuntimeError as exc:
+        raise CorruptStoreError(f"{directory / INDEX_FILE} cannot be read by FAISS ({str(exc)[:200]})") from None
+    if index.d != dim or index.ntotal != n_pos or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise CorruptStoreError(f"{directory / INDEX_FILE}: dimension/size/metric do not match {META_FILE}")
+    pos_of = dict(zip(pos_ids[alive].tolist(), np.flatnonzero(alive).tolist(), strict=True))
+    return FaissState(index, pos_ids, alive, pos_of, store, trained_at)
