@@ -90,7 +90,8 @@ log = logging.getLogger("recsieve")
 #: The index kinds :class:`FaissIndex` builds.
 FAISS_KINDS = ("flat", "hnsw", "ivf")
 _CATCH_UP_PASSES = 4  # log replays outside the write lock before the last one under it
-_SWAP_AT = 1024  # ...stopping early once a pass found at most this many logged items
+_SWAP_AT = 256  # ...stopping early once a pass found at most this many logged items (HNSW adds
+# of the last pass run under the write lock: a few hundred vectors keep it short)
 
 
 class FaissIndex(VectorIndex):
