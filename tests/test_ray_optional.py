@@ -9,6 +9,7 @@ import sys
 from importlib import resources
 
 import pytest
+from test_config import WordHashEmbedder
 
 from recsieve.errors import ClusterUnavailableError, InvalidInputError
 
@@ -87,3 +88,43 @@ def test_num_cpus_is_for_a_local_ray_only():
 
     with pytest.raises(InvalidInputError, match="^num_cpus=2"):
         connect("127.0.0.1:6379", num_cpus=2)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"actors": 0}, "actors"), ({"batch_size": 0}, "batch_size"), ({"cpus_per_actor": 0}, "cpus_per_actor"),
+    ({"gpus_per_actor": -1}, "gpus_per_actor"), ({"embedder": object()}, "embedder"),
+])
+def test_bad_options_are_refused_before_ray_starts(tmp_path, kwargs, field):
+    pytest.importorskip("ray")
+    pytest.importorskip("lance")
+    from recsieve.distributed import build_index
+
+    with pytest.raises(InvalidInputError, match=f"^{field}="):
+        build_index(DEMO, tmp_path / "out", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_paths_are_refused_as_the_local_build_refuses_them(tmp_path):
+    pytest.importorskip("ray")
+    pytest.importorskip("lance")
+    from recsieve.distributed import build_index
+    from recsieve.engine.engine import build_index as local_build_index
+    from recsieve.errors import StoreError
+
+    for path in (tmp_path / "missing.jsonl", tmp_path / "items.txt"):
+        with pytest.raises(InvalidInputError) as local:
+            local_build_index(path, tmp_path / "local", embedder=WordHashEmbedder())
+        with pytest.raises(InvalidInputError) as ours:
+            build_index(path, tmp_path / "out")
+        assert str(ours.value) == str(local.value)
+    (tmp_path / "shards").mkdir()
+    with pytest.raises(InvalidInputError, match="a folder without item files"):
+        build_index(tmp_path / "shards", tmp_path / "out")
+    (tmp_path / "shards" / "notes.txt").write_text("x")
+    with pytest.raises(InvalidInputError, match="not an item file") as caught:
+        build_index(tmp_path / "shards", tmp_path / "out")
+    assert caught.value.value == str(tmp_path / "shards" / "notes.txt")
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(StoreError, match="exists and is not empty"):
+        build_index(DEMO, tmp_path / "taken")
+    assert not (tmp_path / "out").exists()

@@ -219,6 +219,14 @@ def build_index(items: str | Path, out: str | Path, config: EngineConfig | None 
     chunk_rows = check_positive("chunk_rows", chunk_rows)
     if actors is not None:
         actors = check_positive("actors", actors)
+    if isinstance(cpus_per_actor, bool) or not isinstance(cpus_per_actor, (int, float)) or not cpus_per_actor > 0:
+        raise InvalidInputError("cpus_per_actor", cpus_per_actor, "must be a number > 0")
+    if gpus_per_actor is not None and (isinstance(gpus_per_actor, bool) or not isinstance(gpus_per_actor, (int, float))
+                                       or gpus_per_actor < 0):
+        raise InvalidInputError("gpus_per_actor", gpus_per_actor, "must be a number >= 0")
+    if embedder is not None and not callable(embedder):
+        raise InvalidInputError("embedder", type(embedder).__name__, "must be a callable each actor calls to make its "
+                                "embedder (a class, or functools.partial of one), not an embedder")
     backend = resolve_backend(config.embedding_backend)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / f".{out.name}.building-{uuid.uuid4().hex[:12]}"
@@ -294,8 +302,6 @@ def _spread(dataset: Any, n: int, batch_size: int, pool: int) -> Any:
 
 def _gpus(ray: Any, gpus_per_actor: float | None, backend: str) -> float:
     if gpus_per_actor is not None:
-        if isinstance(gpus_per_actor, bool) or not isinstance(gpus_per_actor, (int, float)) or gpus_per_actor < 0:
-            raise InvalidInputError("gpus_per_actor", gpus_per_actor, "must be a number >= 0")
         return float(gpus_per_actor)
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 and backend in _TORCH_BACKENDS else 0.0
 
