@@ -128,3 +128,21 @@ def test_bad_paths_are_refused_as_the_local_build_refuses_them(tmp_path):
     with pytest.raises(StoreError, match="exists and is not empty"):
         build_index(DEMO, tmp_path / "taken")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_local_ray_that_does_not_start_is_a_clear_error(monkeypatch):
+    """Ray raises a bare ``Exception`` when its node does not register within 30 s (seen on a
+    busy machine); that is reported as the cluster being unavailable, and what started is stopped."""
+    ray = pytest.importorskip("ray")
+    from recsieve.distributed import connect
+
+    def init(**kwargs):
+        raise Exception("The current node timed out during startup.")
+
+    stopped = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: stopped.append(True))
+    with pytest.raises(ClusterUnavailableError, match="a local Ray instance did not start .*timed out during startup"):
+        connect()
+    assert stopped == [True]

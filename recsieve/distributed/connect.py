@@ -98,6 +98,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
             ray.init(address=address)
     except ConnectionError as exc:
         raise ClusterUnavailableError(f"address={address!r}: cannot join a Ray cluster there ({exc})") from None
+    except Exception as exc:  # Ray raises a bare Exception when a local node does not start in its 30 s
+        ray.shutdown()  # stops what was started of it
+        where = "a local Ray instance" if address is None else f"address={address!r}: Ray"
+        raise ClusterUnavailableError(f"{where} did not start ({exc})") from None
     return True
 
 
