@@ -316,10 +316,13 @@ def test_compact_without_waiting_starts_one_background_compaction():
     model.remove(index, list(range(0, 300, 2)))  # below compact_at=1.0: nothing automatic
     assert not index.compacting and index.positions == 300
     held = Held(index, "before")
-    assert index.compact(wait=False) is True and index.compacting
-    assert index.compact(wait=False) is False and held.calls == 1  # one at a time
-    model.upsert(index, [1, 2, 999], rng, 1)
-    held.go.set()
+    try:
+        assert index.compact(wait=False) is True and index.compacting
+        assert held.started.wait(WAIT)  # the background thread has reached its rebuild
+        assert index.compact(wait=False) is False and held.calls == 1  # one at a time
+        model.upsert(index, [1, 2, 999], rng, 1)
+    finally:  # the compaction is never left waiting
+        held.go.set()
     assert index.wait_for_compaction(WAIT)
     assert index.positions == 153 and held.calls == 1
     model.check(index, rng, exact=True)
