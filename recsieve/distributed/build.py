@@ -28,9 +28,9 @@ build's on the same items (``tests/test_ray_build.py``).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
-import pickle
 import shutil
 import tempfile
 import time
@@ -105,7 +105,7 @@ class EmbedBatches:
 
         rows = self._offsets[batch.column("shard").to_numpy()] + batch.column("ordinal").to_numpy()
         vectors = self._embedder.embed(batch.column("text").to_pylist(), show_progress=False)
-        metadata = [pickle.loads(b).metadata for b in batch.column("item").to_pylist()]
+        metadata = [json.loads(s).get("metadata", {}) for s in batch.column("item").to_pylist()]
         schema = table_schema(vectors.shape[1], self._fields)
         columns = [pa.array(rows, pa.int64()),
                    pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), vectors.shape[1])]

@@ -16,7 +16,7 @@ record is its shard's first row (:attr:`CatalogRead.offsets`) plus its place in 
 
 from __future__ import annotations
 
-import pickle
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from recsieve import errors
 from recsieve.errors import DuplicateIdError, InvalidInputError
-from recsieve.items_io import ITEM_FILE_SUFFIXES, item_records, record_unit
+from recsieve.items_io import ITEM_FILE_SUFFIXES, item_from_record, item_records, record_unit
 from recsieve.rendering import Template, content_hash
 from recsieve.types import Item
 
@@ -52,14 +53,24 @@ def item_shards(path: str | Path) -> list[Path]:
 
 
 def _error_row(shard: int, ordinal: int, line: int, exc: InvalidInputError) -> dict[str, Any]:
-    error = pickle.dumps((type(exc), exc.field, exc.value, exc.reason))
-    return {"shard": shard, "ordinal": ordinal, "line": line, "id": "", "item": b"", "text": "", "hash": "",
+    error = json.dumps({"class": type(exc).__name__, "field": exc.field, "value": exc.value, "reason": exc.reason},
+                       default=str)
+    return {"shard": shard, "ordinal": ordinal, "line": line, "id": "", "item": "", "text": "", "hash": "",
             "error": error}
+
+
+def _raise_error(error: str) -> None:
+    """Raise the error a row carries (JSON, never pickle: the rows pass through shared storage)."""
+    got = json.loads(error)
+    cls = getattr(errors, str(got.get("class")), None)
+    if not (isinstance(cls, type) and issubclass(cls, InvalidInputError)):
+        cls = InvalidInputError
+    raise cls(got["field"], got["value"], got["reason"])
 
 
 def parse_shard(task: dict[str, Any], template: str) -> Iterator[dict[str, Any]]:
     """Ray Data ``flat_map`` over ``{"shard": i, "path": p}``: one row per item of the shard, in
-    file order (``ordinal`` counts them), with its line, id, the pickled :class:`Item`, its text
+    file order (``ordinal`` counts them), with its line, id, the :class:`Item` as JSON, its text
     under ``template`` and that text's hash; at the first invalid record, one row whose ``error``
     holds the error, and nothing after it."""
     shard, path = int(task["shard"]), Path(task["path"])
@@ -72,8 +83,8 @@ def parse_shard(task: dict[str, Any], template: str) -> Iterator[dict[str, Any]]
                 return
             text = render(got)
             yield {"shard": shard, "ordinal": ordinal, "line": line, "id": got.id,
-                   "item": pickle.dumps(got, protocol=pickle.HIGHEST_PROTOCOL), "text": text,
-                   "hash": content_hash(text), "error": b""}
+                   "item": json.dumps(got.to_dict()), "text": text,
+                   "hash": content_hash(text), "error": ""}
             ordinal += 1
     except InvalidInputError as exc:  # the file cannot be read on (broken CSV quoting, bad Parquet)
         yield _error_row(shard, ordinal, line, exc)
@@ -107,12 +118,11 @@ def read_catalog(ray: Any, shards: list[Path], template: str) -> CatalogRead:
     first: dict[str, tuple[int, int]] = {}
     for shard, line, item_id, error in zip(columns["shard"], columns["line"], columns["id"], columns["error"]):
         if error:
-            cls, field, value, reason = pickle.loads(error)
-            raise cls(field, value, reason)
+            _raise_error(error)
         seen = first.setdefault(item_id, (shard, line))
         if seen != (shard, line):
             raise _duplicate(shards, item_id, shard, line, seen)
-    items = [pickle.loads(b) for b in table.column("item").to_pylist()]
+    items = [item_from_record(json.loads(s)) for s in table.column("item").to_pylist()]
     counts = np.bincount(np.asarray(columns["shard"], np.int64), minlength=len(shards))
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     return CatalogRead(dataset, items, table.column("hash").to_pylist(), offsets)
