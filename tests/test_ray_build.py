@@ -144,7 +144,8 @@ def local_error(path: Path, tmp_path: Path) -> RecsieveError:
     return caught.value
 
 
-@pytest.mark.parametrize("case", ["malformed line", "missing id", "no text", "duplicate id", "two kinds of price"])
+@pytest.mark.parametrize("case", ["malformed line", "missing id", "no text", "duplicate id", "two kinds of price",
+                                  "not UTF-8"])
 def test_bad_input_gives_the_local_builds_error_and_no_directory(tmp_path, case):
     records = demo_records()[:40]
     lines = [json.dumps(r) for r in records]
@@ -158,8 +159,11 @@ def test_bad_input_gives_the_local_builds_error_and_no_directory(tmp_path, case)
         lines[30] = json.dumps({**records[4], "title": "another"})
     else:
         lines[22] = json.dumps({**records[22], "price": "cheap"})
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    if case == "not UTF-8":  # the error's value is the line's bytes
+        data = data.replace(lines[12].encode("utf-8"), b'{"id": "latin-1", "title": "caf\xe9"}')
     path = tmp_path / "items.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_bytes(data)
     want = local_error(path, tmp_path)
     with pytest.raises(type(want)) as caught:
         build_index(path, tmp_path / "out", EngineConfig(index="flat"), actors=1, embedder=WordHashEmbedder)

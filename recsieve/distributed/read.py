@@ -53,19 +53,24 @@ def item_shards(path: str | Path) -> list[Path]:
 
 
 def _error_row(shard: int, ordinal: int, line: int, exc: InvalidInputError) -> dict[str, Any]:
-    error = json.dumps({"class": type(exc).__name__, "field": exc.field, "value": exc.value, "reason": exc.reason},
-                       default=str)
+    value = {"bytes": exc.value.hex()} if isinstance(exc.value, bytes) else {"json": exc.value}
+    error = json.dumps({"class": type(exc).__name__, "field": exc.field, "value": value, "reason": exc.reason,
+                        "message": str(exc)}, default=str)
     return {"shard": shard, "ordinal": ordinal, "line": line, "id": "", "item": "", "text": "", "hash": "",
             "error": error}
 
 
 def _raise_error(error: str) -> None:
-    """Raise the error a row carries (JSON, never pickle: the rows pass through shared storage)."""
+    """Raise the error a row carries (JSON, never pickle: the rows pass through shared storage): its
+    class, field, reason and message as raised; its value too when JSON holds it (bytes included)."""
     got = json.loads(error)
     cls = getattr(errors, str(got.get("class")), None)
     if not (isinstance(cls, type) and issubclass(cls, InvalidInputError)):
         cls = InvalidInputError
-    raise cls(got["field"], got["value"], got["reason"])
+    value = got["value"]
+    exc = cls(got["field"], bytes.fromhex(value["bytes"]) if "bytes" in value else value["json"], got["reason"])
+    exc.args = (got["message"],)  # the message exactly as raised (a tuple or a key JSON changed keeps its text)
+    raise exc
 
 
 def parse_shard(task: dict[str, Any], template: str) -> Iterator[dict[str, Any]]:
