@@ -169,32 +169,36 @@ class Block(nn.Module):
         )
         self.drop = Dropout(dropout)
 
-    def heads_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v ``(b, heads, n, dim/heads)`` of the block's input ``x`` ``(b, n, dim)``."""
+    def heads_qkv(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v ``(b, heads, n, dim/heads)`` of the block's input ``x`` ``(b, n, dim)``, and
+        the attention's residual (``x`` pre-LN, the layer-normed ``x`` in SASRec's layout)."""
         b, n, d = x.shape
         normed = self.ln1(x)
         if self.style == "prenorm":
-            qkv = self.qkv(normed)
+            qkv, residual = self.qkv(normed), x
         else:  # queries from the normed stream, keys and values from the raw one
             w, bias = self.qkv.weight, self.qkv.bias
             qkv = torch.cat([F.linear(normed, w[:d], bias[:d]), F.linear(x, w[d:], bias[d:])], -1)
+            residual = normed
         qkv = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]
+        return qkv[0], qkv[1], qkv[2], residual
 
-    def finish(self, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-        """Residual attention output (``att`` in heads layout), then the residual FFN."""
+    def finish(self, residual: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        """The attention output (``att`` in heads layout) added to ``residual`` (from
+        :meth:`heads_qkv`), then the residual FFN."""
         b, _, n, _ = att.shape
-        out = self.drop(self.proj(att.transpose(1, 2).reshape(b, n, x.shape[-1])))
+        x = residual + self.drop(self.proj(att.transpose(1, 2).reshape(b, n, residual.shape[-1])))
         if self.style == "prenorm":
-            x = x + out
             return x + self.drop(self.ffn(self.ln2(x)))
-        x = self.ln2(self.ln1(x) + out)
+        x = self.ln2(x)
         return x + self.drop(self.ffn(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Causal self-attention, then the FFN."""
-        q, k, v = self.heads_qkv(x)
-        return self.finish(x, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        q, k, v, residual = self.heads_qkv(x)
+        return self.finish(residual, F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
 
 class ContextEncoder(nn.Module):
@@ -351,16 +355,16 @@ class CandidateScorer(nn.Module):
         neg = torch.zeros(b, 1, 1, n, device=dev).masked_fill(hidden_mask[:, None, None, :], float("-inf"))
         h, hc = enc.drop(x), enc.drop(c.to(x.dtype))
         for block in enc.blocks:
-            q, k, v = block.heads_qkv(h)
+            q, k, v, res = block.heads_qkv(h)
             att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            qc, kc, vc = block.heads_qkv(hc)
+            qc, kc, vc, res_c = block.heads_qkv(hc)
             scale = qc.shape[-1] ** -0.5
             # a candidate attends to the real context tokens and to itself, never to another candidate
             s_ctx = (qc @ k.transpose(-1, -2)) * scale + neg.to(qc.dtype)
             s_self = (qc * kc).sum(-1, keepdim=True) * scale
             p = torch.softmax(torch.cat([s_ctx, s_self], -1).float(), -1).to(vc.dtype)
             att_c = p[..., :n] @ v + p[..., n:] * vc
-            h, hc = block.finish(h, att), block.finish(hc, att_c)
+            h, hc = block.finish(res, att), block.finish(res_c, att_c)
         h, hc = enc.ln(h), enc.ln(hc)
         at = (n_real - 1).clamp(min=0)
         user = h[torch.arange(b, device=dev), at].unsqueeze(1)  # what the encoder would return
