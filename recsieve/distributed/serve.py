@@ -81,7 +81,9 @@ class Replica:
                   after_seq: int | None = None) -> dict[str, Any]:
         """``{"results": [{"item_id", "score", "reason"}, ...]}`` for a user, from a state that has
         applied the journal up to at least ``after_seq`` (and to its head, as every request does)."""
-        self.caught_up(_after_seq(after_seq))
+        after = _after_seq(after_seq)
+        if after is not None:  # recommend() applies the tail itself; only a wait needs more
+            self.caught_up(after)
         recs = self.engine.recommend(user_id, k, instruction=instruction, filters=filter)
         return {"results": [{"item_id": r.item_id, "score": r.score, "reason": r.reason} for r in recs]}
 
