@@ -17,6 +17,7 @@ Each filter evaluates in Python (:meth:`Filter.matches`) and renders to SQL
 from __future__ import annotations
 
 import ast
+import threading
 import math
 import re
 from collections.abc import Mapping
@@ -30,6 +31,11 @@ __all__ = ["Filter", "parse_filter"]
 _OPS = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
 _FLIP = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 _SQL_OPS = {"==": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+#: ``ast.parse`` is not thread-safe on CPython 3.11: the AST constructor's recursion counter is
+#: shared by the interpreter, so two threads converting trees at once can raise
+#: ``SystemError: AST constructor recursion depth mismatch`` (python/cpython#106905; seen in
+#: tests/test_soak.py with readers and writers filtering concurrently). Parses take this lock.
+_PARSE_LOCK = threading.Lock()
 _FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MAX_LEN = 10_000
 
@@ -238,7 +244,8 @@ def parse_filter(expr: str | Mapping[str, Any] | Filter | None) -> Filter | None
     if len(text) > _MAX_LEN:
         raise FilterSyntaxError("filter", text[:40], f"longer than {_MAX_LEN} characters")
     try:
-        tree = ast.parse(text, mode="eval")
+        with _PARSE_LOCK:
+            tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
         raise FilterSyntaxError("filter", text, f"syntax error at column {exc.offset}") from None
     except (ValueError, RecursionError, MemoryError):
