@@ -34,11 +34,13 @@ from tqdm.auto import tqdm
 
 from recsieve.context.model import ContextModel, ContextSettings
 from recsieve.errors import InvalidInputError
+from recsieve.training.data_parallel import DataParallel
 from recsieve.training.softmax import full_softmax_ce
 
 __all__ = [
     "TrainConfig",
     "amx_available",
+    "check_sequences",
     "right_pad",
     "train_next_item",
     "fit_context_model",
@@ -157,23 +159,35 @@ class NextItemTask:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def train_next_item(
-    task: NextItemTask,
-    sequences: Sequence[np.ndarray],
-    n_items: int,
-    max_len: int,
-    cfg: TrainConfig,
-) -> dict[str, Any]:
-    """Train ``task`` on next-item prediction (see the module docstring). Returns a history.
-
-    The modules are left in eval mode with the weights of the best validation epoch.
-    """
+def check_sequences(sequences: Sequence[np.ndarray], n_items: int) -> list[np.ndarray]:
+    """The training ``sequences`` as int64 arrays; :class:`InvalidInputError` unless one holds 2+
+    items and every item is a row ``0..n_items-1``."""
     seqs = [np.asarray(s, np.int64) for s in sequences]
     if not any(len(s) >= 2 for s in seqs):
         raise InvalidInputError("sequences", len(seqs), "need a sequence of 2+ items")
     top = max((int(s.max()) for s in seqs if s.size), default=0)
     if top >= n_items or min((int(s.min()) for s in seqs if s.size), default=0) < 0:
         raise InvalidInputError("sequences", top, f"item index outside 0..{n_items - 1}")
+    return seqs
+
+
+def train_next_item(
+    task: NextItemTask,
+    sequences: Sequence[np.ndarray],
+    n_items: int,
+    max_len: int,
+    cfg: TrainConfig,
+    *,
+    parallel: DataParallel | None = None,
+) -> dict[str, Any]:
+    """Train ``task`` on next-item prediction (see the module docstring). Returns a history.
+
+    The modules are left in eval mode with the weights of the best validation epoch.
+    ``parallel``: run as one worker of a data-parallel group
+    (:mod:`recsieve.training.data_parallel`): every worker calls this with the same arguments,
+    each trains on its share of every batch, and all end with the same weights and history.
+    """
+    seqs = check_sequences(sequences, n_items)
     rng = np.random.default_rng(cfg.seed)
     # held-out users: last training item = validation target, never trained on
     eligible = np.flatnonzero([len(s) >= 3 for s in seqs])
@@ -189,8 +203,11 @@ def train_next_item(
     lengths = (windows >= 0).sum(1)
     order = np.argsort(lengths, kind="stable")  # batches of similar length waste less on padding
     chunks = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    if parallel is not None:  # each worker its rows of every batch: the group's step is one batch
+        chunks = [parallel.shard(c) for c in chunks]
     bf16 = amx_available() if cfg.bf16 is None else bool(cfg.bf16)
     sampled = n_items > cfg.sampled_above
+    q_t = None  # sampled softmax: the negatives' distribution
     if sampled:
         counts = np.bincount(np.concatenate(train), minlength=n_items).astype(np.float64)
         q = (counts + 1.0) ** 0.75
@@ -216,15 +233,17 @@ def train_next_item(
         "epoch_seconds": [],
     }
     best, best_state, best_epoch, stale = -1.0, None, 0, 0
+    if parallel is not None:
+        parallel.broadcast([t for m in task.modules for t in m.state_dict().values()])
     start = time.perf_counter()
-    step, done = 0, 0.0
+    step, done, clock = 0, 0.0, 0.0  # clock: the group's elapsed seconds, agreed at each step
     before_threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     bar = tqdm(total=cfg.epochs, desc=cfg.name, unit="epoch", disable=not cfg.progress, leave=False)
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(cfg.seed + (parallel.rank if parallel is not None else 0))
             for epoch in range(cfg.epochs):
                 t0 = time.perf_counter()
                 for m in task.modules:
@@ -232,41 +251,28 @@ def train_next_item(
                 total, count, out_of_time = 0.0, 0, False
                 perm = rng.permutation(len(chunks))
                 for b, ci in enumerate(perm):
-                    batch = windows[chunks[ci]]
-                    batch = batch[:, (batch >= 0).any(axis=0)]
-                    tok = torch.from_numpy(batch)
-                    inputs, targets = tok[:, :-1], tok[:, 1:]
-                    # a row's last item is only a target: drop it from the inputs, so the newest
-                    # input (age 0, as at serving) is the one that predicts the last item
-                    inputs = inputs.masked_fill(targets < 0, -1)
-                    real = (inputs >= 0) & (targets >= 0)
-                    elapsed = time.perf_counter() - start
+                    elapsed = time.perf_counter() - start if parallel is None else clock
                     prog = step / max(total_steps, 1)
                     if cfg.budget_s is not None:
                         prog = max(prog, elapsed / cfg.budget_s)
                     for g in opt.param_groups:
                         g["lr"] = cfg.lr * _lr_factor(cfg, prog)
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                        table = task.table(None)
-                        h = task.hidden(table, inputs)[real]
-                        tgt = targets[real]
-                        if not sampled:
-                            loss = full_softmax_ce(h, table, tgt)
-                        else:
-                            negs = torch.multinomial(q_t, cfg.n_negatives, replacement=True)
-                            pos = (h * table[tgt]).sum(-1).float() - torch.log(q_t[tgt] * cfg.n_negatives)
-                            neg = (h @ table[negs].T).float() - torch.log(q_t[negs] * cfg.n_negatives)
-                            neg = neg.masked_fill(negs[None, :] == tgt[:, None], float("-inf"))
-                            logits = torch.cat([pos[:, None], neg], 1)
-                            loss = F.cross_entropy(logits, torch.zeros_like(tgt))
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    loss, n = _batch_loss(task, windows[chunks[ci]], cfg, bf16, q_t)
+                    loss_sum = 0.0
+                    if loss is not None:
+                        loss.backward()
+                        loss_sum = float(loss.detach()) * n
+                    if parallel is not None:  # the batch's gradient, positions, loss and clock
+                        n, (loss_sum, clock) = parallel.average_gradients(
+                            params, n, (loss_sum, time.perf_counter() - start))
+                        clock /= parallel.world_size
                     opt.step()
                     step += 1
-                    n = int(real.sum())
-                    total += float(loss.detach()) * n
+                    total += loss_sum
                     count += n
-                    if cfg.budget_s is not None and time.perf_counter() - start > cfg.budget_s:
+                    elapsed = time.perf_counter() - start if parallel is None else clock
+                    if cfg.budget_s is not None and elapsed > cfg.budget_s:
                         out_of_time = True
                         done += (b + 1) / len(chunks)
                         break
@@ -278,7 +284,7 @@ def train_next_item(
                 if n_valid and ((epoch + 1) % cfg.eval_every == 0 or last):
                     for m in task.modules:
                         m.eval()
-                    nd, hr = _evaluate(task, v_ctx, v_tgt, max_len, bf16)
+                    nd, hr = _validate(task, v_ctx, v_tgt, max_len, bf16, parallel)
                     history["valid_ndcg@10"].append(round(nd, 5))
                     history["valid_hr@10"].append(round(hr, 5))
                     if nd > best:
@@ -310,6 +316,47 @@ def train_next_item(
         best_valid_ndcg10=round(best, 5) if n_valid else None,
     )
     return history
+
+
+def _batch_loss(task: NextItemTask, batch: np.ndarray, cfg: TrainConfig, bf16: bool,
+                q_t: torch.Tensor | None) -> tuple[torch.Tensor | None, int]:
+    """Mean next-item loss over the real positions of right-padded ``batch`` rows, and their
+    number (``(None, 0)`` for no rows); ``q_t``: the sampled softmax's distribution, else ``None``."""
+    if not len(batch):
+        return None, 0
+    batch = batch[:, (batch >= 0).any(axis=0)]
+    tok = torch.from_numpy(batch)
+    inputs, targets = tok[:, :-1], tok[:, 1:]
+    # a row's last item is only a target: drop it from the inputs, so the newest
+    # input (age 0, as at serving) is the one that predicts the last item
+    inputs = inputs.masked_fill(targets < 0, -1)
+    real = (inputs >= 0) & (targets >= 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        table = task.table(None)
+        h = task.hidden(table, inputs)[real]
+        tgt = targets[real]
+        if q_t is None:
+            loss = full_softmax_ce(h, table, tgt)
+        else:
+            negs = torch.multinomial(q_t, cfg.n_negatives, replacement=True)
+            pos = (h * table[tgt]).sum(-1).float() - torch.log(q_t[tgt] * cfg.n_negatives)
+            neg = (h @ table[negs].T).float() - torch.log(q_t[negs] * cfg.n_negatives)
+            neg = neg.masked_fill(negs[None, :] == tgt[:, None], float("-inf"))
+            logits = torch.cat([pos[:, None], neg], 1)
+            loss = F.cross_entropy(logits, torch.zeros_like(tgt))
+    return loss, int(real.sum())
+
+
+def _validate(task: NextItemTask, ctx: list[np.ndarray], tgt: np.ndarray, max_len: int, bf16: bool,
+              parallel: DataParallel | None) -> tuple[float, float]:
+    """NDCG@10 and HR@10 on the validation users; a group shares them out and sums the metrics."""
+    if parallel is None:
+        return _evaluate(task, ctx, tgt, max_len, bf16)
+    mine = slice(parallel.rank, None, parallel.world_size)
+    c, t = ctx[mine], tgt[mine]
+    nd, hr = _evaluate(task, c, t, max_len, bf16) if len(t) else (0.0, 0.0)
+    nd_sum, hr_sum = parallel.sum([nd * len(t), hr * len(t)])
+    return nd_sum / len(tgt), hr_sum / len(tgt)
 
 
 @torch.no_grad()
@@ -349,12 +396,15 @@ def fit_context_model(
     *,
     settings: ContextSettings | None = None,
     config: TrainConfig | None = None,
+    parallel: DataParallel | None = None,
 ) -> tuple[ContextModel, dict[str, Any]]:
     """Train an item tower + context encoder on training ``sequences`` (catalog rows, oldest first).
 
     ``text_vectors``: float32 ``(n_items, text_dim)`` frozen text vectors (``None`` with
     ``settings.text_dim == 0``: ID-only tokens). All ``n_items`` rows are warm (own an ID
     residual). Returns the model (item table set, eval mode) and the training history.
+    ``parallel``: train as one worker of a data-parallel group (see :func:`train_next_item`;
+    :mod:`recsieve.training.ray_train` runs the group on Ray).
     """
     settings = settings or ContextSettings(n_warm=n_items, text_dim=0 if text_vectors is None else 384)
     if settings.n_warm != n_items:
@@ -380,7 +430,7 @@ def fit_context_model(
             hidden=lambda table, rows: encoder(table, rows),
             user=lambda table, rows: encoder.user(table, rows),
         )
-    hist = train_next_item(task, sequences, n_items, settings.max_len, config)
+    hist = train_next_item(task, sequences, n_items, settings.max_len, config, parallel=parallel)
     if cold_t is not None:
         with torch.no_grad():  # so that every later set_items() gives them text alone too
             model.tower.ids.weight[cold_t] = 0.0
