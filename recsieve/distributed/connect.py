@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
 
@@ -72,11 +72,12 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None,
-            timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
+            timeout_s: float = CONNECT_TIMEOUT_S, runtime_env: Mapping[str, object] | None = None) -> bool:
     """Connect this process to Ray (see the module docstring for ``address``); returns whether it
     connected now (``False``: it was connected already, and stays as it was).
 
     ``num_cpus``: CPUs of a local instance started here (``address=None``); a cluster has its own.
+    ``runtime_env``: Ray's runtime environment for this connection's workers (e.g. ``env_vars``).
     Raises :class:`MissingDependencyError` without Ray, :class:`ClusterUnavailableError` when no
     cluster answers at ``address``, :class:`InvalidInputError` for a malformed address.
     """
@@ -93,9 +94,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
         return False
     try:
         if address is None:
-            ray.init(num_cpus=num_cpus, include_dashboard=False)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=dict(runtime_env or {}) or None)
         else:
-            ray.init(address=address)
+            ray.init(address=address, runtime_env=dict(runtime_env or {}) or None)
     except ConnectionError as exc:
         raise ClusterUnavailableError(f"address={address!r}: cannot join a Ray cluster there ({exc})") from None
     except Exception as exc:  # Ray raises a bare Exception when a local node does not start in its 30 s
@@ -107,10 +108,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
 
 @contextmanager
 def ray_session(address: str | None = None, *, num_cpus: int | None = None,
-                timeout_s: float = CONNECT_TIMEOUT_S) -> Iterator[ModuleType]:
+                timeout_s: float = CONNECT_TIMEOUT_S,
+                runtime_env: Mapping[str, object] | None = None) -> Iterator[ModuleType]:
     """``with ray_session(address) as ray:`` Ray connected as :func:`connect` does; a connection
     made here is shut down when the block ends, one that existed before is left alone."""
-    started = connect(address, num_cpus=num_cpus, timeout_s=timeout_s)
+    started = connect(address, num_cpus=num_cpus, timeout_s=timeout_s, runtime_env=runtime_env)
     ray = require_ray()
     try:
         yield ray
