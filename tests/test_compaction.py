@@ -27,7 +27,6 @@ from test_index_properties import DIM, PROPERTY, check_against_model, op_st
 
 from recsieve import Engine, EngineConfig, Item
 from recsieve.filters import parse_filter
-from recsieve.indexes import faiss_index
 from recsieve.indexes.faiss_index import FaissIndex
 
 WAIT = 120  # seconds: only a deadlock or a lost wake-up ever waits this long
@@ -186,7 +185,7 @@ def test_background_compaction_with_concurrent_searches_and_writes(kind, monkeyp
     a writer go on throughout (the writer's ops race the catch-up and the swap once released).
     The end state is the model's; answers are exact (IVF, every list probed) or recall >= 0.9 of
     exact search (HNSW searched as a graph), during the compaction and after it."""
-    monkeypatch.setattr(faiss_index, "_SWAP_AT", 0)  # every catch-up pass runs, not only the first
+    monkeypatch.setattr(FaissIndex, "_swap_at", 0)  # every catch-up pass runs, not only the first
     rng = np.random.default_rng(0)
     exact = kind == "ivf"
     index = (FaissIndex(DIM, "ivf", nlist=8, nprobe=8, train_min=100, exact_below=1) if exact

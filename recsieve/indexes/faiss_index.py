@@ -40,9 +40,7 @@ short of ``k`` (a very selective filter), is answered exactly over the allowed s
 
 from __future__ import annotations
 
-import atexit
 import copy
-import logging
 import math
 import os
 import threading
@@ -73,28 +71,22 @@ from recsieve.indexes.faiss_state import (
     FORMAT,
     INDEX_FILE,
     VERSION,
-    Cancelled,
     FaissState,
-    LogEntry,
     Snapshot,
     read_state,
     write_state,
 )
+from recsieve.indexes.rebuild import LogEntry, OffLockRebuilds
 from recsieve.locks import RWLock
 from recsieve.storage import atomic_write_bytes, atomic_write_json
 
 __all__ = ["FaissIndex", "FAISS_KINDS"]
 
-log = logging.getLogger("recsieve")
-
 #: The index kinds :class:`FaissIndex` builds.
 FAISS_KINDS = ("flat", "hnsw", "ivf")
-_CATCH_UP_PASSES = 4  # log replays outside the write lock before the last one under it
-_SWAP_AT = 256  # ...stopping early once a pass found at most this many logged items (HNSW adds
-# of the last pass run under the write lock: a few hundred vectors keep it short)
 
 
-class FaissIndex(VectorIndex):
+class FaissIndex(OffLockRebuilds, VectorIndex):
     """Inner-product vector index on FAISS with removal, metadata filters and persistence.
 
     ``kind``: ``"flat"`` (exact), ``"hnsw"`` (``IndexHNSWFlat``: ``hnsw_m``,
@@ -104,8 +96,10 @@ class FaissIndex(VectorIndex):
     searches are exact. ``compact_threads``: OpenMP threads of a background compaction (default
     half the CPUs, at least one, so requests keep the rest; not saved with the index).
     Thread-safe: searches share a lock, writes take it exclusively; compactions run off it (see
-    the module docstring).
+    the module docstring; :class:`~recsieve.indexes.rebuild.OffLockRebuilds` runs them).
     """
+
+    _thread_name = "recsieve-faiss-compaction"
 
     def __init__(
         self,
@@ -142,11 +136,7 @@ class FaissIndex(VectorIndex):
         self._lock = RWLock()
         self._state = FaissState.empty(self._new_index(0))
         # compaction: held while one runs; the writes made meanwhile (None: none runs)
-        self._compacting = threading.Lock()
-        self._log: list[LogEntry] | None = None
-        self._cancel = threading.Event()  # set by close(): background compactions stop
-        self._written = 0  # items upserted or removed so far
-        self._retry_at = 0  # after a failed background compaction: _written before the next try
+        self._init_rebuilds()
 
     # ------------------------------------------------------------------ building
 
@@ -195,86 +185,34 @@ class FaissIndex(VectorIndex):
         if why == "train":
             return True
         if self._written >= self._retry_at:
-            self._start_background(state)
+            self._start_background()
         return False
 
-    def _start_background(self, state: FaissState) -> bool:
-        """Start a background compaction of ``state`` unless one runs or the index is closed;
-        return whether it started. Caller holds the lock (read or write)."""
-        if self._cancel.is_set() or not self._compacting.acquire(blocking=False):
-            return False  # closed, or one runs already (the next write after it checks again)
-        try:
-            snap = self._begin(state)
-            # A daemon thread, but never inside FAISS when the interpreter finalises (a thread
-            # coming back from C++ then would abort the process): close() runs at exit first.
-            atexit.register(self.close)
-            threading.Thread(
-                target=self._background, args=(snap,), name="recsieve-faiss-compaction", daemon=True
-            ).start()
-        except BaseException:
-            atexit.unregister(self.close)
-            self._log = None
-            self._compacting.release()
-            raise
-        return True
+    # the hooks of OffLockRebuilds
 
-    def _begin(self, state: FaissState) -> Snapshot:
-        """Snapshot ``state`` and start recording writes. Caller holds the lock (read or write)
-        and the compaction lock."""
-        snap = Snapshot(state, copy.deepcopy(state.meta))
-        self._log = []
-        return snap
+    def _begin(self) -> Snapshot:
+        """Snapshot the serving state (its live positions, a copy of its metadata)."""
+        return Snapshot(self._state, copy.deepcopy(self._state.meta))
 
-    def _background(self, snap: Snapshot) -> None:
-        """The body of a background compaction's thread (it holds the compaction lock)."""
-        try:
-            faiss.omp_set_num_threads(self.compact_threads)  # this thread's own OpenMP setting
-            try:
-                self._run(snap, self._cancel)
-                self._retry_at = 0
-            except Cancelled:
-                return
-            except Exception:
-                self._failed(snap)
-                return
-            finally:
-                self._compacting.release()
-            self._train(self._cancel)  # a write may have brought an IVF to train_min meanwhile
-        finally:
-            atexit.unregister(self.close)
+    def _replay(self, new: FaissState, entries: Sequence[LogEntry]) -> None:
+        new.replay(entries)
 
-    def _failed(self, snap: Snapshot) -> None:
-        """Log the failure of an automatic rebuild (in an ``except`` block); the next automatic
-        try waits until ``compact_at`` of the index has been written again."""
-        self._retry_at = self._written + max(64, int(self.compact_at * len(snap.state.alive)))
-        log.exception("recsieve: FAISS %s rebuild of %d items failed; the current index keeps serving",
-                      self.kind, len(snap.keep))
+    def _swap(self, new: FaissState) -> FaissState:
+        old, self._state = self._state, new
+        return old
 
-    def _run(self, snap: Snapshot, cancel: threading.Event) -> None:
-        """Build the new state off the lock, apply the writes logged meanwhile, swap it in. Any
-        failure leaves the current state serving and stops the log. Holds the compaction lock."""
-        try:
-            new = self._build(snap, cancel)
-            for _ in range(_CATCH_UP_PASSES):
-                if cancel.is_set():
-                    raise Cancelled
-                with self._lock.read():  # excludes writers, the only other users of the log
-                    entries, self._log = self._log, []
-                new.replay(entries)
-                if sum(len(e.ids) for e in entries) <= _SWAP_AT:
-                    break
-            with self._lock.write():
-                new.replay(self._log)
-                self._state, self._log = new, None
-        except BaseException:
-            with self._lock.write():
-                self._log = None
-            raise
+    def _describe(self, snap: Snapshot) -> str:
+        return f"FAISS {self.kind} rebuild of {len(snap.keep)} items"
 
-    def _record(self, entry: LogEntry) -> None:
-        """Under the write lock: note a write for the compaction in flight, if any."""
-        if self._log is not None:
-            self._log.append(entry)
+    def _retry_after(self, snap: Snapshot) -> int:
+        return max(64, int(self.compact_at * len(snap.state.alive)))
+
+    def _due_here(self) -> bool:
+        """The IVF reached ``train_min``: the writer trains it before returning (off the lock)."""
+        return self._needs_rebuild(self._state) == "train"
+
+    def _in_background_thread(self) -> None:
+        faiss.omp_set_num_threads(self.compact_threads)  # this thread's own OpenMP setting
 
     # ------------------------------------------------------------------ writes
 
@@ -296,7 +234,7 @@ class FaissIndex(VectorIndex):
             self._written += len(arr)
             train = self._after_write(state)
         if train:
-            self._train()
+            self._rebuild_here()
 
     def remove(self, ids: np.ndarray | Sequence[int]) -> int:
         """Remove ``ids`` (unknown ids are ignored); return how many were removed."""
@@ -309,69 +247,6 @@ class FaissIndex(VectorIndex):
                 self._written += gone
                 self._after_write(state)  # never "train": removing does not add live items
         return gone
-
-    def _train(self, cancel: threading.Event | None = None) -> None:
-        """Train the IVF in this thread if it reached ``train_min`` and no compaction runs. One
-        that runs calls this when it ends (it may have built from fewer items), so a write
-        arriving meanwhile neither waits for it nor leaves the IVF untrained. A failure is
-        logged: the write that called it is done, and the exact index keeps serving. ``cancel``:
-        a background thread's (set by :meth:`close`)."""
-        if self._written < self._retry_at or not self._compacting.acquire(blocking=False):
-            return  # after a failure: later; or the running compaction trains when it ends
-        try:
-            cancel = cancel or threading.Event()
-            with self._lock.read():
-                if cancel.is_set() or self._needs_rebuild(self._state) != "train":
-                    return
-                snap = self._begin(self._state)
-            try:
-                self._run(snap, cancel)
-            except Cancelled:
-                pass
-            except Exception:
-                self._failed(snap)  # the write is done; the exact index keeps serving it
-        finally:
-            self._compacting.release()
-
-    def compact(self, *, wait: bool = True) -> bool:
-        """Rebuild now from live vectors (drops tombstones; retrains an IVF when it has enough
-        items), off the write lock: searches and writes go on against the current index, and the
-        writes made meanwhile reach the new one before it replaces the current one.
-
-        ``wait=True``: in the caller's thread, after waiting for a compaction already running;
-        if the rebuild raises, the current index keeps serving and the error propagates.
-        ``wait=False``: in a background thread, as an automatic compaction (``compact_threads``,
-        failures logged, cancelled by :meth:`close`), unless one runs already or the index is
-        closed. Returns whether a compaction ran (``wait``) or started."""
-        if not wait:
-            with self._lock.read():
-                return self._start_background(self._state)
-        with self._compacting:
-            with self._lock.read():
-                snap = self._begin(self._state)
-            self._run(snap, threading.Event())
-            self._retry_at = 0
-        self._train()  # a write may have brought an IVF to train_min while this one ran
-        return True
-
-    @property
-    def compacting(self) -> bool:
-        """Whether a compaction is running (in the background or in some caller's thread)."""
-        return self._compacting.locked()
-
-    def wait_for_compaction(self, timeout: float | None = None) -> bool:
-        """Wait until no compaction runs (at most ``timeout`` seconds); return whether none does."""
-        if not self._compacting.acquire(timeout=-1 if timeout is None else timeout):
-            return False
-        self._compacting.release()
-        return True
-
-    def close(self) -> None:
-        """Cancel a background compaction (the current index keeps serving) and wait for any
-        compaction to end. The index stays usable; later compactions run only when asked for
-        (:meth:`compact`) or to train an IVF."""
-        self._cancel.set()
-        self.wait_for_compaction()
 
     # ------------------------------------------------------------------ reads
 

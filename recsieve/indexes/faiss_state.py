@@ -19,7 +19,7 @@ import threading
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import faiss
 import numpy as np
@@ -27,6 +27,7 @@ import numpy as np
 from recsieve.errors import CorruptStoreError, StoreError
 from recsieve.indexes.checks import META_FILE
 from recsieve.indexes.columns import ColumnStore
+from recsieve.indexes.rebuild import Cancelled, LogEntry
 from recsieve.locks import RWLock
 
 __all__ = ["Cancelled", "FaissState", "LogEntry", "Snapshot", "CHUNK", "FORMAT", "VERSION", "INDEX_FILE",
@@ -43,19 +44,6 @@ _MAGICS = (b"IxFI", b"IHNf", b"IwFl")  # IndexFlatIP, IndexHNSWFlat, IndexIVFFla
 #: cancelled one stops at the next chunk.
 CHUNK = 2048
 _POINTS_PER_CENTROID = 256  # FAISS k-means samples this many training points per list at most
-
-
-class Cancelled(Exception):
-    """A compaction stopped because its index was closed."""
-
-
-class LogEntry(NamedTuple):
-    """One write made during a compaction: an upsert (``vectors`` set) or a removal."""
-
-    ids: np.ndarray
-    vectors: np.ndarray | None
-    rows: list[dict[str, Any]] | None
-    new_fields: Mapping[str, str] | None
 
 
 class FaissState:
