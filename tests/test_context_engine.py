@@ -106,7 +106,7 @@ def test_learn_keeps_the_context_model_beside_the_updated_head(trained, tmp_path
         t = 2e6
         for u in range(40):  # new steps, inside each user's group as before
             g = GROUPS[u % len(GROUPS)]
-            for j in rng.choice(8, size=3, replace=False):
+            for j in rng.choice(8, size=5, replace=False):
                 t += 60.0
                 eng.record(Event(f"u{u}", f"{g}-{int(j)}", "click", ts=t))
         report = learn(eng, epochs=3)

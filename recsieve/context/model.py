@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from recsieve.context.modules import (
+    ACTIVATIONS,
     BLOCK_STYLES,
     CandidateScorer,
     ContextEncoder,
@@ -40,9 +41,10 @@ from recsieve.storage import atomic_write_json, read_json, replacing_folder, sha
 __all__ = ["ContextSettings", "ContextModel", "FORMAT_VERSION", "MANIFEST", "KIND"]
 
 #: 2: the encoder's block layout is a setting (``ContextSettings.block``), SASRec's by default.
-FORMAT_VERSION = 2
-#: Format 1 folders still load (their blocks are pre-LN).
-READABLE_VERSIONS = (1, 2)
+#: 3: the FFN's activation and the attention-weight dropout are settings (ReLU and 0.1 by default).
+FORMAT_VERSION = 3
+#: Format 1 folders still load (their blocks are pre-LN), formats 1 and 2 with GELU FFNs.
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 KIND = "recsieve-context-model"
 _WEIGHTS = ("tower.pt", "encoder.pt", "scorer.pt")
@@ -68,6 +70,10 @@ class ContextSettings:
     extra: dict[str, Any] = field(default_factory=dict)
     #: the encoder's transformer block layout (:data:`~recsieve.context.modules.BLOCK_STYLES`)
     block: str = "sasrec"
+    #: the FFN's nonlinearity (:data:`~recsieve.context.modules.ACTIVATIONS`)
+    activation: str = "relu"
+    #: dropout on the attention weights while training (SASRec's reference code has it)
+    attention_dropout: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("n_warm", "dim", "blocks", "heads", "max_len", "adapter_hidden"):
@@ -80,6 +86,10 @@ class ContextSettings:
             raise InvalidInputError("dropout", self.dropout, "must be in [0, 1)")
         if self.block not in BLOCK_STYLES:
             raise InvalidInputError("block", self.block, f"expected one of {BLOCK_STYLES}")
+        if self.activation not in ACTIVATIONS:
+            raise InvalidInputError("activation", self.activation, f"expected one of {tuple(ACTIVATIONS)}")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise InvalidInputError("attention_dropout", self.attention_dropout, "must be in [0, 1)")
         object.__setattr__(self, "kinds", tuple(self.kinds))
 
 
@@ -117,6 +127,8 @@ class ContextModel:
             n_kinds=len(s.kinds),
             instruction_dim=s.instruction_dim,
             block=s.block,
+            activation=s.activation,
+            attention_dropout=s.attention_dropout,
         )
         self.scorer: CandidateScorer | None = None
         self._kind_index = {k: i + 1 for i, k in enumerate(s.kinds)}
@@ -378,6 +390,9 @@ class ContextModel:
             raw["kinds"] = tuple(raw.get("kinds", ()))
             if man["format_version"] == 1:  # format 1 predates the setting: pre-LN blocks
                 raw.setdefault("block", "prenorm")
+            if man["format_version"] <= 2:  # formats 1-2 predate these settings: GELU, no attention dropout
+                raw.setdefault("activation", "gelu")
+                raw.setdefault("attention_dropout", 0.0)
             settings = ContextSettings(**raw)
             model = cls(settings, threads=threads)
             model.tower.load_state_dict(torch.load(folder / "tower.pt", weights_only=True))

@@ -26,6 +26,7 @@ from torch import nn
 __all__ = [
     "INIT_STD",
     "BLOCK_STYLES",
+    "ACTIVATIONS",
     "GAP_EDGES_S",
     "N_GAP_BUCKETS",
     "gap_buckets",
@@ -42,6 +43,8 @@ INIT_STD = 0.02
 #: runs on the layer-normed sum with its own residual) and ``"prenorm"`` (the common pre-LN
 #: block; models saved in format 1 use it).
 BLOCK_STYLES = ("sasrec", "prenorm")
+#: The FFN's nonlinearity: ``relu`` is SASRec's (and the default), ``gelu`` the pre-format-3 one.
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
 
 def init_weights(module: nn.Module) -> None:
@@ -154,18 +157,23 @@ class Dropout(nn.Module):
 
 
 class Block(nn.Module):
-    """Causal transformer block in one of :data:`BLOCK_STYLES` (dropout on the residual branches
-    and inside the FFN; none on the attention weights, so the fused attention kernel runs)."""
+    """Causal transformer block in one of :data:`BLOCK_STYLES`: dropout on the residual branches
+    and inside the FFN, and ``attention_dropout`` on the attention weights while training (as
+    SASRec's ``nn.MultiheadAttention`` has; 0 keeps the fused attention kernel)."""
 
-    def __init__(self, dim: int, heads: int, dropout: float, style: str = "sasrec") -> None:
+    def __init__(self, dim: int, heads: int, dropout: float, style: str = "sasrec", *,
+                 activation: str = "relu", attention_dropout: float = 0.0) -> None:
         super().__init__()
         if style not in BLOCK_STYLES:
             raise ValueError(f"block style {style!r}: expected one of {BLOCK_STYLES}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r}: expected one of {tuple(ACTIVATIONS)}")
         self.heads, self.dropout, self.style = heads, dropout, style
+        self.attention_dropout = attention_dropout
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.ffn = nn.Sequential(
-            nn.Linear(dim, dim), nn.GELU(), Dropout(dropout), nn.Linear(dim, dim)
+            nn.Linear(dim, dim), ACTIVATIONS[activation](), Dropout(dropout), nn.Linear(dim, dim)
         )
         self.drop = Dropout(dropout)
 
@@ -198,7 +206,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Causal self-attention, then the FFN."""
         q, k, v, residual = self.heads_qkv(x)
-        return self.finish(residual, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        p = self.attention_dropout if self.training else 0.0
+        return self.finish(residual, F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p))
 
 
 class ContextEncoder(nn.Module):
@@ -221,6 +230,8 @@ class ContextEncoder(nn.Module):
         n_kinds: int = 1,
         instruction_dim: int = 0,
         block: str = "sasrec",
+        activation: str = "relu",
+        attention_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.dim, self.max_len = dim, max_len
@@ -229,7 +240,10 @@ class ContextEncoder(nn.Module):
         self.gaps = nn.Embedding(N_GAP_BUCKETS, dim)
         self.instruction = nn.Linear(instruction_dim, dim) if instruction_dim else None
         self.drop = Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(dim, heads, dropout, block) for _ in range(blocks))
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, dropout, block, activation=activation, attention_dropout=attention_dropout)
+            for _ in range(blocks)
+        )
         self.ln = nn.LayerNorm(dim)
         init_weights(self)
         with torch.no_grad():  # unknown kind / unknown age add nothing

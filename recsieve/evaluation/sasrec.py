@@ -1,16 +1,18 @@
 """SASRec (Kang & McAuley, ICDM 2018) trained to the full-softmax recipe, as a yardstick.
 
 The published architecture — a causal transformer over item-**ID** embeddings with SASRec's
-blocks (queries from the layer-normed stream, which is also the attention's residual; d=64,
-2 blocks, 1 head, learned positions, dropout 0.1, item embeddings shared between input and
-output, every weight initialised from N(0, 0.02²) as in the reference code) — trained as in
-Klenitskiy & Vasilev (RecSys 2023, "SASRec+"): cross-entropy over
-**all** items at every position of a user's last ``max_len + 1`` training items, Adam(W)
-lr 1e-3, batch 128. It reuses :func:`recsieve.training.context_model.train_next_item` with an
-ID-only item tower, so the yardstick and the context encoder share one loop; text vectors,
-event kinds and ages are never given to it. Differences from the reference code, for speed on
-CPU: no dropout on the attention weights (so the fused attention kernel runs), bf16 autocast
-where the CPU has AMX, and a short linear warmup (2% of the run) before the constant lr.
+blocks (queries from the layer-normed stream, which is also the attention's residual; ReLU
+FFNs; d=64, 2 blocks, 1 head, learned positions, dropout 0.1 on the residual branches and on
+the attention weights, item embeddings shared between input and output, every weight
+initialised from N(0, 0.02²) as in the reference code) — trained as in Klenitskiy & Vasilev
+(RecSys 2023, "SASRec+"): cross-entropy over **all** items at every position of a user's last
+``max_len + 1`` training items, users dealt into fresh random batches of 128 every epoch,
+Adam(W) lr 1e-3, β = (0.9, 0.999). It reuses
+:func:`recsieve.training.context_model.train_next_item` with an ID-only item tower, so the
+yardstick and the context encoder share one loop; text vectors, event kinds and ages are never
+given to it. Differences from the reference code: bf16 autocast where the CPU has AMX, a short
+linear warmup (2% of the run) before the constant lr, and positions counted from the newest
+event (measured no different: NDCG@10 0.1468 against 0.1470 after 25 ML-1M epochs).
 
 ``threads`` sets torch's intra-op threads only while this model fits or scores; randomness is
 seeded inside a forked RNG, so the caller's global torch RNG is left as it was.

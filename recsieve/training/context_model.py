@@ -70,11 +70,16 @@ class TrainConfig:
     budget_s: float | None = None
     lr: float = 1e-3
     weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.98)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's default, as SASRec's reference code
     warmup: float = 0.02  # share of the schedule
     schedule: str = "cosine"  # cosine | linear | constant
     min_lr_ratio: float = 0.05
     batch_size: int = 128
+    #: ``random``: every epoch deals the users into fresh random batches (SASRec's reference
+    #: loader does; measured on ML-1M: NDCG@10 0.1599 after 25 epochs against 0.1470 for
+    #: ``length``); ``length``: fixed batches of users of similar length (less padding, but a
+    #: batch of short sequences then weighs as much as one of long ones, every epoch)
+    batching: str = "random"
     bf16: bool | None = None  # None: where the CPU has AMX
     sampled_above: int = 50_000
     n_negatives: int = 8192
@@ -95,6 +100,8 @@ class TrainConfig:
             raise InvalidInputError("budget_s", self.budget_s, "must be positive seconds or None")
         if not self.lr > 0:
             raise InvalidInputError("lr", self.lr, "must be positive")
+        if self.batching not in ("random", "length"):
+            raise InvalidInputError("batching", self.batching, "random or length")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise InvalidInputError("schedule", self.schedule, "cosine, linear or constant")
         if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
@@ -200,11 +207,17 @@ def train_next_item(
     v_tgt = np.array([seqs[u][-1] for u in valid], np.int64)
     train = [s for s in train if len(s) >= 2]
     windows = right_pad(train, max_len + 1)
-    lengths = (windows >= 0).sum(1)
-    order = np.argsort(lengths, kind="stable")  # batches of similar length waste less on padding
-    chunks = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-    if parallel is not None:  # each worker its rows of every batch: the group's step is one batch
-        chunks = [parallel.shard(c) for c in chunks]
+
+    def deal(order: np.ndarray) -> list[np.ndarray]:
+        chunks = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        if parallel is not None:  # each worker its rows of every batch: the group's step is one batch
+            chunks = [parallel.shard(c) for c in chunks]
+        return chunks
+
+    if cfg.batching == "length":  # fixed batches of similar length: less padding
+        chunks = deal(np.argsort((windows >= 0).sum(1), kind="stable"))
+    else:
+        chunks = deal(np.arange(len(windows)))  # dealt afresh every epoch
     bf16 = amx_available() if cfg.bf16 is None else bool(cfg.bf16)
     sampled = n_items > cfg.sampled_above
     q_t = None  # sampled softmax: the negatives' distribution
@@ -249,7 +262,11 @@ def train_next_item(
                 for m in task.modules:
                     m.train()
                 total, count, out_of_time = 0.0, 0, False
-                perm = rng.permutation(len(chunks))
+                if cfg.batching == "random":  # the same draw on every worker of a group
+                    chunks = deal(rng.permutation(len(windows)))
+                    perm = np.arange(len(chunks))
+                else:
+                    perm = rng.permutation(len(chunks))
                 for b, ci in enumerate(perm):
                     elapsed = time.perf_counter() - start if parallel is None else clock
                     prog = step / max(total_steps, 1)
