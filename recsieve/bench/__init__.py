@@ -23,6 +23,10 @@
 ``scale`` (:mod:`recsieve.bench.scale`; run only when named in ``sections``)
     build-index items/s per embedding backend against fp32 in the same run, with each
     backend's neighbour recall and the CPU's instruction set.
+``ray`` (:mod:`recsieve.bench.on_ray`; run only when named in ``sections``; needs ``recsieve[ray]``)
+    On a local Ray (or a cluster): build items/s with 1 and 2 embedding actors against the
+    single-process build, serving requests/s and p50/p95/p99 over HTTP with 1 and 2 Ray Serve
+    replicas, and event -> visible-on-another-replica latency.
 
 Shared helpers and synthetic data are in :mod:`recsieve.bench.common`; the summary, plots and
 ``rerank_ndcg_ratio`` (the fine sieve's NDCG@10 over the best other re-ranker's, from an
@@ -59,6 +63,7 @@ from recsieve.bench.common import (
 )
 from recsieve.bench.engine import engine_section
 from recsieve.bench.index import HNSW_EF, IVF_NPROBE, LANCE_EF, index_section, pick_default
+from recsieve.bench.on_ray import RaySettings, plot_ray, ray_section
 from recsieve.bench.processes import processes_section
 from recsieve.bench.report import format_summary, quality_ratio, write_plots
 from recsieve.bench.rerank import encoder_flops, fallback_pairs, gemm_peak_gflops, rerank_section
@@ -101,7 +106,7 @@ HEADLINE_KEYS = (
     "rerank_mfu",
 )
 #: The sections :func:`run_bench` can run, in order; it runs :data:`DEFAULT_SECTIONS` unless told.
-SECTIONS = ("index", "engine", "rerank", "processes", "scale")
+SECTIONS = ("index", "engine", "rerank", "processes", "scale", "ray")
 DEFAULT_SECTIONS = ("index", "engine", "rerank")
 
 _FULL: dict[str, Any] = {
@@ -170,6 +175,7 @@ def run_bench(
     quality_report: str | Path | None = None,
     seed: int = 0,
     summary: bool = True,
+    ray: RaySettings | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; return the result dict (also written to ``json_out`` as JSON).
 
@@ -188,7 +194,9 @@ def run_bench(
     (``recsieve evaluate --json``) with a ``recsieve`` row trained with the context model and
     other re-rankers' rows, for ``rerank_ndcg_ratio`` (see
     :func:`~recsieve.bench.report.quality_ratio`; read before anything runs). ``plots_dir``
-    receives ``latency_cdf.png``, ``recall_vs_latency.png`` and ``throughput.png``. The headline
+    receives ``latency_cdf.png``, ``recall_vs_latency.png`` and ``throughput.png`` (and ``ray.png``
+    with the ``ray`` section, whose settings are ``ray``: default the quick or full
+    :meth:`~recsieve.bench.on_ray.RaySettings.preset`). The headline
     keys (:data:`HEADLINE_KEYS`) are always present, ``None`` where not measured, with a reason
     in ``notes``.
     """
@@ -197,6 +205,10 @@ def run_bench(
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown or not sections:
         raise InvalidInputError("sections", list(sections), f"choose from {SECTIONS}")
+    if "ray" in sections:  # without the extra, say so before anything runs
+        from recsieve.distributed.connect import require_ray
+
+        require_ray("data", "serve")
     cfg = _config(quick, {"sizes": sizes, "queries": queries, "lance_sizes": lance_sizes,
                           "engine_items": engine_items, "engine_users": engine_users,
                           "engine_requests": engine_requests, "load_seconds": load_seconds,
@@ -243,6 +255,9 @@ def run_bench(
             if "scale" in sections:  # build-index items/s per embedding backend against fp32
                 result["scale"] = scale_section(cfg, seed, bar, notes, workdir, quick=quick)
                 bar.advance()
+            if "ray" in sections:  # distributed builds and replicated serving against their baselines
+                result["ray"] = ray_section(ray or RaySettings.preset(quick), seed, bar, notes, workdir)
+                bar.advance()
     finally:
         bar.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -258,12 +273,14 @@ def run_bench(
     result["wall_s"] = time.perf_counter() - t0
     if plots_dir is not None:
         result["plots"] = write_plots(result, stage_samples, Path(plots_dir))
+        if "ray" in result:
+            result["plots"].append(plot_ray(result["ray"], Path(plots_dir)))
     if json_out is not None:
         path = Path(json_out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     if summary:
-        print(format_summary(result) + (f"\n{result['processes']['summary']}" if "processes" in result else ""),
+        print(format_summary(result) + "".join(f"\n{result[s]['summary']}" for s in ("processes", "ray") if s in result),
               file=sys.stdout)
     return result
 
