@@ -247,6 +247,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from recsieve.training import train_engine
 
     events = _events_arg(args)
+    workers = 2 if args.ray is not None and args.workers is None else args.workers
     with Engine.open(args.dir) as engine:
         report = train_engine(
             engine, args.out, events, steps_per_user=args.steps_per_user, users=args.users or None,
@@ -254,14 +255,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             scorer_epochs=args.scorer_epochs, scorer_budget_s=args.scorer_budget_s or None,
             cross_encoder=not args.no_cross_encoder, dim=args.dim, max_len=args.max_len, seed=args.seed,
             progress=not args.quiet, switch=not args.no_switch, overwrite=args.overwrite,
+            workers=workers, ray_address=args.ray or None,
         )
         if not args.no_switch:
             engine.save()
     enc, head = report["encoder"], report["head"]
     held = enc.get("best_valid_ndcg10")
     held_text = "n/a (too few users to hold some out)" if held is None else f"{held:.4f}"
-    print(f"saved {report['model']} in {report['seconds']:.0f}s: context encoder on {report['encoder_users']} users "
-          f"({enc.get('epochs', 0):.1f} epochs, best held-out NDCG@10 {held_text}); "
+    on_ray = f" on {enc['workers']} Ray workers" if enc.get("workers") else ""
+    print(f"saved {report['model']} in {report['seconds']:.0f}s: context encoder on {report['encoder_users']} users"
+          f"{on_ray} ({enc.get('epochs', 0):.1f} epochs, best held-out NDCG@10 {held_text}); "
           f"candidate scorer on {report.get('scorer_examples', 0)} examples; ranking head on "
           f"{head['train_examples']} steps, held-out NDCG@10 {head['valid_ndcg@10_recall_order']:.4f} (recall order) "
           f"-> {head['valid_ndcg@10_head']:.4f} (head)")
@@ -448,6 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     s.add_argument("--skip-invalid", action="store_true", help="skip malformed event lines instead of failing")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="train the context encoder data-parallel on Ray Train (needs recsieve[ray]) at ADDRESS "
+                        "(HOST:PORT, ray://HOST:PORT or auto), or on a local Ray without one; the same steps, batch "
+                        "size and learning rate as in one process, the same model folder; scorer and head train here")
+    s.add_argument("--workers", type=int, help="Ray Train workers for the encoder, each on its share of every batch "
+                   "with one CPU (default 2 with --ray; given alone: on a local Ray)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("train-reranker", help="(deprecated: use train) train the ranking head and the word-level "

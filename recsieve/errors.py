@@ -46,6 +46,9 @@ class InvalidInputError(RecsieveError, ValueError):
         self.reason = reason
         super().__init__(f"{field}={_short(value)}: {reason}")
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled across processes (a Ray worker's error)
+        return (self.__class__, (self.field, self.value, self.reason))
+
 
 class DuplicateIdError(InvalidInputError):
     """The same id appears twice where ids must be unique."""
@@ -62,6 +65,9 @@ class UnknownItemError(RecsieveError, KeyError):
         self.field = field
         self.value = value
         super().__init__(f"{field}={_short(value)}: no such item in the catalog")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.field, self.value))
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from dataclasses import fields
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +18,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_config import WordHashEmbedder
 
+from recsieve import Engine, EngineConfig
+from recsieve.catalog import read_items
+from recsieve.cli import main
 from recsieve.context import ContextSettings
 from recsieve.errors import InvalidInputError
+from recsieve.training import train_engine
 from recsieve.training.context_model import TrainConfig, fit_context_model
 from recsieve.training.data_parallel import DataParallel
 
@@ -35,7 +44,8 @@ def planted(users: int, n_items: int = 20, seed: int = 0) -> list[np.ndarray]:
 # 201 users, batches of 20: the last batch has one row, so one of two workers gets none
 SEQS = planted(201)
 TEXT = np.random.default_rng(1).normal(size=(20, 8)).astype(np.float32)
-SETTINGS = ContextSettings(n_warm=20, text_dim=8, dim=16, max_len=8, dropout=0.0, adapter_hidden=16)
+NO_DROPOUT = {f.name: 0.0 for f in fields(ContextSettings) if "dropout" in f.name}  # every kind of dropout off
+SETTINGS = ContextSettings(n_warm=20, text_dim=8, dim=16, max_len=8, adapter_hidden=16, **NO_DROPOUT)
 CONFIG = TrainConfig(epochs=3, lr=5e-3, batch_size=20, bf16=False, valid_users=40, patience=None, threads=1)
 
 
@@ -55,7 +65,7 @@ def _gloo_worker(rank: int, world: int, init: str, out: str) -> None:
 
 
 def test_two_gloo_workers_train_the_single_process_model(tmp_path):
-    """Dropout 0, full softmax, fp32: each step of the group is the single process's step over
+    """No dropout, full softmax, fp32: each step of the group is the single process's step over
     the same rows, so after 3 epochs (a worker with an empty share of a batch among them) the
     weights, losses and validation metrics are the single process's, to float rounding."""
     alone, hist = fit_context_model(SEQS, 20, TEXT, settings=SETTINGS, config=CONFIG)
@@ -111,3 +121,185 @@ def test_a_bad_rank_or_world_size_is_refused():
         DataParallel(2, 2)
     with pytest.raises(InvalidInputError, match="^parallel="):
         DataParallel.current()  # no process group in this process
+
+
+# -- on Ray ----------------------------------------------------------------------------------
+
+DEMO = Path(str(resources.files("recsieve") / "data" / "demo_items.jsonl"))
+TRAIN_ARGS = ["--epochs", "3", "--dim", "16", "--max-len", "8", "--scorer-steps", "1", "--scorer-epochs", "1",
+              "--users", "0", "--steps-per-user", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def browsing(tmp_path_factory) -> Path:
+    """An engine over the demo catalog (hashed-word vectors) and a log where each user browses one category."""
+    root = tmp_path_factory.mktemp("ray_train")
+    items = read_items(DEMO)
+    with Engine.create(root / "engine", EngineConfig(index="flat", refresh_threads=0),
+                       embedder=WordHashEmbedder()) as eng:
+        eng.upsert_items(items)
+        eng.save()
+    by_cat: dict[str, list[str]] = {}
+    for it in items:
+        by_cat.setdefault(str(it.metadata["category"]), []).append(it.id)
+    rng = np.random.default_rng(0)
+    lines = []
+    for u in range(40):
+        cat = sorted(by_cat)[u % len(by_cat)]
+        for t, item in enumerate(rng.choice(by_cat[cat], size=4, replace=False)):
+            lines.append(json.dumps({"user_id": f"u{u}", "item_id": str(item), "kind": "click", "ts": 1000.0 + 60 * t}))
+    (root / "events.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _copy(root: Path, to: Path) -> Path:
+    shutil.copytree(root / "engine", to)
+    return to
+
+
+def _untouched(engine: Path, browsing: Path) -> None:
+    """No model folder written and the config (which names the model served) as it was."""
+    assert not (engine / "models").exists()
+    assert (engine / "recsieve.toml").read_text() == (browsing / "engine" / "recsieve.toml").read_text()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray with 2 CPUs for the module."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.train")
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.slow
+def test_cli_trains_the_encoder_on_two_ray_workers_into_the_same_model_folder(browsing, local_ray, tmp_path):
+    folders, reports = {}, {}
+    for name, extra in (("alone", []), ("ray", ["--ray", "--workers", "2"])):
+        engine = _copy(browsing, tmp_path / name)
+        out = tmp_path / f"{name}.json"
+        assert main(["train", str(engine), "--events", str(browsing / "events.jsonl"), *TRAIN_ARGS, *extra,
+                     "--json", str(out)]) == 0
+        reports[name] = json.loads(out.read_text())
+        folders[name] = Path(reports[name]["model"])
+    alone, spread = folders["alone"], folders["ray"]
+    assert _files(spread) == _files(alone)  # the same files ...
+    for manifest in ("ranker.json", "context/manifest.json"):  # ... and manifests with the same keys
+        ours, theirs = (json.loads((f / manifest).read_text()) for f in (spread, alone))
+        assert ours.keys() == theirs.keys()
+    ours, theirs = (json.loads((f / "context" / "manifest.json").read_text()) for f in (spread, alone))
+    assert ours["settings"] == theirs["settings"] and ours["n_items"] == theirs["n_items"]
+    assert reports["ray"]["encoder"]["workers"] == 2 and "workers" not in reports["alone"]["encoder"]
+    assert reports["ray"]["encoder"]["train_users"] == reports["alone"]["encoder"]["train_users"]
+    with Engine.open(tmp_path / "ray", embedder=WordHashEmbedder()) as eng:  # switched to it, and it serves
+        assert eng.model_dir == spread and eng.serving_model.context is not None
+        assert "context.context_cross" in eng.ranking_head.features
+        assert len(eng.recommend("u1", 5)) == 5
+
+
+def _top1_accuracy(model, contexts, targets) -> float:
+    scores = model.score_items(contexts)
+    for row, ctx in zip(scores, contexts):
+        row[ctx] = -np.inf  # consumed items are never recommended
+    return float(np.mean(np.argmax(scores, 1) == np.asarray(targets)))
+
+
+@pytest.mark.slow
+def test_two_ray_workers_learn_what_one_process_learns(local_ray):
+    from recsieve.training.ray_train import fit_context_model_on_ray
+
+    settings = ContextSettings(n_warm=20, text_dim=0, dim=32, max_len=8, **NO_DROPOUT)
+    config = TrainConfig(epochs=40, lr=5e-3, batch_size=16, bf16=False, valid_users=0, patience=None, threads=1)
+    seqs = planted(200)
+    alone, hist_alone = fit_context_model(seqs, 20, None, settings=settings, config=config)
+    spread, hist = fit_context_model_on_ray(seqs, 20, None, settings=settings, config=config, workers=2)
+    held_out = planted(100, seed=7)  # new fillers before each pattern
+    contexts, targets = [s[:-1] for s in held_out], [int(s[-1]) for s in held_out]
+    assert _top1_accuracy(alone, contexts, targets) >= 0.9
+    assert _top1_accuracy(spread, contexts, targets) >= 0.9
+    assert hist["workers"] == 2 and hist["losses"][-1] < hist["losses"][0] / 2
+    # the same steps as the single process's: the first epochs' losses agree (later, rounding compounds)
+    np.testing.assert_allclose(hist["losses"][:3], hist_alone["losses"][:3], rtol=1e-4)
+    assert spread.n_items == 20 and spread.threads == 1
+
+
+@pytest.mark.slow
+def test_on_ray_bad_input_is_the_single_process_error(local_ray):
+    from recsieve.training.ray_train import fit_context_model_on_ray
+
+    settings = ContextSettings(n_warm=20, text_dim=8, dim=16, max_len=8)
+    with pytest.raises(InvalidInputError, match="^workers=3: 3 workers x 1 CPUs do not fit the cluster's 2 CPUs"):
+        fit_context_model_on_ray(SEQS, 20, TEXT, settings=settings, config=CONFIG, workers=3)
+    with pytest.raises(InvalidInputError) as local:  # raised by the workers, given back as raised
+        fit_context_model(SEQS, 20, TEXT[:5], settings=settings, config=CONFIG)
+    with pytest.raises(InvalidInputError) as ours:
+        fit_context_model_on_ray(SEQS, 20, TEXT[:5], settings=settings, config=CONFIG, workers=2)
+    assert str(ours.value) == str(local.value) and ours.value.field == "text_vectors"
+
+
+# -- errors before Ray starts (fast) ---------------------------------------------------------
+
+
+def test_workers_must_be_positive(browsing, tmp_path, capsys):
+    engine = _copy(browsing, tmp_path / "engine")
+    for bad in ("0", "-1"):
+        assert main(["train", str(engine), "--events", str(browsing / "events.jsonl"), "--workers", bad, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"recsieve train: error: workers={bad}") and err.count("\n") == 1
+    _untouched(engine, browsing)
+    with Engine.open(engine, embedder=WordHashEmbedder()) as eng:
+        with pytest.raises(InvalidInputError, match="^ray_address='auto'"):
+            train_engine(eng, ray_address="auto")  # an address alone: the workers are not guessed
+    _untouched(engine, browsing)
+
+
+def test_an_address_where_nothing_listens_fails_at_once(browsing, tmp_path, capsys):
+    pytest.importorskip("ray")
+    engine = _copy(browsing, tmp_path / "engine")
+    assert main(["train", str(engine), "--events", str(browsing / "events.jsonl"), *TRAIN_ARGS,
+                 "--ray", "127.0.0.1:1", "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recsieve train: error: address='127.0.0.1:1': no Ray cluster answers there")
+    _untouched(engine, browsing)
+
+
+def _run_python(code: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_training_modules_import_no_ray_and_name_the_extra_without_it():
+    got = _run_python(
+        "import json, sys\n"
+        "import recsieve.training.ray_train, recsieve.training.data_parallel, recsieve.training.model\n"
+        "loaded = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))\n"
+        "sys.modules['ray'] = None  # as if Ray were not installed\n"
+        "from recsieve.errors import MissingDependencyError\n"
+        "try:\n"
+        "    recsieve.training.ray_train.fit_context_model_on_ray([[1, 2, 3]], 5, None)\n"
+        "    error = None\n"
+        "except MissingDependencyError as exc:\n"
+        "    error = str(exc)\n"
+        "print(json.dumps({'loaded': loaded, 'error': error}))\n"
+    )
+    assert got["loaded"] == []
+    assert got["error"] is not None and "pip install 'recsieve[ray]'" in got["error"]
+
+
+def test_errors_with_fields_survive_pickling():
+    """A worker's error reaches the driver pickled: it comes back with its fields and message."""
+    import pickle
+
+    from recsieve.errors import DuplicateIdError, UnknownItemError
+
+    for exc in (InvalidInputError("text_vectors", (5, 8), "expected (20, 8)"), DuplicateIdError("id", "a", "twice"),
+                UnknownItemError("item_id", "x")):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc)
+        assert (back.field, back.value) == (exc.field, exc.value)

@@ -28,6 +28,7 @@ import numpy as np
 
 from recsieve.engine.engine import Engine
 from recsieve.errors import InvalidInputError
+from recsieve.indexes.checks import check_positive
 from recsieve.rerankers.training import Step
 from recsieve.training.context_model import TrainConfig, fit_candidate_scorer, fit_context_model
 from recsieve.training.examples import engine_sequences, last_positives
@@ -114,6 +115,8 @@ def train_engine(
     progress: bool = True,
     switch: bool = True,
     overwrite: bool = False,
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Train the context model and the ranking head on the engine's log into one model folder
     ``out`` (default ``DIR/models/model-<journal seq>``) and, with ``switch``, serve it from now
@@ -123,9 +126,14 @@ def train_engine(
     setting of the encoder's training (then ``epochs``, ``budget_s`` and ``seed`` are its own).
     ``ablation_out``: also write there the head trained on the same examples without the
     candidate scorer's score (the ablation; the report pairs both on held-out users).
-    Returns the report.
+    ``workers``: train the encoder data-parallel on that many Ray Train workers
+    (:func:`~recsieve.training.ray_train.fit_context_model_on_ray`, needs ``recsieve[ray]``) on the
+    cluster at ``ray_address`` (``None``: a local Ray); the rest trains here. Returns the report.
     """
     t0 = time.perf_counter()
+    check_positive("workers", workers, allow_none=True)
+    if ray_address is not None and workers is None:
+        raise InvalidInputError("ray_address", ray_address, "give workers too: the encoder trains on Ray with them")
     if not engine.catalog.num_rows:
         raise InvalidInputError("catalog", 0, "no items to train on")
     out_path = Path(out) if out is not None else engine.directory / "models" / f"model-{engine.applied_seq}"
@@ -140,8 +148,15 @@ def train_engine(
 
     settings = ContextSettings(n_warm=engine.catalog.num_rows, text_dim=engine.dim, dim=dim, max_len=max_len)
     config = encoder or TrainConfig(epochs=epochs, budget_s=budget_s, seed=seed, progress=progress)
-    model, history = fit_context_model(train_rows, engine.catalog.num_rows, engine.text_vectors(),
-                                       settings=settings, config=config)
+    if workers is None:
+        model, history = fit_context_model(train_rows, engine.catalog.num_rows, engine.text_vectors(),
+                                           settings=settings, config=config)
+    else:
+        from recsieve.training.ray_train import fit_context_model_on_ray
+
+        model, history = fit_context_model_on_ray(train_rows, engine.catalog.num_rows, engine.text_vectors(),
+                                                  settings=settings, config=config, workers=workers,
+                                                  address=ray_address)
     report: dict[str, Any] = {"encoder": {k: v for k, v in history.items() if k != "valid_curve"},
                               "encoder_users": len(train_rows)}
     if cross_encoder:
