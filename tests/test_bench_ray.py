@@ -128,6 +128,7 @@ def test_a_tiny_run_end_to_end(tmp_path, capsys):
     for row in vis["probes"].values():
         assert row["n"] == 2 and 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] and row["requests_mean"] >= 1
 
+    assert build["warm_up"]["items"] == 20 and set(build["warm_up"]["seconds"]) == {"single_process", "actors_2"}
     assert build["fit_items"] == 40 and set(build["rounds"][0]["seconds"]["actors_2"]) == {"40", "120"}
     seconds = build["rounds"][0]["seconds"]  # one round: its seconds are the medians
     configs = {"single_process": build["single_process"], **{f"actors_{a}": r for a, r in build["actors"].items()}}

@@ -185,7 +185,9 @@ def ray_section(settings: RaySettings, seed: int, bar: ProgressBar, notes: list[
     notes.append("ray: build items/s = catalog items / wall time of the whole build, the embedder's loading "
                  "included, Ray's start-up not; serving: HTTP POST /recommend through Serve's ingress from "
                  "client threads in the bench process, which shares the machine with the replicas; the result "
-                 "cache is off; ratios against the single-process build and 1 replica in the same run")
+                 "cache is off; ratios against the single-process build and 1 replica in the same run; on a "
+                 "machine shared with other work, more processes (actors, replicas) also take a larger share of "
+                 "its CPUs, which a ratio above 1 may reflect rather than parallel speed-up")
     res["summary"] = format_ray(res)
     return res
 

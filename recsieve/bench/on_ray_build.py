@@ -5,7 +5,9 @@ Each build makes a new engine directory from a JSONL file (the single-process
 :func:`recsieve.engine.engine.build_index`; :func:`recsieve.distributed.build_index` with
 ``actors`` actors on the Ray this process is connected to). Items/s is items over the build's
 wall time, the embedder's loading included on both sides (Ray's start-up is not: Ray is up
-already). Builds run in rounds, the order of the configurations rotated each round;
+already), after one untimed warm-up build of a few items in one process and with the most actors
+(the model's files in the page cache, exports made, libraries imported). Builds run in rounds,
+the order of the configurations rotated each round;
 ``ratio_vs_single_process`` is taken within a round, median over rounds.
 
 With ``fit_items`` (fewer than ``items``), every configuration also builds the first
@@ -30,7 +32,10 @@ from recsieve.bench.common import ProgressBar, load_average
 from recsieve.bench.processes import HashEmbedder
 from recsieve.types import Item
 
-__all__ = ["build_comparison", "two_point_fit"]
+__all__ = ["WARM_UP_ITEMS", "build_comparison", "two_point_fit"]
+
+#: Items of the untimed builds (single process; the most actors) that warm model files, exports and imports.
+WARM_UP_ITEMS = 20
 
 
 def two_point_fit(small: int, small_s: float, large: int, large_s: float) -> dict[str, float | None]:
@@ -58,9 +63,31 @@ def build_comparison(items: Sequence[Item], config: Any, workdir: Path, bar: Pro
 
     n = len(items)
     sizes = [fit_items, n] if 0 < fit_items < n else [n]
-    files = {size: _write_items(items[:size], workdir / f"ray-items-{size}.jsonl") for size in sizes}
+    files = {size: _write_items(items[:size], workdir / f"ray-items-{size}.jsonl")
+             for size in {WARM_UP_ITEMS if n > WARM_UP_ITEMS else n, *sizes}}
     names = ["single_process", *[f"actors_{a}" for a in actors]]
     kept = workdir / f"ray-build-single_process-{n}-0"
+
+    def build(name: str, size: int, tag: str) -> tuple[float, Any]:
+        directory = workdir / f"ray-build-{name}-{size}-{tag}"
+        t0 = time.perf_counter()
+        report = None
+        if name == "single_process":
+            engine, _ = build_index(files[size], directory, config,
+                                    embedder=HashEmbedder() if embedder == "hash" else None, show_progress=False)
+            engine.close()
+        else:
+            report = distributed_build(files[size], directory, config, actors=int(name.split("_")[1]),
+                                       batch_size=batch_size, embedder=HashEmbedder if embedder == "hash" else None)
+        seconds = time.perf_counter() - t0
+        if directory != kept:
+            shutil.rmtree(directory, ignore_errors=True)
+        return seconds, report
+
+    warm: dict[str, float] = {}
+    for name in ("single_process", f"actors_{max(actors)}"):  # model files, exports, imports: warm
+        bar.step(f"ray: warm-up build, {name.replace('_', ' ')}")
+        warm[name] = build(name, min(n, WARM_UP_ITEMS), "warm")[0]
     out_rounds: list[dict[str, Any]] = []
     for r in range(rounds):
         row: dict[str, Any] = {"load_avg": load_average(), "seconds": {}, "items_per_s": {}, "phases_s": {}}
@@ -68,26 +95,13 @@ def build_comparison(items: Sequence[Item], config: Any, workdir: Path, bar: Pro
             row["seconds"][name] = {}
             for size in sizes:
                 bar.step(f"ray: round {r + 1}/{rounds}, build {size:,} items, {name.replace('_', ' ')}")
-                directory = workdir / f"ray-build-{name}-{size}-{r}"
-                t0 = time.perf_counter()
-                if name == "single_process":
-                    engine, _ = build_index(files[size], directory, config,
-                                            embedder=HashEmbedder() if embedder == "hash" else None,
-                                            show_progress=False)
-                    engine.close()
-                else:
-                    report = distributed_build(files[size], directory, config, actors=int(name.split("_")[1]),
-                                               batch_size=batch_size,
-                                               embedder=HashEmbedder if embedder == "hash" else None)
-                    if size == n:
-                        row["phases_s"][name] = {"read": report.read_s, "embed": report.embed_s,
-                                                 "assemble": report.assemble_s}
-                seconds = time.perf_counter() - t0
+                seconds, report = build(name, size, str(r))
                 row["seconds"][name][str(size)] = seconds
                 if size == n:
                     row["items_per_s"][name] = n / seconds
-                if directory != kept:
-                    shutil.rmtree(directory, ignore_errors=True)
+                    if report is not None:
+                        row["phases_s"][name] = {"read": report.read_s, "embed": report.embed_s,
+                                                 "assemble": report.assemble_s}
         out_rounds.append(row)
 
     def summary(name: str) -> dict[str, Any]:
@@ -100,7 +114,7 @@ def build_comparison(items: Sequence[Item], config: Any, workdir: Path, bar: Pro
 
     base = [r["items_per_s"]["single_process"] for r in out_rounds]
     result: dict[str, Any] = {"items": n, "fit_items": sizes[0] if len(sizes) == 2 else None, "rounds": out_rounds,
-                              "batch_size": batch_size, "single_process": summary("single_process"), "actors": {}}
+                              "warm_up": {"items": min(n, WARM_UP_ITEMS), "seconds": warm}, "batch_size": batch_size, "single_process": summary("single_process"), "actors": {}}
     for a in actors:
         ratios = [r["items_per_s"][f"actors_{a}"] / b for r, b in zip(out_rounds, base)]
         result["actors"][str(a)] = {**summary(f"actors_{a}"), "ratio_vs_single_process": ratios,
