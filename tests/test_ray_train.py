@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from dataclasses import fields
 from importlib import resources
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_config import WordHashEmbedder
+from test_ray_optional import run_python
 
 from recsieve import Engine, EngineConfig
 from recsieve.catalog import read_items
@@ -43,15 +42,27 @@ def planted(users: int, n_items: int = 20, seed: int = 0) -> list[np.ndarray]:
 
 # 201 users, batches of 20: the last batch has one row, so one of two workers gets none
 SEQS = planted(201)
+CONTEXTS = [s[:-1] for s in SEQS[:30]]
 TEXT = np.random.default_rng(1).normal(size=(20, 8)).astype(np.float32)
-NO_DROPOUT = {f.name: 0.0 for f in fields(ContextSettings) if "dropout" in f.name}  # every kind of dropout off
+# every kind of dropout off (the model's and the training's): nothing random but the seeded draws
+NO_DROPOUT = {f.name: 0.0 for f in fields(ContextSettings) if "dropout" in f.name}
+NO_TRAIN_DROPOUT = {f.name: 0.0 for f in fields(TrainConfig) if "dropout" in f.name}
 SETTINGS = ContextSettings(n_warm=20, text_dim=8, dim=16, max_len=8, adapter_hidden=16, **NO_DROPOUT)
-CONFIG = TrainConfig(epochs=3, lr=5e-3, batch_size=20, bf16=False, valid_users=40, patience=None, threads=1)
+CONFIG = TrainConfig(epochs=3, lr=5e-3, batch_size=20, bf16=False, valid_users=40, patience=None, threads=1,
+                     **NO_TRAIN_DROPOUT)
 
 
 def _state(model) -> dict[str, np.ndarray]:
-    return {f"{part}.{k}": v.detach().numpy().copy()
-            for part in ("tower", "encoder") for k, v in getattr(model, part).state_dict().items()}
+    """The tower's and encoder's weights, without the attention's key bias: it shifts every logit
+    of a row alike, so its gradient is rounding noise alone, which Adam turns into steps whose
+    sign follows the summation order."""
+    state = {f"{part}.{k}": v.detach().numpy().copy()
+             for part in ("tower", "encoder") for k, v in getattr(model, part).state_dict().items()}
+    for name, value in state.items():
+        if name.endswith("qkv.bias"):
+            third = value.size // 3
+            state[name] = np.concatenate([value[:third], value[2 * third :]])  # query and value
+    return state
 
 
 def _gloo_worker(rank: int, world: int, init: str, out: str) -> None:
@@ -59,7 +70,8 @@ def _gloo_worker(rank: int, world: int, init: str, out: str) -> None:
     try:
         model, history = fit_context_model(SEQS, 20, TEXT, settings=SETTINGS, config=CONFIG,
                                            parallel=DataParallel.current())
-        torch.save({"state": _state(model), "history": history}, f"{out}/rank{rank}.pt")
+        torch.save({"state": _state(model), "history": history, "scores": model.score_items(CONTEXTS)},
+                   f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -67,7 +79,7 @@ def _gloo_worker(rank: int, world: int, init: str, out: str) -> None:
 def test_two_gloo_workers_train_the_single_process_model(tmp_path):
     """No dropout, full softmax, fp32: each step of the group is the single process's step over
     the same rows, so after 3 epochs (a worker with an empty share of a batch among them) the
-    weights, losses and validation metrics are the single process's, to float rounding."""
+    weights, scores, losses and validation metrics are the single process's, to float rounding."""
     alone, hist = fit_context_model(SEQS, 20, TEXT, settings=SETTINGS, config=CONFIG)
     mp.spawn(_gloo_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
@@ -76,6 +88,7 @@ def test_two_gloo_workers_train_the_single_process_model(tmp_path):
         assert got["state"].keys() == expected.keys()
         for name, value in expected.items():
             np.testing.assert_allclose(got["state"][name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(got["scores"], alone.score_items(CONTEXTS), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(got["history"]["losses"], hist["losses"], rtol=1e-5)
         np.testing.assert_allclose(got["history"]["valid_ndcg@10"], hist["valid_ndcg@10"], atol=2e-5)
         assert got["history"]["train_users"] == hist["train_users"] and got["history"]["valid_users"] == 40
@@ -132,22 +145,16 @@ TRAIN_ARGS = ["--epochs", "3", "--dim", "16", "--max-len", "8", "--scorer-steps"
 
 @pytest.fixture(scope="module")
 def browsing(tmp_path_factory) -> Path:
-    """An engine over the demo catalog (hashed-word vectors) and a log where each user browses one category."""
+    """An engine over the demo catalog (hashed-word vectors) and a log of :func:`planted` sequences
+    over its first 20 items, each followed by two steps the head learns from."""
     root = tmp_path_factory.mktemp("ray_train")
     items = read_items(DEMO)
     with Engine.create(root / "engine", EngineConfig(index="flat", refresh_threads=0),
                        embedder=WordHashEmbedder()) as eng:
         eng.upsert_items(items)
         eng.save()
-    by_cat: dict[str, list[str]] = {}
-    for it in items:
-        by_cat.setdefault(str(it.metadata["category"]), []).append(it.id)
-    rng = np.random.default_rng(0)
-    lines = []
-    for u in range(40):
-        cat = sorted(by_cat)[u % len(by_cat)]
-        for t, item in enumerate(rng.choice(by_cat[cat], size=4, replace=False)):
-            lines.append(json.dumps({"user_id": f"u{u}", "item_id": str(item), "kind": "click", "ts": 1000.0 + 60 * t}))
+    lines = [json.dumps({"user_id": f"u{u}", "item_id": items[row].id, "kind": "click", "ts": 1000.0 + 60 * t})
+             for u, seq in enumerate(planted(40)) for t, row in enumerate([*seq, 5 + u % 15, 6 + u % 14])]
     (root / "events.jsonl").write_text("\n".join(lines) + "\n")
     return root
 
@@ -268,14 +275,8 @@ def test_an_address_where_nothing_listens_fails_at_once(browsing, tmp_path, caps
     _untouched(engine, browsing)
 
 
-def _run_python(code: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def test_the_training_modules_import_no_ray_and_name_the_extra_without_it():
-    got = _run_python(
+    got = run_python(
         "import json, sys\n"
         "import recsieve.training.ray_train, recsieve.training.data_parallel, recsieve.training.model\n"
         "loaded = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))\n"
