@@ -348,6 +348,8 @@ def _show(engine: Engine, user: str, **kw) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from recsieve.evaluation.cli import add_evaluate_arguments
+
     """The argument parser of the ``recsieve`` command (every option documented)."""
     p = argparse.ArgumentParser(
         prog="recsieve",
@@ -494,44 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train_reranker)
 
     s = sub.add_parser("evaluate", help="leave-one-out, full-ranking evaluation against baselines on real data")
-    s.add_argument("--dataset", required=True, choices=("ml-1m", "ml-100k", "amazon-scientific", "custom"),
-                   help="dataset format")
-    s.add_argument("--data-dir", required=True, help="folder holding the dataset's files")
-    s.add_argument("--users", type=int, help="evaluate a fixed seeded subset of this many users (default: all)")
-    s.add_argument("--seed", type=int, default=0, help="seed for the user subset and training (default 0)")
-    s.add_argument("--systems", default="popularity,item-knn,transitions,text-zero-shot,recsieve-recall,recsieve",
-                   help="comma-separated systems: popularity, item-knn, transitions, sasrec (the published full-softmax "
-                        "recipe, --sasrec-budget-s), text-zero-shot, recsieve-recall, recsieve-fast (recall + ranking "
-                        "head over recall's features), recsieve (the whole engine: context model + head, trained on "
-                        "the training part), recsieve-without-cross-encoder (its ablation: the head retrained "
-                        "without the candidate scorer; needs recsieve). Every row is paired against recsieve")
-    s.add_argument("--context-budget-s", type=float, default=1200.0,
-                   help="recsieve: context encoder training budget in seconds, 0 for none (default 1200)")
-    s.add_argument("--ranker-users", type=int, default=2000,
-                   help="recsieve: the ranking head learns from a seeded sample of this many users, 0 for all "
-                        "(default 2000)")
-    s.add_argument("--sasrec-budget-s", type=float, default=1800.0,
-                   help="sasrec: training budget in seconds, 0 for none (default 1800)")
-    s.add_argument("--cross-encoder", action="store_true", help="'recsieve-fast' also fine-tunes the word-level "
-                   "MiniLM cross-encoder (600 users, about 10 minutes on 2 cores) and fits its weight on held-out users")
-    s.add_argument("--channel-weights", help="recall fusion weights for vector,transitions,popularity in the recsieve "
-                   "systems (default: the engine's, 1.0,1.0,0.3); choose them on the validation stage, not on test")
-    s.add_argument("--cold-items", type=float, metavar="FRACTION",
-                   help="cold-item protocol: a seeded FRACTION (0 < f < 1) of the items is declared cold; their "
-                        "interactions are removed from training and from every context (all but the test target "
-                        "itself), they stay in the catalog "
-                        "with their text, and only users whose test target is cold are evaluated (ID-only systems "
-                        "such as sasrec score about 0 there by construction; text-zero-shot is the baseline to "
-                        "beat). Default: off")
-    s.add_argument("--cache-dir", metavar="DIR",
-                   help="where trained models (recsieve's, sasrec's) and the items' text vectors are cached, keyed "
-                        "by the data's fingerprint, the split, each system's settings, the recsieve version and a "
-                        "hash of the training code; a "
-                        "repeat of the same command loads them instead of training (default: "
-                        "$XDG_CACHE_HOME/recsieve/evaluate, else ~/.cache/recsieve/evaluate)")
-    s.add_argument("--no-cache", action="store_true", help="train everything and read or write no model cache")
-    s.add_argument("--json", help="also write the report as JSON to this path")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_evaluate_arguments(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("evaluate-stream", help="streaming evaluation: never updating vs learn() vs full retraining",
