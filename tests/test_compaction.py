@@ -347,27 +347,36 @@ def test_save_during_a_compaction_writes_the_serving_state(tmp_path):
     model.check(loaded, rng, exact=True)
 
 
-def test_ivf_training_runs_in_the_writers_thread_off_the_lock():
-    """The write that brings an IVF to ``train_min`` trains it before returning, but other threads'
-    searches and writes go on meanwhile (they would wait for the writer if it held the lock)."""
-    rng = np.random.default_rng(4)
-    index, model = FaissIndex(DIM, "ivf", nlist=4, nprobe=4, train_min=100), Model()
-    model.upsert(index, list(range(60)), rng, 0)
+def writers_rebuild_is_off_the_lock(index, model: Model, rng: np.random.Generator, first: int, then: int,
+                                    done, exact: bool) -> None:
+    """``first`` items, then a writer thread's upsert of ``then`` more makes a rebuild due in that
+    thread; while the rebuild is held, this thread's upserts, removals and searches go on (they
+    would wait for the writer if it held the lock); once released, the writer returns with it
+    ``done()`` and the index is the model's."""
+    model.upsert(index, list(range(first)), rng, 0)
     held = Held(index, "before")
-    writer, errors = in_thread(lambda: model.upsert(index, list(range(60, 160)), rng, 0))
-    assert held.started.wait(WAIT) and not index.trained
+    writer, errors = in_thread(lambda: model.upsert(index, list(range(first, first + then)), rng, 0))
+    assert held.started.wait(WAIT) and not done()
     other = np.random.default_rng(5)
     x = unit(other, 3)
-    index.upsert([900, 901, 902], x, [{"group": 0, "version": 9}] * 3)  # not blocked by the training
+    index.upsert([900, 901, 902], x, [{"group": 0, "version": 9}] * 3)  # not blocked by the rebuild
     assert index.remove([5, 6]) == 2
     assert index.search(x, 1)[1][:, 0].tolist() == [900, 901, 902]
     held.go.set()
     writer.join(WAIT)
-    assert not writer.is_alive() and not errors and index.trained
+    assert not writer.is_alive() and not errors and done()
     for j, i in enumerate([900, 901, 902]):
         model.items[i] = (x[j], {"group": 0, "version": 9})
     del model.items[5], model.items[6]
-    model.check(index, rng, exact=True)
+    model.check(index, rng, exact=exact)
+
+
+def test_ivf_training_runs_in_the_writers_thread_off_the_lock():
+    """The write that brings an IVF to ``train_min`` trains it before returning, but other threads'
+    searches and writes go on meanwhile."""
+    index = FaissIndex(DIM, "ivf", nlist=4, nprobe=4, train_min=100)
+    writers_rebuild_is_off_the_lock(index, Model(), np.random.default_rng(4), 60, 100, lambda: index.trained,
+                                    exact=True)
 
 
 # -- kill -9 of an engine while it compacts --------------------------------------------------
@@ -376,12 +385,14 @@ POOL = 6000  # the child's removable items; it removes a third at start, then on
 
 CHILD = textwrap.dedent(
     """
-    import sys, threading
+    import os, sys, tempfile, threading
     sys.path.insert(0, {tests!r})
     from test_config import WordHashEmbedder
     from recsieve import Engine, Event, Item
 
     op, path, pool = sys.argv[1], sys.argv[2], {pool}
+    tempfile.tempdir = path + "-tmp"  # what a kill leaves in temporary folders stays in the test's
+    os.makedirs(tempfile.tempdir, exist_ok=True)
     eng = Engine.open(path, embedder=WordHashEmbedder(64))
     index = eng.index
     real, go, started = index._build, threading.Event(), threading.Event()
@@ -392,7 +403,8 @@ CHILD = textwrap.dedent(
         return real(snap, cancel)
 
     index._build = build
-    eng.remove_items([f"pool-{{n:05d}}" for n in range(pool // 3)])  # past compact_at
+    eng.remove_items([f"pool-{{n:05d}}" for n in range(pool // 3)])  # FAISS: past compact_at, one starts
+    index.compact(wait=False)  # LanceDB: asked for (FAISS: one runs already)
     assert started.wait(60) and index.compacting
     print("READY", flush=True)
     i = 0
@@ -400,7 +412,7 @@ CHILD = textwrap.dedent(
         if pool // 3 + i >= pool - 1 - i:
             print("EXHAUSTED", flush=True)
             threading.Event().wait()
-        if op == "released" and i == 5:
+        if op == "released" and i == {release_at}:
             go.set()  # the compaction catches up and swaps while the writes go on
         eng.upsert_items([Item(f"new-{{i}}", title=f"Brand new gadget number {{i}}", metadata={{"n": i}})])
         eng.remove_items([f"pool-{{pool // 3 + i:05d}}"])
@@ -408,35 +420,36 @@ CHILD = textwrap.dedent(
         print("ACK", i, flush=True)
         i += 1
     """
-).format(tests=str(Path(__file__).parent), pool=POOL)
+)
 
 
-@pytest.fixture(scope="module")
-def pool_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("compaction") / "base"
-    eng = Engine.create(path, EngineConfig(index="hnsw", refresh_threads=0, cache="none"),
-                        embedder=WordHashEmbedder(64))
-    eng.upsert_items([Item(f"pool-{n:05d}", title=f"Removable filler item {n}") for n in range(POOL)])
+def pool_engine(path: Path, config: EngineConfig, pool: int) -> Path:
+    """A saved engine directory at ``path`` of ``config`` holding ``pool`` removable items."""
+    eng = Engine.create(path, config, embedder=WordHashEmbedder(64))
+    eng.upsert_items([Item(f"pool-{n:05d}", title=f"Removable filler item {n}") for n in range(pool)])
     eng.save()
     eng.close()
     return path
 
 
-@pytest.mark.parametrize("op", ["held", "released"])
-def test_kill_minus_nine_during_a_compaction_loses_nothing_acknowledged(tmp_path, pool_dir, op):
-    """``held``: the kill lands while the compaction is in flight; ``released``: it lands after
-    the compaction caught up and swapped, or during a later one."""
+def kill_during_a_compaction(tmp_path: Path, pool_dir: Path, op: str, pool: int, release_at: int,
+                             delay: float) -> None:
+    """Run the writer child (:data:`CHILD`) on a copy of ``pool_dir`` and kill -9 it after
+    ``delay`` seconds: ``op`` ``held``, while its first compaction is held; ``released``, after
+    it was released at loop ``release_at`` (the kill lands after its swap, or during its catch-up
+    or a later compaction). Reopened, the engine holds every write the child acknowledged."""
     path = tmp_path / "eng"
     shutil.copytree(pool_dir, path)
-    acked = run_and_kill(path, op, random.Random(op).uniform(0.5, 2.0), script=CHILD)
+    script = CHILD.format(tests=str(Path(__file__).parent), pool=pool, release_at=release_at)
+    acked = run_and_kill(path, op, delay, script=script)
     assert acked, "the child acknowledged nothing before it was killed"
     eng = Engine.open(path, embedder=WordHashEmbedder(64))
     try:
         for i in acked:
             assert f"new-{i}" in eng.catalog and eng.catalog.row(f"new-{i}") in eng.index
-            assert f"pool-{POOL // 3 + i:05d}" not in eng.catalog
+            assert f"pool-{pool // 3 + i:05d}" not in eng.catalog
             assert eng.users.get(f"u{i}") is not None
-        assert all(f"pool-{n:05d}" not in eng.catalog for n in range(POOL // 3))
+        assert all(f"pool-{n:05d}" not in eng.catalog for n in range(pool // 3))
         live = eng.catalog.live_rows()
         assert len(eng.index) == len(live) and all(int(r) in eng.index for r in live)
         assert len(eng.recommend("someone", 5)) == 5
@@ -444,3 +457,16 @@ def test_kill_minus_nine_during_a_compaction_loses_nothing_acknowledged(tmp_path
     finally:
         eng.close()
     assert not index.compacting
+
+
+@pytest.fixture(scope="module")
+def pool_dir(tmp_path_factory) -> Path:
+    return pool_engine(tmp_path_factory.mktemp("compaction") / "base",
+                       EngineConfig(index="hnsw", refresh_threads=0, cache="none"), POOL)
+
+
+@pytest.mark.parametrize("op", ["held", "released"])
+def test_kill_minus_nine_during_a_compaction_loses_nothing_acknowledged(tmp_path, pool_dir, op):
+    """``held``: the kill lands while the compaction is in flight; ``released``: it lands after
+    the compaction caught up and swapped, or during a later one."""
+    kill_during_a_compaction(tmp_path, pool_dir, op, POOL, release_at=5, delay=random.Random(op).uniform(0.5, 2.0))

@@ -14,9 +14,24 @@ into a fresh working folder, so a saved snapshot is never modified afterwards.
 ANN index: ``index_type`` ``"hnsw_sq"`` (IVF-HNSW-SQ), ``"ivf_pq"`` or ``"none"`` (exact
 brute force). It is built automatically once the table holds ``index_min_rows`` rows;
 rows written later stay unindexed — LanceDB scans them by brute force, so they are
-searchable at once — until :meth:`optimize` folds them in. It runs automatically when unindexed
-rows exceed a quarter of the table, and every 64 writes (merging the small fragments each
-write leaves).
+searchable at once — until a compaction (LanceDB's ``optimize``: small fragments merged, deleted
+rows dropped, the index remapped, unindexed rows folded in, old versions pruned) folds them in. It
+runs automatically when unindexed rows exceed a quarter of the table, and every 64 writes.
+
+**Compaction off the write lock** (private tables, those in a temporary folder: the engine's).
+LanceDB's own conflict resolution does not allow compacting the live table while it is written:
+a compaction's ``Rewrite`` commit is refused when a concurrent ``merge_insert`` or ``delete``
+touched a fragment it rewrote, so under steady writes it would fail again and again. So a
+compaction takes a copy of the dataset (:func:`~recsieve.indexes.lance_table.link_copy`: hard links,
+made under the read lock, so it is the table at one version), runs ``optimize`` on the copy — and
+``create_index`` there when the first ANN index is due or :meth:`LanceIndex.create_index` asked for
+a re-trained one — while searches and writes go on against the live table; the writes made
+meanwhile are replayed on the copy (most off the lock, the last under the write lock) and the copy
+replaces the table in one swap under the write lock; the old folder is then deleted. The machinery
+is :class:`~recsieve.indexes.rebuild.OffLockRebuilds`, shared with FAISS. The write that brings the
+table to ``index_min_rows`` builds the first ANN index in the writer's thread before it returns,
+but off the lock. A table in a caller's database (``uri``) may have other readers, so it is never
+swapped: it compacts in place under the write lock, as LanceDB allows.
 
 Distances: the table's metric is ``"dot"`` (default) or ``"cosine"``; for the L2-normalised
 vectors recsieve stores, both distances are ``1 - <q, x>``, so ``score = 1 - distance``.
@@ -26,6 +41,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
@@ -50,9 +66,9 @@ from recsieve.indexes.checks import (
     check_search,
     check_upsert,
     clean_metadata,
-    literal_kind,
     read_index_meta,
 )
+from recsieve.indexes.rebuild import Cancelled, LogEntry, OffLockRebuilds
 from recsieve.locks import RWLock
 from recsieve.storage import atomic_write_json
 
@@ -60,6 +76,18 @@ try:
     import lancedb
     import pyarrow as pa
     from lancedb.index import HnswSq, IvfPq
+
+    from recsieve.indexes.lance_table import (
+        ARROW_TYPES,
+        add_fields,
+        delete_ids,
+        filter_sql,
+        ids_sql,
+        kinds_of,
+        link_copy,
+        replay,
+        write_rows,
+    )
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError(
         f"LanceIndex needs lancedb and pyarrow: pip install 'recsieve[lance]' ({exc})"
@@ -71,11 +99,8 @@ __all__ = ["LanceIndex", "LANCE_INDEX_TYPES", "table_schema"]
 LANCE_INDEX_TYPES = ("hnsw_sq", "ivf_pq", "none")
 _FORMAT = "recsieve-lance-index"
 _VERSION = 1
-_NULL = "CAST(NULL AS BOOLEAN)"  # SQL "unknown"
-_ARROW = {"number": pa.float64(), "bool": pa.bool_(), "string": pa.string()}
-_KIND_OF = {pa.float64(): "number", pa.bool_(): "bool", pa.string(): "string"}
-_CHUNK = 4096  # ids per IN (...) list
 _OPTIMIZE_EVERY = 64  # writes between compactions of the small fragments each write leaves
+_MIN_TRAIN_ROWS = 256  # LanceDB trains its ANN indexes on at least this many rows
 
 
 def table_schema(dim: int, fields: Mapping[str, str]) -> pa.Schema:
@@ -84,48 +109,25 @@ def table_schema(dim: int, fields: Mapping[str, str]) -> pa.Schema:
     :func:`~recsieve.indexes.checks.kind_of` tells it), in that order. A table written elsewhere
     in this schema (a distributed build's) opens as an index with ``LanceIndex(dim, uri=...)``."""
     base = [pa.field("id", pa.int64(), nullable=False), pa.field("vector", pa.list_(pa.float32(), dim))]
-    return pa.schema(base + [pa.field(name, _ARROW[kind]) for name, kind in fields.items()])
+    return pa.schema(base + [pa.field(name, ARROW_TYPES[kind]) for name, kind in fields.items()])
 
 
-def _ids_sql(ids: Sequence[int]) -> str:
-    return ", ".join(str(int(i)) for i in ids)
+class _Copy:
+    """A compaction's working copy of a private table: its folder ``uri`` (``cleanup`` removes
+    it), the live rows when it was taken (``count``), whether to (re)train its ANN index
+    (``retrain``); once built, its ``db`` and ``table``, whether it has an ANN index, and the rows
+    and writes replayed on it since (``unindexed``, ``writes``)."""
+
+    def __init__(self, uri: Path, cleanup: weakref.finalize, count: int, retrain: bool) -> None:
+        self.uri, self.cleanup, self.count, self.retrain = uri, cleanup, count, retrain
+        self.db: Any = None
+        self.table: Any = None
+        self.indexed = False
+        self.unindexed = 0
+        self.writes = 0
 
 
-def _sql_lit(lit: Any) -> str:
-    if isinstance(lit, bool):
-        return "TRUE" if lit else "FALSE"
-    if isinstance(lit, (int, float)):
-        return repr(float(lit))
-    return "'" + lit.replace("'", "''") + "'"
-
-
-def filter_sql(node: tuple, schema: Mapping[str, str]) -> str:
-    """Render a filter tree as Lance SQL with the semantics of :meth:`Filter.matches`.
-
-    Unlike :meth:`Filter.to_sql` it knows the table's columns: a field the table lacks, or a
-    literal of another kind than the column, is SQL ``NULL`` (unknown) instead of an error.
-    """
-    kind = node[0]
-    if kind == "cmp":
-        name, op, lit = node[1], node[2], node[3]
-        if schema.get(name) != literal_kind(lit):
-            return _NULL
-        return f"(`{name}` {'=' if op == '==' else op} {_sql_lit(lit)})"
-    if kind == "in":
-        name, lits, negated = node[1], node[2], node[3]
-        if name not in schema:
-            return _NULL
-        if not lits:  # unknown when the value is missing, else false (true when negated)
-            return f"(`{name}` {'=' if negated else '<>'} `{name}`)"
-        values = ", ".join(_sql_lit(v) if literal_kind(v) == schema[name] else "NULL" for v in lits)
-        return f"(`{name}` {'NOT IN' if negated else 'IN'} ({values}))"
-    if kind == "not":
-        return f"(NOT {filter_sql(node[1], schema)})"
-    joiner = " AND " if kind == "and" else " OR "
-    return "(" + joiner.join(filter_sql(n, schema) for n in node[1]) + ")"
-
-
-class LanceIndex(VectorIndex):
+class LanceIndex(OffLockRebuilds, VectorIndex):
     """Vector index on a LanceDB table, with SQL-pushed-down metadata filters.
 
     ``index_type``: ``"hnsw_sq"`` | ``"ivf_pq"`` | ``"none"``; ``metric``: ``"dot"`` |
@@ -178,6 +180,7 @@ class LanceIndex(VectorIndex):
         if self.refine_factor is None and index_type == "ivf_pq":
             self.refine_factor = 10  # PQ distances are coarse: re-rank 10 * k candidates exactly
         self._lock = RWLock()
+        self._init_rebuilds()
         self._private = uri is None
         if uri is None:
             workdir = tempfile.mkdtemp(prefix="recsieve-lance-")
@@ -193,9 +196,7 @@ class LanceIndex(VectorIndex):
             self._check_schema(self._table.schema)
         else:
             self._table = self._db.create_table(self.table_name, schema=table_schema(self.dim, {}))
-        self._schema = {
-            f.name: _KIND_OF[f.type] for f in self._table.schema if f.name not in ("id", "vector")
-        }
+        self._schema = kinds_of(self._table.schema)
         self._count = self._table.count_rows()
         self._indexed = bool(self._table.list_indices())
         self._unindexed = 0
@@ -212,20 +213,26 @@ class LanceIndex(VectorIndex):
                 f"{self.uri}/{self.table_name}: vector column is not float32[{self.dim}]"
             )
         for f in schema:
-            if f.name not in ("id", "vector") and f.type not in _KIND_OF:
+            if f.name not in ("id", "vector") and f.type not in ARROW_TYPES.values():
                 raise CorruptStoreError(
                     f"{self.uri}/{self.table_name}: column {f.name} has type {f.type}"
                 )
 
     @property
     def dataset_path(self) -> Path:
-        """The Lance dataset folder of the table."""
+        """The Lance dataset folder of the table (a compaction moves a private table to a new folder)."""
         return self.uri / f"{self.table_name}.lance"
 
     @property
     def indexed(self) -> bool:
         """Whether an ANN index has been built on the vector column."""
         return self._indexed
+
+    @property
+    def fragments(self) -> int:
+        """Fragments of the live table: each write adds one, a compaction merges them."""
+        with self._lock.read():
+            return len(self._table.to_lance().get_fragments())
 
     # ------------------------------------------------------------------ writes
 
@@ -242,52 +249,55 @@ class LanceIndex(VectorIndex):
         with self._lock.write():
             rows, new_fields = clean_metadata(metadata, len(arr), self._schema)
             if new_fields:
-                self._table.add_columns(
-                    [pa.field(name, _ARROW[kind]) for name, kind in new_fields.items()]
-                )
+                add_fields(self._table, new_fields)
                 self._schema = {**self._schema, **new_fields}
-            columns: dict[str, Any] = {
-                "id": pa.array(arr, pa.int64()),
-                "vector": pa.FixedSizeListArray.from_arrays(
-                    pa.array(vecs.ravel(), pa.float32()), self.dim
-                ),
-            }
-            for name, kind in self._schema.items():
-                columns[name] = pa.array([row.get(name) for row in rows], _ARROW[kind])
-            batch = pa.table(columns, schema=self._table.schema)
-            merge = self._table.merge_insert("id").when_matched_update_all()
-            merge.when_not_matched_insert_all().execute(batch)
+            write_rows(self._table, arr, vecs, rows, self._schema)
+            self._record(LogEntry(arr.copy(), vecs.copy(), rows, new_fields))
+            self._written += len(arr)
             self._count = self._table.count_rows()
             self._unindexed += len(arr)
-            self._maintain()
+            build_here = self._maintain()
+        if build_here:
+            self._rebuild_here()
 
     def remove(self, ids: np.ndarray | Sequence[int]) -> int:
         """Remove ``ids`` (unknown ids are ignored); return how many were removed."""
         arr = np.unique(check_ids(ids, "ids"))
-        removed = 0
         with self._lock.write():
-            for start in range(0, len(arr), _CHUNK):
-                where = f"id IN ({_ids_sql(arr[start : start + _CHUNK])})"
-                hits = self._table.count_rows(where)
-                if hits:
-                    self._table.delete(where)
-                    removed += hits
+            removed = delete_ids(self._table, arr)
             self._count = self._table.count_rows()
             if removed:
-                self._maintain()
+                self._record(LogEntry(arr, None, None, None))
+                self._written += removed
+                self._maintain()  # never builds here: removing does not bring the table to index_min_rows
         return removed
 
-    def _maintain(self) -> None:
-        """After a write: build the ANN index once the table is big enough; optimize when many
-        rows are unindexed or many small writes have fragmented the table."""
-        self._writes += 1
-        big = self._count >= self.index_min_rows
-        if self.index_type != "none" and not self._indexed and big:
-            self._build_index()
-        elif (self._indexed and self._unindexed > self._count // 4) or self._writes >= _OPTIMIZE_EVERY:
-            self._optimize()
+    def _index_due(self, count: int) -> bool:
+        """Whether a table of ``count`` rows without an ANN index should get one now."""
+        return self.index_type != "none" and count >= max(self.index_min_rows, _MIN_TRAIN_ROWS)
 
-    def _build_index(self) -> None:
+    def _maintain(self) -> bool:
+        """After a write, under the write lock: build the ANN index once the table is big enough;
+        optimize when many rows are unindexed or many small writes have fragmented the table.
+        Off the lock for a private table (returns True when the writer must build the first ANN
+        index itself, after releasing the lock); in place for a caller's."""
+        self._writes += 1
+        first = not self._indexed and self._index_due(self._count)
+        due = (self._indexed and self._unindexed > self._count // 4) or self._writes >= _OPTIMIZE_EVERY
+        if self._private:
+            if not first and due and self._written >= self._retry_at:
+                self._start_background()
+            return first
+        if first:
+            self._build_index(self._table)
+            self._indexed, self._unindexed = True, 0
+        elif due:
+            self._table.optimize()  # LanceDB's grace period before old versions go: others may read them
+            self._unindexed, self._writes = 0, 0
+        return False
+
+    def _build_index(self, table: Any) -> None:
+        """Train the ANN index of ``table`` over its rows (replacing one it has)."""
         if self.index_type == "hnsw_sq":
             config: Any = HnswSq(
                 distance_type=self.metric,
@@ -301,37 +311,102 @@ class LanceIndex(VectorIndex):
                 num_partitions=self.num_partitions,
                 num_sub_vectors=self.num_sub_vectors,
             )
-        self._table.create_index("vector", config=config, replace=True)
-        self._indexed = True
-        self._unindexed = 0
+        table.create_index("vector", config=config, replace=True)
 
-    def _optimize(self) -> None:
-        if self._private:  # nobody else reads our temp folder, and our lock excludes readers
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*removes every version except the latest")
-                self._table.optimize(cleanup_older_than=timedelta(0))
-        else:  # a caller's database: keep LanceDB's default grace period for other readers
-            self._table.optimize()
-        self._unindexed = 0
-        self._writes = 0
+    # the hooks of OffLockRebuilds (private tables)
+
+    def _begin(self, retrain: bool = False) -> _Copy:
+        """Copy the live table (hard links) while no writer runs: the table at its current version."""
+        root = link_copy(self.dataset_path, f"{self.table_name}.lance")
+        cleanup = weakref.finalize(self, shutil.rmtree, str(root), True)
+        return _Copy(root, cleanup, self._count, retrain or (not self._indexed and self._index_due(self._count)))
+
+    def _build(self, snap: _Copy, cancel: threading.Event) -> _Copy:
+        """Optimize the copy, and build its ANN index when the snapshot asked for one (the copy is
+        discarded if this raises)."""
+        snap.db = lancedb.connect(str(snap.uri))
+        snap.table = snap.db.open_table(self.table_name)
+        if snap.retrain and snap.table.list_indices():  # no remap of an index about to be replaced
+            snap.table.drop_index(snap.table.list_indices()[0].name)
+        if cancel.is_set():
+            raise Cancelled
+        with warnings.catch_warnings():  # every old version goes at once: nobody else reads the copy
+            warnings.filterwarnings("ignore", message=".*removes every version except the latest")
+            snap.table.optimize(cleanup_older_than=timedelta(0))
+        if snap.retrain:
+            if cancel.is_set():
+                raise Cancelled
+            self._build_index(snap.table)
+        snap.indexed = bool(snap.table.list_indices())
+        return snap
+
+    def _replay(self, new: _Copy, entries: Sequence[LogEntry]) -> None:
+        if entries:
+            new.unindexed += replay(new.table, entries)
+            new.writes += 1
+
+    def _swap(self, new: _Copy) -> Any:
+        old = self._cleanup
+        self.uri, self._db, self._table, self._cleanup = new.uri, new.db, new.table, new.cleanup
+        self._count, self._indexed = self._table.count_rows(), new.indexed
+        self._unindexed, self._writes = new.unindexed, new.writes
+        return old
+
+    def _discard(self, state: Any) -> None:
+        """Delete a folder nobody serves from (its finalizer: the replaced one, or a failed copy)."""
+        (state.cleanup if isinstance(state, _Copy) else state)()
+
+    def _describe(self, snap: _Copy) -> str:
+        return f"LanceDB {self.index_type} compaction of {snap.count} rows"
+
+    def _retry_after(self, snap: _Copy) -> int:
+        return max(64, snap.count // 4)
+
+    def _due_here(self) -> bool:
+        """The table reached ``index_min_rows``: the writer builds the first ANN index (off the lock)."""
+        return self._private and not self._indexed and self._index_due(self._count)
+
+    def compact(self, *, wait: bool = True) -> bool:
+        """Compact now (see :meth:`optimize`). A private table is compacted off the write lock:
+        ``wait=False`` starts a background compaction and returns whether it started (see
+        :meth:`OffLockRebuilds.compact`). A table in a caller's database compacts in place, under
+        the write lock, in the caller's thread only (``wait=False`` starts nothing: False)."""
+        if self._private:
+            return super().compact(wait=wait)
+        if wait:
+            self.optimize()
+        return wait
 
     def create_index(self) -> None:
-        """(Re)build the ANN index now over every row (needs ``index_type != "none"`` and >= 256 rows)."""
+        """(Re)build the ANN index now over every row (needs ``index_type != "none"`` and >= 256
+        rows): re-trained, on a copy off the write lock for a private table (writes made meanwhile
+        reach it), in place under the write lock in a caller's database."""
         if self.index_type == "none":
             raise InvalidInputError(
                 "index_type", self.index_type, "this index is configured without an ANN index"
             )
-        with self._lock.write():
-            if self._count < 256:
+        with self._lock.read():
+            if self._count < _MIN_TRAIN_ROWS:
                 raise InvalidInputError(
-                    "rows", self._count, "need at least 256 rows to train an ANN index"
+                    "rows", self._count, f"need at least {_MIN_TRAIN_ROWS} rows to train an ANN index"
                 )
-            self._build_index()
+        if self._private:
+            self._rebuild_now(retrain=True)
+            return
+        with self._lock.write():
+            self._build_index(self._table)
+            self._indexed, self._unindexed = True, 0
 
     def optimize(self) -> None:
-        """Compact the table, add unindexed rows to the ANN index and drop old versions."""
+        """Compact the table, add unindexed rows to the ANN index (building it when the table has
+        reached ``index_min_rows``) and drop old versions: in the caller's thread, off the write
+        lock for a private table, in place under it in a caller's database."""
+        if self._private:
+            self._rebuild_now()
+            return
         with self._lock.write():
-            self._optimize()
+            self._table.optimize()
+            self._unindexed, self._writes = 0, 0
 
     # ------------------------------------------------------------------ reads
 
@@ -388,7 +463,7 @@ class LanceIndex(VectorIndex):
         if filter is not None:
             clauses.append(filter_sql(filter.tree, self._schema))
         if len(excl):
-            clauses.append(f"(id NOT IN ({_ids_sql(excl)}))")
+            clauses.append(f"(id NOT IN ({ids_sql(excl)}))")
         where = " AND ".join(clauses)
         with self._lock.read():
             if not self._count:

@@ -128,14 +128,31 @@ class OffLockRebuilds:
         if self._log is not None:
             self._log.append(entry)
 
-    def _start_background(self, **options: Any) -> bool:
+    def _begin_or_log(self) -> Any:
+        """:meth:`_begin`, or None after logging why it failed (a writer's rebuild: the write is
+        done; the next automatic try waits for 64 more items written)."""
+        try:
+            return self._begin()
+        except Exception:
+            self._retry_at = self._written + 64
+            log.exception("recsieve: a rebuild could not start; the current index keeps serving")
+            return None
+
+    def _start_background(self) -> bool:
         """Start a background rebuild unless one runs or the index is closed; return whether it
-        started. Caller holds the lock (read or write)."""
+        started (a snapshot that fails is logged: not started). Caller holds the lock (read or
+        write)."""
         if self._cancel.is_set() or not self._compacting.acquire(blocking=False):
             return False  # closed, or one runs already (the next write after it checks again)
-        snap = None
         try:
-            snap = self._begin(**options)
+            snap = self._begin_or_log()
+        except BaseException:  # an interrupt
+            self._compacting.release()
+            raise
+        if snap is None:
+            self._compacting.release()
+            return False
+        try:
             self._log = []
             # A daemon thread, but never inside native code when the interpreter finalises (a
             # thread coming back from C++ then would abort the process): close() runs at exit first.
@@ -144,8 +161,7 @@ class OffLockRebuilds:
         except BaseException:
             atexit.unregister(self.close)
             self._log = None
-            if snap is not None:
-                self._discard(snap)
+            self._discard(snap)
             self._compacting.release()
             raise
         return True
@@ -216,7 +232,9 @@ class OffLockRebuilds:
             with self._lock.read():
                 if cancel.is_set() or not self._due_here():
                     return
-                snap = self._begin()
+                snap = self._begin_or_log()
+                if snap is None:
+                    return
                 self._log = []
             try:
                 self._run(snap, cancel)
