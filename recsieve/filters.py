@@ -17,9 +17,9 @@ Each filter evaluates in Python (:meth:`Filter.matches`) and renders to SQL
 from __future__ import annotations
 
 import ast
-import threading
 import math
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any

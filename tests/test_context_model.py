@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from recsieve.context import ContextModel, ContextSettings, gap_buckets
-from recsieve.errors import CorruptStoreError, IncompatibleVersionError, InvalidInputError, ModelNotTrainedError
+from recsieve.errors import (
+    CorruptStoreError,
+    IncompatibleVersionError,
+    InvalidInputError,
+    ModelNotTrainedError,
+)
 from recsieve.training.context_model import TrainConfig, fit_candidate_scorer, fit_context_model
 
 
