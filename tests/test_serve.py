@@ -222,3 +222,32 @@ def test_without_ray_serving_names_the_extra(tmp_path):
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["error"] is not None and "pip install 'recsieve[ray]'" in got["error"]
     assert got["code"] == 2 and got["stderr"].startswith("recsieve serve: error:") and "recsieve[ray]" in got["stderr"]
+
+
+@pytest.mark.slow
+def test_a_model_switch_reaches_every_replica(served):
+    """A head trained in another process and switched to with ``use_model(persist=True)`` is
+    what both replicas serve next: the same version, and the same list as the trainer's engine."""
+    from recsieve.training import train_engine_ranker
+
+    path, report = served
+    with Engine.open(path, embedder=WordHashEmbedder()) as eng:
+        events = [Event(f"m{u}", f"i{(u % 4) * 10 + (u * 7 + t * 3) % 10:02d}", "click", ts=1e6 + 60.0 * (u * 8 + t))
+                  for u in range(60) for t in range(6)]
+        eng.record(events)
+        folder = path / "models" / "switched"
+        train_engine_ranker(eng, folder, users=None, steps_per_user=1, progress=False)
+        before = {got["model"] for _, got in on_each_replica(report.url, "/state", {}).values()}
+        eng.use_model(folder, persist=True)
+        version = eng.model_version
+        expected = [r.item_id for r in eng.recommend("m5", 10)]
+    assert version not in before
+    deadline, states = time.monotonic() + 120, {}
+    while time.monotonic() < deadline:
+        states = on_each_replica(report.url, "/state", {})
+        if all(got["model"] == version for _, got in states.values()):
+            break
+        time.sleep(0.5)
+    assert {got["model"] for _, got in states.values()} == {version}
+    for status, got in on_each_replica(report.url, "/recommend", {"user_id": "m5", "k": 10}).values():
+        assert status == 200 and [r["item_id"] for r in got["results"]] == expected
