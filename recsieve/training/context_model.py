@@ -90,6 +90,11 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = False
     name: str = "context"
+    #: share of the catalog whose ID residual is dropped in each training batch (one Bernoulli
+    #: draw per item, for input and output tokens alike), so an item's text-only token -- all a
+    #: cold item has -- is trained to stand on its own; 0: never. Read by :func:`fit_context_model`
+    #: where the tower has both text and IDs; other tasks ignore it.
+    id_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "n_negatives", "eval_every", "sampled_above"):
@@ -106,6 +111,9 @@ class TrainConfig:
             raise InvalidInputError("schedule", self.schedule, "cosine, linear or constant")
         if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
             raise InvalidInputError("threads", self.threads, "must be a positive integer or None")
+        if isinstance(self.id_dropout, bool) or not isinstance(self.id_dropout, (int, float)) \
+                or not 0.0 <= self.id_dropout < 1.0:
+            raise InvalidInputError("id_dropout", self.id_dropout, "must be a share in [0, 1)")
 
 
 def right_pad(seqs: Sequence[np.ndarray], length: int, pad: int = -1) -> np.ndarray:
@@ -391,8 +399,16 @@ def _evaluate(task: NextItemTask, ctx, tgt, max_len: int, bf16: bool) -> tuple[f
     return _ndcg10(np.concatenate(scores), tgt, ctx)
 
 
-def _tower_table(model: ContextModel, text: torch.Tensor | None, cold: torch.Tensor | None) -> Callable:
+def _tower_table(model: ContextModel, text: torch.Tensor | None, cold: torch.Tensor | None,
+                 id_dropout: float = 0.0) -> Callable:
+    """The task's table: every row's token, with (while the tower trains and ``id_dropout`` > 0)
+    the ID residual of a fresh random ``id_dropout`` share of the rows dropped on each call --
+    one draw per batch, shared by the batch's input and output tokens."""
+
     def table(rows: torch.Tensor | None) -> torch.Tensor:
+        if id_dropout > 0 and model.tower.training and text is not None:
+            drop = torch.rand(text.shape[0]) < id_dropout
+            return model.tower(text, drop if cold is None else drop | cold)
         return model.tower(text, cold)
 
     return table
@@ -443,7 +459,7 @@ def fit_context_model(
         encoder = model.encoder
         task = NextItemTask(
             modules=[model.tower, model.encoder],
-            table=_tower_table(model, text, cold_t),
+            table=_tower_table(model, text, cold_t, config.id_dropout if settings.use_ids else 0.0),
             hidden=lambda table, rows: encoder(table, rows),
             user=lambda table, rows: encoder.user(table, rows),
         )

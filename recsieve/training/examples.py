@@ -105,13 +105,16 @@ def last_positives(seq: Sequence[Step], k: int) -> list[int]:
 @dataclass
 class RankingGroup:
     """One user's last step as a ranking example: the recalled candidates' features, the
-    target's position among them, and what is needed to score them with a cross-encoder."""
+    target's position among them, and what is needed to score them with a cross-encoder.
+    ``weight``: how much the example counts in the head's loss (see
+    :func:`~recsieve.training.cold.pseudo_cold_groups`)."""
 
     user_id: str
     features: np.ndarray
     target: int
     rows: np.ndarray
     context: str
+    weight: float = 1.0
 
 
 def ranking_groups(
@@ -244,7 +247,8 @@ def groups_for(engine: Engine, sequences: dict[str, list[Step]], targets: dict[s
 
 
 def save_replay(folder: Path, groups: Sequence[RankingGroup], limit: int = 2000, seed: int = 0) -> None:
-    """Keep a sample of (at most ``limit``) training groups beside a head, for replay in later updates."""
+    """Keep a sample of (at most ``limit``) training groups (with their weights) beside a head, for replay in
+    later updates."""
     if len(groups) > limit:
         pick = np.random.default_rng(seed).choice(len(groups), size=limit, replace=False)
         groups = [groups[i] for i in sorted(pick)]
@@ -255,7 +259,8 @@ def save_replay(folder: Path, groups: Sequence[RankingGroup], limit: int = 2000,
         np.savez(fh, x=np.concatenate([g.features for g in groups]).astype(np.float16),
                  sizes=np.array([len(g.rows) for g in groups], np.int64),
                  targets=np.array([g.target for g in groups], np.int64),
-                 users=np.array([g.user_id for g in groups]))
+                 users=np.array([g.user_id for g in groups]),
+                 weights=np.array([g.weight for g in groups], np.float32))
     tmp.replace(folder / "replay.npz")
 
 
@@ -266,9 +271,10 @@ def load_replay(folder: Path) -> list[RankingGroup]:
         return []
     with np.load(path, allow_pickle=False) as z:
         x, sizes, targets, users = z["x"].astype(np.float32), z["sizes"], z["targets"], z["users"]
+        weights = z["weights"].tolist() if "weights" in z.files else [1.0] * len(sizes)  # older samples: 1
     out, start = [], 0
-    for n, t, u in zip(sizes.tolist(), targets.tolist(), users.tolist()):
-        out.append(RankingGroup(str(u), x[start:start + n], int(t), np.zeros(n, np.int64), ""))
+    for n, t, u, w in zip(sizes.tolist(), targets.tolist(), users.tolist(), weights):
+        out.append(RankingGroup(str(u), x[start:start + n], int(t), np.zeros(n, np.int64), "", float(w)))
         start += n
     return out
 

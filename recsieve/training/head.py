@@ -52,9 +52,13 @@ def fit_head(
     seed: int = 0,
     init: RankingHead | None = None,
     budget_s: float | None = None,
+    weights: Sequence[float] | None = None,
+    valid_weights: Sequence[float] | None = None,
 ) -> RankingHead:
     """Train a head with a listwise softmax loss: each group is one request's candidates
     (features ``(n_i, F)``), ``targets[i]`` the position of the item the user took next.
+    ``weights`` / ``valid_weights``: how much each training / validation group counts in the
+    loss / the validation mean (default: equally; they must be positive).
 
     With ``valid``, the epoch with the best validation NDCG@10 is kept (early stopping).
     ``init``: continue from this head (its normalisation and weights; ``hidden`` is then
@@ -72,6 +76,8 @@ def fit_head(
             raise InvalidInputError(f"groups[{i}]", g.shape, f"expected (n, {f})")
         if not 0 <= t < g.shape[0]:
             raise InvalidInputError(f"targets[{i}]", t, f"must index a candidate of its group (0..{g.shape[0] - 1})")
+    w_train = _group_weights(weights, len(groups), "weights")
+    w_valid = None if valid is None else _group_weights(valid_weights, len(valid[0]), "valid_weights")
     if init is not None:
         if tuple(init.features) != tuple(names):
             raise InvalidInputError("init", init.features, f"was trained on other features than {tuple(names)}")
@@ -98,6 +104,7 @@ def fit_head(
     torch.manual_seed(seed)
     x, mask = pack(groups)
     y = torch.as_tensor(np.asarray(targets, np.int64))
+    w = torch.from_numpy(w_train)
     model = torch.nn.Sequential(torch.nn.Linear(f, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
     if init is not None:
         with torch.no_grad():
@@ -116,8 +123,8 @@ def fit_head(
         return RankingHead(tuple(names), mean, std, w1, b1, w2, b2)
 
     def valid_ndcg(head: RankingHead) -> float:
-        assert valid is not None
-        return float(np.mean([listwise_ndcg(head.score(g), t) for g, t in zip(*valid)]))
+        assert valid is not None and w_valid is not None
+        return float(np.average([listwise_ndcg(head.score(g), t) for g, t in zip(*valid)], weights=w_valid))
 
     best, best_score, history, best_epoch = head_of(), -1.0, [], 0
     if valid is not None and init is not None:  # an update must beat the head it started from
@@ -131,7 +138,8 @@ def fit_head(
         model.train()
         for idx in torch.randperm(len(groups), generator=gen).split(batch):
             logits = model(x[idx]).squeeze(-1).masked_fill(~mask[idx], -1e9)
-            loss = torch.nn.functional.cross_entropy(logits, y[idx])
+            per_group = torch.nn.functional.cross_entropy(logits, y[idx], reduction="none")
+            loss = (per_group * w[idx]).sum() / w[idx].sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -148,8 +156,23 @@ def fit_head(
     return best
 
 
+def _group_weights(weights: Sequence[float] | None, n: int, field: str) -> np.ndarray:
+    """float32 ``(n,)`` weights of ``n`` groups (all 1 when ``None``), checked: finite and positive."""
+    if weights is None:
+        return np.ones(n, np.float32)
+    w = np.asarray(weights, np.float64)
+    if w.shape != (n,) or not np.isfinite(w).all() or (w <= 0).any():
+        raise InvalidInputError(field, w.shape if w.shape != (n,) else "non-positive",
+                                f"need one finite positive weight per group ({n})")
+    return w.astype(np.float32)
+
+
 def _mean_ndcg(scores: Sequence[np.ndarray], groups: Sequence[RankingGroup]) -> float:
-    return float(np.mean([listwise_ndcg(s, g.target) for s, g in zip(scores, groups)])) if groups else 0.0
+    """The groups' NDCG@10 under ``scores``, averaged with the groups' weights."""
+    if not groups:
+        return 0.0
+    return float(np.average([listwise_ndcg(s, g.target) for s, g in zip(scores, groups)],
+                            weights=[g.weight for g in groups]))
 
 
 def _recall_order(g: RankingGroup) -> np.ndarray:
@@ -199,6 +222,7 @@ def train_engine_ranker(
     context: ContextModel | None = None,
     tune_users: int = 400,
     ablate: tuple[str, str | Path] | None = None,
+    cold_share: float = 0.0,
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
@@ -226,6 +250,12 @@ def train_engine_ranker(
     the head's examples are built, the context channel's fusion weight is chosen on ``tune_users``
     users' held-out steps (:func:`~recsieve.training.fusion.tune_context_weight`; 0: keep the
     engine config's ``context_weight``) and saved with the model.
+
+    ``cold_share`` > 0: the head also learns from pseudo-cold examples
+    (:func:`~recsieve.training.cold.pseudo_cold_groups`): the last step of (another seeded sample
+    of) ``users`` users in a world where that share of the items has no behaviour and, with
+    ``context``, no ID residual, so it learns how an item without behaviour ranks against warm
+    ones (cold items).
     """
     t0 = time.perf_counter()
     out_path = Path(out).expanduser().absolute()
@@ -262,6 +292,14 @@ def train_engine_ranker(
                 fusion = {"context_weight": weight, "tried": table}
         groups, tried = ranking_groups(engine, sequences, users=users, steps_per_user=steps_per_user, seed=seed,
                                        progress=progress, instruction_for=instruction_for, model=model)
+        cold_report, cold_groups = None, []
+        if cold_share > 0:
+            from recsieve.training.cold import pseudo_cold_groups
+
+            cold_groups, cold_report = pseudo_cold_groups(engine, sequences, cold_share, context=context,
+                                                          users=users, seed=seed, progress=progress)
+            cold_report = {"cold_share": cold_share, "examples": len(cold_groups), **cold_report}
+        groups = groups + cold_groups
         train, valid = _split_users(groups, valid_fraction, seed)
         if len(train) < 2 or not valid:
             raise InvalidInputError("events", len(sequences),
@@ -269,7 +307,8 @@ def train_engine_ranker(
         names = engine.feature_names(context=model is not None)
         head = fit_head([g.features for g in train], [g.target for g in train], names,
                         valid=([g.features for g in valid], [g.target for g in valid]), hidden=hidden,
-                        epochs=epochs, seed=seed)
+                        epochs=epochs, seed=seed, weights=[g.weight for g in train],
+                        valid_weights=[g.weight for g in valid])
         head_scores = [head.score(g.features) for g in valid]
         report: dict[str, Any] = {
             "users_tried": tried, "examples": len(groups),
@@ -280,6 +319,14 @@ def train_engine_ranker(
         }
         if fusion is not None:
             report["fusion"] = fusion
+        if cold_report is not None:
+            pseudo = {id(g) for g in cold_groups}
+            for kind, keep in (("warm", False), ("pseudo_cold", True)):
+                part = [(s, g) for s, g in zip(head_scores, valid) if (id(g) in pseudo) == keep]
+                cold_report[f"valid_ndcg@10_head_{kind}"] = _mean_ndcg([s for s, _ in part], [g for _, g in part])
+                cold_report[f"valid_ndcg@10_recall_order_{kind}"] = _mean_ndcg([_recall_order(g) for _, g in part],
+                                                                               [g for _, g in part])
+            report["pseudo_cold"] = cold_report
         if train_cross_encoder is not None:
             from recsieve.rerankers.cross_encoder import CrossEncoderReranker
 
@@ -322,7 +369,8 @@ def _ablation(engine: Engine, work: Path, head: RankingHead, names: Sequence[str
         return out
 
     other = fit_head(without(train), [g.target for g in train], names, valid=(without(valid), [g.target for g in valid]),
-                     hidden=hidden, epochs=epochs, seed=seed)
+                     hidden=hidden, epochs=epochs, seed=seed, weights=[g.weight for g in train],
+                     valid_weights=[g.weight for g in valid])
     full = [listwise_ndcg(head.score(g.features), g.target) for g in valid]
     ablated = [listwise_ndcg(other.score(x), g.target) for x, g in zip(without(valid), valid)]
     other.report = {**other.report, "ablated_feature": feature, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ")}

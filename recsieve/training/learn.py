@@ -110,7 +110,8 @@ def learn(
     names = engine.feature_names()
     new_head = fit_head([g.features for g in train + old], [g.target for g in train + old], names,
                         valid=([g.features for g in valid], [g.target for g in valid]) if valid else None,
-                        epochs=epochs, lr=lr, seed=seed, init=head, budget_s=budget_s)
+                        epochs=epochs, lr=lr, seed=seed, init=head, budget_s=budget_s,
+                        weights=[g.weight for g in train + old])
     before, after = _ndcg(head, valid), _ndcg(new_head, valid)
     report.update(train_examples=len(train), replay_examples=len(old), valid_examples=len(valid),
                   valid_ndcg_before=before, valid_ndcg_after=after, epochs=new_head.report["epochs"])

@@ -35,7 +35,11 @@ from recsieve.training.examples import engine_sequences, last_positives
 from recsieve.training.head import train_engine_ranker
 from recsieve.types import EVENT_KINDS, Event
 
-__all__ = ["train_engine", "encoder_sequences", "held_out_steps", "scorer_examples"]
+__all__ = ["COLD_SHARE", "train_engine", "encoder_sequences", "held_out_steps", "scorer_examples"]
+
+#: The default share of items made pseudo-cold for the head's cold examples (:mod:`recsieve.training.cold`);
+#: 0: none (what they buy on ML-1M: bench/new_item_slots.py --cold-share).
+COLD_SHARE = 0.0
 
 
 def encoder_sequences(sequences: dict[str, list[Step]], held_out: int) -> list[np.ndarray]:
@@ -111,6 +115,7 @@ def train_engine(
     max_len: int = 200,
     encoder: TrainConfig | None = None,
     ablation_out: str | Path | None = None,
+    cold_share: float = COLD_SHARE,
     seed: int = 0,
     progress: bool = True,
     switch: bool = True,
@@ -126,6 +131,8 @@ def train_engine(
     setting of the encoder's training (then ``epochs``, ``budget_s`` and ``seed`` are its own).
     ``ablation_out``: also write there the head trained on the same examples without the
     candidate scorer's score (the ablation; the report pairs both on held-out users).
+    ``cold_share``: the head also learns from pseudo-cold examples, a world where that share of
+    the items has no behaviour and no ID residual (:mod:`recsieve.training.cold`; 0: none).
     ``workers``: train the encoder data-parallel on that many Ray Train workers
     (:func:`~recsieve.training.ray_train.fit_context_model_on_ray`, needs ``recsieve[ray]``) on the
     cluster at ``ray_address`` (``None``: a local Ray); the rest trains here. Returns the report.
@@ -169,10 +176,12 @@ def train_engine(
                                                     budget_s=scorer_budget_s, seed=seed, progress=progress)
     ablate = None if ablation_out is None else ("context.context_cross", ablation_out)
     head = train_engine_ranker(engine, out_path, events, users=users, steps_per_user=steps_per_user, context=model,
-                               ablate=ablate, seed=seed, progress=progress, overwrite=overwrite)
+                               ablate=ablate, cold_share=cold_share, seed=seed, progress=progress,
+                               overwrite=overwrite)
     report["head"] = {k: v for k, v in head.items() if not isinstance(v, (list, dict))}
-    if "fusion" in head:
-        report["fusion"] = head["fusion"]
+    for key in ("fusion", "pseudo_cold"):
+        if key in head:
+            report[key] = head[key]
     if "ablation" in head:
         report["ablation"] = head["ablation"]
     report["model"] = str(out_path)
