@@ -78,7 +78,8 @@ def old_flat_toml(config: EngineConfig) -> str:
 
 
 #: Settings added after the flat format was replaced: an old flat file never holds them.
-NEWER_SETTINGS = {"embedding_backend", "context_window", "context_weight", "journal"}
+NEWER_SETTINGS = {"embedding_backend", "context_window", "context_weight", "journal", "new_item_slots",
+                  "new_item_position"}
 
 
 def migration_lines(caplog):
@@ -108,7 +109,7 @@ def test_toml_is_tables_with_a_comment_per_setting():
 
 def test_every_setting_has_one_table_and_an_explanation():
     names = [f.name for f in dataclasses.fields(EngineConfig)]
-    assert len(names) == 34  # 30 + context_window, context_weight, embedding_backend, journal
+    assert len(names) == 36  # 30 + context_window, context_weight, embedding_backend, journal, new_item_*
     for f in dataclasses.fields(EngineConfig):
         assert f.metadata["section"] in SECTIONS, f.name
         assert f.metadata["doc"].strip() and "\n" not in f.metadata["doc"], f.name

@@ -123,6 +123,13 @@ class EngineConfig:
         2.0, "recall", "Fusion weight of the behaviour index's channel, for a context model that carries none "
         "(recsieve train chooses one on held-out steps and saves it with the model)."
     )
+    new_item_slots: int = _setting(
+        0, "recall", "Exploration for items without behaviour: the best-ranked so many candidates with no "
+        "positive event yet move up to new_item_position if they rank lower (0: off)."
+    )
+    new_item_position: int = _setting(
+        0, "recall", "First answer position (0-based) given to a promoted new item; the next one goes after it."
+    )
     # [rerank]
     reranker_model: str = _setting(
         "", "rerank", "Folder written by train-reranker, relative to the engine directory or absolute (empty: none)."
@@ -330,6 +337,10 @@ def _check_users(c: EngineConfig) -> None:
 def _check_recall(c: EngineConfig) -> None:
     _numbers(c, "profile_weight", "recent_weight", "instruction_weight", "context_weight")
     _positive_ints(c, "recall_n")
+    for name in ("new_item_slots", "new_item_position"):
+        value = getattr(c, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidInputError(name, value, "must be a non-negative integer")
     for ch in c.channels:
         if ch not in CHANNELS:
             raise InvalidInputError("channels", ch, f"unknown recall channel; expected some of {CHANNELS}")

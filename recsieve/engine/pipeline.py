@@ -62,6 +62,22 @@ class Recalled:
     request: RecallRequest
 
 
+def promote(fresh: np.ndarray, slots: int, position: int) -> np.ndarray:
+    """The permutation of a ranked list (best first) that moves its first ``slots`` ``fresh``
+    entries (items without behaviour) up to positions ``position``, ``position + 1``, ... where
+    they rank lower; an entry already above its slot stays, and the others keep their order.
+
+    Exploration for new items: a head trained on the log has rarely seen an item without
+    behaviour be the answer, so it ranks every such item below the warm ones; a slot gives the
+    best of them (by the head's own order) a place in the answer."""
+    picked = np.flatnonzero(fresh)[:slots].tolist()
+    moved = set(picked)
+    out = [i for i in range(len(fresh)) if i not in moved]
+    for j, i in enumerate(picked):
+        out.insert(min(i, position + j), i)
+    return np.asarray(out, np.int64)
+
+
 def query_vector(cfg: EngineConfig, vectors: np.ndarray, profile: np.ndarray | None, rows: Sequence[int],
                  weights: Sequence[float], instruction: np.ndarray | None) -> np.ndarray | None:
     """The vector channel's query (the one rule, for serving and for training's batched examples):
@@ -287,6 +303,12 @@ class Pipeline:
             return cands.rows, np.empty(0, np.float32), cands.scores
         final = self.order(view, recalled, instruction, rerank=rerank, cross_encoder=cross_encoder)
         order = np.argsort(-final, kind="stable")
+        cfg = self.store.config
+        if cfg.new_item_slots and rerank:
+            pop = next((c for c in recalled.channels if isinstance(c, PopularityChannel)), None)
+            if pop is not None:
+                fresh = np.array([pop.count(int(r)) == 0 for r in cands.rows[order]], bool)
+                order = order[promote(fresh, cfg.new_item_slots, cfg.new_item_position)]
         return cands.rows[order], final[order].astype(np.float32), cands.scores[order]
 
     def _head_order(self, view: UserView | None, recalled: Recalled, instruction: str | None,
