@@ -96,6 +96,32 @@ def test_the_ablation_head_reads_nothing_of_the_candidate_scorer(trained, tmp_pa
         eng.close()
 
 
+def test_behaviour_indexes_are_closed_when_replaced_and_when_the_engine_closes(trained, tmp_path):
+    """Each served model's behaviour index has background work (a compaction) to stop: a switch
+    closes the replaced model's, Engine.close the serving one's (both stay searchable)."""
+    root, _ = trained
+    eng = _open(root, tmp_path)
+    closed: list[int] = []
+
+    def watch(index):
+        close = index.close
+
+        def closing():
+            closed.append(id(index))
+            close()
+
+        index.close = closing
+        return index
+
+    first = watch(eng.serving_model.context.index)
+    eng.use_model(root / "ablation")
+    second = watch(eng.serving_model.context.index)
+    assert second is not first and closed == [id(first)]
+    assert len(first.search(np.ones((1, first.dim), np.float32), 3)[1][0]) == 3  # a late reader still searches it
+    eng.close()
+    assert closed == [id(first), id(second)]
+
+
 def test_learn_keeps_the_context_model_beside_the_updated_head(trained, tmp_path):
     from recsieve.training import learn
 

@@ -526,6 +526,7 @@ class Engine:
             self._closed = True
             if self._hot is not None:
                 self._hot.close()
+            self._slot.close()
             self._store.close()
 
     def wait_refreshed(self, timeout: float | None = None) -> bool:

@@ -184,6 +184,14 @@ class ModelSlot:
         if new.context is not None:
             listeners.append(new.context)
         self._current = new
+        if old is not None and old.context is not None and (new.context is None or new.context.index is not old.context.index):
+            old.context.index.close()  # background work stops; a request still reading it can finish
+
+    def close(self) -> None:
+        """Stop the serving behaviour index's background work (the engine is closing)."""
+        current = self._current
+        if current is not None and current.context is not None:
+            current.context.index.close()
 
     def _build(self, config: EngineConfig, given: Reranker | None) -> ServingModel:
         path = self.folder(config)

@@ -255,7 +255,9 @@ class Store:
         # Rows are stable and the snapshot is newer than this state: its vectors are a superset,
         # so a reader in another thread that mixes old and new parts never reads past them.
         self.vectors, self.hashes, self.field_kinds = vectors, hashes, field_kinds
-        self.catalog, self.index, self.users = catalog, index, users
+        previous, (self.catalog, self.index, self.users) = self.index, (catalog, index, users)
+        if previous is not None and previous is not index:
+            previous.close()  # its background compaction, if any, is cancelled; readers may still search it
         if "field_kinds" not in meta:  # snapshots written before field kinds were saved
             for item in self.catalog:
                 self._note_field_kinds(item)
