@@ -348,11 +348,13 @@ def test_save_during_a_compaction_writes_the_serving_state(tmp_path):
 
 
 def writers_rebuild_is_off_the_lock(index, model: Model, rng: np.random.Generator, first: int, then: int,
-                                    done, exact: bool) -> None:
+                                    done, exact: bool) -> tuple[list[int], bool]:
     """``first`` items, then a writer thread's upsert of ``then`` more makes a rebuild due in that
     thread; while the rebuild is held, this thread's upserts, removals and searches go on (they
     would wait for the writer if it held the lock); once released, the writer returns with it
-    ``done()`` and the index is the model's."""
+    ``done()`` and the index is the model's. Returns what the search made while the rebuild was
+    held found (the ids of 3 items upserted meanwhile) and whether the writer was still waiting
+    for the rebuild then."""
     model.upsert(index, list(range(first)), rng, 0)
     held = Held(index, "before")
     writer, errors = in_thread(lambda: model.upsert(index, list(range(first, first + then)), rng, 0))
@@ -361,7 +363,9 @@ def writers_rebuild_is_off_the_lock(index, model: Model, rng: np.random.Generato
     x = unit(other, 3)
     index.upsert([900, 901, 902], x, [{"group": 0, "version": 9}] * 3)  # not blocked by the rebuild
     assert index.remove([5, 6]) == 2
-    assert index.search(x, 1)[1][:, 0].tolist() == [900, 901, 902]
+    found = index.search(x, 1)[1][:, 0].tolist()
+    assert found == [900, 901, 902]
+    writer_waiting = writer.is_alive()
     held.go.set()
     writer.join(WAIT)
     assert not writer.is_alive() and not errors and done()
@@ -369,14 +373,17 @@ def writers_rebuild_is_off_the_lock(index, model: Model, rng: np.random.Generato
         model.items[i] = (x[j], {"group": 0, "version": 9})
     del model.items[5], model.items[6]
     model.check(index, rng, exact=exact)
+    return found, writer_waiting
 
 
 def test_ivf_training_runs_in_the_writers_thread_off_the_lock():
     """The write that brings an IVF to ``train_min`` trains it before returning, but other threads'
     searches and writes go on meanwhile."""
     index = FaissIndex(DIM, "ivf", nlist=4, nprobe=4, train_min=100)
-    writers_rebuild_is_off_the_lock(index, Model(), np.random.default_rng(4), 60, 100, lambda: index.trained,
-                                    exact=True)
+    found, writer_waiting = writers_rebuild_is_off_the_lock(index, Model(), np.random.default_rng(4), 60, 100,
+                                                            lambda: index.trained, exact=True)
+    assert writer_waiting and found == [900, 901, 902]  # served while the writer's training was held
+    assert index.trained and len(index) == 60 + 100 + 3 - 2
 
 
 # -- kill -9 of an engine while it compacts --------------------------------------------------
@@ -433,7 +440,7 @@ def pool_engine(path: Path, config: EngineConfig, pool: int) -> Path:
 
 
 def kill_during_a_compaction(tmp_path: Path, pool_dir: Path, op: str, pool: int, release_at: int,
-                             delay: float) -> None:
+                             delay: float) -> tuple[list, list]:
     """Run the writer child (:data:`CHILD`) on a copy of ``pool_dir`` and kill -9 it after
     ``delay`` seconds: ``op`` ``held``, while its first compaction is held; ``released``, after
     it was released at loop ``release_at`` (the kill lands after its swap, or during its catch-up
@@ -454,9 +461,11 @@ def kill_during_a_compaction(tmp_path: Path, pool_dir: Path, op: str, pool: int,
         assert len(eng.index) == len(live) and all(int(r) in eng.index for r in live)
         assert len(eng.recommend("someone", 5)) == 5
         index = eng.index
+        missing = [i for i in acked if f"new-{i}" not in eng.catalog]
     finally:
         eng.close()
     assert not index.compacting
+    return acked, missing
 
 
 @pytest.fixture(scope="module")
@@ -469,4 +478,6 @@ def pool_dir(tmp_path_factory) -> Path:
 def test_kill_minus_nine_during_a_compaction_loses_nothing_acknowledged(tmp_path, pool_dir, op):
     """``held``: the kill lands while the compaction is in flight; ``released``: it lands after
     the compaction caught up and swapped, or during a later one."""
-    kill_during_a_compaction(tmp_path, pool_dir, op, POOL, release_at=5, delay=random.Random(op).uniform(0.5, 2.0))
+    acked, missing = kill_during_a_compaction(tmp_path, pool_dir, op, POOL, release_at=5,
+                                              delay=random.Random(op).uniform(0.5, 2.0))
+    assert acked and missing == []  # every acknowledged item is in the reopened engine

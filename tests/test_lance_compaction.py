@@ -253,8 +253,10 @@ def test_the_first_ann_index_is_built_in_the_writers_thread_off_the_lock():
     """The write that brings the table to ``index_min_rows`` returns with the ANN index built (on
     a copy), but other threads' searches and writes go on while it builds."""
     index = ann_index()
-    writers_rebuild_is_off_the_lock(index, Model(), np.random.default_rng(4), 100, 200, lambda: index.indexed,
-                                    exact=False)
+    found, writer_waiting = writers_rebuild_is_off_the_lock(index, Model(), np.random.default_rng(4), 100, 200,
+                                                            lambda: index.indexed, exact=False)
+    assert writer_waiting and found == [900, 901, 902]  # served while the writer's index build was held
+    assert index.indexed and len(index) == 100 + 200 + 3 - 2
     index.close()
 
 
@@ -398,7 +400,9 @@ def test_kill_minus_nine_during_a_compaction_loses_nothing_acknowledged(tmp_path
     compaction of a copy is in flight; ``released`` (after one loop), after the copy caught up and
     was swapped in, or during its catch-up. Each loop is three journaled writes: on the loaded
     reference machine the child acknowledged 2-8 loops before a kill after 2.5-5 s."""
-    kill_during_a_compaction(tmp_path, pool_dir, op, POOL, release_at=1, delay=random.Random(op).uniform(2.5, 5.0))
+    acked, missing = kill_during_a_compaction(tmp_path, pool_dir, op, POOL, release_at=1,
+                                              delay=random.Random(op).uniform(2.5, 5.0))
+    assert acked and missing == []  # every acknowledged item is in the reopened engine
 
 
 # -- the bench's compaction section on LanceDB ----------------------------------------------------
