@@ -31,22 +31,19 @@ from recsieve import Engine
 from recsieve.embedding import SentenceTransformerEmbedder
 from recsieve.engine.config import EngineConfig
 from recsieve.evaluation.datasets import load_dataset
+from recsieve.evaluation.metrics import history_mask, rank_metrics
 from recsieve.evaluation.protocol import Split, cold_item_split, training_sequences
 from recsieve.evaluation.systems import CachedEmbedder, EngineSystem, TextZeroShot
 
 
 def per_user(system, split: Split) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user NDCG@10 and HR@10 of ``system`` on ``split``'s test targets, history excluded."""
+    """Per-user NDCG@10 and HR@10 of ``system`` on ``split``'s test targets, history excluded
+    (the harness's metrics: :func:`~recsieve.evaluation.metrics.rank_metrics`, ties by expected rank)."""
     contexts, targets = split.contexts("test"), split.targets("test")
-    ndcg, hit = np.zeros(len(targets)), np.zeros(len(targets))
-    for lo in range(0, len(targets), 128):
-        scores = system.score(contexts[lo:lo + 128])
-        for i, ctx in enumerate(contexts[lo:lo + 128]):
-            s, t = scores[i].copy(), targets[lo + i]
-            s[ctx[ctx != t]] = -np.inf
-            rank = int((s > s[t]).sum())
-            ndcg[lo + i], hit[lo + i] = (1 / np.log2(rank + 2), 1.0) if rank < 10 else (0.0, 0.0)
-    return ndcg, hit
+    parts = [rank_metrics(system.score(contexts[lo:lo + 128]), targets[lo:lo + 128],
+                          history_mask(contexts[lo:lo + 128], split.n_items), ks=(10,))
+             for lo in range(0, len(targets), 128)]
+    return np.concatenate([p["ndcg@10"] for p in parts]), np.concatenate([p["hr@10"] for p in parts])
 
 
 def main() -> None:
