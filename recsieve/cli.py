@@ -348,9 +348,9 @@ def _show(engine: Engine, user: str, **kw) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``recsieve`` command (every option documented)."""
     from recsieve.evaluation.cli import add_evaluate_arguments
 
-    """The argument parser of the ``recsieve`` command (every option documented)."""
     p = argparse.ArgumentParser(
         prog="recsieve",
         description="Real-time two-stage recommender: vector-index recall + cross-encoder re-ranking.",
