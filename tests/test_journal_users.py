@@ -112,3 +112,41 @@ def test_user_store_round_trip(tmp_path):
     with pytest.raises(CorruptStoreError):
         UserStore(DIM).load(tmp_path)
     assert not math.isnan(store.get("u0").last_ts)
+
+
+def _event_log(seed: int, n: int, users: int, rows: int) -> list[EventRecord]:
+    """Events of many users, a fifth of them out of time order, every kind, weights given or not."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in range(n):
+        late = rng.random() < 0.2
+        ts = 1e6 + (rng.uniform(-5e6, 5e6) if late else s * 1000.0)
+        kind = ("view", "click", "cart", "purchase", "rating", "dislike")[int(rng.integers(0, 6))]
+        weight = (None, 4.0, 1.5)[int(rng.integers(0, 3))]
+        out.append(EventRecord(s + 1, f"u{int(rng.integers(0, users))}", "x", int(rng.integers(0, rows)), kind,
+                               float(ts), weight, None if rng.random() < 0.5 else "a note"))
+    return out
+
+
+@pytest.mark.parametrize("run", [1, 7, 500])
+def test_apply_many_reaches_the_state_of_one_event_at_a_time(run):
+    """The bulk replay at open (``apply_many``) against the live rule (``apply``), from a state
+    that already holds events: the same profile (to float32 rounding: ``apply`` adds float32
+    products), weight, newest time, recent window, consumed rows and version for every user."""
+    dim, rows = 8, 60
+    vectors = np.random.default_rng(1).standard_normal((rows, dim)).astype(np.float32)
+    events = _event_log(2, 3000, 40, rows)
+    one, bulk = (UserStore(dim, recent_window=5, history_window=12) for _ in range(2))
+    for store, part in ((one, events), (bulk, events[:800])):
+        for e in part:
+            store.apply(e.user_id, e.row, vectors[e.row], e.kind, e.ts, e.weight, e.text)
+    for lo in range(800, len(events), run):
+        part = events[lo:lo + run]
+        bulk.apply_many(part, vectors[[e.row for e in part]])
+    assert len(one) == len(bulk) == 40
+    for uid in one._users:
+        a, b = one.get(uid), bulk.get(uid)
+        assert (a.last_ts, a.version, a.history, a.recent, a.consumed) == (b.last_ts, b.version, b.history, b.recent,
+                                                                            b.consumed)
+        assert one._users[uid].weight == pytest.approx(bulk._users[uid].weight, rel=1e-12)
+        np.testing.assert_allclose(one._users[uid].profile, bulk._users[uid].profile, rtol=1e-6, atol=1e-6)

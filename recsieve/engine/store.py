@@ -117,6 +117,9 @@ def _lance_load(folder: Path) -> VectorIndex:
 
 
 #: backend name -> (make a new index, load a saved one). The only place backends are named.
+#: Events applied to the user state in one bulk step while the journal replays at open.
+_REPLAY_RUN = 16_384
+
 _BACKENDS = {"faiss": (_faiss_new, _faiss_load), "lance": (_lance_new, _lance_load)}
 
 
@@ -285,14 +288,30 @@ class Store:
         while True:
             version = self.journal.version()
             try:
+                run: list[EventRecord] = []
                 for entry in self.journal.tail(self.applied_seq):
+                    if isinstance(entry, EventRecord):
+                        run.append(entry)
+                        if len(run) >= _REPLAY_RUN:
+                            self._apply_events(run)
+                        continue
+                    self._apply_events(run)
                     self._apply(entry, statistics=False)
+                self._apply_events(run)
             except JournalTruncated:
                 self._install_snapshot(dir_locked=dir_locked)
                 continue
             break
         self._update_statistics()
         self._synced = version
+
+    def _apply_events(self, run: list[EventRecord]) -> None:
+        """Apply a run of consecutive journaled events to the user state in bulk (the recall
+        statistics are brought up to date after the replay, also in bulk), then empty ``run``."""
+        if run:
+            self.users.apply_many(run, self.vectors[np.fromiter((e.row for e in run), np.int64, len(run))])
+            self.applied_seq = run[-1].seq
+            run.clear()
 
     def _check_meta(self, meta: Mapping[str, Any]) -> None:
         if meta.get("backend") != self.config.backend:
