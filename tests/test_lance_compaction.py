@@ -418,3 +418,34 @@ def test_compaction_latency_on_a_lance_engine(tmp_path):
     assert res["write_during_ms"] > 0 and isinstance(res["write_returned_while_compacting"], bool)
     assert "lance flat" in format_compaction(res)
     assert not list(tmp_path.iterdir())  # the engine directory is removed
+
+
+def test_searches_go_on_while_a_callers_table_compacts_in_place(tmp_path):
+    """A table in a caller's database compacts in place; a search started while LanceDB's
+    ``optimize`` runs is answered before it ends (only writes wait for it), and after it the
+    table has one fragment and every row."""
+    import threading
+
+    rng = np.random.default_rng(9)
+    index, model = LanceIndex(DIM, index_type="none", uri=tmp_path / "db"), Model()
+    for i in range(5):
+        model.upsert(index, [i], rng, 0)
+    started, searched, answers = threading.Event(), threading.Event(), []
+    real = index._table.optimize
+
+    def held_optimize(*args, **kwargs):
+        started.set()
+        assert searched.wait(WAIT), "the search did not run while the compaction was held"
+        return real(*args, **kwargs)
+
+    index._table.optimize = held_optimize
+    thread, errors = in_thread(index.compact)
+    assert started.wait(WAIT)
+    answers.append(index.search(np.ones((1, DIM), np.float32) / DIM**0.5, 5)[1])
+    searched.set()
+    thread.join(WAIT)
+    assert not thread.is_alive() and not errors
+    assert sorted(answers[0][0].tolist()) == [0, 1, 2, 3, 4]
+    del index._table.optimize
+    assert index.fragments == 1
+    model.check(index, rng, exact=True)

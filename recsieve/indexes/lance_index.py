@@ -31,7 +31,8 @@ replaces the table in one swap under the write lock; the old folder is then dele
 is :class:`~recsieve.indexes.rebuild.OffLockRebuilds`, shared with FAISS. The write that brings the
 table to ``index_min_rows`` builds the first ANN index in the writer's thread before it returns,
 but off the lock. A table in a caller's database (``uri``) may have other readers, so it is never
-swapped: it compacts in place under the write lock, as LanceDB allows.
+swapped: it compacts in place, as LanceDB allows, holding a lock only writers (and ``save``) take:
+searches go on meanwhile against the version before (LanceDB's versions), writes wait for it.
 
 Distances: the table's metric is ``"dot"`` (default) or ``"cosine"``; for the L2-normalised
 vectors recsieve stores, both distances are ``1 - <q, x>``, so ``score = 1 - distance``.
@@ -45,6 +46,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -182,6 +184,8 @@ class LanceIndex(OffLockRebuilds, VectorIndex):
         self._lock = RWLock()
         self._init_rebuilds()
         self._private = uri is None
+        #: a caller's table: held by every write and by in-place maintenance (not by searches)
+        self._writing: threading.Lock | nullcontext = nullcontext() if self._private else threading.Lock()
         if uri is None:
             workdir = tempfile.mkdtemp(prefix="recsieve-lance-")
             self._cleanup = weakref.finalize(self, shutil.rmtree, workdir, True)
@@ -246,55 +250,72 @@ class LanceIndex(OffLockRebuilds, VectorIndex):
         arr, vecs = check_upsert(ids, vectors, self.dim)
         if not len(arr):
             return
-        with self._lock.write():
-            rows, new_fields = clean_metadata(metadata, len(arr), self._schema)
-            if new_fields:
-                add_fields(self._table, new_fields)
-                self._schema = {**self._schema, **new_fields}
-            write_rows(self._table, arr, vecs, rows, self._schema)
-            self._record(LogEntry(arr.copy(), vecs.copy(), rows, new_fields))
-            self._written += len(arr)
-            self._count = self._table.count_rows()
-            self._unindexed += len(arr)
-            build_here = self._maintain()
-        if build_here:
-            self._rebuild_here()
+        with self._writing:
+            with self._lock.write():
+                rows, new_fields = clean_metadata(metadata, len(arr), self._schema)
+                if new_fields:
+                    add_fields(self._table, new_fields)
+                    self._schema = {**self._schema, **new_fields}
+                write_rows(self._table, arr, vecs, rows, self._schema)
+                self._record(LogEntry(arr.copy(), vecs.copy(), rows, new_fields))
+                self._written += len(arr)
+                self._count = self._table.count_rows()
+                self._unindexed += len(arr)
+                due = self._maintain()
+            self._after_write(due)
 
     def remove(self, ids: np.ndarray | Sequence[int]) -> int:
         """Remove ``ids`` (unknown ids are ignored); return how many were removed."""
         arr = np.unique(check_ids(ids, "ids"))
-        with self._lock.write():
-            removed = delete_ids(self._table, arr)
-            self._count = self._table.count_rows()
-            if removed:
-                self._record(LogEntry(arr, None, None, None))
-                self._written += removed
-                self._maintain()  # never builds here: removing does not bring the table to index_min_rows
+        due = None
+        with self._writing:
+            with self._lock.write():
+                removed = delete_ids(self._table, arr)
+                self._count = self._table.count_rows()
+                if removed:
+                    self._record(LogEntry(arr, None, None, None))
+                    self._written += removed
+                    due = self._maintain()
+            if due != "rebuild":  # removing never brings a private table to index_min_rows
+                self._after_write(due)
         return removed
 
     def _index_due(self, count: int) -> bool:
         """Whether a table of ``count`` rows without an ANN index should get one now."""
         return self.index_type != "none" and count >= max(self.index_min_rows, _MIN_TRAIN_ROWS)
 
-    def _maintain(self) -> bool:
-        """After a write, under the write lock: build the ANN index once the table is big enough;
-        optimize when many rows are unindexed or many small writes have fragmented the table.
-        Off the lock for a private table (returns True when the writer must build the first ANN
-        index itself, after releasing the lock); in place for a caller's."""
+    def _maintain(self) -> str | None:
+        """After a write, under the write lock: whether to build the ANN index (the table is big
+        enough) or optimize (many rows unindexed, or many small writes have fragmented the table).
+        A private table compacts in the background; the writer then does, after the write lock:
+        ``"rebuild"`` (a private table's first ANN index, off the lock), ``"index"`` or
+        ``"optimize"`` (a caller's table, in place: :meth:`_after_write`), or nothing (``None``)."""
         self._writes += 1
         first = not self._indexed and self._index_due(self._count)
         due = (self._indexed and self._unindexed > self._count // 4) or self._writes >= _OPTIMIZE_EVERY
         if self._private:
             if not first and due and self._written >= self._retry_at:
                 self._start_background()
-            return first
-        if first:
+            return "rebuild" if first else None
+        return "index" if first else "optimize" if due else None
+
+    def _after_write(self, due: str | None) -> None:
+        """What :meth:`_maintain` asked for, after the write lock is released (a caller's table:
+        still holding ``_writing``, so no other write runs, while searches go on)."""
+        if due == "rebuild":
+            self._rebuild_here()
+        elif due is not None:
+            self._in_place(index=due == "index")
+
+    def _in_place(self, *, index: bool) -> None:
+        """Build the ANN index of a caller's table, or optimize it, in place (caller holds
+        ``_writing``). Searches run meanwhile on the version before: LanceDB commits a new one."""
+        if index:
             self._build_index(self._table)
             self._indexed, self._unindexed = True, 0
-        elif due:
+        else:
             self._table.optimize()  # LanceDB's grace period before old versions go: others may read them
             self._unindexed, self._writes = 0, 0
-        return False
 
     def _build_index(self, table: Any) -> None:
         """Train the ANN index of ``table`` over its rows (replacing one it has)."""
@@ -369,8 +390,8 @@ class LanceIndex(OffLockRebuilds, VectorIndex):
     def compact(self, *, wait: bool = True) -> bool:
         """Compact now (see :meth:`optimize`). A private table is compacted off the write lock:
         ``wait=False`` starts a background compaction and returns whether it started (see
-        :meth:`OffLockRebuilds.compact`). A table in a caller's database compacts in place, under
-        the write lock, in the caller's thread only (``wait=False`` starts nothing: False)."""
+        :meth:`OffLockRebuilds.compact`). A table in a caller's database compacts in place in the
+        caller's thread only (``wait=False`` starts nothing: False), searches going on meanwhile."""
         if self._private:
             return super().compact(wait=wait)
         if wait:
@@ -380,7 +401,7 @@ class LanceIndex(OffLockRebuilds, VectorIndex):
     def create_index(self) -> None:
         """(Re)build the ANN index now over every row (needs ``index_type != "none"`` and >= 256
         rows): re-trained, on a copy off the write lock for a private table (writes made meanwhile
-        reach it), in place under the write lock in a caller's database."""
+        reach it), in place in a caller's database (searches go on meanwhile, writes wait)."""
         if self.index_type == "none":
             raise InvalidInputError(
                 "index_type", self.index_type, "this index is configured without an ANN index"
@@ -393,20 +414,19 @@ class LanceIndex(OffLockRebuilds, VectorIndex):
         if self._private:
             self._rebuild_now(retrain=True)
             return
-        with self._lock.write():
-            self._build_index(self._table)
-            self._indexed, self._unindexed = True, 0
+        with self._writing:
+            self._in_place(index=True)
 
     def optimize(self) -> None:
         """Compact the table, add unindexed rows to the ANN index (building it when the table has
         reached ``index_min_rows``) and drop old versions: in the caller's thread, off the write
-        lock for a private table, in place under it in a caller's database."""
+        lock for a private table, in place in a caller's database (searches go on meanwhile,
+        writes wait)."""
         if self._private:
             self._rebuild_now()
             return
-        with self._lock.write():
-            self._table.optimize()
-            self._unindexed, self._writes = 0, 0
+        with self._writing:
+            self._in_place(index=False)
 
     # ------------------------------------------------------------------ reads
 
@@ -512,7 +532,7 @@ class LanceIndex(OffLockRebuilds, VectorIndex):
             raise StoreError(f"index directory {directory} must be an empty folder")
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / f"{self.table_name}.lance"
-        with self._lock.read():
+        with self._writing, self._lock.read():  # a caller's table: no in-place compaction mid-copy
             shutil.copytree(self.dataset_path, target)
             meta = {
                 "format": _FORMAT,
@@ -567,7 +587,7 @@ class LanceIndex(OffLockRebuilds, VectorIndex):
                 f"{directory}: bad settings or unreadable table ({str(exc)[:200]})"
             ) from None
         if uri is None:
-            self._private = True
+            self._private, self._writing = True, nullcontext()
             self._cleanup = weakref.finalize(self, shutil.rmtree, str(workdir), True)
         try:  # read the id column and run one search, so damaged files fail here, not at search time
             ids = (
