@@ -42,6 +42,7 @@ import numpy as np
 
 from recsieve.catalog import Catalog
 from recsieve.embedding import resolve_backend
+from recsieve.engine.backends import load_index, new_index
 from recsieve.engine.config import EngineConfig
 from recsieve.engine.journal import (
     Entry,
@@ -91,46 +92,8 @@ class ItemListener(Protocol):
     def items_removed(self, rows: np.ndarray) -> None: ...
 
 
-def _faiss_new(config: EngineConfig, dim: int) -> VectorIndex:
-    from recsieve.indexes.faiss_index import FaissIndex
-
-    return FaissIndex(dim, kind=config.index, ef_search=config.ef_search, nprobe=config.nprobe)
-
-
-def _faiss_load(folder: Path) -> VectorIndex:
-    from recsieve.indexes.faiss_index import FaissIndex
-
-    return FaissIndex.load(folder)
-
-
-def _lance_new(config: EngineConfig, dim: int) -> VectorIndex:
-    from recsieve.indexes.lance_index import LanceIndex
-
-    kinds = {"flat": "none", "hnsw": "hnsw_sq", "ivf": "ivf_pq"}
-    return LanceIndex(dim, index_type=kinds[config.index])
-
-
-def _lance_load(folder: Path) -> VectorIndex:
-    from recsieve.indexes.lance_index import LanceIndex
-
-    return LanceIndex.load(folder)
-
-
-#: backend name -> (make a new index, load a saved one). The only place backends are named.
 #: Events applied to the user state in one bulk step while the journal replays at open.
 _REPLAY_RUN = 16_384
-
-_BACKENDS = {"faiss": (_faiss_new, _faiss_load), "lance": (_lance_new, _lance_load)}
-
-
-def new_index(config: EngineConfig, dim: int) -> VectorIndex:
-    """An empty vector index of the config's backend and kind."""
-    return _BACKENDS[config.backend][0](config, dim)
-
-
-def load_index(config: EngineConfig, folder: Path) -> VectorIndex:
-    """The vector index saved in ``folder`` by the config's backend."""
-    return _BACKENDS[config.backend][1](folder)
 
 
 def _map_vectors(path: Path, dim: int) -> np.ndarray:

@@ -99,8 +99,7 @@ __all__ = ["LanceIndex", "LANCE_INDEX_TYPES", "table_schema"]
 
 #: ANN index types :class:`LanceIndex` can build.
 LANCE_INDEX_TYPES = ("hnsw_sq", "ivf_pq", "none")
-_FORMAT = "recsieve-lance-index"
-_VERSION = 1
+_FORMAT, _VERSION = "recsieve-lance-index", 1
 _OPTIMIZE_EVERY = 64  # writes between compactions of the small fragments each write leaves
 _MIN_TRAIN_ROWS = 256  # LanceDB trains its ANN indexes on at least this many rows
 
@@ -124,9 +123,7 @@ class _Copy:
         self.uri, self.cleanup, self.count, self.retrain = uri, cleanup, count, retrain
         self.db: Any = None
         self.table: Any = None
-        self.indexed = False
-        self.unindexed = 0
-        self.writes = 0
+        self.indexed, self.unindexed, self.writes = False, 0, 0
 
 
 class LanceIndex(OffLockRebuilds, VectorIndex):
@@ -183,13 +180,11 @@ class LanceIndex(OffLockRebuilds, VectorIndex):
             self.refine_factor = 10  # PQ distances are coarse: re-rank 10 * k candidates exactly
         self._lock = RWLock()
         self._init_rebuilds()
-        self._private = uri is None
-        #: a caller's table: held by every write and by in-place maintenance (not by searches)
+        self._private = uri is None  # a caller's table: writes and in-place maintenance hold _writing
         self._writing: threading.Lock | nullcontext = nullcontext() if self._private else threading.Lock()
         if uri is None:
-            workdir = tempfile.mkdtemp(prefix="recsieve-lance-")
-            self._cleanup = weakref.finalize(self, shutil.rmtree, workdir, True)
-            uri = workdir
+            uri = tempfile.mkdtemp(prefix="recsieve-lance-")
+            self._cleanup = weakref.finalize(self, shutil.rmtree, uri, True)
         self.uri = Path(uri)
         self._open()
 
@@ -203,8 +198,7 @@ class LanceIndex(OffLockRebuilds, VectorIndex):
         self._schema = kinds_of(self._table.schema)
         self._count = self._table.count_rows()
         self._indexed = bool(self._table.list_indices())
-        self._unindexed = 0
-        self._writes = 0
+        self._unindexed, self._writes = 0, 0
 
     def _check_schema(self, schema: pa.Schema) -> None:
         names = schema.names
@@ -285,11 +279,9 @@ class LanceIndex(OffLockRebuilds, VectorIndex):
         return self.index_type != "none" and count >= max(self.index_min_rows, _MIN_TRAIN_ROWS)
 
     def _maintain(self) -> str | None:
-        """After a write, under the write lock: whether to build the ANN index (the table is big
-        enough) or optimize (many rows unindexed, or many small writes have fragmented the table).
-        A private table compacts in the background; the writer then does, after the write lock:
-        ``"rebuild"`` (a private table's first ANN index, off the lock), ``"index"`` or
-        ``"optimize"`` (a caller's table, in place: :meth:`_after_write`), or nothing (``None``)."""
+        """After a write, under the write lock: build the ANN index (the table is big enough) or
+        optimize (many rows unindexed, or many small writes)? A private table compacts in the
+        background; what the writer does after the write lock (:meth:`_after_write`) is returned."""
         self._writes += 1
         first = not self._indexed and self._index_due(self._count)
         due = (self._indexed and self._unindexed > self._count // 4) or self._writes >= _OPTIMIZE_EVERY
@@ -300,16 +292,16 @@ class LanceIndex(OffLockRebuilds, VectorIndex):
         return "index" if first else "optimize" if due else None
 
     def _after_write(self, due: str | None) -> None:
-        """What :meth:`_maintain` asked for, after the write lock is released (a caller's table:
-        still holding ``_writing``, so no other write runs, while searches go on)."""
+        """``"rebuild"``: a private table's first ANN index, off the lock; ``"index"`` /
+        ``"optimize"``: a caller's table in place, holding ``_writing`` (searches go on)."""
         if due == "rebuild":
             self._rebuild_here()
         elif due is not None:
             self._in_place(index=due == "index")
 
     def _in_place(self, *, index: bool) -> None:
-        """Build the ANN index of a caller's table, or optimize it, in place (caller holds
-        ``_writing``). Searches run meanwhile on the version before: LanceDB commits a new one."""
+        """Index or optimize a caller's table in place (caller holds ``_writing``): searches read
+        the version before meanwhile, LanceDB commits a new one."""
         if index:
             self._build_index(self._table)
             self._indexed, self._unindexed = True, 0
