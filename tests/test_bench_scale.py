@@ -56,3 +56,22 @@ def test_compaction_latency_times_recommend_before_during_and_after(tmp_path) ->
         assert "p99 ratio" in format_compaction(res)
     assert set(res["load_avg"]) == {"before", "during", "after"}
     assert not list(tmp_path.iterdir())  # the engine directory is removed
+
+
+def test_open_replay_curves_measure_what_they_name(tmp_path) -> None:
+    """``recsieve.bench.open_replay`` on toy sizes: each point opened in a child process, the
+    journal curve replaying every event once and only the tail after the snapshot once."""
+    import json
+
+    from recsieve.bench import open_replay
+
+    out = tmp_path / "open.json"
+    assert open_replay.main(["--items", "300", "--events", "2000", "--index", "flat", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    (cat,), (jour,) = res["catalog"], res["journal"]
+    assert cat["items"] == 300 and cat["open_s"] > 0 and cat["peak_rss_mb"] > 0
+    assert cat["applied_seq"] == cat["snapshot_seq"]  # saved after the items: nothing to replay
+    head = int(2000 * open_replay.SNAPSHOT_SHARE)
+    assert jour["recorded"] == 2000 and jour["snapshot_at"] == head
+    assert jour["replayed_all"] == head and jour["replayed_tail"] == 2000 - head
+    assert (tmp_path / "open.png").stat().st_size > 0
