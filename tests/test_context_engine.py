@@ -282,3 +282,35 @@ def test_scorer_steps_never_take_the_heads_steps():
     assert not scorer & head
     assert targets[2:] == []  # short (3 steps with history) and tiny give the head everything
     assert [len(c) for c in contexts] == [5, 6]
+
+
+def test_only_the_example_users_last_steps_are_held_out_of_the_encoder():
+    """``train_engine`` holds the scorer's and the head's steps out of the encoder's training for
+    the users whose steps become examples, and only for them: every other user trains it whole."""
+    from recsieve.rerankers.training import Step
+    from recsieve.training.model import encoder_sequences, held_out_steps
+
+    def seq(n):
+        return [Step(i, "click", float(i), None) for i in range(n)]
+
+    sequences = {"a": seq(10), "b": seq(10), "c": seq(3)}
+    rows = encoder_sequences(sequences, 5, among={"a", "c"})
+    assert [r.tolist() for r in rows] == [list(range(5)), list(range(10))]  # c keeps one step: too few
+    assert [r.tolist() for r in encoder_sequences(sequences, 5)] == [list(range(5)), list(range(5))]
+    _, targets = held_out_steps(sequences, 3, 2, among={"a"})
+    assert targets == [5, 6]
+
+
+def test_ranking_examples_and_fusion_tuning_draw_only_from_the_example_users(trained, tmp_path):
+    from recsieve.training.examples import engine_sequences, ranking_groups, sample_users
+
+    eng = _open(trained[0], tmp_path)
+    try:
+        sequences = engine_sequences(eng)
+        among = set(sample_users(sequences, 30, seed=3))
+        groups, tried = ranking_groups(eng, sequences, users=12, steps_per_user=1, seed=0, among=among)
+        assert tried == 12 and groups and {g.user_id for g in groups} <= among
+        everyone, _ = ranking_groups(eng, sequences, users=12, steps_per_user=1, seed=0)
+        assert not {g.user_id for g in everyone} <= among  # the restriction is what keeps them inside
+    finally:
+        eng.close()

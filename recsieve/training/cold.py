@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,7 +100,8 @@ def without_ids(model: ContextModel, rows: np.ndarray, text_vectors: np.ndarray 
 
 def pseudo_cold_groups(engine: Engine, sequences: dict[str, list[Step]], share: float, *,
                        context: ContextModel | None = None, users: int | None = None, seed: int = 0,
-                       progress: bool = False) -> tuple[list[RankingGroup], dict[str, int]]:
+                       progress: bool = False, among: Collection[str] | None = None,
+                       ) -> tuple[list[RankingGroup], dict[str, int]]:
     """Ranking examples in a world where a seeded ``share`` of the items is cold (see the module
     docstring): each sampled user's last positive step, recalled and featured by the engine's own
     functions with the statistics and (with ``context``, a trained context model whose fusion
@@ -113,14 +115,14 @@ def pseudo_cold_groups(engine: Engine, sequences: dict[str, list[Step]], share: 
     (scaled to a mean weight of 1): the head sees many cold targets, yet learns from them as
     often as they occur. Returns the groups whose target recall found, and counts:
     ``pseudo_cold_items``, ``users_tried``, ``cold_target_users`` (of all users, before sampling)
-    and ``cold_targets`` (groups whose target is pseudo-cold)."""
+    and ``cold_targets`` (groups whose target is pseudo-cold). ``among``: sample only these users."""
     cold = pseudo_cold_items(sequences, share, seed)
     examples, statistics = cold_world(sequences, cold)
     channels = engine.new_statistics()
     counts = {"pseudo_cold_items": int(cold.size), "users_tried": 0, "cold_target_users": 0, "cold_targets": 0}
     if not examples or not supported(channels):  # the per-user loop would count the cold targets back in
         return [], counts
-    ids = sorted(examples)
+    ids = sorted(examples if among is None else set(examples) & set(among))
     cold_target = np.isin([examples[u][-1].item for u in ids], cold)
     strata = [[u for u, c in zip(ids, cold_target) if c], [u for u, c in zip(ids, cold_target) if not c]]
     rng = np.random.default_rng([COLD_SALT, int(seed), 1])

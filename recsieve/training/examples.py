@@ -11,7 +11,7 @@ the same function serving uses (:meth:`~recsieve.engine.engine.Engine.features`)
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from recsieve.rerankers.training import Example, Step, build_examples, make_rend
 from recsieve.training.batched_examples import batched_groups, supported
 from recsieve.types import EVENT_KINDS, Event
 
-__all__ = ["RANKER_USERS", "last_positives", "engine_sequences", "engine_examples", "RankingGroup", "ranking_groups",
+__all__ = ["RANKER_USERS", "last_positives", "sample_users", "engine_sequences", "engine_examples", "RankingGroup", "ranking_groups",
            "observe_steps", "observe_all", "groups_for", "save_replay", "load_replay"]
 
 #: Users whose last steps the ranking head learns from, by default (a seeded sample): enough for
@@ -89,6 +89,15 @@ def engine_examples(
     return train, valid
 
 
+def sample_users(candidates: Collection[str], users: int | None, seed: int) -> list[str]:
+    """The seeded sample of ``users`` of ``candidates`` (all of them when ``users`` is None or not
+    fewer), sorted: the one rule by which training picks whose steps become examples."""
+    ids = sorted(candidates)
+    if users is not None and users < len(ids):
+        ids = sorted(np.random.default_rng(seed).choice(ids, size=users, replace=False).tolist())
+    return ids
+
+
 def last_positives(seq: Sequence[Step], k: int) -> list[int]:
     """Positions of the last ``k`` positive steps that have some history before them."""
     if k <= 0:  # [-0:] is every one
@@ -130,6 +139,7 @@ def ranking_groups(
     channels: Sequence[Any] | None = None,
     model: ServingModel | None = None,
     batch: bool = True,
+    among: Collection[str] | None = None,
 ) -> tuple[list[RankingGroup], int]:
     """Ranking examples for the head: each sampled user's last ``steps_per_user`` positive steps,
     with recall run on the history before each.
@@ -145,7 +155,8 @@ def ranking_groups(
     built here. ``new_from``: only positions from
     ``new_from[user]`` on may be targets (users not in it give none) -- for continual
     updates. ``instruction_for``: see :func:`groups_for`. ``users``: a seeded sample of this many
-    users (default: all; training caps it, see :data:`RANKER_USERS`).
+    users (:func:`sample_users`; default: all; training caps it, see :data:`RANKER_USERS`), drawn
+    from ``among`` when given.
 
     ``batch`` (default): build them in chunks of users
     (:mod:`recsieve.training.batched_examples`): the same groups -- candidates, order, targets,
@@ -160,12 +171,9 @@ def ranking_groups(
         targets = last_positives(seq, steps_per_user)
         if new_from is not None:
             targets = [t for t in targets if t >= new_from.get(u, len(seq))]
-        if targets:
+        if targets and (among is None or u in among):
             lasts[u] = targets
-    rng = np.random.default_rng(seed)
-    ids = sorted(lasts)
-    if users is not None and users < len(ids):
-        ids = sorted(rng.choice(ids, size=users, replace=False).tolist())
+    ids = sample_users(lasts, users, seed)
     if batch and supported(channels if channels is not None else engine.new_statistics()):
         if channels is None:
             channels = engine.new_statistics()

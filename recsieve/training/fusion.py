@@ -12,7 +12,7 @@ saved with the model (``settings.extra["recall_weight"]``), where serving reads 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from recsieve.engine.models import ServingModel
 from recsieve.engine.recall import fuse
 from recsieve.rerankers.training import Step
 from recsieve.training.batched_examples import recall_chunks, supported
-from recsieve.training.examples import last_positives, observe_all, observe_steps
+from recsieve.training.examples import last_positives, observe_all, observe_steps, sample_users
 from recsieve.types import Candidates
 
 __all__ = ["WEIGHT_GRID", "tune_context_weight"]
@@ -41,18 +41,18 @@ def tune_context_weight(
     grid: Sequence[float] = WEIGHT_GRID,
     seed: int = 0,
     batch: bool = True,
+    among: Collection[str] | None = None,
 ) -> tuple[float, list[dict[str, Any]]]:
     """The fusion weight for ``model``'s context channel (see the module docstring) and, per
     weight, the recall coverage and mean reciprocal rank it gave. ``steps_per_user``: each
     sampled user's last positive steps used as targets. ``batch``: recall in chunks of users
     (:func:`~recsieve.training.batched_examples.recall_chunks`, the same lists), else one
-    request at a time."""
+    request at a time. ``among``: sample only these users (those whose steps the encoder never
+    trained on)."""
     if model.context is None:
         raise ValueError("the model has no context encoder to weigh")
-    rng = np.random.default_rng(seed)
-    ids = sorted(u for u, s in sequences.items() if last_positives(s, steps_per_user))
-    if users < len(ids):
-        ids = sorted(rng.choice(ids, size=users, replace=False).tolist())
+    ids = sample_users([u for u, s in sequences.items() if (among is None or u in among)
+                        and last_positives(s, steps_per_user)], users, seed)
     channels = engine.new_statistics()
     n = engine.config.recall_n
     found = np.zeros(len(grid))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -223,6 +223,7 @@ def train_engine_ranker(
     tune_users: int = 400,
     ablate: tuple[str, str | Path] | None = None,
     cold_share: float = 0.0,
+    among: Collection[str] | None = None,
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
@@ -256,6 +257,9 @@ def train_engine_ranker(
     of) ``users`` users in a world where that share of the items has no behaviour and, with
     ``context``, no ID residual, so it learns how an item without behaviour ranks against warm
     ones (cold items).
+
+    ``among``: every sample above (examples, fusion tuning, pseudo-cold) is drawn from these users
+    only: with ``context``, those whose last steps its encoder never trained on.
     """
     t0 = time.perf_counter()
     out_path = Path(out).expanduser().absolute()
@@ -285,19 +289,19 @@ def train_engine_ranker(
             model = engine.load_model(work)  # recall with its behaviour index, features with its scores
             if tune_users:
                 weight, table = tune_context_weight(engine, sequences, model, steps_per_user=steps_per_user,
-                                                    users=tune_users, seed=seed)
+                                                    users=tune_users, seed=seed, among=among)
                 for settings in (context.settings, model.context.model.settings):
                     settings.extra["recall_weight"] = weight
                 context.save(work / CONTEXT_DIR)  # the weight travels with the model
                 fusion = {"context_weight": weight, "tried": table}
         groups, tried = ranking_groups(engine, sequences, users=users, steps_per_user=steps_per_user, seed=seed,
-                                       progress=progress, instruction_for=instruction_for, model=model)
+                                       among=among, progress=progress, instruction_for=instruction_for, model=model)
         cold_report, cold_groups = None, []
         if cold_share > 0:
             from recsieve.training.cold import pseudo_cold_groups
 
             cold_groups, cold_report = pseudo_cold_groups(engine, sequences, cold_share, context=context,
-                                                          users=users, seed=seed, progress=progress)
+                                                          users=users, seed=seed, progress=progress, among=among)
             cold_report = {"cold_share": cold_share, "examples": len(cold_groups), **cold_report}
         groups = groups + cold_groups
         train, valid = _split_users(groups, valid_fraction, seed)

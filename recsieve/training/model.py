@@ -1,17 +1,23 @@
 """``recsieve train``: the context model, then the ranking head that stacks it — one model folder.
 
+The users whose steps become examples for the later stages (a seeded sample of ``users``,
+:func:`~recsieve.training.examples.sample_users`) are chosen first.
+
 1. **Item tower + context encoder** (:func:`~recsieve.training.context_model.fit_context_model`):
-   next-item cross-entropy over the catalog's item tokens on every user's positive steps
-   *before* the steps the scorer and the head learn from, so both later read the encoder's
-   scores on targets it never trained on (no label leaks into a stacked feature).
+   next-item cross-entropy over the catalog's item tokens on every user's positive steps --
+   for the sampled users only those *before* the steps the scorer and the head learn from, so
+   both later read the encoder's scores on targets it never trained on (no label leaks into a
+   stacked feature), while every other user's steps all train it (on sparse logs, where most
+   users have a handful of steps, holding out everyone's last ones left most users out).
 2. **Candidate scorer** (the fine sieve's cross-encoder,
    :func:`~recsieve.training.context_model.fit_candidate_scorer`): listwise over candidates
-   on each user's ``scorer_steps`` steps after the encoder's (held out from it) -- the
+   on the sampled users' ``scorer_steps`` steps after the encoder's (held out from it) -- the
    encoder's own top ``recall_n`` (the behaviour index's channel is the largest share of
    recall), where the target is among them.
 3. **Ranking head** (:func:`~recsieve.training.head.train_engine_ranker` with ``context=``):
    recall now runs with the new behaviour index; the head stacks the encoder's and the
-   scorer's scores with every recall feature on each user's last ``steps_per_user`` steps.
+   scorer's scores with every recall feature on the sampled users' last ``steps_per_user`` steps
+   (its fusion-weight tuning and pseudo-cold examples also draw from them).
 
 The folder is assembled next to ``out`` and renamed into place when complete; the engine then
 switches to it atomically (the old model serves until the new behaviour index is built).
@@ -20,7 +26,7 @@ switches to it atomically (the old model serves until the new behaviour index is
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +37,7 @@ from recsieve.errors import InvalidInputError
 from recsieve.indexes.checks import check_positive
 from recsieve.rerankers.training import Step
 from recsieve.training.context_model import TrainConfig, fit_candidate_scorer, fit_context_model
-from recsieve.training.examples import engine_sequences, last_positives
+from recsieve.training.examples import engine_sequences, last_positives, sample_users
 from recsieve.training.head import train_engine_ranker
 from recsieve.types import EVENT_KINDS, Event
 
@@ -42,12 +48,14 @@ __all__ = ["COLD_SHARE", "train_engine", "encoder_sequences", "held_out_steps", 
 COLD_SHARE = 0.0
 
 
-def encoder_sequences(sequences: dict[str, list[Step]], held_out: int) -> list[np.ndarray]:
-    """Each user's positive steps (catalog rows) before its last ``held_out`` positive steps."""
+def encoder_sequences(sequences: dict[str, list[Step]], held_out: int,
+                      among: Collection[str] | None = None) -> list[np.ndarray]:
+    """Each user's positive steps (catalog rows), before its last ``held_out`` positive steps
+    for the users ``among`` (default: every user)."""
     out = []
     for u in sorted(sequences):
         seq = sequences[u]
-        targets = last_positives(seq, held_out)
+        targets = last_positives(seq, held_out) if among is None or u in among else []
         cut = targets[0] if targets else len(seq)
         rows = [s.item for s in seq[:cut] if EVENT_KINDS.get(s.kind, 1.0) > 0]
         if len(rows) >= 2:
@@ -55,11 +63,13 @@ def encoder_sequences(sequences: dict[str, list[Step]], held_out: int) -> list[n
     return out
 
 
-def held_out_steps(sequences: dict[str, list[Step]], skip_last: int, take: int) -> tuple[list[np.ndarray], list[int]]:
-    """(contexts, targets) of each user's ``take`` positive steps just before its last
-    ``skip_last`` ones: context = the positive rows before the step, target = its row."""
+def held_out_steps(sequences: dict[str, list[Step]], skip_last: int, take: int,
+                   among: Collection[str] | None = None) -> tuple[list[np.ndarray], list[int]]:
+    """(contexts, targets) of each user's (``among``'s, default every user's) ``take`` positive
+    steps just before its last ``skip_last`` ones: context = the positive rows before the step,
+    target = its row."""
     contexts, targets = [], []
-    for u in sorted(sequences):
+    for u in sorted(sequences if among is None else set(sequences) & set(among)):
         seq = sequences[u]
         steps = last_positives(seq, skip_last + take)
         for t in steps[: max(0, len(steps) - skip_last)]:  # a short sequence's last steps stay the head's
@@ -148,7 +158,9 @@ def train_engine(
         raise InvalidInputError("out", str(out_path), "already exists; pass overwrite=True to replace it")
     sequences = engine_sequences(engine, events)
     scorer_steps = scorer_steps if cross_encoder else 0
-    train_rows = encoder_sequences(sequences, steps_per_user + scorer_steps)
+    examples_from = set(sample_users([u for u, s in sequences.items() if last_positives(s, steps_per_user)],
+                                     users, seed))
+    train_rows = encoder_sequences(sequences, steps_per_user + scorer_steps, examples_from)
     if len(train_rows) < 2:
         raise InvalidInputError("events", len(sequences), "too few users with 2+ steps before their held-out steps")
     from recsieve.context.model import ContextSettings
@@ -165,9 +177,9 @@ def train_engine(
                                                   settings=settings, config=config, workers=workers,
                                                   address=ray_address)
     report: dict[str, Any] = {"encoder": {k: v for k, v in history.items() if k != "valid_curve"},
-                              "encoder_users": len(train_rows)}
+                              "encoder_users": len(train_rows), "example_users": len(examples_from)}
     if cross_encoder:
-        ctx, targets = held_out_steps(sequences, steps_per_user, scorer_steps)
+        ctx, targets = held_out_steps(sequences, steps_per_user, scorer_steps, examples_from)
         ctx, cands, tix, recall = scorer_examples(model, ctx, targets, engine.config.recall_n)
         report["scorer_examples"] = len(ctx)
         report["scorer_encoder_recall"] = round(recall, 4)
@@ -176,8 +188,8 @@ def train_engine(
                                                     budget_s=scorer_budget_s, seed=seed, progress=progress)
     ablate = None if ablation_out is None else ("context.context_cross", ablation_out)
     head = train_engine_ranker(engine, out_path, events, users=users, steps_per_user=steps_per_user, context=model,
-                               ablate=ablate, cold_share=cold_share, seed=seed, progress=progress,
-                               overwrite=overwrite)
+                               ablate=ablate, cold_share=cold_share, among=examples_from, seed=seed,
+                               progress=progress, overwrite=overwrite)
     report["head"] = {k: v for k, v in head.items() if not isinstance(v, (list, dict))}
     for key in ("fusion", "pseudo_cold"):
         if key in head:
