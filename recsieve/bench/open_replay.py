@@ -169,16 +169,21 @@ def journal_point(n_events: int, workdir: Path, *, seed: int = 0) -> dict[str, A
     config = EngineConfig(index="flat", cache="none", refresh_threads=0)
     head = int(n_events * SNAPSHOT_SHARE)
     base_ts = time.time() - n_events - 86_400
-    engine = Engine.create(directory, config, embedder=embedder)
     recorded, record_s = 0, 0.0
-    try:
-        engine.upsert_items(items, show_progress=False)
-        engine.save()
-        for start in range(0, head, _CHUNK):
-            batch = _events(min(_CHUNK, head - start), ids, seed, start, base_ts)
+
+    def record(engine: Any, lo: int, hi: int) -> None:
+        nonlocal recorded, record_s
+        for start in range(lo, hi, _CHUNK):
+            batch = _events(min(_CHUNK, hi - start), ids, seed, start, base_ts)
             t0 = time.perf_counter()
             recorded += engine.record(batch)
             record_s += time.perf_counter() - t0
+
+    engine = Engine.create(directory, config, embedder=embedder)
+    try:
+        engine.upsert_items(items, show_progress=False)
+        engine.save()
+        record(engine, 0, head)
     finally:
         engine.close()
     replay_all = _open_in_child(directory)
@@ -187,11 +192,7 @@ def journal_point(n_events: int, workdir: Path, *, seed: int = 0) -> dict[str, A
         t0 = time.perf_counter()
         engine.save()
         snapshot_s = time.perf_counter() - t0
-        for start in range(head, n_events, _CHUNK):
-            batch = _events(min(_CHUNK, n_events - start), ids, seed, start, base_ts)
-            t0 = time.perf_counter()
-            recorded += engine.record(batch)
-            record_s += time.perf_counter() - t0
+        record(engine, head, n_events)
     finally:
         engine.close()
     tail = _open_in_child(directory)
