@@ -168,10 +168,11 @@ class UserStore:
         codes: dict[str, int] = {}
         user = np.fromiter((codes.setdefault(e.user_id, len(codes)) for e in events), np.int64, n)
         order = np.argsort(user, kind="stable")
-        starts = np.flatnonzero(np.r_[True, user[order][1:] != user[order][:-1]])
+        grouped = user[order]
+        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
         newest = np.maximum.reduceat(ts[order], starts)
         ids = list(codes)
-        group_ids = [ids[u] for u in user[order][starts].tolist()]
+        group_ids = [ids[u] for u in grouped[starts].tolist()]
         with self._lock:
             states = [self._users.get(uid) for uid in group_ids]
             last = np.array([-math.inf if st is None else st.last_ts for st in states])

@@ -26,8 +26,8 @@ from recsieve.rerankers.training import Example, Step, build_examples, make_rend
 from recsieve.training.batched_examples import batched_groups, supported
 from recsieve.types import EVENT_KINDS, Event
 
-__all__ = ["RANKER_USERS", "last_positives", "sample_users", "engine_sequences", "engine_examples", "RankingGroup", "ranking_groups",
-           "observe_steps", "observe_all", "groups_for", "save_replay", "load_replay"]
+__all__ = ["RANKER_USERS", "last_positives", "sample_users", "engine_sequences", "engine_examples", "RankingGroup",
+           "ranking_groups", "observe_steps", "observe_all", "groups_for", "save_replay", "load_replay"]
 
 #: Users whose last steps the ranking head learns from, by default (a seeded sample): enough for
 #: the head's few thousand weights, and a bounded cost however many users the log holds.
