@@ -17,13 +17,19 @@ Beside it: :mod:`recsieve.items_io` reads item files (:func:`~recsieve.items_io.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recsieve.catalog_parquet import PARQUET_FILE, read_catalog_parquet, write_catalog_parquet
+from recsieve.catalog_parquet import (
+    PARQUET_FILE,
+    ParquetRows,
+    read_catalog_parquet,
+    write_catalog_parquet,
+)
 from recsieve.errors import (
     CorruptStoreError,
     DuplicateIdError,
@@ -55,6 +61,18 @@ __all__ = [
 _FORMAT = "recsieve.catalog"
 _FORMAT_VERSION = 1
 _FILE = "catalog.jsonl"
+#: Rows built together when a catalog read from Parquet is first asked about one of them.
+_BLOCK = 32
+
+
+class _Unbuilt:
+    """The mark of a live row whose :class:`Item` is still in the file's columns."""
+
+    def __repr__(self) -> str:
+        return "<unbuilt>"
+
+
+_UNBUILT: Any = _Unbuilt()
 
 
 # -- the catalog --------------------------------------------------------------------------
@@ -68,13 +86,20 @@ class Catalog:
     on every change. Writers must be serialised by the caller (the engine holds a lock);
     readers may run concurrently with a writer without crashing (plain dicts and lists;
     cached texts are checked against the item they were rendered from).
+
+    A catalog loaded from ``catalog.parquet`` keeps the file's columns and builds each row's
+    :class:`Item` the first time it is asked for (a block of rows at a time, under a lock, never
+    over a row a writer has touched since), so opening a million-item catalog builds none.
     """
 
     def __init__(self, template: str | Template = DEFAULT_TEMPLATE) -> None:
         self._template = template if isinstance(template, Template) else Template(template)
         self._row_of: dict[str, int] = {}  # every id ever added -> its row
         self._ids: list[str] = []  # row -> id (permanent)
-        self._items: list[Item | None] = []  # row -> live item or None (tombstone)
+        self._items: list[Item | None] = []  # row -> live item, None (tombstone) or _UNBUILT
+        self._source: ParquetRows | None = None  # where the _UNBUILT rows are
+        self._source_rows = 0
+        self._building = threading.Lock()
         self._texts: dict[int, tuple[Item, str]] = {}
         self._live = 0
         self.version = 0
@@ -99,7 +124,7 @@ class Catalog:
         return row is not None and self._items[row] is not None
 
     def __iter__(self) -> Iterator[Item]:
-        return (it for it in list(self._items) if it is not None)
+        return (it for it in self._all_items() if it is not None)
 
     def __repr__(self) -> str:
         return f"Catalog({len(self)} items, {self.num_rows} rows, version {self.version})"
@@ -132,7 +157,7 @@ class Catalog:
             r = int(row)
         except (TypeError, ValueError):
             raise UnknownItemError("row", row) from None
-        item = self._items[r] if 0 <= r < len(self._items) else None
+        item = self._item(r) if 0 <= r < len(self._items) else None
         if item is None:
             raise UnknownItemError("row", row)
         return item
@@ -143,7 +168,7 @@ class Catalog:
 
     def get(self, item_id: str) -> Item:
         """The live item with ``item_id``."""
-        return self._items[self.row(item_id)]  # type: ignore[return-value]
+        return self._item(self.row(item_id))  # type: ignore[return-value]
 
     def item_at(self, row: int) -> Item:
         """The live item at ``row``."""
@@ -158,7 +183,7 @@ class Catalog:
         id, since events keep pointing at them; rows never assigned raise."""
         if not 0 <= int(row) < len(self._ids):
             raise UnknownItemError("row", row)
-        item = self._items[int(row)]
+        item = self._item(int(row))
         return (item.title.strip() or item.id) if item is not None else self._ids[int(row)]
 
     def text(self, row: int) -> str:
@@ -183,8 +208,38 @@ class Catalog:
         it) count as a change.
         """
         row = self._row_of.get(item.id) if isinstance(item.id, str) else None
-        old = self._items[row] if row is not None else None
+        old = self._item(row) if row is not None else None
         return old is not None and _same_item(old, item)
+
+    # -- rows kept in the file's columns ---------------------------------------------------
+
+    def _item(self, row: int) -> Item | None:
+        """The item at ``row`` (``None``: a tombstone), built from the file's columns if need be."""
+        item = self._items[row]
+        if item is _UNBUILT:
+            lo = row - row % _BLOCK
+            self._build(lo, min(lo + _BLOCK, self._source_rows))
+            item = self._items[row]
+        return item
+
+    def _build(self, lo: int, hi: int) -> None:
+        """Build the still-unbuilt rows of ``lo..hi-1`` from the file's columns."""
+        with self._building:
+            source = self._source
+            if source is None or all(self._items[r] is not _UNBUILT for r in range(lo, hi)):
+                return
+            for r, item in enumerate(source.build(lo, hi), lo):
+                if self._items[r] is _UNBUILT:
+                    self._items[r] = item
+
+    def _all_items(self) -> list[Item | None]:
+        """Every row's item (``None``: a tombstone), all built."""
+        if self._source is not None:
+            for lo in range(0, self._source_rows, 65_536):
+                self._build(lo, min(lo + 65_536, self._source_rows))
+            with self._building:
+                self._source = None  # every row is built: the columns are no longer needed
+        return list(self._items)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -227,7 +282,7 @@ class Catalog:
                 self._ids.append(item.id)
                 self._items.append(None)
                 self._row_of[item.id] = row
-            old = self._items[row]
+            old = self._item(row)  # built first: a reader's block never lands over this write
             if old is None:
                 self._live += 1
             if old is None or not _same_item(old, item):
@@ -249,6 +304,7 @@ class Catalog:
             raise InvalidInputError("ids", ids, "expected a sequence of ids, not one string")
         ids = list(dict.fromkeys(self.rows(list(ids)).tolist()))  # validates every id first
         for row in ids:
+            self._item(row)  # built first, as in upsert
             self._items[row] = None
             self._texts.pop(row, None)
         self._live -= len(ids)
@@ -274,10 +330,10 @@ class Catalog:
             "version": self.version,
         }
         if format == "parquet":
-            write_catalog_parquet(Path(folder) / PARQUET_FILE, header, list(self._ids), list(self._items))
+            write_catalog_parquet(Path(folder) / PARQUET_FILE, header, list(self._ids), self._all_items())
             return
         lines = [json.dumps(header, ensure_ascii=False)]
-        for row, (item_id, item) in enumerate(zip(self._ids, self._items, strict=True)):
+        for row, (item_id, item) in enumerate(zip(self._ids, self._all_items(), strict=True)):
             entry = {"row": row, "item": item.to_dict()} if item is not None else {"row": row, "removed": item_id}
             lines.append(json.dumps(entry, ensure_ascii=False, allow_nan=False))
         (Path(folder) / _FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -349,15 +405,17 @@ class Catalog:
 
     @classmethod
     def _load_parquet(cls, path: Path) -> Catalog:
-        header, ids, items = read_catalog_parquet(path)
+        header, ids, is_live, source = read_catalog_parquet(path)
         cat, num_rows, live, version = cls._from_header(header, str(path))
         if len(ids) != num_rows:
             raise CorruptStoreError(f"{path}: header says {num_rows} rows, file has {len(ids)} (truncated?)")
-        row_of = {item_id: row for row, item_id in enumerate(ids)}
-        if len(row_of) != num_rows or not all(isinstance(i, str) and i for i in row_of):
+        row_of = dict(zip(ids, range(num_rows)))
+        if len(row_of) != num_rows or "" in row_of:  # strings, no nulls: read_catalog_parquet checked
             raise CorruptStoreError(f"{path}: item ids are not unique non-empty strings")
-        cat._row_of, cat._ids, cat._items = row_of, ids, items
-        cat._live = num_rows - items.count(None)
+        cat._row_of, cat._ids = row_of, ids
+        cat._items = [_UNBUILT if x else None for x in is_live.tolist()]
+        cat._source, cat._source_rows = source, num_rows
+        cat._live = int(is_live.sum())
         if cat._live != live:
             raise CorruptStoreError(f"{path}: header says {live} live items, file has {cat._live}")
         cat.version = version

@@ -31,6 +31,7 @@ from recsieve.errors import CorruptStoreError, IncompatibleVersionError, StoreEr
 __all__ = [
     "sha256_file",
     "quick_hash_file",
+    "quick_hash_bytes",
     "QUICK_SPAN",
     "FileProblem",
     "pack_strings",
@@ -144,6 +145,18 @@ def quick_hash_file(path: Path, size: int | None = None) -> str:
             h.update(fh.read(QUICK_SPAN))
             fh.seek(size - QUICK_SPAN)
             h.update(fh.read(QUICK_SPAN))
+    return h.hexdigest()
+
+
+def quick_hash_bytes(data: bytes) -> str:
+    """:func:`quick_hash_file` of a file that would hold ``data``."""
+    size = len(data)
+    h = hashlib.sha256(b"%d:" % size)
+    if size <= 2 * QUICK_SPAN:
+        h.update(data)
+    else:
+        h.update(data[:QUICK_SPAN])
+        h.update(data[size - QUICK_SPAN :])
     return h.hexdigest()
 
 

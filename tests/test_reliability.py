@@ -427,7 +427,7 @@ def _first_file(folder: Path) -> str:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.stat().st_size > 0)[0].relative_to(folder).as_posix()
 
 
-@pytest.mark.parametrize("target", ["catalog/catalog.parquet", "vectors.npy", "hashes.json", "index", "users",
+@pytest.mark.parametrize("target", ["catalog/catalog.parquet", "vectors.npy", "hashes.npy", "index", "users",
                                     "statistics.npz"])
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
 def test_corrupted_snapshot_file(engine_dir, embedder, capsys, target, damage):
@@ -597,10 +597,10 @@ def test_manifest_cannot_point_outside_the_directory(engine_dir, embedder, tmp_p
         manifest["files"][str(outside)] = _sha(outside)
     elif escape == "symlink":  # a file inside the generation that is a link to one outside
         gen = current_generation(engine_dir)
-        copy = tmp_path / "hashes-copy.json"
-        shutil.copy(gen / "hashes.json", copy)
-        (gen / "hashes.json").unlink()
-        os.symlink(copy, gen / "hashes.json")
+        copy = tmp_path / "hashes-copy.npy"
+        shutil.copy(gen / "hashes.npy", copy)
+        (gen / "hashes.npy").unlink()
+        os.symlink(copy, gen / "hashes.npy")
     else:
         manifest["generation"] = "../" + manifest["generation"]
     manifest_path.write_text(json.dumps(manifest))

@@ -238,7 +238,8 @@ def _rewrite_manifest(path: Path, edit) -> None:
 
 def downgrade(path: Path) -> None:
     """Make the engine's snapshot look like one written before this change: no statistics file,
-    a JSONL catalog and user store, a manifest with sha256 and sizes only."""
+    a JSONL catalog and user store, content hashes in ``hashes.json``, an index whose metadata
+    has its sha256 only, a manifest with sha256 and sizes only."""
 
     def edit(manifest, gen):
         cat = Catalog.load(gen / "catalog")
@@ -250,6 +251,13 @@ def downgrade(path: Path) -> None:
         (gen / "users" / "users.npz").unlink()
         users.save(gen / "users", format="jsonl")
         manifest["meta"].pop("statistics")
+        hashes = np.load(gen / "hashes.npy")
+        (gen / "hashes.npy").unlink()
+        (gen / "hashes.json").write_text(json.dumps({str(r): h.decode() for r, h in enumerate(hashes) if h}))
+        manifest["meta"]["hashes_file"] = "hashes.json"
+        index_meta = json.loads((gen / "index" / "meta.json").read_text())
+        if index_meta.pop("index_quick", None) is not None:
+            (gen / "index" / "meta.json").write_text(json.dumps(index_meta))
         files = {}
         for p in sorted(gen.rglob("*")):
             if p.is_file():
@@ -268,6 +276,7 @@ def test_old_format_snapshot_opens_and_rebuilds_with_one_log_line(tmp_path, capl
     eng.save()
     eng.record(random_log(rng, 200))
     expected = state_of(eng)
+    hashes = [eng._store.hashes.get(r) for r in range(eng.catalog.num_rows)]
     eng.close()
     downgrade(path)
     with caplog.at_level(logging.INFO, logger="recsieve"):
@@ -277,6 +286,7 @@ def test_old_format_snapshot_opens_and_rebuilds_with_one_log_line(tmp_path, capl
         assert len(lines) == 1
         assert state_of(eng) == expected
         assert [it.id for it in eng.catalog] == [it.id for it in items()]
+        assert [eng._store.hashes.get(r) for r in range(eng.catalog.num_rows)] == hashes and all(hashes)
         eng.save()  # the next snapshot holds them
     finally:
         eng.close()
@@ -286,6 +296,7 @@ def test_old_format_snapshot_opens_and_rebuilds_with_one_log_line(tmp_path, capl
     try:
         assert not [r for r in caplog.records if "no recall statistics" in r.getMessage()]
         assert state_of(eng) == expected
+        assert [eng._store.hashes.get(r) for r in range(eng.catalog.num_rows)] == hashes
     finally:
         eng.close()
 

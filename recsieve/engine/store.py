@@ -30,7 +30,6 @@ reloads from the newest snapshot, losing nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -58,6 +57,7 @@ from recsieve.engine.recall import (
     TransitionsChannel,
     VectorChannel,
 )
+from recsieve.engine.row_hashes import HASHES_FILE, RowHashes
 from recsieve.engine.snapshot_stats import (
     install_statistics,
     paused_gc,
@@ -133,7 +133,7 @@ class Store:
         self.dim = 0
         self.vectors = np.zeros((0, 0), dtype=np.float32)
         #: row -> content hash of the text its vector was embedded from
-        self.hashes: dict[int, str] = {}
+        self.hashes = RowHashes()
         #: metadata field -> the one kind it holds (number, bool, string), as the index enforces it
         self.field_kinds: dict[str, str] = {}
         self.index: VectorIndex | None = None
@@ -206,9 +206,7 @@ class Store:
                 raise StoreError(f"{self.directory}: the newest snapshot has dimension {dim}, this engine {self.dim}")
             catalog = Catalog.load(folder / "catalog")
             vectors = _map_vectors(folder / "vectors.npy", dim)
-            hashes: dict[int, str] = {}
-            if meta.get("hashes_file"):
-                hashes = {int(k): v for k, v in json.loads((folder / meta["hashes_file"]).read_text("utf-8")).items()}
+            hashes = RowHashes.load(folder / meta["hashes_file"]) if meta.get("hashes_file") else RowHashes()
             field_kinds = dict(meta.get("field_kinds") or {})
             index = load_index(self.config, folder / "index")
             if index.dim != dim:
@@ -549,7 +547,7 @@ class Store:
                 (folder / "catalog").mkdir()
                 self.catalog.save(folder / "catalog")
                 np.save(folder / "vectors.npy", self.vectors[: self.catalog.num_rows], allow_pickle=False)
-                (folder / "hashes.json").write_text(json.dumps({str(k): v for k, v in self.hashes.items()}), "utf-8")
+                self.hashes.save(folder / HASHES_FILE, self.catalog.num_rows)
                 (folder / "index").mkdir()
                 self.index.save(folder / "index")
                 (folder / "users").mkdir()
@@ -562,7 +560,7 @@ class Store:
                 "index": self.config.index,
                 "embedding_model": self.config.embedding_model,
                 "embedding_backend": resolve_backend(self.config.embedding_backend),
-                "hashes_file": "hashes.json",
+                "hashes_file": HASHES_FILE,
                 "field_kinds": dict(self.field_kinds),
                 "items": len(self.catalog),
                 "users": len(self.users),

@@ -29,6 +29,7 @@ from recsieve.indexes.checks import META_FILE
 from recsieve.indexes.columns import ColumnStore
 from recsieve.indexes.rebuild import Cancelled, LogEntry
 from recsieve.locks import RWLock
+from recsieve.storage import quick_hash_bytes, quick_hash_file
 
 __all__ = ["Cancelled", "FaissState", "LogEntry", "Snapshot", "CHUNK", "FORMAT", "VERSION", "INDEX_FILE",
            "read_state", "write_state"]
@@ -154,24 +155,37 @@ def write_state(state: FaissState, settings: Mapping[str, Any], directory: Path)
         "metadata": desc,
         "index_bytes": len(blob),
         "index_sha256": hashlib.sha256(blob).hexdigest(),
+        "index_quick": quick_hash_bytes(blob),
     }
 
 
 def read_state(directory: Path, meta: Mapping[str, Any], dim: int) -> FaissState:
     """The state saved in ``directory`` (described by its ``meta``, of dimension ``dim``); a
-    missing file raises :class:`StoreError`, a damaged or inconsistent one :class:`CorruptStoreError`."""
+    missing file raises :class:`StoreError`, a damaged or inconsistent one :class:`CorruptStoreError`.
+
+    The index file's size, magic and quick hash (its two ends, :func:`~recsieve.storage.quick_hash_file`)
+    are checked, then FAISS reads it straight from the file; its sha256 is checked instead where
+    the metadata predates quick hashes, and in full by ``recsieve verify`` (the snapshot's manifest).
+    """
     try:
         n_pos, n_live, trained_at = int(meta["positions"]), int(meta["live"]), int(meta["trained_at"])
         expected_size, expected_sha = int(meta["index_bytes"]), str(meta["index_sha256"])
+        expected_quick = meta.get("index_quick")
         desc = meta["metadata"]
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptStoreError(f"{directory / META_FILE}: bad or missing entry ({exc})") from None
+    path = directory / INDEX_FILE
     try:
-        blob = (directory / INDEX_FILE).read_bytes()
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        digest = quick_hash_file(path, size) if expected_quick is not None else None
+        if size == expected_size and magic in _MAGICS and digest is None:
+            digest, expected_quick = hashlib.sha256(path.read_bytes()).hexdigest(), expected_sha
     except FileNotFoundError:
         raise StoreError(f"{directory}: missing {INDEX_FILE}") from None
-    if len(blob) != expected_size or hashlib.sha256(blob).hexdigest() != expected_sha or blob[:4] not in _MAGICS:
-        raise CorruptStoreError(f"{directory / INDEX_FILE} is truncated or corrupted (size/checksum mismatch)")
+    if size != expected_size or magic not in _MAGICS or digest != expected_quick:
+        raise CorruptStoreError(f"{path} is truncated or corrupted (size/checksum mismatch)")
     try:
         with np.load(directory / _STATE_FILE, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
@@ -189,14 +203,15 @@ def read_state(directory: Path, meta: Mapping[str, Any], dim: int) -> FaissState
         or store.size != n_pos
         or int(alive.sum()) != n_live
         or (n_pos and pos_ids.min() < 0)
-        or len(np.unique(pos_ids[alive])) != n_live
     ):
         raise CorruptStoreError(f"{directory / _STATE_FILE}: id maps are inconsistent with {META_FILE}")
+    pos_of = dict(zip(pos_ids[alive].tolist(), np.flatnonzero(alive).tolist(), strict=True))
+    if len(pos_of) != n_live:  # an id at two live positions
+        raise CorruptStoreError(f"{directory / _STATE_FILE}: id maps are inconsistent with {META_FILE}")
     try:
-        index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
+        index = faiss.read_index(str(path))
     except RuntimeError as exc:
         raise CorruptStoreError(f"{directory / INDEX_FILE} cannot be read by FAISS ({str(exc)[:200]})") from None
     if index.d != dim or index.ntotal != n_pos or index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise CorruptStoreError(f"{directory / INDEX_FILE}: dimension/size/metric do not match {META_FILE}")
-    pos_of = dict(zip(pos_ids[alive].tolist(), np.flatnonzero(alive).tolist(), strict=True))
     return FaissState(index, pos_ids, alive, pos_of, store, trained_at)
