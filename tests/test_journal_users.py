@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from test_journal_redis import journal_url, open_journal, redis_base, redis_journal_url  # noqa: F401 (fixtures)
 
-from recsieve.engine.journal import EventRecord, ItemOp, Journal
-from recsieve.engine.users import UserStore
+from recsieve.engine.journal import EventColumns, EventRecord, ItemOp, Journal
+from recsieve.engine.users import UserStore, _group_sums
 from recsieve.errors import CorruptStoreError, StoreError
 
 DIM = 4
@@ -28,6 +28,35 @@ def test_journal_replays_in_order_across_reopen(open_journal):  # noqa: F811 (th
     assert isinstance(entries[0], ItemOp) and np.array_equal(entries[0].vectors, vecs)
     assert entries[2] == EventRecord(3, "u", "b", 1, "view", 11.0, 2.0, "hi")
     assert [e.seq for e in j.replay(2)] == [3, 4]
+
+
+@pytest.mark.parametrize("page", [2, 1 << 20])
+def test_tail_columns_hold_the_tail(open_journal, monkeypatch, page):  # noqa: F811 (the imported fixture)
+    """``tail_columns``: the same entries as ``tail`` in the same order, each run of events as
+    columns that stop at every item operation (and at a SQLite page's end)."""
+    monkeypatch.setattr("recsieve.engine.journal._COLUMN_PAGE", page)
+    j = open_journal(DIM)
+    j.append_item_op("upsert", [{"id": "a"}, {"id": "b"}], np.eye(DIM, dtype=np.float32)[:2])
+    j.append_events([("u", "a", 0, "click", 10.0, None, None), ("v", "b", 1, "view", 11.0, 2.0, "hi"),
+                     ("u", "b", 1, "cart", 12.0, None, "é")])
+    j.append_item_op("remove", ["a"])
+    j.append_item_op("remove", ["b"])
+    j.append_events([("w", "b", 1, "rating", 13.0, 4.0, None)])
+    for after in (0, 2, 5):
+        flat = []
+        for got in j.tail_columns(after):
+            if isinstance(got, ItemOp):
+                flat.append(got)
+                continue
+            assert len(got) > 0 and np.all(np.diff(got.seq) == 1)
+            flat += [EventRecord(int(q), u, "", r, k, t, None if np.isnan(w) else w, x) for q, u, r, k, w, t, x in
+                     zip(got.seq, got.users, got.rows.tolist(), got.kinds, got.weights.tolist(), got.ts.tolist(),
+                         got.texts, strict=True)]
+        want = [e if isinstance(e, ItemOp) else EventRecord(e.seq, e.user_id, "", e.row, e.kind, e.ts, e.weight, e.text)
+                for e in j.tail(after)]
+        assert [e.seq for e in flat] == list(range(after + 1, 8))
+        assert [(e.seq, e.op) if isinstance(e, ItemOp) else e for e in flat] == \
+            [(e.seq, e.op) if isinstance(e, ItemOp) else e for e in want]
 
 
 def test_sequence_never_goes_back_after_truncation(open_journal):  # noqa: F811 (the imported fixture)
@@ -114,6 +143,42 @@ def test_user_store_round_trip(tmp_path):
     assert not math.isnan(store.get("u0").last_ts)
 
 
+def test_loaded_users_read_their_windows_on_first_touch(tmp_path):
+    """A loaded store builds a user's window and consumed rows from the snapshot's columns when
+    first touched: users touched after the load (by new events) and users never touched save
+    and read back as a store that never left memory; a snapshot whose offsets do not match its
+    users is refused at load, not at first touch."""
+    dim, rows = 6, 30
+    vectors = np.random.default_rng(4).standard_normal((rows, dim)).astype(np.float32)
+    events = _event_log(5, 900, 25, rows)
+    memory, loaded = (UserStore(dim, recent_window=4, history_window=9) for _ in range(2))
+    for e in events[:600]:
+        for store in (memory, loaded):
+            store.apply(e.user_id, e.row, vectors[e.row], e.kind, e.ts, e.weight, e.text and e.text + " é")
+    loaded.save(tmp_path)
+    loaded = UserStore(dim, recent_window=4, history_window=9)
+    loaded.load(tmp_path)
+    for e in events[600:]:
+        if e.user_id in ("u1", "u2", "u3"):  # some users get events after the load, the rest are never touched
+            for store in (memory, loaded):
+                store.apply(e.user_id, e.row, vectors[e.row], e.kind, e.ts, e.weight, e.text)
+    (tmp_path / "again").mkdir()
+    loaded.save(tmp_path / "again")
+    again = UserStore(dim, recent_window=4, history_window=9)
+    again.load(tmp_path / "again")
+    for uid in memory._users:
+        a, b = memory.get(uid), again.get(uid)
+        assert (a.version, a.history, a.recent, a.consumed, a.last_ts) == (b.version, b.history, b.recent,
+                                                                            b.consumed, b.last_ts)
+        np.testing.assert_allclose(a.profile, b.profile, rtol=1e-6)
+    with np.load(tmp_path / "users.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["recent_offsets"] = arrays["recent_offsets"][:-1]
+    np.savez(tmp_path / "users.npz", **arrays)
+    with pytest.raises(CorruptStoreError, match="users.npz"):
+        UserStore(dim, recent_window=4, history_window=9).load(tmp_path)
+
+
 def _event_log(seed: int, n: int, users: int, rows: int) -> list[EventRecord]:
     """Events of many users, a fifth of them out of time order, every kind, weights given or not."""
     rng = np.random.default_rng(seed)
@@ -129,8 +194,8 @@ def _event_log(seed: int, n: int, users: int, rows: int) -> list[EventRecord]:
 
 
 @pytest.mark.parametrize("run", [1, 7, 500])
-def test_apply_many_reaches_the_state_of_one_event_at_a_time(run):
-    """The bulk replay at open (``apply_many``) against the live rule (``apply``), from a state
+def test_apply_columns_reaches_the_state_of_one_event_at_a_time(run):
+    """The bulk replay at open (``apply_columns``) against the live rule (``apply``), from a state
     that already holds events: the same profile (to float32 rounding: ``apply`` adds float32
     products), weight, newest time, recent window, consumed rows and version for every user."""
     dim, rows = 8, 60
@@ -142,7 +207,9 @@ def test_apply_many_reaches_the_state_of_one_event_at_a_time(run):
             store.apply(e.user_id, e.row, vectors[e.row], e.kind, e.ts, e.weight, e.text)
     for lo in range(800, len(events), run):
         part = events[lo:lo + run]
-        bulk.apply_many(part, vectors[[e.row for e in part]])
+        cols = EventColumns.of(part)
+        bulk.apply_columns(cols.users, cols.rows, cols.kinds, cols.ts, bulk.event_weights(cols.kinds, cols.weights),
+                           cols.texts, vectors)
     assert len(one) == len(bulk) == 40
     for uid in one._users:
         a, b = one.get(uid), bulk.get(uid)
@@ -150,3 +217,16 @@ def test_apply_many_reaches_the_state_of_one_event_at_a_time(run):
                                                                             b.consumed)
         assert one._users[uid].weight == pytest.approx(bulk._users[uid].weight, rel=1e-12)
         np.testing.assert_allclose(one._users[uid].profile, bulk._users[uid].profile, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_group_sums_across_chunks(chunk):
+    """Each group's weighted sum of gathered vectors, whether a group spans chunk borders or not."""
+    rng = np.random.default_rng(3)
+    table = rng.standard_normal((9, 4)).astype(np.float32)
+    counts = np.array([3, 1, 7, 2])
+    rows, coef = rng.integers(0, 9, counts.sum()), rng.standard_normal(counts.sum())
+    want = [sum(coef[j] * table[rows[j]].astype(np.float64) for j in range(lo, lo + c))
+            for lo, c in zip(np.r_[0, np.cumsum(counts)[:-1]], counts)]
+    np.testing.assert_allclose(_group_sums(coef, table, rows, counts, chunk=chunk), want, rtol=1e-12)
+

@@ -38,6 +38,7 @@ from recsieve.errors import CorruptStoreError, IncompatibleVersionError, StoreEr
 __all__ = [
     "JournalBackend",
     "EventColumns",
+    "columns_of_tail",
     "SQLiteJournal",
     "Journal",
     "EventRecord",
@@ -82,6 +83,11 @@ _HEAD_SQL = (
     "SELECT max(coalesce((SELECT max(seq) FROM events), 0), coalesce((SELECT max(seq) FROM item_ops), 0), "
     "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key='seq_floor'), 0))"
 )
+_EVENT_SQL = ("SELECT seq, user_id, item_id, row, kind, ts, weight, text FROM events "
+              "WHERE seq > ? AND seq <= ? ORDER BY seq")
+#: The columns a replay needs (no item id), and the sequence numbers a page of them spans.
+_COLUMN_SQL = "SELECT seq, user_id, row, kind, ts, weight, text FROM events WHERE seq > ? AND seq <= ? ORDER BY seq"
+_COLUMN_PAGE = 1 << 20
 _FLOOR_SQL = "SELECT coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key='seq_floor'), 0)"
 
 #: Filesystem types (``/proc/mounts``) on which SQLite's locks and WAL shared memory are unsafe.
@@ -115,15 +121,25 @@ class ItemOp:
 
 @dataclass(frozen=True)
 class EventColumns:
-    """Journaled events as columns (what statistics need, no object per event): ``seq`` and
-    ``rows`` int64, ``weights`` float64 (NaN: no weight given), ``users`` and ``kinds`` lists of
-    strings, all in journal order."""
+    """Journaled events as columns (no object per event): ``seq`` and ``rows`` int64, ``ts`` and
+    ``weights`` float64 (NaN: no weight given), ``users``, ``kinds`` and ``texts`` (``None``: no
+    text) lists, all in journal order."""
 
     seq: np.ndarray
     users: list[str]
     rows: np.ndarray
     kinds: list[str]
     weights: np.ndarray
+    ts: np.ndarray
+    texts: list[str | None]
+
+    @classmethod
+    def of(cls, records: Sequence[EventRecord]) -> EventColumns:
+        """The columns of ``records``."""
+        return cls(np.array([e.seq for e in records], dtype=np.int64), [e.user_id for e in records],
+                   np.array([e.row for e in records], dtype=np.int64), [e.kind for e in records],
+                   np.array([e.weight for e in records], dtype=np.float64),
+                   np.array([e.ts for e in records], dtype=np.float64), [e.text for e in records])
 
     def __len__(self) -> int:
         return int(self.seq.shape[0])
@@ -201,6 +217,11 @@ class JournalBackend(Protocol):
     def event_columns(self, after_seq: int, upto_seq: int, *, page: int = ...) -> Iterator[EventColumns]:
         """Events with ``after_seq < seq <= upto_seq`` as columns, in order, up to ``page``
         sequence numbers per batch (one query each)."""
+        ...
+
+    def tail_columns(self, after_seq: int) -> Iterator[EventColumns | ItemOp]:
+        """:meth:`tail` with each run of consecutive events as one :class:`EventColumns` (no
+        object per event: what a replay of millions of events reads)."""
         ...
 
     def truncate_item_ops(self, upto_seq: int) -> None:
@@ -409,6 +430,29 @@ class SQLiteJournal:
     def tail(self, after_seq: int) -> Iterator[Entry]:
         """Entries with ``seq > after_seq``, events and item operations interleaved in order,
         read a page at a time (each page one read transaction that also checks the floor)."""
+        for events, ops in self._pages(after_seq, _PAGE, _EVENT_SQL):
+            yield from self._merge([EventRecord(*r) for r in events], ops)
+
+    def tail_columns(self, after_seq: int) -> Iterator[EventColumns | ItemOp]:
+        """:meth:`tail` with each run of consecutive events as one :class:`EventColumns`, read
+        ``_COLUMN_PAGE`` sequence numbers at a time."""
+        for events, ops in self._pages(after_seq, _COLUMN_PAGE, _COLUMN_SQL):
+            if not events:
+                yield from self._merge([], ops)
+                continue
+            cols, lo = self._columns(events), 0
+            for op in self._merge([], ops):  # the events before each operation, then it
+                hi = int(np.searchsorted(cols.seq, op.seq))
+                if hi > lo:
+                    yield _slice(cols, lo, hi)
+                yield op
+                lo = hi
+            if lo < len(cols):
+                yield cols if lo == 0 else _slice(cols, lo, len(cols))
+
+    def _pages(self, after_seq: int, page: int, event_sql: str) -> Iterator[tuple[list[tuple], list[tuple]]]:
+        """(event rows, item-operation rows) of the entries after ``after_seq``, ``page`` sequence
+        numbers at a time, each page read in one transaction that checks the floor first."""
         pos = after_seq
         while True:
             with self._lock:
@@ -422,10 +466,8 @@ class SQLiteJournal:
                     head = self._head(self._db)
                     if pos >= head:
                         return
-                    end = min(pos + _PAGE, head)
-                    events = self._db.execute(
-                        "SELECT seq, user_id, item_id, row, kind, ts, weight, text FROM events "
-                        "WHERE seq > ? AND seq <= ? ORDER BY seq", (pos, end)).fetchall()
+                    end = min(pos + page, head)
+                    events = self._db.execute(event_sql, (pos, end)).fetchall()
                     ops = self._db.execute(
                         "SELECT seq, op, payload, vectors FROM item_ops WHERE seq > ? AND seq <= ? ORDER BY seq",
                         (pos, end)).fetchall()
@@ -434,15 +476,15 @@ class SQLiteJournal:
                 finally:
                     if own and self._db.in_transaction:
                         self._db.execute("COMMIT")
-            yield from self._merge(events, ops)
+            yield events, ops
             pos = end
 
     def replay(self, after_seq: int = 0) -> Iterator[Entry]:
         """Same as :meth:`tail`."""
         return self.tail(after_seq)
 
-    def _merge(self, events: list[tuple], ops: list[tuple]) -> Iterator[Entry]:
-        decoded: list[Entry] = [EventRecord(*r) for r in events]
+    def _merge(self, events: list[EventRecord], ops: list[tuple]) -> Iterator[Entry]:
+        decoded: list[Entry] = list(events)
         for seq, op, payload, blob in ops:
             try:
                 vecs = None
@@ -498,17 +540,19 @@ class SQLiteJournal:
         pos = after_seq
         while pos < upto_seq:
             end = min(pos + page, upto_seq)
-            got = self._read("SELECT seq, user_id, row, kind, weight FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
-                             (pos, end))
+            got = self._read(_COLUMN_SQL, (pos, end))
             if got:
-                seq, users, rows, kinds, weights = zip(*got)
-                try:
-                    batch = EventColumns(np.array(seq, dtype=np.int64), list(users), np.array(rows, dtype=np.int64),
-                                         list(kinds), np.array(weights, dtype=np.float64))
-                except (TypeError, ValueError) as exc:
-                    raise CorruptStoreError(f"journal {self.path}: unreadable events after {pos} ({exc})") from None
-                yield batch
+                yield self._columns(got)
             pos = end
+
+    def _columns(self, got: list[tuple]) -> EventColumns:
+        """Rows of :data:`_COLUMN_SQL` as columns."""
+        seq, users, rows, kinds, ts, weights, texts = zip(*got)
+        try:
+            return EventColumns(np.array(seq, dtype=np.int64), list(users), np.array(rows, dtype=np.int64), list(kinds),
+                                np.array(weights, dtype=np.float64), np.array(ts, dtype=np.float64), list(texts))
+        except (TypeError, ValueError) as exc:
+            raise CorruptStoreError(f"journal {self.path}: unreadable events after {seq[0] - 1} ({exc})") from None
 
     def event_rows(self) -> tuple[list[str], np.ndarray]:
         """(user ids, rows) of every event, in order — cheap input for statistics."""
@@ -523,6 +567,31 @@ class SQLiteJournal:
             for db in (self._db, self._reader, self._probe):
                 if db is not None:
                     db.close()
+
+
+def _slice(cols: EventColumns, lo: int, hi: int) -> EventColumns:
+    return EventColumns(cols.seq[lo:hi], cols.users[lo:hi], cols.rows[lo:hi], cols.kinds[lo:hi],
+                        cols.weights[lo:hi], cols.ts[lo:hi], cols.texts[lo:hi])
+
+
+def columns_of_tail(entries: Iterator[Entry], page: int = 1 << 16) -> Iterator[EventColumns | ItemOp]:
+    """``entries`` (a tail) with each run of consecutive events, up to ``page`` of them, as one
+    :class:`EventColumns`: :meth:`JournalBackend.tail_columns` for a journal that reads records."""
+    run: list[EventRecord] = []
+    for entry in entries:
+        if isinstance(entry, EventRecord):
+            run.append(entry)
+            if len(run) < page:
+                continue
+            yield EventColumns.of(run)
+        elif run:
+            yield EventColumns.of(run)
+            yield entry
+        else:
+            yield entry
+        run = []
+    if run:
+        yield EventColumns.of(run)
 
 
 #: The journal engines open today (one machine's processes).

@@ -57,6 +57,7 @@ from recsieve.engine.journal import (
     ItemOp,
     JournalMoved,
     JournalTruncated,
+    columns_of_tail,
 )
 from recsieve.errors import (
     CorruptStoreError,
@@ -415,10 +416,11 @@ class RedisJournal:
         for got in self._pages(after_seq, upto_seq, check_floor=False, page=page):
             events = [self._decode(i, f) for i, f in got if b"e" in f]
             if events:
-                yield EventColumns(np.array([e.seq for e in events], dtype=np.int64), [e.user_id for e in events],
-                                   np.array([e.row for e in events], dtype=np.int64), [e.kind for e in events],
-                                   np.array([np.nan if e.weight is None else e.weight for e in events],
-                                            dtype=np.float64))
+                yield EventColumns.of(events)
+
+    def tail_columns(self, after_seq: int) -> Iterator[EventColumns | ItemOp]:
+        """:meth:`tail` with each run of consecutive events as one :class:`EventColumns`."""
+        return columns_of_tail(self.tail(after_seq))
 
     def close(self) -> None:
         """Close this object's connections (the stream stays in Redis)."""

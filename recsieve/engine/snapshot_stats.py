@@ -126,8 +126,8 @@ def previous_positive_rows(users: Sequence[str], rows: np.ndarray, positive: np.
     ``last_row`` is brought past these events. A stable sort by user keeps each user's events
     in order; a running maximum of positive positions finds the previous one."""
     n = len(users)
-    code: dict[str, int] = {}
-    user = np.fromiter((code.setdefault(u, len(code)) for u in users), dtype=np.int64, count=n)
+    code = {u: i for i, u in enumerate(dict.fromkeys(users))}
+    user = np.fromiter(map(code.__getitem__, users), dtype=np.int64, count=n)
     ids = list(code)
     start = np.fromiter((last_row.get(u, -1) for u in ids), dtype=np.int64, count=len(ids))
     order = np.argsort(user, kind="stable")

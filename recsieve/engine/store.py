@@ -45,6 +45,7 @@ from recsieve.engine.backends import load_index, new_index
 from recsieve.engine.config import EngineConfig
 from recsieve.engine.journal import (
     Entry,
+    EventColumns,
     EventRecord,
     ItemOp,
     JournalBackend,
@@ -60,6 +61,7 @@ from recsieve.engine.recall import (
 from recsieve.engine.row_hashes import HASHES_FILE, RowHashes
 from recsieve.engine.snapshot_stats import (
     install_statistics,
+    observe_events,
     paused_gc,
     read_statistics,
     replay_statistics,
@@ -90,10 +92,6 @@ class ItemListener(Protocol):
     def items_upserted(self, rows: np.ndarray, text_vectors: np.ndarray) -> None: ...
 
     def items_removed(self, rows: np.ndarray) -> None: ...
-
-
-#: Events applied to the user state in one bulk step while the journal replays at open.
-_REPLAY_RUN = 16_384
 
 
 def _map_vectors(path: Path, dim: int) -> np.ndarray:
@@ -244,35 +242,40 @@ class Store:
                 listener.items_upserted(live, vectors[live])
 
     def _replay(self, *, dir_locked: bool = False) -> None:
-        """Apply the journal after the installed snapshot, then bring the recall statistics up
-        to there (in bulk); a compaction past the snapshot meanwhile reloads."""
+        """Apply the journal after the installed snapshot, runs of events as columns in bulk; the
+        recall statistics observe them along when the snapshot's were current, else they are
+        brought up to date after (in bulk). A compaction past the snapshot meanwhile reloads."""
         while True:
             version = self.journal.version()
+            along = self._stats_seq == self.applied_seq
             try:
-                run: list[EventRecord] = []
-                for entry in self.journal.tail(self.applied_seq):
-                    if isinstance(entry, EventRecord):
-                        run.append(entry)
-                        if len(run) >= _REPLAY_RUN:
-                            self._apply_events(run)
-                        continue
-                    self._apply_events(run)
-                    self._apply(entry, statistics=False)
-                self._apply_events(run)
+                for entry in self.journal.tail_columns(self.applied_seq):
+                    if isinstance(entry, ItemOp):
+                        self._apply(entry, statistics=False)
+                    else:
+                        self._apply_columns(entry, statistics=along)
             except JournalTruncated:
                 self._install_snapshot(dir_locked=dir_locked)
                 continue
             break
-        self._update_statistics()
+        if along:
+            self._stats_seq = self.applied_seq
+        else:
+            self._update_statistics()
         self._synced = version
 
-    def _apply_events(self, run: list[EventRecord]) -> None:
-        """Apply a run of consecutive journaled events to the user state in bulk (the recall
-        statistics are brought up to date after the replay, also in bulk), then empty ``run``."""
-        if run:
-            self.users.apply_many(run, self.vectors[np.fromiter((e.row for e in run), np.int64, len(run))])
-            self.applied_seq = run[-1].seq
-            run.clear()
+    def _apply_columns(self, events: EventColumns, *, statistics: bool) -> None:
+        """Apply journaled events given as columns to the user state (and, with ``statistics``,
+        to the recall statistics) in bulk."""
+        try:
+            weights = self.users.event_weights(events.kinds, events.weights)
+        except KeyError as exc:
+            raise CorruptStoreError(f"journal {self.journal.path}: an event of unknown kind {exc}") from None
+        self.users.apply_columns(events.users, events.rows, events.kinds, events.ts, weights, events.texts,
+                                 self.vectors)
+        if statistics:
+            observe_events(self.channels, self._last_row, events.users, events.rows, weights > 0)
+        self.applied_seq = int(events.seq[-1])
 
     def _check_meta(self, meta: Mapping[str, Any]) -> None:
         if meta.get("backend") != self.config.backend:

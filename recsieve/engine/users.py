@@ -15,10 +15,12 @@ import zipfile
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+from scipy import sparse
 
 from recsieve.errors import CorruptStoreError
 from recsieve.storage import pack_strings, unpack_strings
@@ -31,9 +33,8 @@ _DAY = 86400.0
 _COLUMNS = "users.npz"
 
 
-@dataclass(frozen=True)
-class RecentEvent:
-    """One entry of a user's recent window."""
+class RecentEvent(NamedTuple):
+    """One entry of a user's recent window (a named tuple: an open builds millions)."""
 
     row: int
     kind: str
@@ -62,15 +63,91 @@ class UserView:
 
 
 class _State:
-    __slots__ = ("profile", "weight", "last_ts", "recent", "consumed", "version")
+    """One user's state. The recent window and consumed rows may wait in ``_later``: (source, i)
+    pairs, each source holding the events of many users as columns (a loaded snapshot, a batch
+    of replayed events) and able to build user ``i``'s part; they are built, in order, when the
+    user is first touched -- so an open builds no object per event of users nobody asks for."""
+
+    __slots__ = ("profile", "weight", "last_ts", "version", "_recent", "_consumed", "_later")
 
     def __init__(self, dim: int, window: int) -> None:
         self.profile = np.zeros(dim, dtype=np.float64)
         self.weight = 0.0
         self.last_ts = -math.inf
-        self.recent: deque[RecentEvent] = deque(maxlen=window)
-        self.consumed: set[int] = set()
         self.version = 0
+        self._recent: deque[RecentEvent] = deque(maxlen=window)
+        self._consumed: set[int] = set()
+        self._later: list[tuple[Any, int]] = []
+
+    def _settle(self) -> None:
+        later, self._later = self._later, []
+        for source, i in later:
+            self._recent.extend(source.recent(i))
+            self._consumed.update(source.consumed(i))
+
+    @property
+    def recent(self) -> deque[RecentEvent]:
+        if self._later:
+            self._settle()
+        return self._recent
+
+    @property
+    def consumed(self) -> set[int]:
+        if self._later:
+            self._settle()
+        return self._consumed
+
+
+class _Replayed:
+    """A batch of replayed events as columns, grouped by user: group ``g``'s consumed rows
+    (``rows[bounds[g]:bounds[g + 1]]``) and the last ``window`` of its events, the only ones its
+    window can keep (``kept_*[kept_bounds[g]:kept_bounds[g + 1]]``)."""
+
+    def __init__(self, rows: np.ndarray, bounds: list[int], kept_bounds: list[int], kept_rows: np.ndarray,
+                 kept_kinds: list[str], kept_ts: np.ndarray, kept_weights: np.ndarray,
+                 kept_texts: list[str | None]) -> None:
+        self.rows, self.bounds, self.kept_bounds = rows, bounds, kept_bounds
+        self.kept_rows, self.kinds, self.ts, self.weights, self.texts = (kept_rows, kept_kinds, kept_ts,
+                                                                         kept_weights, kept_texts)
+
+    def consumed(self, g: int) -> list[int]:
+        return self.rows[self.bounds[g]: self.bounds[g + 1]].tolist()
+
+    def recent(self, g: int) -> list[RecentEvent]:
+        lo, hi = self.kept_bounds[g], self.kept_bounds[g + 1]
+        return list(map(RecentEvent, self.kept_rows[lo:hi].tolist(), self.kinds[lo:hi], self.ts[lo:hi].tolist(),
+                        self.weights[lo:hi].tolist(), self.texts[lo:hi]))
+
+
+class _Saved:
+    """The recent windows and consumed rows of a loaded ``users.npz``, as its columns."""
+
+    def __init__(self, a: Mapping[str, np.ndarray], kinds: list[str], n_users: int) -> None:
+        self.kinds = kinds
+        self.c_off, self.r_off = a["consumed_offsets"].tolist(), a["recent_offsets"].tolist()
+        self.rows, self.kind, self.ts = a["recent_row"], a["recent_kind"], a["recent_ts"]
+        self.weight, self.has_text, self.consumed_rows = a["recent_weight"], a["recent_has_text"], a["consumed"]
+        self.text = a["recent_text"].tobytes()
+        self.text_off = a["recent_text_offsets"].tolist()
+        n_events = self.rows.shape[0]
+        if (len(self.c_off) != n_users + 1 or len(self.r_off) != n_users + 1
+                or self.c_off[-1] != self.consumed_rows.shape[0] or self.r_off[-1] != n_events
+                or any(a[k].shape != (n_events,) for k in ("recent_kind", "recent_ts", "recent_weight", "recent_has_text"))
+                or len(self.text_off) != n_events + 1 or self.text_off[-1] != len(self.text)):
+            raise ValueError("offsets do not match the users")
+        if n_events and not 0 <= int(self.kind.min()) <= int(self.kind.max()) < len(kinds):
+            raise ValueError("an event kind code outside the saved kinds")
+
+    def consumed(self, i: int) -> set[int]:
+        return set(self.consumed_rows[self.c_off[i]: self.c_off[i + 1]].tolist())
+
+    def recent(self, i: int) -> list[RecentEvent]:
+        lo, hi = self.r_off[i], self.r_off[i + 1]
+        texts = [self.text[a:b].decode("utf-8", "surrogatepass") if h else None for a, b, h in
+                 zip(self.text_off[lo:hi], self.text_off[lo + 1: hi + 1], self.has_text[lo:hi].tolist())]
+        return [RecentEvent(r, self.kinds[k], t, w, x) for r, k, t, w, x in zip(
+            self.rows[lo:hi].tolist(), self.kind[lo:hi].tolist(), self.ts[lo:hi].tolist(),
+            self.weight[lo:hi].tolist(), texts)]
 
 
 class UserStore:
@@ -115,7 +192,7 @@ class UserStore:
         """:meth:`event_weight` of many events at once (float64; a NaN weight: none given)."""
         names = list(self.kind_weights)
         code = {k: i for i, k in enumerate(names)}
-        codes = np.fromiter((code.get(k, -1) for k in kinds), dtype=np.int64, count=len(kinds))
+        codes = np.fromiter(map(code.get, kinds, repeat(-1, len(kinds))), dtype=np.int64, count=len(kinds))
         out = np.array(weights, dtype=np.float64)
         given = ~np.isnan(out)
         rating = given & (codes == code.get("rating", -2))
@@ -149,54 +226,58 @@ class UserStore:
             st.consumed.add(row)
             st.version += 1
 
-    def apply_many(self, events: Sequence[Any], vectors: np.ndarray) -> None:
-        """Apply many journaled events at once (objects with ``user_id``, ``row``, ``kind``, ``ts``,
-        ``weight``, ``text``, in journal order; ``vectors[i]`` is event ``i``'s item vector):
-        the state :meth:`apply` would reach one event at a time, with the arithmetic in bulk.
+    def apply_columns(self, users: Sequence[str], rows: np.ndarray, kinds: Sequence[str], ts: np.ndarray,
+                      weights: np.ndarray, texts: Sequence[str | None], table: np.ndarray,
+                      *, table_rows: np.ndarray | None = None) -> None:
+        """Apply journaled events given as columns, in journal order: ``rows`` their catalog
+        rows, ``weights`` their profile weights (:meth:`event_weights`); event ``i``'s item vector
+        is ``table[table_rows[i]]`` (``table_rows`` defaults to ``rows``: ``table`` is the
+        catalog's vectors). The state :meth:`apply` would reach one event at a time, with no
+        Python work per event but for each user's last ``window`` events.
 
         :meth:`apply`'s rule in closed form: after any order of events, a user's profile is
         ``sum_j w_j v_j 0.5^((L - ts_j) / half_life)`` and their weight the same sum of ``|w_j|``,
         where ``L`` is the newest timestamp seen (``last_ts``); so the profile of the events before
         is decayed to the new ``L`` once and the new ones are added with their own decays.
         """
-        n = len(events)
+        n = len(users)
         if not n:
             return
-        weights = np.fromiter((np.nan if e.weight is None else e.weight for e in events), np.float64, n)
-        w = self.event_weights([e.kind for e in events], weights)
-        ts = np.fromiter((e.ts for e in events), np.float64, n)
-        codes: dict[str, int] = {}
-        user = np.fromiter((codes.setdefault(e.user_id, len(codes)) for e in events), np.int64, n)
-        order = np.argsort(user, kind="stable")
-        grouped = user[order]
-        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
-        newest = np.maximum.reduceat(ts[order], starts)
-        ids = list(codes)
-        group_ids = [ids[u] for u in grouped[starts].tolist()]
+        index = {u: i for i, u in enumerate(dict.fromkeys(users))}  # codes in order of first appearance
+        ids = list(index)
+        code = np.fromiter(map(index.__getitem__, users), np.int64, n)
+        order = np.argsort(code, kind="stable")
+        counts = np.bincount(code, minlength=len(ids))
+        bounds = np.r_[0, np.cumsum(counts)]  # group g (user ids[g]) is order[bounds[g]:bounds[g + 1]]
+        starts = bounds[:-1]
+        ts_sorted, w_sorted = ts[order], weights[order]
+        newest = np.maximum.reduceat(ts_sorted, starts)
+        table_rows = rows if table_rows is None else table_rows
+        kept = order[np.arange(n) >= np.repeat(bounds[1:] - self.window, counts)]  # each user's last `window`
+        bounds_list, kept_list = bounds.tolist(), kept.tolist()
+        same = {k: k for k in dict.fromkeys(kinds)}  # one string object per kind, not one per event
+        batch = _Replayed(rows[order], bounds_list, np.r_[0, np.cumsum(np.minimum(counts, self.window))].tolist(),
+                          rows[kept], [same[kinds[i]] for i in kept_list], ts[kept], weights[kept],
+                          [texts[i] for i in kept_list])
         with self._lock:
-            states = [self._users.get(uid) for uid in group_ids]
-            last = np.array([-math.inf if st is None else st.last_ts for st in states])
+            states = [self._users.get(uid) for uid in ids]
+            last = np.fromiter((-math.inf if st is None else st.last_ts for st in states), np.float64, len(ids))
             top = np.maximum(last, newest)  # each user's newest time after these events
-            decay = np.exp2(-(np.repeat(top, np.diff(np.r_[starts, n])) - ts[order]) / self.half_life)
-            coef, vecs = w[order] * decay, vectors[order]
-            masses = np.add.reduceat(np.abs(w[order]) * decay, starts)
+            decay = np.exp2(-(np.repeat(top, counts) - ts_sorted) / self.half_life)
+            sums = _group_sums(w_sorted * decay, table, table_rows[order], counts)
+            masses = np.add.reduceat(np.abs(w_sorted) * decay, starts)
             known = np.isfinite(last)  # a user's earlier events, decayed to the new newest time
             old = np.zeros_like(top)
             old[known] = np.exp2(-(top[known] - last[known]) / self.half_life)
-            bounds = np.r_[starts, n].tolist()
+            old_list, masses_list, top_list = old.tolist(), masses.tolist(), top.tolist()
             for g, st in enumerate(states):
                 if st is None:
-                    st = self._users[group_ids[g]] = _State(self.dim, self.window)
-                lo, hi = bounds[g], bounds[g + 1]
-                st.profile = st.profile * old[g] + coef[lo:hi] @ vecs[lo:hi]
-                st.weight = st.weight * float(old[g]) + float(masses[g])
-                st.last_ts = float(top[g])
-                mine = order[lo:hi].tolist()
-                st.consumed.update(events[i].row for i in mine)
-                for i in mine[-self.window:]:
-                    e = events[i]
-                    st.recent.append(RecentEvent(e.row, e.kind, e.ts, float(w[i]), e.text))
-                st.version += len(mine)
+                    st = self._users[ids[g]] = _State(self.dim, self.window)
+                st.profile = st.profile * old_list[g] + sums[g]
+                st.weight = st.weight * old_list[g] + masses_list[g]
+                st.last_ts = top_list[g]
+                st._later.append((batch, g))  # window and consumed rows: built when the user is touched
+                st.version += bounds_list[g + 1] - bounds_list[g]
 
     def get(self, user_id: str) -> UserView | None:
         """A snapshot of ``user_id``, or ``None`` for an unknown (cold) user."""
@@ -266,29 +347,19 @@ class UserStore:
                 a = {key: npz[key] for key in npz.files}
             ids = unpack_strings(a["ids"], a["ids_offsets"])
             kinds = unpack_strings(a["kinds"], a["kinds_offsets"])
-            texts = unpack_strings(a["recent_text"], a["recent_text_offsets"])
             n, profiles = len(ids), a["profiles"].astype(np.float64, copy=False)
             if profiles.shape != (n, self.dim) or any(a[k].shape != (n,) for k in ("weight", "last_ts", "version")):
                 raise ValueError(f"{n} users but profiles {profiles.shape}, expected dimension {self.dim}")
             weight, last_ts, version = a["weight"].tolist(), a["last_ts"].tolist(), a["version"].tolist()
-            c_off, consumed = a["consumed_offsets"].tolist(), a["consumed"].tolist()
-            r_off = a["recent_offsets"].tolist()
-            has_text = a["recent_has_text"].tolist()
-            events = [RecentEvent(r, kinds[k], t, w, x if h else None) for r, k, t, w, x, h in zip(
-                a["recent_row"].tolist(), a["recent_kind"].tolist(), a["recent_ts"].tolist(),
-                a["recent_weight"].tolist(), texts, has_text, strict=True)]
-            if len(c_off) != n + 1 or len(r_off) != n + 1 or c_off[-1] != len(consumed) or r_off[-1] != len(events):
-                raise ValueError("offsets do not match the users")
+            saved = _Saved(a, kinds, n)
+            saved.text.decode("utf-8", "surrogatepass")  # one check of every text, decoded per user when read
         except (OSError, ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
             raise CorruptStoreError(f"user store {path}: unreadable ({exc!r})") from None
         users: dict[str, _State] = {}
         for i, uid in enumerate(ids):
-            st = _State(0, self.window)
-            st.profile = profiles[i]
-            st.weight, st.last_ts, st.version = weight[i], last_ts[i], version[i]
-            st.consumed = set(consumed[c_off[i]: c_off[i + 1]])
-            st.recent.extend(events[r_off[i]: r_off[i + 1]])
-            users[uid] = st
+            st = users[uid] = _State(0, self.window)
+            st.profile, st.weight, st.last_ts, st.version = profiles[i], weight[i], last_ts[i], version[i]
+            st._later.append((saved, i))
         with self._lock:
             self._users = users
 
@@ -326,13 +397,30 @@ class UserStore:
                 st.weight = float(d["weight"])
                 st.last_ts = -math.inf if d["last_ts"] is None else float(d["last_ts"])
                 st.version = int(d["version"])
-                st.consumed = set(d["consumed"])
+                st._consumed = set(d["consumed"])
                 st.recent.extend(RecentEvent(int(r), k, float(t), float(w), x) for r, k, t, w, x in d["recent"])
             except (ValueError, KeyError, TypeError) as exc:
                 raise CorruptStoreError(f"user store in {folder}: line {i + 1} malformed ({exc})") from None
             users[d["user_id"]] = st
         with self._lock:
             self._users = users
+
+
+def _group_sums(coef: np.ndarray, table: np.ndarray, rows: np.ndarray, counts: np.ndarray,
+                chunk: int = 1 << 16) -> np.ndarray:
+    """``out[g] = sum_j coef[j] * table[rows[j]]`` over group ``g``'s events (contiguous, ``counts``
+    per group), in float64: a sparse (groups x distinct rows) matrix times those rows' vectors,
+    ``chunk`` events at a time (memory bounded by ``chunk`` rows, whatever the table's size)."""
+    n, groups = len(rows), len(counts)
+    out = np.zeros((groups, table.shape[1]), dtype=np.float64)
+    group = np.repeat(np.arange(groups), counts)
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        used, col = np.unique(rows[lo:hi], return_inverse=True)
+        g0, g1 = int(group[lo]), int(group[hi - 1]) + 1
+        weights = sparse.csr_matrix((coef[lo:hi], (group[lo:hi] - g0, col)), shape=(g1 - g0, len(used)))
+        out[g0:g1] += weights @ np.asarray(table[used], dtype=np.float64)
+    return out
 
 
 def _offsets(groups: list[list]) -> np.ndarray:
