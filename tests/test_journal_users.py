@@ -59,6 +59,24 @@ def test_tail_columns_hold_the_tail(open_journal, monkeypatch, page):  # noqa: F
             [(e.seq, e.op) if isinstance(e, ItemOp) else e for e in want]
 
 
+@pytest.mark.parametrize("page", [1, 2, 100])
+def test_columns_of_tail_groups_runs_of_records(page):
+    """A record-reading journal's ``tail_columns``: runs of events, at most ``page`` each, cut at
+    every item operation, in order, nothing lost."""
+    from recsieve.engine.journal import columns_of_tail
+
+    op = ItemOp(4, "remove", ["a"], None)
+    records = [EventRecord(s, f"u{s}", "a", s, "click", float(s), None if s % 2 else 2.0, None) for s in (1, 2, 3)]
+    records += [op] + [EventRecord(s, "v", "a", 0, "view", float(s), None, "t") for s in (5, 6, 7)]
+    got = list(columns_of_tail(iter(records), page=page))
+    assert all(isinstance(g, ItemOp) or 0 < len(g) <= page for g in got)
+    assert got[[isinstance(g, ItemOp) for g in got].index(True)] is op
+    flat = [s for g in got if not isinstance(g, ItemOp) for s in g.seq.tolist()]
+    assert flat == [1, 2, 3, 5, 6, 7]
+    runs = [g for g in got if not isinstance(g, ItemOp)]
+    assert sum(np.isnan(g.weights).sum() for g in runs) == 5 and [t for g in runs for t in g.texts][-1] == "t"
+
+
 def test_sequence_never_goes_back_after_truncation(open_journal):  # noqa: F811 (the imported fixture)
     j = open_journal(DIM)
     j.append_item_op("upsert", [{"id": "a"}], np.ones((1, DIM), np.float32))

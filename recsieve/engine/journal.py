@@ -581,15 +581,14 @@ def columns_of_tail(entries: Iterator[Entry], page: int = 1 << 16) -> Iterator[E
     for entry in entries:
         if isinstance(entry, EventRecord):
             run.append(entry)
-            if len(run) < page:
-                continue
+            if len(run) == page:
+                yield EventColumns.of(run)
+                run = []
+            continue
+        if run:
             yield EventColumns.of(run)
-        elif run:
-            yield EventColumns.of(run)
-            yield entry
-        else:
-            yield entry
-        run = []
+            run = []
+        yield entry
     if run:
         yield EventColumns.of(run)
 
