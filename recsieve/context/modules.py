@@ -11,7 +11,10 @@ Shapes and conventions (shared by training and serving, so a rule is written onc
 - an item token is ``adapter(text vector) + ID residual`` (the residual only for warm rows);
 - every ``Linear`` and ``Embedding`` but the text adapter's starts from ``N(0, INIT_STD²)``
   (biases 0), as in the published SASRec code (measured on ML-1M, ID-only, 25 epochs: NDCG@10 0.1414 against 0.1331
-  with PyTorch's defaults and ``dim**-0.5`` embeddings).
+  with PyTorch's defaults and ``dim**-0.5`` embeddings) -- except the attention's query/key/value
+  projection, which starts Xavier-uniform as the reference's ``nn.MultiheadAttention`` in-projection
+  does (that code's N(0, 0.02²) reaches only its Linear layers; measured on ML-1M, ID-only, 20
+  epochs, all 6,040 users, one seed: test NDCG@10 0.1519 against 0.1430 with N(0, 0.02²)).
 """
 
 from __future__ import annotations
@@ -246,6 +249,8 @@ class ContextEncoder(nn.Module):
         )
         self.ln = nn.LayerNorm(dim)
         init_weights(self)
+        for blk in self.blocks:  # the attention's in-projection as nn.MultiheadAttention starts it
+            nn.init.xavier_uniform_(blk.qkv.weight)
         with torch.no_grad():  # unknown kind / unknown age add nothing
             self.kinds.weight[0].zero_()
             self.gaps.weight[0].zero_()

@@ -3,8 +3,9 @@
 The published architecture — a causal transformer over item-**ID** embeddings with SASRec's
 blocks (queries from the layer-normed stream, which is also the attention's residual; ReLU
 FFNs; d=64, 2 blocks, 1 head, learned positions, dropout 0.1 on the residual branches and on
-the attention weights, item embeddings shared between input and output, every weight
-initialised from N(0, 0.02²) as in the reference code) — trained as in Klenitskiy & Vasilev
+the attention weights, item embeddings shared between input and output, weights initialised
+as in the reference code: N(0, 0.02²), but Xavier-uniform for the attention's query/key/value
+projection, which the reference's ``nn.MultiheadAttention`` keeps) — trained as in Klenitskiy & Vasilev
 (RecSys 2023, "SASRec+"): cross-entropy over **all** items at every position of a user's last
 ``max_len + 1`` training items, users dealt into fresh random batches of 128 every epoch,
 Adam(W) lr 1e-3, β = (0.9, 0.999). It reuses
