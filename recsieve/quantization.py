@@ -33,25 +33,51 @@ ISAS = ("avx512_vnni", "avx_vnni", "arm64", "avx512", "avx2", "x86")
 _NO_SATURATION = ("avx512_vnni", "avx_vnni", "arm64")
 
 
-@functools.cache
-def cpu_isa() -> str:
-    """The int8-relevant instruction set of this CPU, one of :data:`ISAS`.
+#: numpy's runtime CPU-feature names -> ``/proc/cpuinfo``'s, for the flags :func:`cpu_isa` reads.
+_CPUID_NAMES = {"AVX512VNNI": "avx512_vnni", "AVX512F": "avx512f", "AVX512BW": "avx512bw", "AVX2": "avx2"}
 
-    Read from ``/proc/cpuinfo`` on Linux; an x86 CPU whose flags cannot be read counts as
-    ``x86`` (the safe, 7-bit choice).
-    """
-    machine = platform.machine().lower()
-    if machine in ("arm64", "aarch64"):
-        return "arm64"
-    flags: set[str] = set()
+
+def _cpuid_flags() -> set[str] | None:
+    """The int8-relevant flags this process's CPUID reports, as numpy's runtime dispatch reads
+    them (the same instruction ONNX Runtime's kernels and FAISS's loader consult); ``None``
+    where numpy does not expose its table."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as features
+        except ImportError:
+            return None
+    return {name for key, name in _CPUID_NAMES.items() if features.get(key)}
+
+
+def _proc_cpuinfo_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 if line.startswith("flags"):
-                    flags = set(line.partition(":")[2].split())
-                    break
+                    return set(line.partition(":")[2].split())
     except OSError:
         pass
+    return set()
+
+
+@functools.cache
+def cpu_isa() -> str:
+    """The int8-relevant instruction set of this CPU, one of :data:`ISAS`.
+
+    Read from CPUID through numpy's runtime feature table: what the kernels themselves see,
+    also where ``/proc/cpuinfo`` names another CPU (under an emulator such as ``qemu-x86_64
+    -cpu Haswell``, it lists the host's flags). ``avx_vnni``, which that table lacks, and every
+    flag where numpy has no table, come from ``/proc/cpuinfo``; an x86 CPU whose flags cannot
+    be read counts as ``x86`` (the safe, 7-bit choice).
+    """
+    machine = platform.machine().lower()
+    if machine in ("arm64", "aarch64"):
+        return "arm64"
+    proc = _proc_cpuinfo_flags()
+    cpuid = _cpuid_flags()
+    flags = proc if cpuid is None else cpuid | ({"avx_vnni"} & proc if "avx2" in cpuid else set())
     if "avx512_vnni" in flags:
         return "avx512_vnni"
     if "avx_vnni" in flags:

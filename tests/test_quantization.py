@@ -33,6 +33,46 @@ def test_settings_follow_the_instruction_set() -> None:
         int8_settings("sse2")
 
 
+@pytest.mark.parametrize(
+    ("cpuid", "proc", "isa"),
+    [
+        ({"avx2"}, {"avx2", "avx512f", "avx512bw", "avx512_vnni"}, "avx2"),  # emulated Haswell on a VNNI host
+        ({"avx2", "avx512f", "avx512bw"}, {"avx2", "avx512f", "avx512bw"}, "avx512"),
+        ({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, set(), "avx512_vnni"),  # /proc/cpuinfo unreadable
+        ({"avx2"}, {"avx2", "avx_vnni"}, "avx_vnni"),  # numpy's table has no AVX-VNNI: /proc/cpuinfo's
+        (set(), {"avx2", "avx_vnni"}, "x86"),  # ... only on a CPU whose CPUID has AVX2
+        (None, {"avx2", "avx512f", "avx512bw"}, "avx512"),  # no numpy table: /proc/cpuinfo alone
+        (None, set(), "x86"),
+    ],
+)
+def test_the_isa_is_what_cpuid_reports(monkeypatch, cpuid, proc, isa) -> None:
+    """The kernels dispatch on CPUID, so the choice follows it where /proc/cpuinfo disagrees."""
+    import recsieve.quantization as q
+
+    monkeypatch.setattr(q.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(q, "_cpuid_flags", lambda: cpuid)
+    monkeypatch.setattr(q, "_proc_cpuinfo_flags", lambda: proc)
+    q.cpu_isa.cache_clear()
+    try:
+        assert q.cpu_isa() == isa
+    finally:
+        q.cpu_isa.cache_clear()
+
+
+def test_cpuid_flags_are_numpys() -> None:
+    """On this CPU the flags read are numpy's dispatch table's (the names mapped)."""
+    from recsieve.quantization import _cpuid_flags
+
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+    flags = _cpuid_flags()
+    assert flags is not None
+    assert ("avx2" in flags) == bool(features.get("AVX2"))
+    assert ("avx512_vnni" in flags) == bool(features.get("AVX512VNNI"))
+
+
 def test_int8_isa_choice_and_reexport(tmp_path: Path, marked_model: str) -> None:
     with pytest.raises(InvalidInputError, match="isa"):
         OnnxReranker(marked_model, int8=True, isa="sse2")
