@@ -1,7 +1,7 @@
 """Ranking examples per second: the batched builder against the per-user loop, same engine, same run.
 
     python bench/ranking_examples_speed.py --data ../shared/data/ml-1m [--users 1000] [--batched-users 4000]
-        [--steps 3] [--context] [--json bench/results/ranking_examples_ml1m.json]
+        [--steps 3] [--repeat 3] [--context] [--json bench/results/ranking_examples_ml1m.json]
 
 The engine: ML-1M's movies embedded with the bundled MiniLM (vectors cached under bench/.cache/),
 every user's ratings recorded in order as clicks (one a minute), an exact FAISS index, as
@@ -14,9 +14,10 @@ Measured, each a full ``ranking_groups`` call (statistics built from every user'
 examples of a seeded sample, ``--steps`` last positive steps each, as ``recsieve train`` asks):
 the per-user loop (``batch=False``) and the batched builder on the same ``--users`` users (their
 groups compared: same rows, targets and contexts, features to 1e-5), then the batched builder on
-``--batched-users`` users (``recsieve train``'s default cap). Wall and process CPU seconds (the
-FAISS searches use two threads) and the machine's load average before and after each are
-recorded: on a shared machine the figures move with its load.
+``--batched-users`` users (``recsieve train``'s default cap), ``--repeat`` calls each on its
+default threads and on one thread (the median call reported, every call's seconds listed). Wall
+and process CPU seconds and the machine's load average before and after each are recorded: the
+figures move with the machine's load (a repeated call on this 2-core VM varied by up to 20%).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from recsieve.bench.common import load_average, machine_info
 from recsieve.embedding import SentenceTransformerEmbedder
 from recsieve.evaluation.datasets import load_dataset
 from recsieve.evaluation.systems import STEP_SECONDS, CachedEmbedder
+from recsieve.training.batched_examples import default_threads
 from recsieve.training.examples import engine_sequences, ranking_groups
 
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -83,15 +85,21 @@ def build(data: str, folder: Path, rebuild: bool, context: bool, budget_s: float
     return eng, model if context else None
 
 
-def timed(eng: Engine, sequences, users: int, steps: int, model, batch: bool) -> tuple[dict, list]:
+def timed(eng: Engine, sequences, users: int, steps: int, model, batch: bool, threads: int | None = None,
+          repeat: int = 1) -> tuple[dict, list]:
+    """``repeat`` calls; the figures are the median call's (by wall time), every call's seconds listed."""
     before = load_average()
-    t0, c0 = time.perf_counter(), time.process_time()
-    groups, tried = ranking_groups(eng, sequences, users=users, steps_per_user=steps, seed=0, model=model,
-                                   batch=batch, progress=True)
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"users": tried, "groups": len(groups), "seconds": round(seconds, 2),
-            "users_per_s": round(tried / seconds, 1), "cpu_seconds": round(cpu, 2),
-            "users_per_cpu_s": round(tried / cpu, 1), "load_before": before, "load_after": load_average()}, groups
+    runs = []
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        groups, tried = ranking_groups(eng, sequences, users=users, steps_per_user=steps, seed=0, model=model,
+                                       batch=batch, threads=threads, progress=True)
+        runs.append((time.perf_counter() - t0, time.process_time() - c0))
+    seconds, cpu = sorted(runs)[len(runs) // 2]
+    return {"users": tried, "groups": len(groups), "threads": (threads or default_threads()) if batch else None,
+            "seconds": round(seconds, 2), "users_per_s": round(tried / seconds, 1), "cpu_seconds": round(cpu, 2),
+            "users_per_cpu_s": round(tried / cpu, 1), "calls_seconds": [round(w, 2) for w, _ in runs],
+            "load_before": before, "load_after": load_average()}, groups
 
 
 def compare(new: list, old: list) -> dict:
@@ -117,8 +125,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="last positive steps per user (recsieve train's default)")
     ap.add_argument("--context", action="store_true", help="train a context model and build with it")
     ap.add_argument("--budget-s", type=float, default=300.0, help="--context: the encoder's training budget")
-    ap.add_argument("--rebuild", action="store_true")
-    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--repeat", type=int, default=3, help="calls of each --batched-users run (the median is reported)")
+    ap.add_argument("--rebuild", action="store_true", help="build the engine (and model) anew, not from bench/.cache/")
+    ap.add_argument("--json", help="write the results here (JSON)")
     a = ap.parse_args()
     folder = CACHE / ("ranking-examples-ml1m" + ("-context" if a.context else ""))
     t0 = time.perf_counter()
@@ -135,7 +144,7 @@ def main() -> None:
                 "dim": model.context.model.settings.dim, "max_len": model.context.model.settings.max_len,
                 "candidate_scorer": model.context.model.scorer is not None},
             "command": " ".join(["python", "bench/ranking_examples_speed.py", *sys.argv[1:]]),
-            "machine": machine_info(), "shared_machine": "yes: other jobs ran meanwhile (this one niced)",
+            "machine": machine_info(),
         }
         out["batched_same_users"], new = timed(eng, sequences, a.users, a.steps, model, True)
         out["per_user_loop"], old = timed(eng, sequences, a.users, a.steps, model, False)
@@ -143,7 +152,9 @@ def main() -> None:
         out["equality"] = compare(new, old)
         del new, old
         if a.batched_users:
-            out["batched"], _ = timed(eng, sequences, a.batched_users, a.steps, model, True)
+            out["batched"], _ = timed(eng, sequences, a.batched_users, a.steps, model, True, repeat=a.repeat)
+            out["batched_one_thread"], _ = timed(eng, sequences, a.batched_users, a.steps, model, True, threads=1,
+                                                 repeat=a.repeat)
     finally:
         eng.close()
     text = json.dumps(out, indent=2)

@@ -158,7 +158,8 @@ def test_missing_and_out_of_order_times(shop) -> None:
     assert moved and any(moved)
 
 
-def test_chunks_ties_hnsw_and_consumed_items_kept(ties, monkeypatch) -> None:
+@pytest.mark.parametrize("threads", [1, 3])
+def test_chunks_ties_hnsw_and_consumed_items_kept(ties, monkeypatch, threads) -> None:
     import recsieve.training.batched_recall as batched
 
     monkeypatch.setattr(batched, "DENSE_LIMIT", 0)  # transition scores summed by sorting, not in a matrix
@@ -166,7 +167,7 @@ def test_chunks_ties_hnsw_and_consumed_items_kept(ties, monkeypatch) -> None:
     channels = ties.new_statistics()
     observe_all(ties, channels, sequences)
     targets = {u: last_positives(s, 2) for u, s in sequences.items() if last_positives(s, 2)}
-    got = batched_groups(ties, sequences, targets, channels, chunk=4)
+    got = batched_groups(ties, sequences, targets, channels, chunk=4, threads=threads)  # chunks on threads or not
     want = []
     for u in sorted(targets):
         observe_steps(ties, channels, sequences[u], forget=True)
@@ -185,8 +186,9 @@ def test_chunks_ties_hnsw_and_consumed_items_kept(ties, monkeypatch) -> None:
 
 
 class _Group:
-    def __init__(self, user_id, features, target, rows, context) -> None:
-        self.user_id, self.features, self.target, self.rows, self.context = user_id, features, target, rows, context
+    def __init__(self, user_id, features, target, rows, render) -> None:
+        self.user_id, self.features, self.target, self.rows = user_id, features, target, rows
+        self.context = render()  # the batched builder renders a context when it is read
 
 
 def test_statistics_are_left_as_given(shop) -> None:
@@ -309,12 +311,16 @@ def _random_lists(rng, n_groups, n_rows, sizes):
     return out
 
 
-def test_fusion_and_list_features_are_servings() -> None:
+@pytest.mark.parametrize("weights", [[1.0, 0.7, 0.3, 2.0], [1.0, 1.0, 1.0, 1.0]])
+def test_fusion_and_list_features_are_servings(weights) -> None:
     rng = np.random.default_rng(0)
-    n_rows, weights, n = 40, [1.0, 0.7, 0.3, 2.0], 12
+    n_rows, n = 40, 12
     groups = _random_lists(rng, 30, n_rows, (15, 10, 20, 0))
     lists = [Lists.concat([(g[c].rows, g[c].scores) for g in groups]) for c in range(4)]
     fused = fuse_many(lists, weights, n, n_rows + 1)
+    # equal weights: rows at the same ranks of different lists tie, some of them at a request's n-th place
+    ties = [fuse(per, weights, n + 10).scores for per in groups]
+    assert len(set(weights)) > 1 or any(len(t) > n and t[n - 1] == t[n] for t in ties)
     feats = list_features(fused, lists, n_rows + 1)
     vectors = np.eye(n_rows, 4, dtype=np.float32)
     for i, per in enumerate(groups):

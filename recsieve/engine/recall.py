@@ -222,7 +222,7 @@ class TransitionsChannel(RecallChannel):
         if not keep.any():
             return
         src, dst = prev[keep].astype(np.int64), rows[keep].astype(np.int64)
-        order = np.lexsort((dst, src))
+        order = np.argsort(src * (int(dst.max()) + 1) + dst)  # by source, then next row (lexsort's order, faster)
         src, dst = src[order], dst[order]
         first = np.ones(src.size, dtype=bool)
         first[1:] = (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])

@@ -1,7 +1,7 @@
 """The ranking head's examples built in chunks of users: the same groups as the per-user loop
 (:func:`~recsieve.training.examples.groups_for` with each user's steps taken out of the recall
-statistics), several times faster (ML-1M, 3 steps per user: 6.1x without a context model, 4.7x
-with one; ``bench/ranking_examples_speed.py``).
+statistics), several times faster (``bench/ranking_examples_speed.py``; the figures are in the
+README).
 
 The per-user loop forgets a user's steps event by event, rebuilds a user view event by event,
 then runs each channel, fusion and the features in Python per candidate. Here, for a chunk of
@@ -17,8 +17,11 @@ users:
   behaviour index; the context encoder runs once per chunk and context length (a batch of equal
   lengths computes what a single request computes, bit for bit);
 - fusion and the per-channel features over all candidates of the chunk at once
-  (:mod:`recsieve.training.batched_features`), the candidate scorer in batches; the other
-  features and the rendered context are serving's own functions, per request.
+  (:mod:`recsieve.training.batched_features`), only the entries at least as good as a request's
+  ``n``-th sorted; the candidate scorer in batches; the other features and the rendered context
+  are serving's own functions, per request (the context rendered when it is first read);
+- **chunks on threads** (:func:`batched_groups`): most of a chunk's time is numpy and FAISS,
+  which release the GIL.
 
 Channels other than the built-in vector, transitions and popularity ones are not supported here
 (:func:`supported` says so, and :func:`~recsieve.training.examples.ranking_groups` then runs the
@@ -28,10 +31,15 @@ per-user loop).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from operator import attrgetter
 
+import faiss
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -63,7 +71,8 @@ from recsieve.training.batched_recall import (
 from recsieve.training.batched_search import search_many
 from recsieve.types import EVENT_KINDS
 
-__all__ = ["CHUNK_USERS", "supported", "Requests", "Recall", "prepare", "recall_chunks", "batched_groups"]
+__all__ = ["CHUNK_USERS", "supported", "Requests", "Recall", "prepare", "recall_chunks", "batched_groups",
+           "default_threads"]
 
 #: Users per chunk: enough for numpy to pay off, small enough for a chunk's arrays to stay small.
 CHUNK_USERS = 256
@@ -87,12 +96,17 @@ class _User:
     observed: np.ndarray
 
     @classmethod
-    def of(cls, steps: Sequence[Step], observe_weights: dict[str, float]) -> _User:
-        kinds = [s.kind for s in steps]
-        return cls(np.fromiter((s.item for s in steps), np.int64, count=len(steps)), kinds,
-                   np.array([s.ts if s.ts is not None else float(i) for i, s in enumerate(steps)], np.float64),
-                   np.array([EVENT_KINDS[k] for k in kinds], np.float64),
-                   np.array([observe_weights[k] > 0 for k in kinds], bool))
+    def of(cls, steps: Sequence[Step], observed: dict[str, bool]) -> _User:
+        """``observed[kind]``: whether the statistics count a step of that kind (iterated in C: a
+        sampled user's whole history is read)."""
+        n = len(steps)
+        kinds = list(map(attrgetter("kind"), steps))
+        ts = list(map(attrgetter("ts"), steps))
+        if None in ts:
+            ts = [t if t is not None else float(i) for i, t in enumerate(ts)]
+        return cls(np.fromiter(map(attrgetter("item"), steps), np.int64, count=n), kinds, np.array(ts, np.float64),
+                   np.fromiter(map(EVENT_KINDS.__getitem__, kinds), np.float64, count=n),
+                   np.fromiter(map(observed.__getitem__, kinds), bool, count=n))
 
 
 class _Plan:
@@ -222,7 +236,8 @@ def prepare(plan: _Plan, sequences: dict[str, list[Step]], targets: dict[str, li
     """The requests of ``targets`` (users in sorted order, each user's targets in order)."""
     engine, ctx = plan.engine, plan.context
     ids = sorted(targets)
-    steps = [_User.of(sequences[u], plan.observe_weights) for u in ids]
+    observed = {k: w > 0 for k, w in plan.observe_weights.items()}
+    steps = [_User.of(sequences[u], observed) for u in ids]
     users = np.repeat(np.arange(len(ids)), [len(targets[u]) for u in ids])
     tpos = np.array([t for u in ids for t in targets[u]], np.int64)
     # in the per-user loop's order, so that a seeded draw in instruction_for gives the same requests
@@ -342,19 +357,52 @@ def _searched(index, queries: Sequence[np.ndarray | None], n: int, excluded: Seq
 
 def batched_groups(engine: Engine, sequences: dict[str, list[Step]], targets: dict[str, list[int]],
                    channels: Sequence[RecallChannel], *, instruction_for: Callable[[int], str | None] | None = None,
-                   model: ServingModel | None = None, chunk: int = CHUNK_USERS,
-                   progress: bool = False) -> list[tuple[str, np.ndarray, int, np.ndarray, str]]:
+                   model: ServingModel | None = None, chunk: int = CHUNK_USERS, threads: int | None = None,
+                   progress: bool = False) -> list[tuple[str, np.ndarray, int, np.ndarray, Callable[[], str]]]:
     """``(user, features, target position among the candidates, candidate rows, context)`` of every
     (user, target) of ``targets`` whose target recall finds, in
     :func:`~recsieve.training.examples.groups_for`'s order, each with ``channels``' statistics
     leaving its user's steps out: the fields of the
-    :class:`~recsieve.training.examples.RankingGroup` the per-user loop builds."""
+    :class:`~recsieve.training.examples.RankingGroup` the per-user loop builds (the context as a
+    function that renders it).
+
+    Chunks run on ``threads`` threads (default :func:`default_threads`), each chunk's FAISS
+    searches on one OpenMP thread: most of a chunk's time is numpy and FAISS, which release the
+    GIL. The groups do not depend on the number of threads."""
+    with _one_blas_thread():
+        plan = _Plan(engine, channels, model)
+        req = prepare(plan, sequences, targets, instruction_for)
+        if plan.context is not None:
+            plan.item_table()  # built once, before the threads read it
+    bounds = np.searchsorted(req.users, np.arange(0, len(req.ids) + chunk, chunk))
+    chunks = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+    def build(index: np.ndarray) -> list[tuple[str, np.ndarray, int, np.ndarray, Callable[[], str]]]:
+        return _examples(plan, req, _recall(plan, req, index))
+
     groups = []
-    for plan, req, rec in recall_chunks(engine, sequences, targets, channels, instruction_for=instruction_for,
-                                        model=model, chunk=chunk, progress=progress):
-        with _one_blas_thread():
-            groups += _examples(plan, req, rec)
+    n_threads = max(1, threads if threads is not None else default_threads())
+    with tqdm(total=len(req.ids), desc="ranking examples", unit="user", disable=not progress, leave=False) as bar, \
+            _one_blas_thread(), ThreadPoolExecutor(n_threads, initializer=_one_openmp_thread) as pool:
+        for index, got in zip(chunks, pool.map(build, chunks) if n_threads > 1 else map(build, chunks)):
+            groups += got
+            bar.update(int(np.unique(req.users[index]).size))
     return groups
+
+
+def default_threads() -> int:
+    """Threads for :func:`batched_groups`: two where the process may run on two or more CPU cores
+    (measured on two cores: a third thread gained nothing, the GIL-bound parts queue)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return min(2, cores)
+
+
+def _one_openmp_thread() -> None:
+    """A pool thread's own OpenMP setting (per thread): its FAISS searches on one thread."""
+    faiss.omp_set_num_threads(1)
 
 
 @dataclass(frozen=True)
@@ -367,8 +415,10 @@ class _Cands:
         return int(self.rows.shape[0])
 
 
-def _examples(plan: _Plan, req: Requests, rec: Recall) -> list[tuple[str, np.ndarray, int, np.ndarray, str]]:
-    """(user, features, target position, rows, context) of each request whose target was recalled."""
+def _examples(plan: _Plan, req: Requests,
+              rec: Recall) -> list[tuple[str, np.ndarray, int, np.ndarray, Callable[[], str]]]:
+    """(user, features, target position, rows, context) of each request whose target was recalled;
+    the context is a function that renders it (serving's rendering, when it is first read)."""
     fused = rec.fused
     hits, at = [], []
     for g, i in enumerate(rec.index.tolist()):
@@ -418,16 +468,17 @@ def _examples(plan: _Plan, req: Requests, rec: Recall) -> list[tuple[str, np.nda
                                popularity=shares[a:b], short_term=plan.cfg.short_term_events,
                                extra=np.concatenate([c[a:b] for c in extra_cols], axis=1) if extra_cols else None)
         user = req.ids[req.users[i]]
-        out.append((user, np.concatenate([per_list[a:b], x], axis=1), at[k], rows, _render(plan, req, rec, g)))
+        r0, r1 = rec.recent[g]
+        us = req.steps[req.users[i]]
+        render = partial(_render, plan.engine, rec.profiles[g], us.rows[r0:r1], us.kinds[r0:r1], us.ts[r0:r1],
+                         us.weight[r0:r1], r1, req.texts[i], req.nows[i])
+        out.append((user, np.concatenate([per_list[a:b], x], axis=1), at[k], rows, render))
     return out
 
 
-def _render(plan: _Plan, req: Requests, rec: Recall, g: int) -> str:
-    """The request's context text, rendered by serving from a view of what it reads (the recent events)."""
-    i = int(rec.index[g])
-    a, b = rec.recent[g]
-    us = req.steps[req.users[i]]
-    recent = tuple(map(RecentEvent, us.rows[a:b].tolist(), us.kinds[a:b], us.ts[a:b].tolist(),
-                       us.weight[a:b].tolist()))
-    view = UserView("(history)", rec.profiles[g], recent, frozenset(), b, -math.inf, recent)
-    return plan.engine.render_context(view, req.texts[i], now=req.nows[i])
+def _render(engine: Engine, profile: np.ndarray | None, rows: np.ndarray, kinds: list[str], ts: np.ndarray,
+            weight: np.ndarray, seen: int, text: str | None, now: float) -> str:
+    """A request's context text, rendered by serving from a view of what it reads (the recent events)."""
+    recent = tuple(map(RecentEvent, rows.tolist(), kinds, ts.tolist(), weight.tolist()))
+    view = UserView("(history)", profile, recent, frozenset(), seen, -math.inf, recent)
+    return engine.render_context(view, text, now=now)

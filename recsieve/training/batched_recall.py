@@ -347,12 +347,10 @@ class TransitionTable:
         else:
             gg, rr = np.nonzero(ok)
             ok[gg, rr] = ~exclude.has(gg * base + rr)
-        if base > n:  # rows at least as good as each request's n-th best (ties included) are sorted
-            coarse = np.where(ok, scores, -np.inf).astype(np.float32)  # rounding keeps the order (ties aside)
-            floor = np.partition(coarse, base - n, axis=1)[:, base - n]
-            ok &= coarse >= floor[:, None]
         gg, rr = np.nonzero(ok)
         vv = scores[gg, rr]
+        keep = _at_least_nth(gg, vv, n, n_groups)  # only rows as good as a request's n-th best are sorted
+        gg, rr, vv = gg[keep], rr[keep], vv[keep]
         order = order_by(gg, -vv, rr)
         return Lists.from_sorted(gg[order], rr[order], vv[order].astype(np.float32), n_groups, n)
 
@@ -456,14 +454,15 @@ def _top(keys: np.ndarray, vals: np.ndarray, base: int, n: int, accept: np.ndarr
 
 
 def fuse_many(lists: Sequence[Lists], weights: Sequence[float], n: int, base: int, k0: float = 60.0) -> Lists:
-    """:func:`~recsieve.engine.recall.fuse` of each request's lists (the same rows, order and scores)."""
+    """:func:`~recsieve.engine.recall.fuse` of each request's lists (the same rows, order and scores).
+
+    Only entries scoring at least their request's ``n``-th best (ties kept) are sorted exactly."""
     n_groups = lists[0].n_groups if lists else 0
     parts = [(lst.groups() * base + lst.rows, lst.ranks(), w) for lst, w in zip(lists, weights)]
     if not parts or not sum(k.size for k, _, _ in parts):
         return Lists.empty(n_groups)
     _, uniq, inv = _grouped(np.concatenate([k for k, _, _ in parts]))
-    fused = np.zeros(uniq.size)
-    best = np.full(uniq.size, np.iinfo(np.int64).max)
+    fused, best = np.zeros(uniq.size), np.full(uniq.size, np.iinfo(np.int64).max)
     start = 0
     for keys, ranks, w in parts:  # channel by channel, as fuse adds them (a row once per list)
         at = inv[start : start + keys.size]
@@ -471,8 +470,30 @@ def fuse_many(lists: Sequence[Lists], weights: Sequence[float], n: int, base: in
         fused[at] += w / (k0 + ranks)
         best[at] = np.minimum(best[at], ranks)
     g, rows = uniq // base, uniq % base
+    keep = _at_least_nth(g, fused, n, n_groups)
+    g, rows, fused, best = g[keep], rows[keep], fused[keep], best[keep]
     order = order_by(g, -fused, best, rows)
     return Lists.from_sorted(g[order], rows[order], fused[order].astype(np.float32), n_groups, n)
+
+
+def _at_least_nth(groups: np.ndarray, values: np.ndarray, n: int, n_groups: int) -> np.ndarray:
+    """Which entries (sorted by group) are at least their group's ``n``-th largest value (all of
+    a group with ``n`` or fewer): a superset of each group's top ``n`` whatever breaks its ties."""
+    starts = np.searchsorted(groups, np.arange(n_groups + 1))
+    sizes = np.diff(starts)
+    big = np.flatnonzero(sizes > n)  # the groups to cut, each a row of a matrix padded with -inf
+    if n <= 0 or not big.size:
+        return np.ones(groups.size, bool)
+    row = np.full(n_groups, -1)
+    row[big] = np.arange(big.size)
+    at = np.flatnonzero(row[groups] >= 0)
+    width = int(sizes[big].max())
+    padded = np.full(big.size * width, np.inf)
+    padded[row[groups[at]] * width + at - starts[groups[at]]] = -values[at]
+    padded = padded.reshape(big.size, width)
+    floor = np.full(n_groups, -np.inf)
+    floor[big] = -np.partition(padded, n - 1, axis=1)[:, n - 1]
+    return values >= floor[groups]
 
 
 def accepted(rows: np.ndarray, accept: np.ndarray) -> np.ndarray:
