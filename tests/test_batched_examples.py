@@ -6,9 +6,11 @@ matches the serving function it stands for on random inputs. Toy sizes, no timin
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import numpy as np
 import pytest
+import torch
 from test_config import WordHashEmbedder
 
 from recsieve import Engine, EngineConfig, Event, Item
@@ -266,7 +268,7 @@ def _context_model(eng, folder, *, reads=("kinds", "ages"), instruction=True):
 
 
 @pytest.mark.parametrize("reads,instruction", [(("kinds", "ages"), True), ((), False)])
-def test_with_a_context_model(shop, tmp_path, reads, instruction) -> None:
+def test_with_a_context_model(shop, tmp_path, reads, instruction, monkeypatch) -> None:
     model = _context_model(shop, tmp_path / "model", reads=reads, instruction=instruction)
     sequences = engine_sequences(shop)
 
@@ -274,7 +276,18 @@ def test_with_a_context_model(shop, tmp_path, reads, instruction) -> None:
         rng = np.random.default_rng(3)
         return lambda row: None if rng.random() < 0.6 else f"a {shop.catalog.title(row)} please"
 
-    new, _ = ranking_groups(shop, sequences, steps_per_user=3, model=model, instruction_for=asker())
+    # torch's thread count is the process's: the pool's threads must not set it (they would race)
+    main, set_on_pool, real_set = threading.get_ident(), [], torch.set_num_threads
+
+    def set_num_threads(n: int) -> None:
+        if threading.get_ident() != main:
+            set_on_pool.append(n)
+        real_set(n)
+
+    monkeypatch.setattr(torch, "set_num_threads", set_num_threads)
+    before = torch.get_num_threads()
+    new, _ = ranking_groups(shop, sequences, steps_per_user=3, model=model, instruction_for=asker(), threads=3)
+    assert not set_on_pool and torch.get_num_threads() == before
     old, _ = ranking_groups(shop, sequences, steps_per_user=3, model=model, instruction_for=asker(), batch=False)
     _same(new, old)
     assert new[0].features.shape[1] == len(shop.feature_names(context=True))

@@ -21,7 +21,7 @@ import torch
 from recsieve.context.modules import gap_buckets
 from recsieve.engine.context import ContextRuntime
 
-__all__ = ["Context", "user_vectors", "cross_scores"]
+__all__ = ["Context", "user_vectors", "cross_scores", "torch_threads"]
 
 #: One request's context as the encoder reads it: rows (positive events, the last ``max_len``),
 #: their kinds and times when the model reads them (else ``None``).
@@ -65,7 +65,8 @@ def _instruction(vec: np.ndarray | None, dim: int) -> np.ndarray:
 
 
 @contextmanager
-def _threads(n: int | None) -> Iterator[None]:
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's (process-wide) thread count set to ``n`` meanwhile, unless it already is (``None``: left)."""
     before = torch.get_num_threads()
     if n is not None and n != before:
         torch.set_num_threads(n)
@@ -89,7 +90,7 @@ def cross_scores(runtime: ContextRuntime, contexts: Sequence[Context], candidate
     settings = model.settings
     kind_index = {k: i + 1 for i, k in enumerate(settings.kinds)}
     todo = sorted((g for g in range(len(candidates)) if len(candidates[g])), key=lambda g: contexts[g][0].size)
-    with torch.no_grad(), _threads(model.threads):
+    with torch.no_grad(), torch_threads(model.threads):
         for start in range(0, len(todo), batch):
             part = todo[start : start + batch]
             width = max(1, min(settings.max_len, max(contexts[g][0].size for g in part)))

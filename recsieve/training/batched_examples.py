@@ -57,7 +57,7 @@ from recsieve.engine.recall import (
 )
 from recsieve.engine.users import RecentEvent, UserView
 from recsieve.rerankers.training import Step
-from recsieve.training.batched_context import Context, cross_scores, user_vectors
+from recsieve.training.batched_context import Context, cross_scores, torch_threads, user_vectors
 from recsieve.training.batched_features import list_features
 from recsieve.training.batched_recall import (
     KeySet,
@@ -382,8 +382,12 @@ def batched_groups(engine: Engine, sequences: dict[str, list[Step]], targets: di
 
     groups = []
     n_threads = max(1, threads if threads is not None else default_threads())
+    # torch's thread count is the process's: set here to what the model's inference asks, once, so
+    # that the chunks' own settings of it (concurrent, on the pool's threads) change nothing
+    model_threads = plan.context.model.threads if plan.context is not None else None
     with tqdm(total=len(req.ids), desc="ranking examples", unit="user", disable=not progress, leave=False) as bar, \
-            _one_blas_thread(), ThreadPoolExecutor(n_threads, initializer=_one_openmp_thread) as pool:
+            _one_blas_thread(), torch_threads(model_threads), \
+            ThreadPoolExecutor(n_threads, initializer=_one_openmp_thread) as pool:
         for index, got in zip(chunks, pool.map(build, chunks) if n_threads > 1 else map(build, chunks)):
             groups += got
             bar.update(int(np.unique(req.users[index]).size))
