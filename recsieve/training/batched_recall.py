@@ -481,7 +481,7 @@ def _at_least_nth(groups: np.ndarray, values: np.ndarray, n: int, n_groups: int)
     a group with ``n`` or fewer): a superset of each group's top ``n`` whatever breaks its ties."""
     starts = np.searchsorted(groups, np.arange(n_groups + 1))
     sizes = np.diff(starts)
-    big = np.flatnonzero(sizes > n)  # the groups to cut, each a row of a matrix padded with -inf
+    big = np.flatnonzero(sizes > n)  # the groups to cut: a row each of negated values, padded with +inf
     if n <= 0 or not big.size:
         return np.ones(groups.size, bool)
     row = np.full(n_groups, -1)
