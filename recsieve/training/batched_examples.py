@@ -232,8 +232,11 @@ class Recall:
 
 
 def prepare(plan: _Plan, sequences: dict[str, list[Step]], targets: dict[str, list[int]],
-            instruction_for: Callable[[int], str | None] | None) -> Requests:
-    """The requests of ``targets`` (users in sorted order, each user's targets in order)."""
+            instruction_for: Callable[[int], str | None] | None, pool: ThreadPoolExecutor | None = None,
+            shares: int = 1) -> Requests:
+    """The requests of ``targets`` (users in sorted order, each user's targets in order). With a
+    ``pool`` (whose threads must not change torch's thread count), the context encoder runs there
+    on ``shares`` parts of the requests: each vector is a single request's either way."""
     engine, ctx = plan.engine, plan.context
     ids = sorted(targets)
     observed = {k: w > 0 for k, w in plan.observe_weights.items()}
@@ -255,7 +258,13 @@ def prepare(plan: _Plan, sequences: dict[str, list[Step]], targets: dict[str, li
             keep = np.flatnonzero(us.weight[h:t] > 0)[-settings.max_len:] + h
             contexts.append((us.rows[keep], [us.kinds[i] for i in keep.tolist()] if "kinds" in reads else None,
                              us.ts[keep] if "ages" in reads else None))
-        vectors = user_vectors(ctx, contexts, instructions, nows)
+        if pool is None:
+            vectors = user_vectors(ctx, contexts, instructions, nows)
+        else:
+            parts = np.array_split(np.arange(len(contexts)), max(1, shares))
+            vectors = [v for got in pool.map(lambda i: user_vectors(ctx, [contexts[g] for g in i],
+                                                                    [instructions[g] for g in i],
+                                                                    [nows[g] for g in i]), parts) for v in got]
     return Requests(ids, steps, users, tpos, texts, instructions, nows, contexts, vectors)
 
 
@@ -369,28 +378,29 @@ def batched_groups(engine: Engine, sequences: dict[str, list[Step]], targets: di
     Chunks run on ``threads`` threads (default :func:`default_threads`), each chunk's FAISS
     searches on one OpenMP thread: most of a chunk's time is numpy and FAISS, which release the
     GIL. The groups do not depend on the number of threads."""
+    n_threads = max(1, threads if threads is not None else default_threads())
     with _one_blas_thread():
         plan = _Plan(engine, channels, model)
-        req = prepare(plan, sequences, targets, instruction_for)
+    # torch's thread count is the process's: set here to what the model's inference asks, once, so
+    # that the encoder's and the scorer's own settings of it (on the pool's threads) change nothing
+    model_threads = plan.context.model.threads if plan.context is not None else None
+    groups = []
+    with _one_blas_thread(), torch_threads(model_threads), \
+            ThreadPoolExecutor(n_threads, initializer=_one_openmp_thread) as pool:
+        req = prepare(plan, sequences, targets, instruction_for, pool if n_threads > 1 else None, n_threads)
         if plan.context is not None:
             plan.item_table()  # built once, before the threads read it
-    bounds = np.searchsorted(req.users, np.arange(0, len(req.ids) + chunk, chunk))
-    chunks = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        bounds = np.searchsorted(req.users, np.arange(0, len(req.ids) + chunk, chunk))
+        chunks = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
-    def build(index: np.ndarray) -> list[tuple[str, np.ndarray, int, np.ndarray, Callable[[], str]]]:
-        return _examples(plan, req, _recall(plan, req, index))
+        def build(index: np.ndarray) -> list[tuple[str, np.ndarray, int, np.ndarray, Callable[[], str]]]:
+            return _examples(plan, req, _recall(plan, req, index))
 
-    groups = []
-    n_threads = max(1, threads if threads is not None else default_threads())
-    # torch's thread count is the process's: set here to what the model's inference asks, once, so
-    # that the chunks' own settings of it (concurrent, on the pool's threads) change nothing
-    model_threads = plan.context.model.threads if plan.context is not None else None
-    with tqdm(total=len(req.ids), desc="ranking examples", unit="user", disable=not progress, leave=False) as bar, \
-            _one_blas_thread(), torch_threads(model_threads), \
-            ThreadPoolExecutor(n_threads, initializer=_one_openmp_thread) as pool:
-        for index, got in zip(chunks, pool.map(build, chunks) if n_threads > 1 else map(build, chunks)):
-            groups += got
-            bar.update(int(np.unique(req.users[index]).size))
+        with tqdm(total=len(req.ids), desc="ranking examples", unit="user", disable=not progress,
+                  leave=False) as bar:
+            for index, got in zip(chunks, pool.map(build, chunks) if n_threads > 1 else map(build, chunks)):
+                groups += got
+                bar.update(int(np.unique(req.users[index]).size))
     return groups
 
 
