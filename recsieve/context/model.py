@@ -38,7 +38,7 @@ from recsieve.errors import (
 )
 from recsieve.storage import atomic_write_json, read_json, replacing_folder, sha256_file
 
-__all__ = ["ContextSettings", "ContextModel", "FORMAT_VERSION", "MANIFEST", "KIND"]
+__all__ = ["ContextSettings", "ContextModel", "FORMAT_VERSION", "MANIFEST", "KIND", "torch_threads"]
 
 #: 2: the encoder's block layout is a setting (``ContextSettings.block``), SASRec's by default.
 #: 3: the FFN's activation and the attention-weight dropout are settings (ReLU and 0.1 by default).
@@ -94,7 +94,8 @@ class ContextSettings:
 
 
 @contextmanager
-def _threads(n: int | None) -> Iterator[None]:
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's (process-wide) thread count set to ``n`` meanwhile, unless it already is (``None``: left)."""
     if n is None:
         yield
         return
@@ -173,7 +174,7 @@ class ContextModel:
         """
         text = self._text(text_vectors, None)
         c = None if cold is None else torch.from_numpy(np.asarray(cold, bool))
-        with _threads(self.threads):
+        with torch_threads(self.threads):
             self._table = self.tower(text, c).float().contiguous()
 
     @torch.no_grad()
@@ -184,7 +185,7 @@ class ContextModel:
         text = self._text(text_vectors, None)
         if self.tower.adapter is None:
             raise InvalidInputError("text_vectors", "ID-only tower", "cannot embed cold items")
-        with _threads(self.threads):
+        with torch_threads(self.threads):
             new = self.tower.adapter(text).float()
         self._table = torch.cat([self._table, new], 0).contiguous()
         return new.numpy().copy()
@@ -205,7 +206,7 @@ class ContextModel:
             wanted = np.arange(n, rows.max() + 1)
             if not np.isin(wanted, rows).all():
                 raise InvalidInputError("rows", int(rows.max()), f"new rows must follow the table's {n} rows")
-        with _threads(self.threads):
+        with torch_threads(self.threads):
             tokens = self.tower.rows(text, torch.from_numpy(rows)).float()
         old = rows < n
         if old.any():  # in place: a concurrent reader sees the row's old token or its new one
@@ -286,7 +287,7 @@ class ContextModel:
         if not len(contexts):
             return np.zeros((0, self.settings.dim), np.float32)
         b = self._batch(contexts, kinds, timestamps, request_times, instructions)
-        with _threads(self.threads):
+        with torch_threads(self.threads):
             u = self.encoder.user(self._table, b["rows"], b["kinds"], b["gaps"], b["instruction"])
             return u.float().numpy().copy()
 
@@ -323,7 +324,7 @@ class ContextModel:
         types = None
         if candidate_types is not None:
             types = torch.from_numpy(np.asarray(candidate_types, np.int64)[None])
-        with _threads(self.threads):
+        with torch_threads(self.threads):
             s = self.scorer(
                 self._table,
                 b["rows"],

@@ -12,16 +12,16 @@ and agree with serving's to float rounding.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from recsieve.context.model import torch_threads
 from recsieve.context.modules import gap_buckets
 from recsieve.engine.context import ContextRuntime
 
-__all__ = ["Context", "user_vectors", "cross_scores", "torch_threads"]
+__all__ = ["Context", "user_vectors", "cross_scores"]
 
 #: One request's context as the encoder reads it: rows (positive events, the last ``max_len``),
 #: their kinds and times when the model reads them (else ``None``).
@@ -62,19 +62,6 @@ def user_vectors(runtime: ContextRuntime, contexts: Sequence[Context], instructi
 
 def _instruction(vec: np.ndarray | None, dim: int) -> np.ndarray:
     return np.asarray(vec, np.float32) if vec is not None else np.zeros(dim, np.float32)
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """torch's (process-wide) thread count set to ``n`` meanwhile, unless it already is (``None``: left)."""
-    before = torch.get_num_threads()
-    if n is not None and n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 def cross_scores(runtime: ContextRuntime, contexts: Sequence[Context], candidates: Sequence[np.ndarray],

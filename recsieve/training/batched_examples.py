@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from recsieve.context.model import torch_threads
 from recsieve.engine.context import ContextRuntime
 from recsieve.engine.engine import Engine
 from recsieve.engine.models import ServingModel
@@ -57,7 +58,7 @@ from recsieve.engine.recall import (
 )
 from recsieve.engine.users import RecentEvent, UserView
 from recsieve.rerankers.training import Step
-from recsieve.training.batched_context import Context, cross_scores, torch_threads, user_vectors
+from recsieve.training.batched_context import Context, cross_scores, user_vectors
 from recsieve.training.batched_features import list_features
 from recsieve.training.batched_recall import (
     KeySet,
@@ -278,14 +279,22 @@ def recall_chunks(engine: Engine, sequences: dict[str, list[Step]], targets: dic
     with _one_blas_thread():
         plan = _Plan(engine, channels, model)
         req = prepare(plan, sequences, targets, instruction_for)
-    bounds = np.searchsorted(req.users, np.arange(0, len(req.ids) + chunk, chunk))
     with tqdm(total=len(req.ids), desc="ranking examples", unit="user", disable=not progress, leave=False) as bar:
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            if b > a:
-                with _one_blas_thread():
-                    rec = _recall(plan, req, np.arange(a, b))
-                yield plan, req, rec
-            bar.update(min(chunk, len(req.ids) - bar.n))
+        for index in _chunks(req, chunk):
+            with _one_blas_thread():
+                rec = _recall(plan, req, index)
+            yield plan, req, rec
+            bar.update(_users_in(req, index))
+
+
+def _chunks(req: Requests, chunk: int) -> list[np.ndarray]:
+    """The requests of each ``chunk`` users (a user's requests in one chunk), as indices into ``req``."""
+    bounds = np.searchsorted(req.users, np.arange(0, len(req.ids) + chunk, chunk))
+    return [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _users_in(req: Requests, index: np.ndarray) -> int:
+    return int(np.unique(req.users[index]).size)
 
 
 @contextmanager
@@ -390,8 +399,7 @@ def batched_groups(engine: Engine, sequences: dict[str, list[Step]], targets: di
         req = prepare(plan, sequences, targets, instruction_for, pool if n_threads > 1 else None, n_threads)
         if plan.context is not None:
             plan.item_table()  # built once, before the threads read it
-        bounds = np.searchsorted(req.users, np.arange(0, len(req.ids) + chunk, chunk))
-        chunks = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        chunks = _chunks(req, chunk)
 
         def build(index: np.ndarray) -> list[tuple[str, np.ndarray, int, np.ndarray, Callable[[], str]]]:
             return _examples(plan, req, _recall(plan, req, index))
@@ -400,7 +408,7 @@ def batched_groups(engine: Engine, sequences: dict[str, list[Step]], targets: di
                   leave=False) as bar:
             for index, got in zip(chunks, pool.map(build, chunks) if n_threads > 1 else map(build, chunks)):
                 groups += got
-                bar.update(int(np.unique(req.users[index]).size))
+                bar.update(_users_in(req, index))
     return groups
 
 
