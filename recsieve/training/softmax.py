@@ -31,11 +31,14 @@ class _FullSoftmaxCE(torch.autograd.Function):
             for lo in range(0, h32.shape[0], chunk):
                 hc, tc = h32[lo : lo + chunk], targets[lo : lo + chunk, None]
                 logits = hc @ t32.T
-                lse = torch.logsumexp(logits, 1, keepdim=True)
-                total += (lse - logits.gather(1, tc)).sum()
+                picked = logits.gather(1, tc)
+                top = logits.amax(1, keepdim=True)
+                p = logits.sub_(top).exp_()  # one exp pass gives the loss and the softmax
+                norm = p.sum(1, keepdim=True)
+                total += (norm.log() + top - picked).sum()
                 if gh is None and gt is None:
                     continue
-                p = logits.sub_(lse).exp_()  # softmax, in place
+                p.div_(norm)  # softmax, in place
                 p.scatter_add_(1, tc, p.new_full(tc.shape, -1.0))  # minus the one-hot target
                 if gh is not None:
                     gh[lo : lo + chunk] = p @ t32
