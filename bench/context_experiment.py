@@ -2,7 +2,11 @@
 
 python bench/context_experiment.py --system context|sasrec --budget 600 [--users 1000] [--ids-only]
   [--fp32] [--sampled] [--epochs N] [--lr 1e-3] [--stage test|valid] [--max-batches N]
+  [--attention-dropout P] [--per-user FILE.npy] [--pair-with OTHER.npy]
 Prints a JSON line with the figures. Text vectors: MiniLM of the item texts, cached at --text-cache.
+``--per-user`` saves the per-user NDCG@10; ``--pair-with`` adds this run's paired difference
+from such a file (same users) with a 95% bootstrap interval -- two runs side by side, one
+thread each, compare two settings at equal budgets.
 """
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ import numpy as np
 import torch
 
 from recsieve.evaluation.datasets import load_dataset
-from recsieve.evaluation.harness import evaluate_split
+from recsieve.evaluation.harness import PER_USER, evaluate_split
 from recsieve.evaluation.protocol import leave_one_out
+from recsieve.intervals import paired_gain
 
 
 def text_vectors(data, cache: str) -> np.ndarray:
@@ -53,6 +58,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save", default=None)
+    ap.add_argument("--attention-dropout", type=float, default=None, help="default: ContextSettings'")
+    ap.add_argument("--valid-users", type=int, default=512)
+    ap.add_argument("--per-user", default=None, help="save the per-user NDCG@10 here (.npy)")
+    ap.add_argument("--pair-with", default=None, help="a --per-user file of another run on the same users")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     data = load_dataset("ml-1m", a.data)
@@ -63,6 +72,7 @@ def main() -> None:
     cfg = TrainConfig(
         epochs=a.epochs, budget_s=a.budget, lr=a.lr, batch_size=a.batch, bf16=not a.fp32,
         sampled_above=1 if a.sampled else 50_000, n_negatives=a.negatives, patience=a.patience,
+        valid_users=a.valid_users,
         weight_decay=a.wd, schedule=a.schedule or "cosine", seed=a.seed, threads=a.threads, progress=True,
     )
     if a.system == "sasrec":
@@ -73,10 +83,16 @@ def main() -> None:
     else:
         tv = None if a.ids_only else text_vectors(data, a.text_cache)
         settings = ContextSettings(n_warm=data.n_items if hasattr(data, "n_items") else len(data.items),
-                                   text_dim=0 if a.ids_only else 384, dropout=a.dropout, use_ids=not a.no_ids)
+                                   text_dim=0 if a.ids_only else 384, dropout=a.dropout, use_ids=not a.no_ids,
+                                   **({} if a.attention_dropout is None else {"attention_dropout": a.attention_dropout}))
         system = ContextScorer(tv, settings=settings, config=cfg)
     t = time.time()
-    row = evaluate_split(split, system, stage=a.stage, progress=False)
+    row = evaluate_split(split, system, stage=a.stage, progress=False, per_user=True)
+    ndcg = row.pop(PER_USER)["ndcg@10"]
+    if a.per_user:
+        np.save(a.per_user, ndcg)
+    if a.pair_with:
+        row["minus_pair_with"] = paired_gain(list(ndcg), list(np.load(a.pair_with)))
     hist = {k: v for k, v in system.history.items() if k != "losses"}
     out = {"args": vars(a), "users": split.n_users, "row": row, "history": hist,
            "losses": [round(x, 4) for x in system.history.get("losses", [])], "wall_s": round(time.time() - t, 1)}
