@@ -48,7 +48,10 @@ def trained(tmp_path_factory):
     eng = Engine.create(root / "eng", config, embedder=WordHashEmbedder(32))
     eng.upsert_items(_items())
     eng.record(_events())
-    encoder = TrainConfig(epochs=150, batch_size=32, lr=3e-3, patience=None, seed=0)
+    # every user trains and the last epoch serves: with the default 24-user validation hold-out
+    # (and its best epoch) this toy's encoder missed the planted pattern for seed 0, not for seed 1;
+    # without it, it learnt the pattern for seeds 0, 1 and 2
+    encoder = TrainConfig(epochs=150, batch_size=32, lr=3e-3, patience=None, seed=0, valid_users=0)
     report = train_engine(eng, root / "model", steps_per_user=1, users=None, encoder=encoder,
                           ablation_out=root / "ablation",
                           scorer_epochs=3, scorer_budget_s=None, dim=16, max_len=20, progress=False)
