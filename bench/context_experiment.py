@@ -18,10 +18,12 @@ import time
 import numpy as np
 import torch
 
+from recsieve.context import ContextSettings
 from recsieve.evaluation.datasets import load_dataset
 from recsieve.evaluation.harness import PER_USER, evaluate_split
 from recsieve.evaluation.protocol import leave_one_out
 from recsieve.intervals import paired_gain
+from recsieve.training.context_model import ContextScorer, TrainConfig
 
 
 def text_vectors(data, cache: str) -> np.ndarray:
@@ -58,17 +60,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save", default=None)
-    ap.add_argument("--attention-dropout", type=float, default=None, help="default: ContextSettings'")
-    ap.add_argument("--valid-users", type=int, default=512)
+    ap.add_argument("--attention-dropout", type=float, default=ContextSettings.attention_dropout,
+                    help="dropout on the attention weights (context system; default %(default)s)")
+    ap.add_argument("--valid-users", type=int, default=TrainConfig.valid_users,
+                    help="held-out users for early stopping (context system; default %(default)s)")
     ap.add_argument("--per-user", default=None, help="save the per-user NDCG@10 here (.npy)")
     ap.add_argument("--pair-with", default=None, help="a --per-user file of another run on the same users")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     data = load_dataset("ml-1m", a.data)
     split = leave_one_out(data, users=a.users, seed=a.seed)
-    from recsieve.context import ContextSettings
-    from recsieve.training.context_model import ContextScorer, TrainConfig
-
     cfg = TrainConfig(
         epochs=a.epochs, budget_s=a.budget, lr=a.lr, batch_size=a.batch, bf16=not a.fp32,
         sampled_above=1 if a.sampled else 50_000, n_negatives=a.negatives, patience=a.patience,
@@ -84,7 +85,7 @@ def main() -> None:
         tv = None if a.ids_only else text_vectors(data, a.text_cache)
         settings = ContextSettings(n_warm=data.n_items if hasattr(data, "n_items") else len(data.items),
                                    text_dim=0 if a.ids_only else 384, dropout=a.dropout, use_ids=not a.no_ids,
-                                   **({} if a.attention_dropout is None else {"attention_dropout": a.attention_dropout}))
+                                   attention_dropout=a.attention_dropout)
         system = ContextScorer(tv, settings=settings, config=cfg)
     t = time.time()
     row = evaluate_split(split, system, stage=a.stage, progress=False, per_user=True)

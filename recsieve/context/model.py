@@ -41,7 +41,8 @@ from recsieve.storage import atomic_write_json, read_json, replacing_folder, sha
 __all__ = ["ContextSettings", "ContextModel", "FORMAT_VERSION", "MANIFEST", "KIND", "torch_threads"]
 
 #: 2: the encoder's block layout is a setting (``ContextSettings.block``), SASRec's by default.
-#: 3: the FFN's activation and the attention-weight dropout are settings (ReLU and 0.1 by default).
+#: 3: the FFN's activation and the attention-weight dropout are settings (each manifest records its
+#: values; ReLU by default, attention dropout 0.1 until 2b07c09 and 0 since).
 FORMAT_VERSION = 3
 #: Format 1 folders still load (their blocks are pre-LN), formats 1 and 2 with GELU FFNs.
 READABLE_VERSIONS = (1, 2, 3)

@@ -1,20 +1,21 @@
 """SASRec (Kang & McAuley, ICDM 2018) trained to the full-softmax recipe, as a yardstick.
 
 The published architecture — a causal transformer over item-**ID** embeddings with SASRec's
-blocks (queries from the layer-normed stream, which is also the attention's residual; ReLU
-FFNs; d=64, 2 blocks, 1 head, learned positions, dropout 0.1 on the residual branches, item embeddings shared between input and output, weights initialised
-as in the reference code: N(0, 0.02²), but Xavier-uniform for the attention's query/key/value
-projection, which the reference's ``nn.MultiheadAttention`` keeps) — trained as in Klenitskiy & Vasilev
-(RecSys 2023, "SASRec+"): cross-entropy over **all** items at every position of a user's last
-``max_len + 1`` training items, users dealt into fresh random batches of 128 every epoch,
-Adam(W) lr 1e-3, β = (0.9, 0.999). It reuses
-:func:`recsieve.training.context_model.train_next_item` with an ID-only item tower, so the
-yardstick and the context encoder share one loop; text vectors, event kinds and ages are never
-given to it. Differences from the reference code: no dropout on the attention weights (the
-reference has 0.1; measured no worse without it, and the fused attention kernel makes a step
-~25% faster: :class:`~recsieve.context.model.ContextSettings`), bf16 autocast where the CPU has AMX, a short
-linear warmup (2% of the run) before the constant lr, and positions counted from the newest
-event (measured no different: NDCG@10 0.1468 against 0.1470 after 25 ML-1M epochs).
+blocks (queries from the layer-normed stream, which is also the attention's residual; ReLU FFNs;
+d=64, 2 blocks, 1 head, learned positions, dropout 0.1 on the residual branches, item embeddings
+shared between input and output, weights initialised as in the reference code: N(0, 0.02²), but
+Xavier-uniform for the attention's query/key/value projection, which the reference's
+``nn.MultiheadAttention`` keeps) — trained as in Klenitskiy & Vasilev (RecSys 2023, "SASRec+"):
+cross-entropy over **all** items at every position of a user's last ``max_len + 1`` training
+items, users dealt into fresh random batches of 128 every epoch, Adam(W) lr 1e-3, β = (0.9,
+0.999). It reuses :func:`recsieve.training.context_model.train_next_item` with an ID-only item
+tower, so the yardstick and the context encoder share one loop; text vectors, event kinds and
+ages are never given to it. Differences from the reference code: no dropout on the attention
+weights (the reference has 0.1; measured no worse without it, and the fused attention kernel
+makes a step ~25% faster: :class:`~recsieve.context.model.ContextSettings`), bf16 autocast where
+the CPU has AMX, a short linear warmup (2% of the run) before the constant lr, and positions
+counted from the newest event (measured no different: NDCG@10 0.1468 against 0.1470 after 25
+ML-1M epochs).
 
 ``threads`` sets torch's intra-op threads only while this model fits or scores; randomness is
 seeded inside a forked RNG, so the caller's global torch RNG is left as it was.
