@@ -55,7 +55,8 @@ def main() -> None:
     ap.add_argument("--fp32", action="store_true")
     ap.add_argument("--sampled", action="store_true")
     ap.add_argument("--negatives", type=int, default=1024)
-    ap.add_argument("--patience", type=int, default=8)
+    ap.add_argument("--patience", type=int, default=8,
+                    help="epochs without a better validation NDCG@10 before stopping; 0: none, train to the budget")
     ap.add_argument("--stage", default="test")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -72,7 +73,7 @@ def main() -> None:
     split = leave_one_out(data, users=a.users, seed=a.seed)
     cfg = TrainConfig(
         epochs=a.epochs, budget_s=a.budget, lr=a.lr, batch_size=a.batch, bf16=not a.fp32,
-        sampled_above=1 if a.sampled else 50_000, n_negatives=a.negatives, patience=a.patience,
+        sampled_above=1 if a.sampled else 50_000, n_negatives=a.negatives, patience=a.patience or None,
         valid_users=a.valid_users,
         weight_decay=a.wd, schedule=a.schedule or "cosine", seed=a.seed, threads=a.threads, progress=True,
     )
@@ -80,7 +81,7 @@ def main() -> None:
         from recsieve.evaluation.sasrec import SASRec
 
         system = SASRec(seed=a.seed, budget_s=a.budget, epochs=a.epochs, lr=a.lr, dropout=a.dropout,
-                        bf16=not a.fp32, threads=a.threads, schedule=a.schedule or "constant", valid_users=512, patience=a.patience, progress=True)
+                        bf16=not a.fp32, threads=a.threads, schedule=a.schedule or "constant", valid_users=512, patience=a.patience or None, progress=True)
     else:
         tv = None if a.ids_only else text_vectors(data, a.text_cache)
         settings = ContextSettings(n_warm=data.n_items if hasattr(data, "n_items") else len(data.items),
