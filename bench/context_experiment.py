@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--attention-dropout", type=float, default=ContextSettings.attention_dropout,
                     help="dropout on the attention weights (context system; default %(default)s)")
     ap.add_argument("--valid-users", type=int, default=TrainConfig.valid_users,
-                    help="held-out users for early stopping (context system; default %(default)s)")
+                    help="held-out users for early stopping, at most a fifth of the users (default %(default)s)")
     ap.add_argument("--per-user", default=None, help="save the per-user NDCG@10 here (.npy)")
     ap.add_argument("--pair-with", default=None, help="a --per-user file of another run on the same users")
     a = ap.parse_args()
@@ -81,7 +81,7 @@ def main() -> None:
         from recsieve.evaluation.sasrec import SASRec
 
         system = SASRec(seed=a.seed, budget_s=a.budget, epochs=a.epochs, lr=a.lr, dropout=a.dropout,
-                        bf16=not a.fp32, threads=a.threads, schedule=a.schedule or "constant", valid_users=512, patience=a.patience or None, progress=True)
+                        bf16=not a.fp32, threads=a.threads, schedule=a.schedule or "constant", valid_users=a.valid_users, patience=a.patience or None, progress=True)
     else:
         tv = None if a.ids_only else text_vectors(data, a.text_cache)
         settings = ContextSettings(n_warm=data.n_items if hasattr(data, "n_items") else len(data.items),

@@ -11,8 +11,10 @@ from recsieve.errors import InvalidInputError
 __all__ = ["run_evaluation", "run_streaming", "run_instructions", "SYSTEMS"]
 
 #: The SASRec yardstick's early stopping, as the published recipe's (Klenitskiy & Vasilev: patience 10
-#: on validation NDCG@10): users whose last training item is held out for it, epochs without a better one.
-SASREC_VALID_USERS, SASREC_PATIENCE = 512, 10
+#: on validation NDCG@10): users whose last training item is held out for it (at most a fifth of the
+#: users, as the context encoder's ``TrainConfig.valid_users``; the reference holds out every user's
+#: second-to-last item), epochs without a better one.
+SASREC_VALID_USERS, SASREC_PATIENCE = 2048, 10
 SYSTEMS = ("popularity", "item-knn", "transitions", "sasrec", "text-zero-shot", "recsieve-recall", "recsieve-fast",
            "recsieve", "recsieve-without-cross-encoder")
 
