@@ -85,9 +85,10 @@ class TrainConfig:
     n_negatives: int = 8192
     #: held-out users for early stopping and the best epoch (at most a fifth of the users with 3+
     #: items). Measured on ML-1M (context encoder, 2,200 s budgets side by side, patience 8): on
-    #: 512 the held-out NDCG@10 moved ~0.005 between epochs by chance, patience stopped at epoch 50
-    #: of ~60 and test NDCG@10 was 0.1628; on 1,208 (a fifth) the curve rose to the budget's end,
-    #: best epoch 52: 0.1644 (paired +0.0015 [-0.0010, +0.0040])
+    #: 512 the held-out NDCG@10 jumped from epoch to epoch (0.1609, 0.1564, 0.1529 at epochs 42-44),
+    #: patience stopped at epoch 50 of ~60 and test NDCG@10 was 0.1628; on 1,208 (a fifth) the curve
+    #: rose almost steadily to the budget's end, best epoch 52: 0.1644 (paired +0.0015 [-0.0010,
+    #: +0.0040]; bench/results/early_stopping_ml1m.json)
     valid_users: int = 2048
     eval_every: int = 1
     patience: int | None = 8
