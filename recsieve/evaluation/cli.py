@@ -180,7 +180,7 @@ def add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed for the user subset and training (default 0)")
     s.add_argument("--systems", default="popularity,item-knn,transitions,text-zero-shot,recsieve-recall,recsieve",
                    help="comma-separated systems: popularity, item-knn, transitions, sasrec (the published full-softmax "
-                        "recipe: early stopping after 10 epochs without a better NDCG@10 on 512 held-out users, the "
+                        "recipe: early stopping after 10 epochs without a better NDCG@10 on 2,048 held-out users (at most a fifth), the "
                         "best epoch kept; --sasrec-budget-s), text-zero-shot, recsieve-recall, recsieve-fast (recall + ranking "
                         "head over recall's features), recsieve (the whole engine: context model + head, trained on "
                         "the training part), recsieve-without-cross-encoder (its ablation: the head retrained "

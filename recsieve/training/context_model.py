@@ -10,8 +10,8 @@ AdamW, linear warmup then cosine decay; the schedule's clock is ``max(step share
 of budget_s)``, so a time-budgeted run still ends at a low learning rate. Early stopping and
 the choice of the best epoch use NDCG@10 (full ranking, history excluded) on the validation
 position of ``valid_users`` held-out users (at most a fifth of those with 3+ items): their last
-training item is the validation target and never trained on. Nothing from the caller's test or validation position is needed here:
-pass training sequences only.
+training item is the validation target and never trained on. Nothing from the caller's test or
+validation position is needed here: pass training sequences only.
 
 **Candidate scorer** (:func:`fit_candidate_scorer`): listwise softmax over each example's
 candidate rows, with the target's index given.
