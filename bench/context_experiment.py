@@ -68,12 +68,13 @@ def main() -> None:
     ap.add_argument("--per-user", default=None, help="save the per-user NDCG@10 here (.npy)")
     ap.add_argument("--pair-with", default=None, help="a --per-user file of another run on the same users")
     a = ap.parse_args()
+    patience = a.patience or None
     torch.set_num_threads(a.threads)
     data = load_dataset("ml-1m", a.data)
     split = leave_one_out(data, users=a.users, seed=a.seed)
     cfg = TrainConfig(
         epochs=a.epochs, budget_s=a.budget, lr=a.lr, batch_size=a.batch, bf16=not a.fp32,
-        sampled_above=1 if a.sampled else 50_000, n_negatives=a.negatives, patience=a.patience or None,
+        sampled_above=1 if a.sampled else 50_000, n_negatives=a.negatives, patience=patience,
         valid_users=a.valid_users,
         weight_decay=a.wd, schedule=a.schedule or "cosine", seed=a.seed, threads=a.threads, progress=True,
     )
@@ -81,7 +82,7 @@ def main() -> None:
         from recsieve.evaluation.sasrec import SASRec
 
         system = SASRec(seed=a.seed, budget_s=a.budget, epochs=a.epochs, lr=a.lr, dropout=a.dropout,
-                        bf16=not a.fp32, threads=a.threads, schedule=a.schedule or "constant", valid_users=a.valid_users, patience=a.patience or None, progress=True)
+                        bf16=not a.fp32, threads=a.threads, schedule=a.schedule or "constant", valid_users=a.valid_users, patience=patience, progress=True)
     else:
         tv = None if a.ids_only else text_vectors(data, a.text_cache)
         settings = ContextSettings(n_warm=data.n_items if hasattr(data, "n_items") else len(data.items),

@@ -11,10 +11,10 @@ from recsieve.errors import InvalidInputError
 __all__ = ["run_evaluation", "run_streaming", "run_instructions", "SYSTEMS"]
 
 #: The SASRec yardstick's early stopping, as the published recipe's (Klenitskiy & Vasilev: patience 10
-#: on validation NDCG@10): users whose last training item is held out for it (at most a fifth of the
-#: users, as the context encoder's ``TrainConfig.valid_users``; the reference holds out every user's
-#: second-to-last item), epochs without a better one.
-SASREC_VALID_USERS, SASREC_PATIENCE = 2048, 10
+#: on validation NDCG@10): epochs without a better one on the context encoder's held-out users
+#: (``TrainConfig.valid_users``, at most a fifth of the users; the reference holds out every
+#: user's second-to-last item).
+SASREC_PATIENCE = 10
 SYSTEMS = ("popularity", "item-knn", "transitions", "sasrec", "text-zero-shot", "recsieve-recall", "recsieve-fast",
            "recsieve", "recsieve-without-cross-encoder")
 
@@ -96,8 +96,9 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
             built.append(Transitions())
         elif name == "sasrec":
             from recsieve.evaluation.sasrec import SASRec
+            from recsieve.training.context_model import TrainConfig
 
-            built.append(SASRec(seed=seed, budget_s=sasrec_budget_s, valid_users=SASREC_VALID_USERS,
+            built.append(SASRec(seed=seed, budget_s=sasrec_budget_s, valid_users=TrainConfig.valid_users,
                                 patience=SASREC_PATIENCE))
         elif name == "text-zero-shot":
             built.append(TextZeroShot(data, embedder))
