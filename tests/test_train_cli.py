@@ -167,3 +167,17 @@ def test_cli_train_writes_one_folder_with_the_context_model_and_serves_it(traine
         assert len(eng.recommend("u1", 5)) == 5
     finally:
         eng.close()
+
+
+def test_train_cli_defaults_are_the_librarys():
+    """`recsieve train` with no options trains what `train_engine` trains by default."""
+    import inspect
+
+    from recsieve.cli import build_parser
+    from recsieve.training.model import SCORER_STEPS, train_engine
+
+    args = build_parser().parse_args(["train", "DIR"])
+    defaults = inspect.signature(train_engine).parameters
+    assert args.scorer_steps == SCORER_STEPS == defaults["scorer_steps"].default
+    assert args.users == defaults["users"].default
+    assert args.steps_per_user == defaults["steps_per_user"].default
