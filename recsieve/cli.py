@@ -435,9 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=200, help="context encoder: epochs at most (default 200)")
     s.add_argument("--dim", type=int, default=64, help="context encoder: token and hidden size (default 64)")
     s.add_argument("--max-len", type=int, default=200, help="context encoder: events read per user (default 200)")
-    s.add_argument("--scorer-steps", type=int, default=4,
-                   help="candidate scorer: each example user's (--users) steps it learns from, held out from "
-                        "the encoder and taken just before the head's (default 4)")
+    s.add_argument("--scorer-steps", type=int, default=2,
+                   help="candidate scorer: each user's steps it learns from, held out from the encoder and "
+                        "taken just before the head's (default 2)")
     s.add_argument("--scorer-epochs", type=int, default=2, help="candidate scorer: epochs (default 2)")
     s.add_argument("--scorer-budget-s", type=float, default=300.0,
                    help="candidate scorer: training time budget in seconds, 0 for none (default 300)")

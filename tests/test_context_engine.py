@@ -52,8 +52,7 @@ def trained(tmp_path_factory):
     # (and its best epoch) this toy's encoder missed the planted pattern for seed 0, not for seed 1;
     # without it, it learnt the pattern for seeds 0, 1 and 2
     encoder = TrainConfig(epochs=150, batch_size=32, lr=3e-3, patience=None, seed=0, valid_users=0)
-    # 1 + 2 steps held out of the encoder, as the planted pattern above was laid out for
-    report = train_engine(eng, root / "model", steps_per_user=1, scorer_steps=2, users=None, encoder=encoder,
+    report = train_engine(eng, root / "model", steps_per_user=1, users=None, encoder=encoder,
                           ablation_out=root / "ablation",
                           scorer_epochs=3, scorer_budget_s=None, dim=16, max_len=20, progress=False)
     eng.close()
@@ -279,29 +278,13 @@ def test_scorer_steps_never_take_the_heads_steps():
         return [Step(i, "click", float(i), None) for i in range(n)]
 
     sequences = {"long": seq(10), "short": seq(4), "tiny": seq(2)}
-    contexts, targets = held_out_steps(sequences, head=3, scorer=2)
+    contexts, targets = held_out_steps(sequences, skip_last=3, take=2)
     head = {(u, sequences[u][t].item) for u in sequences for t in last_positives(sequences[u], 3)}
     scorer = set(zip(["long", "long"], targets[:2]))
     assert targets[:2] == [5, 6]  # long: the two steps before its last three
     assert not scorer & head
     assert targets[2:] == []  # short (3 steps with history) and tiny give the head everything
     assert [len(c) for c in contexts] == [5, 6]
-
-
-def test_the_scorer_takes_at_most_half_of_the_steps_before_the_heads():
-    """A short sequence keeps most of its steps for the encoder; a long one gives the scorer all
-    of its steps."""
-    from recsieve.rerankers.training import Step
-    from recsieve.training.model import encoder_sequences, example_steps
-
-    def seq(n):
-        return [Step(i, "click", float(i), None) for i in range(n)]
-
-    assert example_steps(seq(30), 3, 4) == ([23, 24, 25, 26], [27, 28, 29])
-    assert example_steps(seq(10), 3, 4) == ([4, 5, 6], [7, 8, 9])  # 6 steps with history before the head's
-    assert example_steps(seq(5), 3, 4) == ([], [2, 3, 4])  # one before the head's: it stays the encoder's
-    assert example_steps(seq(2), 3, 4) == ([], [1])
-    assert [len(r) for r in encoder_sequences({"a": seq(10), "b": seq(30)}, 3, 4)] == [4, 23]
 
 
 def test_only_the_example_users_last_steps_are_held_out_of_the_encoder():
@@ -314,9 +297,9 @@ def test_only_the_example_users_last_steps_are_held_out_of_the_encoder():
         return [Step(i, "click", float(i), None) for i in range(n)]
 
     sequences = {"a": seq(10), "b": seq(10), "c": seq(3)}
-    rows = encoder_sequences(sequences, 3, 2, among={"a", "c"})
+    rows = encoder_sequences(sequences, 5, among={"a", "c"})
     assert [r.tolist() for r in rows] == [list(range(5)), list(range(10))]  # c keeps one step: too few
-    assert [r.tolist() for r in encoder_sequences(sequences, 3, 2)] == [list(range(5)), list(range(5))]
+    assert [r.tolist() for r in encoder_sequences(sequences, 5)] == [list(range(5)), list(range(5))]
     _, targets = held_out_steps(sequences, 3, 2, among={"a"})
     assert targets == [5, 6]
 

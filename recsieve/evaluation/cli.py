@@ -23,7 +23,7 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
                    systems: str | list[str] = "popularity,transitions", cross_encoder: bool = False,
                    progress: bool = True, channel_weights: tuple[float, ...] | None = None,
                    context_budget_s: float | None = 1200.0, sasrec_budget_s: float | None = 1800.0,
-                   ranker_users: int | None = 4000, cold_items: float | None = None,
+                   ranker_users: int | None = 2000, cold_items: float | None = None,
                    cache_dir: str | Path | None = None, cache: bool = True,
                    embedder: Any | None = None) -> dict[str, Any]:
     """Load ``dataset`` from ``data_dir``, evaluate the named systems, print the table, return the report.
@@ -188,10 +188,9 @@ def add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
                         "without the candidate scorer; needs recsieve). Every row is paired against recsieve")
     s.add_argument("--context-budget-s", type=float, default=1200.0,
                    help="recsieve: context encoder training budget in seconds, 0 for none (default 1200)")
-    s.add_argument("--ranker-users", type=int, default=4000,
-                   help="recsieve: the candidate scorer and the ranking head learn from the held-out last "
-                        "steps of a seeded sample of this many users, 0 for all (default 4000, as recsieve "
-                        "train --users)")
+    s.add_argument("--ranker-users", type=int, default=2000,
+                   help="recsieve: the ranking head learns from a seeded sample of this many users, 0 for all "
+                        "(default 2000)")
     s.add_argument("--sasrec-budget-s", type=float, default=1800.0,
                    help="sasrec: training budget in seconds, 0 for none (default 1800)")
     s.add_argument("--cross-encoder", action="store_true", help="'recsieve-fast' also fine-tunes the word-level "

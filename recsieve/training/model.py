@@ -11,8 +11,7 @@ The users whose steps become examples for the later stages (a seeded sample of `
    users have a handful of steps, holding out everyone's last ones left most users out).
 2. **Candidate scorer** (the fine sieve's cross-encoder,
    :func:`~recsieve.training.context_model.fit_candidate_scorer`): listwise over candidates
-   on the sampled users' ``scorer_steps`` steps after the encoder's (held out from it; at most
-   half of a user's steps before the head's, :func:`example_steps`) -- the
+   on the sampled users' ``scorer_steps`` steps after the encoder's (held out from it) -- the
    encoder's own top ``recall_n`` (the behaviour index's channel is the largest share of
    recall), where the target is among them.
 3. **Ranking head** (:func:`~recsieve.training.head.train_engine_ranker` with ``context=``):
@@ -42,60 +41,44 @@ from recsieve.training.examples import engine_sequences, last_positives, sample_
 from recsieve.training.head import train_engine_ranker
 from recsieve.types import EVENT_KINDS, Event
 
-__all__ = ["COLD_SHARE", "SCORER_STEPS", "train_engine", "example_steps", "encoder_sequences", "held_out_steps",
-           "scorer_examples"]
+__all__ = ["COLD_SHARE", "SCORER_STEPS", "train_engine", "encoder_sequences", "held_out_steps", "scorer_examples"]
 
 #: The default share of items made pseudo-cold for the head's cold examples (:mod:`recsieve.training.cold`);
 #: 0: none (what they buy on ML-1M: bench/new_item_slots.py --cold-share).
 COLD_SHARE = 0.0
 
 #: The default count of each example user's held-out steps the candidate scorer learns from
-#: (taken just before the head's). Measured on ML-1M (one encoder, scorers re-ranking its top 200
-#: for all 6,040 users' test items; bench/results/scorer_data_ml1m.json): the scorer's gain over
-#: the encoder's order grew with its examples -- 2,000 users x 2 steps +0.0046, 4,000 x 2
-#: +0.0054, 4,000 x 4 +0.0069, 4,000 x 8 +0.0080 NDCG@10 -- while each step held out is one the
-#: encoder never trains on; 4 with the default 4,000 users holds out 2.8% of ML-1M's steps.
-SCORER_STEPS = 4
+#: (taken just before the head's). 4 (with 4,000 example users) was tried and not kept: on one
+#: ML-1M encoder it made the scorer alone worth more (bench/results/scorer_data_ml1m.json), but
+#: end to end neither ML-1M nor Amazon Scientific gained (README, "Tried and not kept").
+SCORER_STEPS = 2
 
 
-def example_steps(seq: Sequence[Step], head: int, scorer: int) -> tuple[list[int], list[int]]:
-    """Positions of a user's steps held out of the encoder: (the candidate scorer's, the head's).
-
-    The head's are the last ``head`` positive steps with history; the scorer's the ``scorer``
-    positive steps just before them, but at most half of those before the head's, so a short
-    sequence still leaves the encoder most of its steps (on ML-1M every user keeps 4 or more)."""
-    every = last_positives(seq, 0)
-    heads = every[max(0, len(every) - head):]
-    before = every[: len(every) - len(heads)]
-    k = min(scorer, len(before) // 2)
-    return before[len(before) - k:] if k > 0 else [], heads
-
-
-def encoder_sequences(sequences: dict[str, list[Step]], head: int, scorer: int,
+def encoder_sequences(sequences: dict[str, list[Step]], held_out: int,
                       among: Collection[str] | None = None) -> list[np.ndarray]:
-    """Each user's positive steps (catalog rows), before the steps held out for the scorer and
-    the head (:func:`example_steps`) for the users ``among`` (default: every user)."""
+    """Each user's positive steps (catalog rows), before its last ``held_out`` positive steps
+    for the users ``among`` (default: every user)."""
     out = []
     for u in sorted(sequences):
         seq = sequences[u]
-        scorer_at, head_at = example_steps(seq, head, scorer) if among is None or u in among else ([], [])
-        held = scorer_at + head_at
-        cut = held[0] if held else len(seq)
+        targets = last_positives(seq, held_out) if among is None or u in among else []
+        cut = targets[0] if targets else len(seq)
         rows = [s.item for s in seq[:cut] if EVENT_KINDS.get(s.kind, 1.0) > 0]
         if len(rows) >= 2:
             out.append(np.asarray(rows, np.int64))
     return out
 
 
-def held_out_steps(sequences: dict[str, list[Step]], head: int, scorer: int,
+def held_out_steps(sequences: dict[str, list[Step]], skip_last: int, take: int,
                    among: Collection[str] | None = None) -> tuple[list[np.ndarray], list[int]]:
-    """(contexts, targets) of the candidate scorer's held-out steps (:func:`example_steps`) of
-    each user ``among`` (default: every user): context = the positive rows before the step,
+    """(contexts, targets) of each user's (``among``'s, default every user's) ``take`` positive
+    steps just before its last ``skip_last`` ones: context = the positive rows before the step,
     target = its row."""
     contexts, targets = [], []
     for u in sorted(sequences if among is None else set(sequences) & set(among)):
         seq = sequences[u]
-        for t in example_steps(seq, head, scorer)[0]:
+        steps = last_positives(seq, skip_last + take)
+        for t in steps[: max(0, len(steps) - skip_last)]:  # a short sequence's last steps stay the head's
             rows = [s.item for s in seq[:t] if EVENT_KINDS.get(s.kind, 1.0) > 0]
             if rows:
                 contexts.append(np.asarray(rows, np.int64))
@@ -183,7 +166,7 @@ def train_engine(
     scorer_steps = scorer_steps if cross_encoder else 0
     examples_from = set(sample_users([u for u, s in sequences.items() if last_positives(s, steps_per_user)],
                                      users, seed))
-    train_rows = encoder_sequences(sequences, steps_per_user, scorer_steps, examples_from)
+    train_rows = encoder_sequences(sequences, steps_per_user + scorer_steps, examples_from)
     if len(train_rows) < 2:
         raise InvalidInputError("events", len(sequences), "too few users with 2+ steps before their held-out steps")
     from recsieve.context.model import ContextSettings
