@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import numpy as np
 import torch
+from context_experiment import text_vectors  # bench/ is the script's folder
 
 from recsieve.context import ContextModel, ContextSettings
 from recsieve.evaluation.datasets import load_dataset
@@ -35,17 +35,6 @@ from recsieve.training.context_model import (
     right_pad,
 )
 from recsieve.training.model import scorer_examples
-
-
-def text_vectors(data, cache: str) -> np.ndarray:
-    if os.path.exists(cache):
-        return np.load(cache)
-    from recsieve.embedding import SentenceTransformerEmbedder
-
-    v = SentenceTransformerEmbedder().embed(list(data.item_texts))
-    os.makedirs(os.path.dirname(cache) or ".", exist_ok=True)
-    np.save(cache, v)
-    return v
 
 
 def held_users(train: list[np.ndarray], n: int, steps: int, seed: int) -> np.ndarray:
@@ -72,8 +61,8 @@ def test_scores(model: ContextModel, contexts, k: int = 200, batch: int = 256):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="../shared/data/ml-1m")
-    ap.add_argument("--text-cache", default="bench/.cache/ml1m_text.npy")
+    ap.add_argument("--data", default="../shared/data/ml-1m", help="the ML-1M folder")
+    ap.add_argument("--text-cache", default="bench/.cache/ml1m_text.npy", help="MiniLM item vectors, computed once")
     ap.add_argument("--train-encoder", action="store_true", help="train and save the encoder (--save)")
     ap.add_argument("--save", default=None, help="folder for the trained encoder")
     ap.add_argument("--model", default=None, help="a saved encoder to train scorers on")
@@ -83,8 +72,8 @@ def main() -> None:
     ap.add_argument("--variants", default="2000x2,4000x8", help="comma-separated USERSxSTEPS scorer data")
     ap.add_argument("--epochs", type=int, default=2, help="scorer epochs")
     ap.add_argument("--scorer-budget", type=float, default=600, help="scorer budget, seconds")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the held-out users and the training")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     data = load_dataset("ml-1m", a.data)
