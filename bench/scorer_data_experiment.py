@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 from context_experiment import text_vectors  # bench/ is the script's folder
+from context_scorer_experiment import rerank_scores
 
 from recsieve.context import ContextModel, ContextSettings
 from recsieve.evaluation.datasets import load_dataset
@@ -32,7 +33,6 @@ from recsieve.training.context_model import (
     TrainConfig,
     fit_candidate_scorer,
     fit_context_model,
-    right_pad,
 )
 from recsieve.training.model import scorer_examples
 
@@ -43,20 +43,11 @@ def held_users(train: list[np.ndarray], n: int, steps: int, seed: int) -> np.nda
     return np.random.default_rng(seed).permutation(ok)[:n]
 
 
-@torch.no_grad()
-def test_scores(model: ContextModel, contexts, k: int = 200, batch: int = 256):
-    """The encoder's scores, the top ``k`` unseen candidates, and the scorer's scores on them."""
+def encoder_top(model: ContextModel, contexts, k: int = 200, batch: int = 256):
+    """The encoder's scores, the history mask and the top ``k`` unseen candidates of each context."""
     enc = np.concatenate([model.score_items(contexts[lo : lo + batch]) for lo in range(0, len(contexts), batch)])
     mask = history_mask(contexts, enc.shape[1])
-    top = np.argsort(-np.where(mask, -np.inf, enc), axis=1)[:, :k]
-    rr = np.zeros(top.shape, np.float32)
-    for lo in range(0, len(contexts), 64):
-        rows = torch.from_numpy(right_pad(contexts[lo : lo + 64], model.settings.max_len))
-        rows = rows[:, : max(1, int((rows >= 0).sum(1).max()))]
-        rr[lo : lo + 64] = model.scorer(model._table, rows, torch.from_numpy(top[lo : lo + 64])).float().numpy()
-    fused = enc - 1e6  # outside the candidates: the encoder's order, below every candidate
-    np.put_along_axis(fused, top, rr, axis=1)
-    return enc, fused, mask
+    return enc, mask, np.argsort(-np.where(mask, -np.inf, enc), axis=1)[:, :k]
 
 
 def main() -> None:
@@ -93,14 +84,17 @@ def main() -> None:
         print(json.dumps({"encoder": {k: v for k, v in hist.items() if k not in ("losses", "valid_curve")},
                           "wall_s": round(time.time() - t0, 1)}))
         return
-    model = ContextModel.load(a.model, threads=a.threads)
-    contexts, targets = split.contexts("test"), split.targets("test")
-    out: dict = {"model": a.model, "epochs": a.epochs, "variants": {}}
-    first = None
-    for spec in a.variants.split(","):
-        n_users, steps = (int(x) for x in spec.split("x"))
+    variants = {spec: tuple(int(x) for x in spec.split("x")) for spec in a.variants.split(",")}
+    for spec, (n_users, steps) in variants.items():
         if steps > a.hold_steps or n_users > len(held):
             raise SystemExit(f"variant {spec}: the encoder held out {a.hold_steps} steps of {len(held)} users")
+    model = ContextModel.load(a.model, threads=a.threads)
+    contexts, targets = split.contexts("test"), split.targets("test")
+    enc, mask, top = encoder_top(model, contexts)  # the encoder is frozen: once for every variant
+    m_enc = rank_metrics(enc, targets, mask)
+    out: dict = {"model": a.model, "epochs": a.epochs, "variants": {}}
+    first = None
+    for spec, (n_users, steps) in variants.items():
         ctx, tgt = [], []
         for u in held[:n_users]:
             s = train[u]
@@ -112,8 +106,9 @@ def main() -> None:
         model.scorer = None
         hist = fit_candidate_scorer(model, ctx, cands, tix, epochs=a.epochs, budget_s=a.scorer_budget,
                                     seed=a.seed, threads=a.threads, progress=True)
-        enc, fused, mask = test_scores(model, contexts)
-        m_enc, m_fin = rank_metrics(enc, targets, mask), rank_metrics(fused, targets, mask)
+        fused = enc - 1e6  # outside the candidates: the encoder's order, below every candidate
+        np.put_along_axis(fused, top, rerank_scores(model, contexts, top), axis=1)
+        m_fin = rank_metrics(fused, targets, mask)
         row = {"examples": len(ctx), "encoder_recall@200": round(recall, 4), "scorer": hist,
                "seconds": round(time.time() - t, 1),
                "encoder_ndcg@10": float(m_enc["ndcg@10"].mean()), "ndcg@10": float(m_fin["ndcg@10"].mean()),
