@@ -34,7 +34,6 @@ from recsieve.types import Event
 
 if TYPE_CHECKING:  # pragma: no cover
     from recsieve.context.model import ContextModel
-    from recsieve.engine.models import ServingModel
 
 __all__ = ["fit_head", "fit_blend", "train_engine_ranker"]
 
@@ -222,7 +221,6 @@ def train_engine_ranker(
     blend_groups: int = 300,
     context: ContextModel | None = None,
     tune_users: int = 400,
-    before_head: Callable[[ServingModel], None] | None = None,
     ablate: tuple[str, str | Path] | None = None,
     cold_share: float = 0.0,
     among: Collection[str] | None = None,
@@ -252,10 +250,7 @@ def train_engine_ranker(
     encoder's and the candidate scorer's), so the head stacks them with recall's features; before
     the head's examples are built, the context channel's fusion weight is chosen on ``tune_users``
     users' held-out steps (:func:`~recsieve.training.fusion.tune_context_weight`; 0: keep the
-    engine config's ``context_weight``) and saved with the model. ``before_head``: called then with
-    the serving model (recall with the behaviour index at its tuned weight), e.g. to train
-    ``context``'s candidate scorer on recall's candidates; ``context`` is saved and loaded again
-    after it, so the head reads what it changed.
+    engine config's ``context_weight``) and saved with the model.
 
     ``cold_share`` > 0: the head also learns from pseudo-cold examples
     (:func:`~recsieve.training.cold.pseudo_cold_groups`): the last step of (another seeded sample
@@ -299,10 +294,6 @@ def train_engine_ranker(
                     settings.extra["recall_weight"] = weight
                 context.save(work / CONTEXT_DIR)  # the weight travels with the model
                 fusion = {"context_weight": weight, "tried": table}
-            if before_head is not None:
-                before_head(model)
-                context.save(work / CONTEXT_DIR)
-                model = engine.load_model(work)
         groups, tried = ranking_groups(engine, sequences, users=users, steps_per_user=steps_per_user, seed=seed,
                                        among=among, progress=progress, instruction_for=instruction_for, model=model)
         cold_report, cold_groups = None, []

@@ -10,14 +10,14 @@ The users whose steps become examples for the later stages (a seeded sample of `
    stacked feature), while every other user's steps all train it (on sparse logs, where most
    users have a handful of steps, holding out everyone's last ones left most users out).
 2. **Candidate scorer** (the fine sieve's cross-encoder,
-   :func:`~recsieve.training.context_model.fit_candidate_scorer`): listwise over the candidates
-   the fine sieve will see -- recall's fused candidates (with the new behaviour index and its
-   tuned fusion weight, :func:`recall_scorer_examples`), where the target is among them -- on
-   the sampled users' ``scorer_steps`` steps after the encoder's (held out from it).
-3. **Ranking head** (:func:`~recsieve.training.head.train_engine_ranker` with ``context=``,
-   which also runs step 2 once recall can use the new behaviour index): the head stacks the
-   encoder's and the scorer's scores with every recall feature on the sampled users' last
-   ``steps_per_user`` steps (its fusion-weight tuning and pseudo-cold examples also draw from them).
+   :func:`~recsieve.training.context_model.fit_candidate_scorer`): listwise over candidates
+   on the sampled users' ``scorer_steps`` steps after the encoder's (held out from it) -- the
+   encoder's own top ``recall_n`` (the behaviour index's channel is the largest share of
+   recall), where the target is among them.
+3. **Ranking head** (:func:`~recsieve.training.head.train_engine_ranker` with ``context=``):
+   recall now runs with the new behaviour index; the head stacks the encoder's and the
+   scorer's scores with every recall feature on the sampled users' last ``steps_per_user`` steps
+   (its fusion-weight tuning and pseudo-cold examples also draw from them).
 
 The folder is assembled next to ``out`` and renamed into place when complete; the engine then
 switches to it atomically (the old model serves until the new behaviour index is built).
@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -37,20 +37,11 @@ from recsieve.errors import InvalidInputError
 from recsieve.indexes.checks import check_positive
 from recsieve.rerankers.training import Step
 from recsieve.training.context_model import TrainConfig, fit_candidate_scorer, fit_context_model
-from recsieve.training.examples import (
-    engine_sequences,
-    last_positives,
-    ranking_groups,
-    sample_users,
-)
+from recsieve.training.examples import engine_sequences, last_positives, sample_users
 from recsieve.training.head import train_engine_ranker
 from recsieve.types import EVENT_KINDS, Event
 
-if TYPE_CHECKING:  # pragma: no cover
-    from recsieve.engine.models import ServingModel
-
-__all__ = ["COLD_SHARE", "SCORER_STEPS", "train_engine", "encoder_sequences", "held_out_steps", "scorer_examples",
-           "recall_scorer_examples"]
+__all__ = ["COLD_SHARE", "SCORER_STEPS", "train_engine", "encoder_sequences", "held_out_steps", "scorer_examples"]
 
 #: The default share of items made pseudo-cold for the head's cold examples (:mod:`recsieve.training.cold`);
 #: 0: none (what they buy on ML-1M: bench/new_item_slots.py --cold-share).
@@ -123,34 +114,6 @@ def scorer_examples(model: Any, contexts: Sequence[np.ndarray], targets: Sequenc
     return kept_ctx, candidates, tix, hits / max(len(contexts), 1)
 
 
-def recall_scorer_examples(engine: Engine, sequences: dict[str, list[Step]], model: ServingModel, *,
-                           skip_last: int, take: int, among: Collection[str], seed: int = 0,
-                           progress: bool = False) -> tuple[list[np.ndarray], list[np.ndarray], list[int], int]:
-    """Examples for the candidate scorer on the candidates it will re-rank: recall's fused
-    candidates (run by ``model``, the behaviour index included) for each of ``among``'s ``take``
-    positive steps just before its last ``skip_last`` ones, kept where recall finds the target.
-    Recall statistics count every user's steps except those last ``skip_last`` of ``among``'s
-    (later than every example), and leave each user's own steps out while its examples are
-    built (:func:`~recsieve.training.examples.ranking_groups`). Returns (contexts: the positive
-    rows before each step, candidate rows, target positions, the number of steps tried)."""
-    cut: dict[str, list[Step]] = {}
-    steps: dict[str, list[int]] = {}
-    for u, seq in sequences.items():
-        if u in among:
-            last = last_positives(seq, skip_last)
-            seq = seq[: last[0]] if last else seq
-            steps[u] = last_positives(seq, take)
-        cut[u] = seq
-    groups, _ = ranking_groups(engine, cut, steps_per_user=take, among=among, model=model, seed=seed,
-                               progress=progress)
-    contexts = []
-    for g in groups:  # a group's step: its user's held-out step whose item is its target
-        seq, target = cut[g.user_id], int(g.rows[g.target])
-        t = next(t for t in reversed(steps[g.user_id]) if seq[t].item == target)
-        contexts.append(np.asarray([s.item for s in seq[:t] if EVENT_KINDS.get(s.kind, 1.0) > 0], np.int64))
-    return contexts, [g.rows for g in groups], [g.target for g in groups], sum(map(len, steps.values()))
-
-
 def train_engine(
     engine: Engine,
     out: str | Path | None = None,
@@ -221,22 +184,18 @@ def train_engine(
                                                   address=ray_address)
     report: dict[str, Any] = {"encoder": {k: v for k, v in history.items() if k != "valid_curve"},
                               "encoder_users": len(train_rows), "example_users": len(examples_from)}
-
-    def fit_scorer(serving: ServingModel) -> None:  # once recall runs with the new behaviour index
-        ctx, cands, tix, tried = recall_scorer_examples(engine, sequences, serving, skip_last=steps_per_user,
-                                                        take=scorer_steps, among=examples_from, seed=seed,
-                                                        progress=progress)
+    if cross_encoder:
+        ctx, targets = held_out_steps(sequences, steps_per_user, scorer_steps, examples_from)
+        ctx, cands, tix, recall = scorer_examples(model, ctx, targets, engine.config.recall_n)
         report["scorer_examples"] = len(ctx)
-        report["scorer_recall"] = round(len(ctx) / max(tried, 1), 4)
+        report["scorer_encoder_recall"] = round(recall, 4)
         if ctx:
             report["scorer"] = fit_candidate_scorer(model, ctx, cands, tix, epochs=scorer_epochs,
                                                     budget_s=scorer_budget_s, seed=seed, progress=progress)
-
     ablate = None if ablation_out is None else ("context.context_cross", ablation_out)
     head = train_engine_ranker(engine, out_path, events, users=users, steps_per_user=steps_per_user, context=model,
-                               before_head=fit_scorer if cross_encoder else None, ablate=ablate,
-                               cold_share=cold_share, among=examples_from, seed=seed, progress=progress,
-                               overwrite=overwrite)
+                               ablate=ablate, cold_share=cold_share, among=examples_from, seed=seed,
+                               progress=progress, overwrite=overwrite)
     report["head"] = {k: v for k, v in head.items() if not isinstance(v, (list, dict))}
     for key in ("fusion", "pseudo_cold"):
         if key in head:
