@@ -1,0 +1,112 @@
+"""Is the candidate scorer's measured weight the head's training noise? Re-fit the ranking head
+with and without the scorer's feature under several seeds, on one cached evaluation model.
+
+    python bench/head_seed_experiment.py --data-dir ../shared/data/ml-1m --entry DIR/ml-1m-recsieve-KEY \\
+        [--seeds 0,1,2] [--users N] [--json bench/results/head_seeds_ml1m.json]
+
+``--entry``: a ``recsieve evaluate --cache-dir DIR`` entry of the ``recsieve`` system (trained with
+its ablation). The engine is rebuilt as ``recsieve evaluate`` builds it and serves the entry's
+context model (encoder and candidate scorer unchanged); the head's examples are rebuilt as
+``train_engine`` builds them (the same 2,000 seeded example users, their last 3 steps). For each
+seed, the head and its ablation (the scorer's feature held at 0) are fitted as ``train_engine``
+fits them -- the seed draws the validation users (early stopping) and the initial weights -- and
+each serves the test users; the report pairs them per seed. Seed 0 is the entry's own draw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recsieve.engine.config import EngineConfig
+from recsieve.evaluation.datasets import load_dataset
+from recsieve.evaluation.metrics import history_mask, rank_metrics
+from recsieve.evaluation.protocol import leave_one_out, training_sequences
+from recsieve.evaluation.systems import CachedEmbedder, EngineSystem
+from recsieve.intervals import paired_gain
+from recsieve.training.examples import (
+    engine_sequences,
+    last_positives,
+    ranking_groups,
+    sample_users,
+)
+from recsieve.training.head import _split_users, fit_head
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", required=True, help="ML-1M folder (ratings.dat, movies.dat)")
+    ap.add_argument("--dataset", default="ml-1m", help="dataset name as recsieve evaluate takes it")
+    ap.add_argument("--entry", required=True, help="a recsieve evaluate cache entry folder of the recsieve system")
+    ap.add_argument("--seeds", default="0,1,2", help="head seeds, comma-separated (0: the entry's own)")
+    ap.add_argument("--users", type=int, default=None, help="evaluate a seeded subset of test users (default all)")
+    ap.add_argument("--example-users", type=int, default=2000, help="the entry's example users (evaluate's default)")
+    ap.add_argument("--steps", type=int, default=3, help="the head's steps per user (evaluate's default)")
+    ap.add_argument("--json", default=None, help="write the report here")
+    a = ap.parse_args()
+    from recsieve.embedding import SentenceTransformerEmbedder
+
+    t0 = time.perf_counter()
+    data = load_dataset(a.dataset, a.data_dir)
+    split = leave_one_out(data, users=a.users, seed=0)
+    state = Path(a.entry) / "state"
+    system = EngineSystem(data, config=EngineConfig(index="flat", cache="none", refresh_threads=0),
+                          embedder=CachedEmbedder(SentenceTransformerEmbedder()), context=True, ablation=True)
+    system.load_fitted(state, training_sequences(split, "test"), data.n_items)
+    engine, base = system.engine, system.model
+    model = engine.load_model(base)
+    sequences = engine_sequences(engine)
+    among = set(sample_users([u for u, s in sequences.items() if last_positives(s, a.steps)], a.example_users, 0))
+    groups, _ = ranking_groups(engine, sequences, users=a.example_users, steps_per_user=a.steps, seed=0,
+                               among=among, model=model, progress=True)
+    names = engine.feature_names(context=True)
+    col = list(names).index("context.context_cross")
+    contexts, targets = split.contexts("test"), split.targets("test")
+    mask = history_mask(contexts, data.n_items)
+    work = Path(tempfile.mkdtemp(prefix="head-seeds-"))
+    report: dict = {"dataset": a.dataset, "entry": Path(a.entry).name, "test_users": len(targets),
+                    "examples": len(groups), "seeds": []}
+
+    def test_ndcg(head) -> np.ndarray:
+        folder = work / "model"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(base, folder)
+        head.save(folder)
+        engine.use_model(folder)
+        system.model = folder
+        return rank_metrics(system.score(contexts), targets, mask, ks=(10,))["ndcg@10"]
+
+    def without(gs):
+        out = [g.features.copy() for g in gs]
+        for x in out:
+            x[:, col] = 0.0
+        return out
+
+    for seed in [int(s) for s in a.seeds.split(",")]:
+        train, valid = _split_users(groups, 0.1, seed)
+        kw = dict(valid_weights=[g.weight for g in valid], weights=[g.weight for g in train], seed=seed)
+        full = fit_head([g.features for g in train], [g.target for g in train], names,
+                        valid=([g.features for g in valid], [g.target for g in valid]), **kw)
+        ablated = fit_head(without(train), [g.target for g in train], names,
+                           valid=(without(valid), [g.target for g in valid]), **kw)
+        nf, na = test_ndcg(full), test_ndcg(ablated)
+        row = {"seed": seed, "ndcg@10": float(nf.mean()), "ndcg@10_without_scorer": float(na.mean()),
+               "without_minus_with": paired_gain(na.tolist(), nf.tolist()),
+               "best_epochs": [full.report.get("best_epoch"), ablated.report.get("best_epoch")]}
+        report["seeds"].append(row)
+        print(json.dumps(row), flush=True)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    system.close()
+    shutil.rmtree(work, ignore_errors=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
