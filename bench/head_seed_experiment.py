@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from recsieve.engine.config import EngineConfig
+from recsieve.engine.ranker import RankingHead
 from recsieve.evaluation.datasets import load_dataset
 from recsieve.evaluation.metrics import history_mask, rank_metrics
 from recsieve.evaluation.protocol import leave_one_out, training_sequences
@@ -48,6 +49,10 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=None, help="evaluate a seeded subset of test users (default all)")
     ap.add_argument("--example-users", type=int, default=2000, help="the entry's example users (evaluate's default)")
     ap.add_argument("--steps", type=int, default=3, help="the head's steps per user (evaluate's default)")
+    ap.add_argument("--split-seed", type=int, default=None,
+                    help="draw the validation users with this seed for every head (default: each head's seed)")
+    ap.add_argument("--average", action="store_true",
+                    help="also serve one head averaging the seeds' heads (and one averaging their ablations)")
     ap.add_argument("--json", default=None, help="write the report here")
     a = ap.parse_args()
     from recsieve.embedding import SentenceTransformerEmbedder
@@ -71,6 +76,7 @@ def main() -> None:
     mask = history_mask(contexts, data.n_items)
     work = Path(tempfile.mkdtemp(prefix="head-seeds-"))
     report: dict = {"dataset": a.dataset, "entry": Path(a.entry).name, "test_users": len(targets),
+                    "split_seed": a.split_seed,
                     "examples": len(groups), "seeds": []}
 
     def test_ndcg(head) -> np.ndarray:
@@ -88,8 +94,9 @@ def main() -> None:
             x[:, col] = 0.0
         return out
 
+    heads = []
     for seed in [int(s) for s in a.seeds.split(",")]:
-        train, valid = _split_users(groups, 0.1, seed)
+        train, valid = _split_users(groups, 0.1, seed if a.split_seed is None else a.split_seed)
         kw = dict(valid_weights=[g.weight for g in valid], weights=[g.weight for g in train], seed=seed)
         full = fit_head([g.features for g in train], [g.target for g in train], names,
                         valid=([g.features for g in valid], [g.target for g in valid]), **kw)
@@ -101,6 +108,13 @@ def main() -> None:
                "best_epochs": [full.report.get("best_epoch"), ablated.report.get("best_epoch")]}
         report["seeds"].append(row)
         print(json.dumps(row), flush=True)
+        heads.append((full, ablated))
+    if a.average and len(heads) > 1:  # one head averaging every seed's (RankingHead.average), and its ablation
+        nf = test_ndcg(RankingHead.average([f for f, _ in heads]))
+        na = test_ndcg(RankingHead.average([b for _, b in heads]))
+        report["average"] = {"seeds": a.seeds, "ndcg@10": float(nf.mean()), "ndcg@10_without_scorer": float(na.mean()),
+                             "without_minus_with": paired_gain(na.tolist(), nf.tolist())}
+        print(json.dumps(report["average"]), flush=True)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     system.close()
     shutil.rmtree(work, ignore_errors=True)

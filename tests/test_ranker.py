@@ -90,6 +90,24 @@ def test_fit_head_learns_a_planted_signal() -> None:
     assert head.report["valid_ndcg@10"] == pytest.approx(max(head.report["valid_history"]), abs=1e-5)
 
 
+def test_average_of_heads_scores_their_mean_and_survives_a_save(tmp_path: Path) -> None:
+    """Heads fitted on different splits and seeds (each its own normalisation) average exactly."""
+    train = _planted(300, 0)
+    names = feature_names(["a"])
+    heads = [fit_head(*_planted(300, s), names, hidden=8, epochs=5, seed=s) for s in range(3)]
+    assert not np.allclose(heads[0].mean, heads[1].mean)  # the folding is exercised
+    avg = RankingHead.average(heads)
+    for g in train[0][:20]:
+        assert np.allclose(avg.score(g), np.mean([h.score(g) for h in heads], axis=0), atol=1e-4)
+    avg.save(tmp_path)
+    assert np.allclose(RankingHead.load(tmp_path).score(train[0][0]), avg.score(train[0][0]), atol=1e-6)
+    with pytest.raises(InvalidInputError, match="heads"):
+        RankingHead.average([])
+    other = fit_head(*_planted(50, 9), feature_names(["b"]), hidden=8, epochs=1)
+    with pytest.raises(InvalidInputError, match="heads\\[1\\].features"):
+        RankingHead.average([heads[0], other])
+
+
 def test_fit_head_validates() -> None:
     names = feature_names(["a"])
     with pytest.raises(InvalidInputError, match="targets\\[0\\]"):

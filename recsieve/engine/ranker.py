@@ -149,6 +149,28 @@ class RankingHead:
         h = np.maximum((x - self.mean) / self.std @ self.w1 + self.b1, 0.0)
         return (h @ self.w2 + self.b2).astype(np.float32)
 
+    @classmethod
+    def average(cls, heads: Sequence[RankingHead]) -> RankingHead:
+        """One head whose score is the mean of ``heads``' scores, exactly (to float rounding): their
+        hidden units side by side, each head's normalisation folded into its first layer, the
+        output weights divided by their number. Same features required; ``blend`` and the
+        cross-encoder are the first head's."""
+        if not heads:
+            raise InvalidInputError("heads", 0, "need at least one head to average")
+        first = heads[0]
+        for i, h in enumerate(heads):
+            if h.features != first.features:
+                raise InvalidInputError(f"heads[{i}].features", h.features, f"expected {first.features}")
+        # (x - m_k) / s_k = ((x - m_0) / s_0) * (s_0 / s_k) + (m_0 - m_k) / s_k
+        w1 = [h.w1 * (first.std / h.std)[:, None] for h in heads]
+        b1 = [h.b1 + ((first.mean - h.mean) / h.std) @ h.w1 for h in heads]
+        k = len(heads)
+        return cls(first.features, first.mean, first.std, np.concatenate(w1, axis=1).astype(np.float32),
+                   np.concatenate(b1).astype(np.float32),
+                   (np.concatenate([h.w2 for h in heads]) / k).astype(np.float32),
+                   float(sum(h.b2 for h in heads) / k), first.blend, first.cross_encoder, first.blend_top,
+                   dict(first.report))
+
     def save(self, folder: str | Path) -> None:
         """Write ``ranker.npz`` and then ``ranker.json`` (each atomically) into ``folder``."""
         folder = Path(folder)
