@@ -2,7 +2,7 @@
 with and without the scorer's feature under several seeds, on one cached evaluation model.
 
     python bench/head_seed_experiment.py --data-dir ../shared/data/ml-1m --entry DIR/ml-1m-recsieve-KEY \\
-        [--seeds 0,1,2] [--users N] [--json bench/results/head_seeds_ml1m.json]
+        [--seeds 0,1,2] [--split-seed S] [--average] [--users N] [--json bench/results/head_seeds_ml1m.json]
 
 ``--entry``: a ``recsieve evaluate --cache-dir DIR`` entry of the ``recsieve`` system (trained with
 its ablation). The engine is rebuilt as ``recsieve evaluate`` builds it and serves the entry's
