@@ -37,7 +37,7 @@ from recsieve.training.examples import (
     ranking_groups,
     sample_users,
 )
-from recsieve.training.head import _split_users, fit_head
+from recsieve.training.head import fit_head, split_users
 
 
 def main() -> None:
@@ -96,7 +96,7 @@ def main() -> None:
 
     heads = []
     for seed in [int(s) for s in a.seeds.split(",")]:
-        train, valid = _split_users(groups, 0.1, seed if a.split_seed is None else a.split_seed)
+        train, valid = split_users(groups, 0.1, seed if a.split_seed is None else a.split_seed)
         kw = dict(valid_weights=[g.weight for g in valid], weights=[g.weight for g in train], seed=seed)
         full = fit_head([g.features for g in train], [g.target for g in train], names,
                         valid=([g.features for g in valid], [g.target for g in valid]), **kw)

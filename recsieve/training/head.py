@@ -35,7 +35,7 @@ from recsieve.types import Event
 if TYPE_CHECKING:  # pragma: no cover
     from recsieve.context.model import ContextModel
 
-__all__ = ["fit_head", "fit_blend", "train_engine_ranker"]
+__all__ = ["fit_head", "fit_blend", "split_users", "train_engine_ranker"]
 
 
 def fit_head(
@@ -194,7 +194,7 @@ def fit_blend(head_scores: Sequence[np.ndarray], text_scores: Sequence[np.ndarra
     return float(best), table
 
 
-def _split_users(groups: Sequence[RankingGroup], valid_fraction: float,
+def split_users(groups: Sequence[RankingGroup], valid_fraction: float,
                  seed: int) -> tuple[list[RankingGroup], list[RankingGroup]]:
     """(train, valid) groups: users drawn at random into validation (at least one of two or more)."""
     rng = np.random.default_rng(seed)
@@ -304,7 +304,7 @@ def train_engine_ranker(
                                                           users=users, seed=seed, progress=progress, among=among)
             cold_report = {"cold_share": cold_share, "examples": len(cold_groups), **cold_report}
         groups = groups + cold_groups
-        train, valid = _split_users(groups, valid_fraction, seed)
+        train, valid = split_users(groups, valid_fraction, seed)
         if len(train) < 2 or not valid:
             raise InvalidInputError("events", len(sequences),
                                     "too few users whose next item recall finds to train and validate")
