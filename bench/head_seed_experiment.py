@@ -79,13 +79,12 @@ def main() -> None:
                     "split_seed": a.split_seed,
                     "examples": len(groups), "seeds": []}
 
+    folder = Path(shutil.copytree(base, work / "model"))  # the entry's context model, once; each head replaces its head
+    system.model = folder
+
     def test_ndcg(head) -> np.ndarray:
-        folder = work / "model"
-        shutil.rmtree(folder, ignore_errors=True)
-        shutil.copytree(base, folder)
         head.save(folder)
         engine.use_model(folder)
-        system.model = folder
         return rank_metrics(system.score(contexts), targets, mask, ks=(10,))["ndcg@10"]
 
     def without(gs):
