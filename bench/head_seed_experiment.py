@@ -2,7 +2,7 @@
 with and without the scorer's feature under several seeds, on one cached evaluation model.
 
     python bench/head_seed_experiment.py --data-dir ../shared/data/ml-1m --entry DIR/ml-1m-recsieve-KEY \\
-        [--seeds 0,1,2] [--split-seed S] [--average] [--users N] [--json bench/results/head_seeds_ml1m.json]
+        [--seeds 0,1,2] [--split-seed S] [--average] [--select ndcg|loss] [--users N] [--json FILE]
 
 ``--entry``: a ``recsieve evaluate --cache-dir DIR`` entry of the ``recsieve`` system (trained with
 its ablation). The engine is rebuilt as ``recsieve evaluate`` builds it and serves the entry's
@@ -53,6 +53,9 @@ def main() -> None:
                     help="draw the validation users with this seed for every head (default: each head's seed)")
     ap.add_argument("--average", action="store_true",
                     help="also serve one head averaging the seeds' heads (and one averaging their ablations)")
+    ap.add_argument("--select", default="ndcg", choices=("ndcg", "loss"),
+                    help="keep the epoch with the best validation NDCG@10 or the lowest validation loss "
+                         "(fit_head's select; default ndcg, as the entry was trained)")
     ap.add_argument("--json", default=None, help="write the report here")
     a = ap.parse_args()
     from recsieve.embedding import SentenceTransformerEmbedder
@@ -76,7 +79,7 @@ def main() -> None:
     mask = history_mask(contexts, data.n_items)
     work = Path(tempfile.mkdtemp(prefix="head-seeds-"))
     report: dict = {"dataset": a.dataset, "entry": Path(a.entry).name, "test_users": len(targets),
-                    "split_seed": a.split_seed,
+                    "split_seed": a.split_seed, "select": a.select,
                     "examples": len(groups), "seeds": []}
 
     folder = Path(shutil.copytree(base, work / "model"))  # the entry's context model, once; each head replaces its head
@@ -96,7 +99,8 @@ def main() -> None:
     heads = []
     for seed in [int(s) for s in a.seeds.split(",")]:
         train, valid = split_users(groups, 0.1, seed if a.split_seed is None else a.split_seed)
-        kw = dict(valid_weights=[g.weight for g in valid], weights=[g.weight for g in train], seed=seed)
+        kw = dict(valid_weights=[g.weight for g in valid], weights=[g.weight for g in train], seed=seed,
+                  select=a.select)
         full = fit_head([g.features for g in train], [g.target for g in train], names,
                         valid=([g.features for g in valid], [g.target for g in valid]), **kw)
         ablated = fit_head(without(train), [g.target for g in train], names,

@@ -87,7 +87,26 @@ def test_fit_head_learns_a_planted_signal() -> None:
     learned = np.mean([listwise_ndcg(head.score(g), t) for g, t in zip(*test)])
     order = np.mean([listwise_ndcg(-np.arange(30.0), t) for t in test[1]])  # the given order
     assert learned > 0.6 > order + 0.3
-    assert head.report["valid_ndcg@10"] == pytest.approx(max(head.report["valid_history"]), abs=1e-5)
+
+
+def test_fit_head_selecting_by_loss_keeps_the_epoch_of_lowest_validation_loss() -> None:
+    """An over-fitting head (40 training groups, a large step): validation loss and NDCG@10
+    peak at different epochs, and each ``select`` keeps its own."""
+    train, valid = _planted(40, 0), _planted(60, 1)
+    names = feature_names(["a"])
+    kw = dict(valid=valid, hidden=32, epochs=30, lr=0.03, batch=16)
+    by_loss, by_ndcg = fit_head(*train, names, select="loss", **kw), fit_head(*train, names, **kw)
+    losses, ndcgs = by_loss.report["valid_loss_history"], by_ndcg.report["valid_history"]
+    assert by_loss.report["best_epoch"] == int(np.argmin(losses)) + 1
+    assert by_ndcg.report["best_epoch"] == int(np.argmax(ndcgs)) + 1
+    assert by_loss.report["best_epoch"] != by_ndcg.report["best_epoch"]  # the two rules differ here
+    # the kept head's loss, recomputed by hand from its scores: mean of log-sum-exp minus the target's score
+    by_hand = np.mean([np.log(np.exp(by_loss.score(g).astype(np.float64)).sum()) - by_loss.score(g)[t]
+                       for g, t in zip(*valid)])
+    assert by_loss.report["valid_loss"] == pytest.approx(by_hand, rel=1e-5)
+    assert by_loss.report["valid_loss"] == pytest.approx(min(losses), abs=1e-5)
+    with pytest.raises(InvalidInputError, match="select"):
+        fit_head(*train, names, valid=valid, epochs=1, select="auc")
 
 
 def test_average_of_heads_scores_their_mean_and_survives_a_save(tmp_path: Path) -> None:

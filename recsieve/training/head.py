@@ -54,13 +54,17 @@ def fit_head(
     budget_s: float | None = None,
     weights: Sequence[float] | None = None,
     valid_weights: Sequence[float] | None = None,
+    select: str = "ndcg",
 ) -> RankingHead:
     """Train a head with a listwise softmax loss: each group is one request's candidates
     (features ``(n_i, F)``), ``targets[i]`` the position of the item the user took next.
     ``weights`` / ``valid_weights``: how much each training / validation group counts in the
     loss / the validation mean (default: equally; they must be positive).
 
-    With ``valid``, the epoch with the best validation NDCG@10 is kept (early stopping).
+    With ``valid``, the epoch with the best validation score is kept (early stopping): by
+    ``select``, the highest NDCG@10 (``"ndcg"``) or the lowest listwise loss (``"loss"``, the
+    weighted mean cross-entropy of the target among its group's candidates, which every
+    candidate's score moves, so it jumps less from epoch to epoch on a few hundred groups).
     ``init``: continue from this head (its normalisation and weights; ``hidden`` is then
     its). ``budget_s``: stop after the epoch that exceeds this many seconds.
     """
@@ -78,6 +82,8 @@ def fit_head(
             raise InvalidInputError(f"targets[{i}]", t, f"must index a candidate of its group (0..{g.shape[0] - 1})")
     w_train = _group_weights(weights, len(groups), "weights")
     w_valid = None if valid is None else _group_weights(valid_weights, len(valid[0]), "valid_weights")
+    if select not in ("ndcg", "loss"):
+        raise InvalidInputError("select", select, "expected 'ndcg' or 'loss'")
     if init is not None:
         if tuple(init.features) != tuple(names):
             raise InvalidInputError("init", init.features, f"was trained on other features than {tuple(names)}")
@@ -122,14 +128,26 @@ def fit_head(
         w2, b2 = model[2].weight.detach().numpy()[0].copy(), float(model[2].bias.detach()[0])
         return RankingHead(tuple(names), mean, std, w1, b1, w2, b2)
 
-    def valid_ndcg(head: RankingHead) -> float:
+    def valid_scores(head: RankingHead) -> tuple[float, float]:
+        """Validation (NDCG@10, listwise loss), each a weighted mean over the groups."""
         assert valid is not None and w_valid is not None
-        return float(np.average([listwise_ndcg(head.score(g), t) for g, t in zip(*valid)], weights=w_valid))
+        scores = [head.score(g).astype(np.float64) for g in valid[0]]
+        ndcg = np.average([listwise_ndcg(s, t) for s, t in zip(scores, valid[1])], weights=w_valid)
+        top = [s.max() for s in scores]
+        loss = np.average([m + np.log(np.exp(s - m).sum()) - s[t] for s, t, m in zip(scores, valid[1], top)],
+                          weights=w_valid)
+        return float(ndcg), float(loss)
 
-    best, best_score, history, best_epoch = head_of(), -1.0, [], 0
+    def better(new: tuple[float, float], old: tuple[float, float] | None) -> bool:
+        if old is None:
+            return True
+        return new[0] > old[0] if select == "ndcg" else new[1] < old[1]
+
+    best, best_score, history, losses, best_epoch = head_of(), None, [], [], 0
     if valid is not None and init is not None:  # an update must beat the head it started from
-        best_score = valid_ndcg(best)
-        history.append(round(best_score, 5))
+        best_score = valid_scores(best)
+        history.append(round(best_score[0], 5))
+        losses.append(round(best_score[1], 5))
     epochs_run = 0
     for _ in range(epochs):
         if budget_s is not None and time.perf_counter() - started > budget_s:
@@ -147,12 +165,15 @@ def fit_head(
         if valid is None:
             best = head
             continue
-        score = valid_ndcg(head)
-        history.append(round(score, 5))
-        if score > best_score:
+        score = valid_scores(head)
+        history.append(round(score[0], 5))
+        losses.append(round(score[1], 5))
+        if better(score, best_score):
             best, best_score, best_epoch = head, score, epochs_run
     best.report = {"train_groups": len(groups), "epochs": epochs_run, "best_epoch": best_epoch, "hidden": hidden,
-                   "valid_ndcg@10": best_score if valid is not None else None, "valid_history": history}
+                   "select": select, "valid_ndcg@10": best_score[0] if best_score is not None else None,
+                   "valid_loss": best_score[1] if best_score is not None else None,
+                   "valid_history": history, "valid_loss_history": losses}
     return best
 
 
