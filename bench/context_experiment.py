@@ -1,6 +1,8 @@
-"""One context-model / SASRec experiment on ML-1M (leave-one-out, full ranking, history excluded).
+"""One context-model / SASRec experiment on ML-1M (or another dataset ``recsieve evaluate``
+reads: ``--dataset``; leave-one-out, full ranking, history excluded).
 
-python bench/context_experiment.py --system context|sasrec --budget 600 [--users 1000] [--ids-only]
+python bench/context_experiment.py --system context|sasrec --budget 600 [--dataset ml-1m --data DIR]
+  [--users 1000] [--ids-only]
   [--fp32] [--sampled] [--epochs N] [--lr 1e-3] [--stage test|valid] [--max-batches N]
   [--attention-dropout P] [--per-user FILE.npy] [--pair-with OTHER.npy]
 Prints a JSON line with the figures. Text vectors: MiniLM of the item texts, cached at --text-cache.
@@ -40,7 +42,8 @@ def text_vectors(data, cache: str) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--system", default="context")
-    ap.add_argument("--data", default="../shared/data/ml-1m")
+    ap.add_argument("--dataset", default="ml-1m", help="dataset name as recsieve evaluate takes it")
+    ap.add_argument("--data", default="../shared/data/ml-1m", help="its folder")
     ap.add_argument("--text-cache", default="bench/.cache/ml1m_text.npy")
     ap.add_argument("--users", type=int, default=None)
     ap.add_argument("--budget", type=float, default=600)
@@ -65,17 +68,19 @@ def main() -> None:
                     help="dropout on the attention weights (context system; default %(default)s)")
     ap.add_argument("--valid-users", type=int, default=TrainConfig.valid_users,
                     help="held-out users for early stopping, at most a fifth of the users (default %(default)s)")
+    ap.add_argument("--id-dropout", type=float, default=TrainConfig.id_dropout,
+                    help="share of items whose ID residual each batch drops (TrainConfig.id_dropout; default %(default)s)")
     ap.add_argument("--per-user", default=None, help="save the per-user NDCG@10 here (.npy)")
     ap.add_argument("--pair-with", default=None, help="a --per-user file of another run on the same users")
     a = ap.parse_args()
     patience = a.patience or None
     torch.set_num_threads(a.threads)
-    data = load_dataset("ml-1m", a.data)
+    data = load_dataset(a.dataset, a.data)
     split = leave_one_out(data, users=a.users, seed=a.seed)
     cfg = TrainConfig(
         epochs=a.epochs, budget_s=a.budget, lr=a.lr, batch_size=a.batch, bf16=not a.fp32,
         sampled_above=1 if a.sampled else 50_000, n_negatives=a.negatives, patience=patience,
-        valid_users=a.valid_users,
+        valid_users=a.valid_users, id_dropout=a.id_dropout,
         weight_decay=a.wd, schedule=a.schedule or "cosine", seed=a.seed, threads=a.threads, progress=True,
     )
     if a.system == "sasrec":
