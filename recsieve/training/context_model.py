@@ -259,7 +259,7 @@ def train_next_item(
         "valid_hr@10": [],
         "epoch_seconds": [],
     }
-    best, best_state, best_epoch, stale, stopped = -1.0, None, 0, 0, "epochs"
+    best, best_state, best_epoch, stale = -1.0, None, 0, 0
     if parallel is not None:
         parallel.broadcast([t for m in task.modules for t in m.state_dict().values()])
     start = time.perf_counter()
@@ -330,7 +330,6 @@ def train_next_item(
                     bar.set_postfix(loss=f"{history['losses'][-1]:.3f}")
                 bar.update(1)
                 if out_of_time or (cfg.patience is not None and stale >= cfg.patience):
-                    stopped = "budget" if out_of_time else "patience"
                     break
     finally:
         bar.close()
@@ -346,7 +345,6 @@ def train_next_item(
         seconds=round(time.perf_counter() - start, 2),
         best_epoch=best_epoch,
         best_valid_ndcg10=round(best, 5) if n_valid else None,
-        stopped=stopped,  # what ended training: "patience", "budget" or "epochs"
     )
     return history
 

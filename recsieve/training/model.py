@@ -8,9 +8,7 @@ The users whose steps become examples for the later stages (a seeded sample of `
    for the sampled users only those *before* the steps the scorer and the head learn from, so
    both later read the encoder's scores on targets it never trained on (no label leaks into a
    stacked feature), while every other user's steps all train it (on sparse logs, where most
-   users have a handful of steps, holding out everyone's last ones left most users out). Where it
-   over-fits (stops on patience), it is trained again with more dropout within the same budget
-   and the best on its held-out users kept (:mod:`recsieve.training.regularise`).
+   users have a handful of steps, holding out everyone's last ones left most users out).
 2. **Candidate scorer** (the fine sieve's cross-encoder,
    :func:`~recsieve.training.context_model.fit_candidate_scorer`): listwise over candidates
    on the sampled users' ``scorer_steps`` steps after the encoder's (held out from it) -- the
@@ -29,7 +27,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +39,6 @@ from recsieve.rerankers.training import Step
 from recsieve.training.context_model import TrainConfig, fit_candidate_scorer, fit_context_model
 from recsieve.training.examples import engine_sequences, last_positives, sample_users
 from recsieve.training.head import train_engine_ranker
-from recsieve.training.regularise import DROPOUT_LADDER, Fit, fit_regularised
 from recsieve.types import EVENT_KINDS, Event
 
 __all__ = ["COLD_SHARE", "SCORER_STEPS", "train_engine", "encoder_sequences", "held_out_steps", "scorer_examples"]
@@ -134,7 +130,6 @@ def train_engine(
     dim: int = 64,
     max_len: int = 200,
     encoder: TrainConfig | None = None,
-    dropout_ladder: Sequence[float] = DROPOUT_LADDER,
     ablation_out: str | Path | None = None,
     cold_share: float = COLD_SHARE,
     seed: int = 0,
@@ -150,9 +145,6 @@ def train_engine(
     encoder's and the scorer's training time; ``cross_encoder=False`` trains no candidate scorer
     (the ablation: its feature is then constant and carries no weight). ``encoder``: every
     setting of the encoder's training (then ``epochs``, ``budget_s`` and ``seed`` are its own).
-    ``dropout_ladder``: where the encoder stops on patience (over-fits), it is trained again with
-    each of these dropouts in turn within the same budget, the best on its held-out users kept
-    (:func:`~recsieve.training.regularise.fit_regularised`; ``()``: never).
     ``ablation_out``: also write there the head trained on the same examples without the
     candidate scorer's score (the ablation; the report pairs both on held-out users).
     ``cold_share``: the head also learns from pseudo-cold examples, a world where that share of
@@ -181,13 +173,15 @@ def train_engine(
 
     settings = ContextSettings(n_warm=engine.catalog.num_rows, text_dim=engine.dim, dim=dim, max_len=max_len)
     config = encoder or TrainConfig(epochs=epochs, budget_s=budget_s, seed=seed, progress=progress)
-    fit: Fit = fit_context_model
-    if workers is not None:
+    if workers is None:
+        model, history = fit_context_model(train_rows, engine.catalog.num_rows, engine.text_vectors(),
+                                           settings=settings, config=config)
+    else:
         from recsieve.training.ray_train import fit_context_model_on_ray
 
-        fit = partial(fit_context_model_on_ray, workers=workers, address=ray_address)
-    model, history = fit_regularised(train_rows, engine.catalog.num_rows, engine.text_vectors(), settings=settings,
-                                     config=config, ladder=dropout_ladder, fit=fit)
+        model, history = fit_context_model_on_ray(train_rows, engine.catalog.num_rows, engine.text_vectors(),
+                                                  settings=settings, config=config, workers=workers,
+                                                  address=ray_address)
     report: dict[str, Any] = {"encoder": {k: v for k, v in history.items() if k != "valid_curve"},
                               "encoder_users": len(train_rows), "example_users": len(examples_from)}
     if cross_encoder:
