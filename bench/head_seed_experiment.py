@@ -2,7 +2,7 @@
 with and without the scorer's feature under several seeds, on one cached evaluation model.
 
     python bench/head_seed_experiment.py --data-dir ../shared/data/ml-1m --entry DIR/ml-1m-recsieve-KEY \\
-        [--seeds 0,1,2] [--split-seed S] [--average] [--select ndcg|loss] [--users N] [--json FILE]
+        [--seeds 0,1,2] [--split-seed S] [--average] [--select ndcg|loss] [--cv-folds K] [--users N] [--json FILE]
 
 ``--entry``: a ``recsieve evaluate --cache-dir DIR`` entry of the ``recsieve`` system (trained with
 its ablation). The engine is rebuilt as ``recsieve evaluate`` builds it and serves the entry's
@@ -37,7 +37,7 @@ from recsieve.training.examples import (
     ranking_groups,
     sample_users,
 )
-from recsieve.training.head import fit_head, split_users
+from recsieve.training.head import fit_head, fit_head_cv, split_users, user_folds
 
 
 def main() -> None:
@@ -56,6 +56,10 @@ def main() -> None:
     ap.add_argument("--select", default="ndcg", choices=("ndcg", "loss"),
                     help="keep the epoch with the best validation NDCG@10 or the lowest validation loss "
                          "(fit_head's select; default ndcg, as the entry was trained)")
+    ap.add_argument("--cv-folds", type=int, default=0,
+                    help="choose the heads' epoch count by K-fold cross-validation over the training users "
+                         "(fit_head_cv, as train_engine_ranker's cv_folds); 0 (default): early stopping on the "
+                         "validation users, as the entry was trained")
     ap.add_argument("--json", default=None, help="write the report here")
     a = ap.parse_args()
     from recsieve.embedding import SentenceTransformerEmbedder
@@ -79,7 +83,7 @@ def main() -> None:
     mask = history_mask(contexts, data.n_items)
     work = Path(tempfile.mkdtemp(prefix="head-seeds-"))
     report: dict = {"dataset": a.dataset, "entry": Path(a.entry).name, "test_users": len(targets),
-                    "split_seed": a.split_seed, "select": a.select,
+                    "split_seed": a.split_seed, "select": a.select, "cv_folds": a.cv_folds,
                     "examples": len(groups), "seeds": []}
 
     folder = Path(shutil.copytree(base, work / "model"))  # the entry's context model, once; each head replaces its head
@@ -99,12 +103,17 @@ def main() -> None:
     heads = []
     for seed in [int(s) for s in a.seeds.split(",")]:
         train, valid = split_users(groups, 0.1, seed if a.split_seed is None else a.split_seed)
-        kw = dict(valid_weights=[g.weight for g in valid], weights=[g.weight for g in train], seed=seed,
-                  select=a.select)
-        full = fit_head([g.features for g in train], [g.target for g in train], names,
-                        valid=([g.features for g in valid], [g.target for g in valid]), **kw)
-        ablated = fit_head(without(train), [g.target for g in train], names,
-                           valid=(without(valid), [g.target for g in valid]), **kw)
+        kw = dict(valid_weights=[g.weight for g in valid], weights=[g.weight for g in train], seed=seed)
+        if a.cv_folds:
+            folds = user_folds(train, a.cv_folds, seed)
+            kw.pop("valid_weights")
+            full = fit_head_cv([g.features for g in train], [g.target for g in train], names, folds, **kw)
+            ablated = fit_head_cv(without(train), [g.target for g in train], names, folds, **kw)
+        else:
+            full = fit_head([g.features for g in train], [g.target for g in train], names,
+                            valid=([g.features for g in valid], [g.target for g in valid]), select=a.select, **kw)
+            ablated = fit_head(without(train), [g.target for g in train], names,
+                               valid=(without(valid), [g.target for g in valid]), select=a.select, **kw)
         nf, na = test_ndcg(full), test_ndcg(ablated)
         row = {"seed": seed, "ndcg@10": float(nf.mean()), "ndcg@10_without_scorer": float(na.mean()),
                "without_minus_with": paired_gain(na.tolist(), nf.tolist()),

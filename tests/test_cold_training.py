@@ -134,10 +134,14 @@ def _rank_of_new_items(eng, folder) -> list[int]:
 def test_pseudo_cold_examples_teach_the_head_to_rank_a_cold_item_among_warm_ones(browsing):
     """A head trained on warm targets only puts a brand-new item below every warm item of the
     user's group, although its words say it is one of them; with pseudo-cold examples it ranks
-    it among them."""
+    it among them. Both heads stop early on validation (``cv_folds=0``): on this toy the
+    cross-validated held-out NDCG@10 is flat over the epochs (0.655-0.663), so the default picks
+    4 epochs, too few for either head to learn the cold case -- the claim here is about what the
+    pseudo-cold examples teach, not about the epoch count."""
     root, eng = browsing
-    plain = train_engine_ranker(eng, root / "plain", users=None, steps_per_user=2, progress=False)
-    cold = train_engine_ranker(eng, root / "cold", users=None, steps_per_user=2, cold_share=0.3, progress=False)
+    plain = train_engine_ranker(eng, root / "plain", users=None, steps_per_user=2, cv_folds=0, progress=False)
+    cold = train_engine_ranker(eng, root / "cold", users=None, steps_per_user=2, cold_share=0.3, cv_folds=0,
+                               progress=False)
     assert "pseudo_cold" not in plain
     report = cold["pseudo_cold"]
     assert report["pseudo_cold_items"] == 18 and report["cold_targets"] > 0 and report["examples"] > 0

@@ -20,6 +20,8 @@ from recsieve.engine.ranker import (
 )
 from recsieve.errors import InvalidInputError, StoreError
 from recsieve.training import fit_head, train_engine_ranker
+from recsieve.training.examples import RankingGroup
+from recsieve.training.head import fit_head_cv, user_folds
 from recsieve.types import Candidates
 
 DEMO = Path(str(resources.files("recsieve") / "data" / "demo_items.jsonl"))
@@ -107,6 +109,44 @@ def test_fit_head_selecting_by_loss_keeps_the_epoch_of_lowest_validation_loss() 
     assert by_loss.report["valid_loss"] == pytest.approx(min(losses), abs=1e-5)
     with pytest.raises(InvalidInputError, match="select"):
         fit_head(*train, names, valid=valid, epochs=1, select="auc")
+
+
+def test_fit_head_cv_picks_the_epoch_count_of_the_best_mean_curve_and_refits_on_everything() -> None:
+    """The over-fitting toy of the test above, in 4 folds: each fold's curve is its own head's,
+    the epoch count is the argmax of their weighted mean, and the head returned is fit_head on
+    all groups for that many epochs."""
+    groups, targets = _planted(80, 0)
+    names = feature_names(["a"])
+    folds = np.arange(80) % 4
+    kw = dict(hidden=32, lr=0.03, batch=16, epochs=20)
+    head = fit_head_cv(groups, targets, names, folds, **kw)
+    curves = []
+    for f in range(4):
+        tr, va = folds != f, folds == f
+        part = fit_head([g for g, k in zip(groups, tr) if k], [t for t, k in zip(targets, tr) if k], names,
+                        valid=([g for g, k in zip(groups, va) if k], [t for t, k in zip(targets, va) if k]), **kw)
+        curves.append(part.report["valid_history"])
+    best = int(np.argmax(np.mean(curves, axis=0))) + 1  # equal folds: the plain mean
+    assert head.report["best_epoch"] == best and head.report["cv_folds"] == 4
+    assert head.report["epochs"] == best < 20  # it over-fits: the count is cut short
+    refit = fit_head(groups, targets, names, **{**kw, "epochs": best})
+    np.testing.assert_allclose(head.score(groups[0]), refit.score(groups[0]), rtol=1e-6)
+    with pytest.raises(InvalidInputError, match="folds"):
+        fit_head_cv(groups, targets, names, np.zeros(80, int), **kw)
+    with pytest.raises(InvalidInputError, match="folds"):
+        fit_head_cv(groups, targets, names, folds[:10], **kw)
+
+
+def test_user_folds_keep_each_users_groups_together() -> None:
+    groups = [RankingGroup(f"u{i % 13}", np.zeros((3, 2), np.float32), 0, np.arange(3), "") for i in range(50)]
+    folds = user_folds(groups, 5, seed=0)
+    by_user: dict[str, set[int]] = {}
+    for g, f in zip(groups, folds):
+        by_user.setdefault(g.user_id, set()).add(int(f))
+    assert all(len(v) == 1 for v in by_user.values())
+    assert set(folds.tolist()) == set(range(5))
+    one = [g for g in groups if g.user_id == "u0"]
+    assert len(one) > 1 and set(user_folds(one, 5, seed=0).tolist()) == {0}  # one user: one fold
 
 
 def test_average_of_heads_scores_their_mean_and_survives_a_save(tmp_path: Path) -> None:
