@@ -266,6 +266,17 @@ def test_trained_head_beats_recall_order_on_held_out_users(shop) -> None:
     _, _, report = shop
     assert report["valid_users"] > 0 and report["train_users"] > report["valid_users"]
     assert report["valid_ndcg@10_head"] > report["valid_ndcg@10_recall_order"] + 0.2
+    # the default chose the head's epoch count by 5 folds over the training users, not on validation
+    assert report["cv_folds"] == 5 and report["epochs"] == report["best_epoch"]
+    assert report["cv_history"][report["best_epoch"] - 1] == max(report["cv_history"])
+
+
+@pytest.mark.parametrize("bad", [1, -2, 2.5, True])
+def test_train_engine_ranker_refuses_a_bad_fold_count(shop, tmp_path, bad) -> None:
+    eng, _, _ = shop
+    with pytest.raises(InvalidInputError, match="cv_folds"):
+        train_engine_ranker(eng, tmp_path / "m", cv_folds=bad, progress=False)
+    assert not (tmp_path / "m").exists()
 
 
 def test_engine_serves_the_head(shop) -> None:

@@ -347,6 +347,8 @@ def train_engine_ranker(
         raise InvalidInputError("valid_fraction", valid_fraction, "must be between 0 and 1")
     if not 0.0 <= instruction_share <= 1.0:
         raise InvalidInputError("instruction_share", instruction_share, "must be between 0 and 1")
+    if isinstance(cv_folds, bool) or not isinstance(cv_folds, int) or cv_folds < 0 or cv_folds == 1:
+        raise InvalidInputError("cv_folds", cv_folds, "must be 0 (early stopping on validation) or 2 or more")
     sequences = engine_sequences(engine, events)
     instruction_for = None
     if instruction_share > 0:
