@@ -37,7 +37,7 @@ from recsieve.training.examples import (
     ranking_groups,
     sample_users,
 )
-from recsieve.training.head import fit_head, fit_head_cv, split_users, user_folds
+from recsieve.training.head import head_fitter, split_users, without_feature
 
 
 def main() -> None:
@@ -94,26 +94,12 @@ def main() -> None:
         engine.use_model(folder)
         return rank_metrics(system.score(contexts), targets, mask, ks=(10,))["ndcg@10"]
 
-    def without(gs):
-        out = [g.features.copy() for g in gs]
-        for x in out:
-            x[:, col] = 0.0
-        return out
-
     heads = []
     for seed in [int(s) for s in a.seeds.split(",")]:
         train, valid = split_users(groups, 0.1, seed if a.split_seed is None else a.split_seed)
-        kw = dict(valid_weights=[g.weight for g in valid], weights=[g.weight for g in train], seed=seed)
-        if a.cv_folds:
-            folds = user_folds(train, a.cv_folds, seed)
-            kw.pop("valid_weights")
-            full = fit_head_cv([g.features for g in train], [g.target for g in train], names, folds, **kw)
-            ablated = fit_head_cv(without(train), [g.target for g in train], names, folds, **kw)
-        else:
-            full = fit_head([g.features for g in train], [g.target for g in train], names,
-                            valid=([g.features for g in valid], [g.target for g in valid]), select=a.select, **kw)
-            ablated = fit_head(without(train), [g.target for g in train], names,
-                               valid=(without(valid), [g.target for g in valid]), select=a.select, **kw)
+        fit = head_fitter(train, valid, names, cv_folds=a.cv_folds, seed=seed, select=a.select)  # as training fits
+        full = fit([g.features for g in train], [g.features for g in valid])
+        ablated = fit(without_feature(train, col), without_feature(valid, col))
         nf, na = test_ndcg(full), test_ndcg(ablated)
         row = {"seed": seed, "ndcg@10": float(nf.mean()), "ndcg@10_without_scorer": float(na.mean()),
                "without_minus_with": paired_gain(na.tolist(), nf.tolist()),

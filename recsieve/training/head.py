@@ -35,7 +35,8 @@ from recsieve.types import Event
 if TYPE_CHECKING:  # pragma: no cover
     from recsieve.context.model import ContextModel
 
-__all__ = ["fit_head", "fit_head_cv", "user_folds", "fit_blend", "split_users", "train_engine_ranker"]
+__all__ = ["fit_head", "fit_head_cv", "user_folds", "head_fitter", "without_feature", "fit_blend", "split_users",
+           "train_engine_ranker"]
 
 
 def fit_head(
@@ -230,6 +231,37 @@ def user_folds(groups: Sequence[RankingGroup], k: int, seed: int) -> np.ndarray:
     return np.array([fold[g.user_id] for g in groups], np.int64)
 
 
+HeadFit = Callable[[list[np.ndarray], list[np.ndarray]], RankingHead]
+
+
+def head_fitter(train: Sequence[RankingGroup], valid: Sequence[RankingGroup], names: Sequence[str], *,
+                cv_folds: int = 5, hidden: int = 32, epochs: int = 60, seed: int = 0,
+                select: str = "ndcg") -> HeadFit:
+    """How :func:`train_engine_ranker` fits a head on ``train``'s groups: a function of the
+    features to read for ``train`` and for ``valid`` (so an ablation changes only those), whose
+    epoch count is cross-validated over ``train``'s users (:func:`fit_head_cv`), or, with
+    ``cv_folds=0`` or a single training user, early-stopped on ``valid`` by ``select``."""
+    folds = user_folds(train, cv_folds, seed) if cv_folds else None
+    targets, weights = [g.target for g in train], [g.weight for g in train]
+
+    def fit(train_x: list[np.ndarray], valid_x: list[np.ndarray]) -> RankingHead:
+        kw = dict(hidden=hidden, epochs=epochs, seed=seed, weights=weights)
+        if folds is not None and np.unique(folds).size >= 2:
+            return fit_head_cv(train_x, targets, names, folds, **kw)
+        return fit_head(train_x, targets, names, valid=(valid_x, [g.target for g in valid]),
+                        valid_weights=[g.weight for g in valid], select=select, **kw)
+
+    return fit
+
+
+def without_feature(groups: Sequence[RankingGroup], col: int) -> list[np.ndarray]:
+    """The groups' features, copied, with column ``col`` held at 0 (an ablation's inputs)."""
+    out = [g.features.copy() for g in groups]
+    for x in out:
+        x[:, col] = 0.0
+    return out
+
+
 def _group_weights(weights: Sequence[float] | None, n: int, field: str) -> np.ndarray:
     """float32 ``(n,)`` weights of ``n`` groups (all 1 when ``None``), checked: finite and positive."""
     if weights is None:
@@ -389,17 +421,7 @@ def train_engine_ranker(
             raise InvalidInputError("events", len(sequences),
                                     "too few users whose next item recall finds to train and validate")
         names = engine.feature_names(context=model is not None)
-        folds = user_folds(train, cv_folds, seed) if cv_folds else None
-
-        def fit(train_x: list[np.ndarray], valid_x: list[np.ndarray]) -> RankingHead:
-            """The head on these features of ``train``: its epoch count cross-validated there, or
-            (``cv_folds=0`` or a single training user) early-stopped on ``valid``."""
-            kw = dict(hidden=hidden, epochs=epochs, seed=seed, weights=[g.weight for g in train])
-            if folds is not None and np.unique(folds).size >= 2:
-                return fit_head_cv(train_x, [g.target for g in train], names, folds, **kw)
-            return fit_head(train_x, [g.target for g in train], names, valid=(valid_x, [g.target for g in valid]),
-                            valid_weights=[g.weight for g in valid], **kw)
-
+        fit = head_fitter(train, valid, names, cv_folds=cv_folds, hidden=hidden, epochs=epochs, seed=seed)
         head = fit([g.features for g in train], [g.features for g in valid])
         head_scores = [head.score(g.features) for g in valid]
         report: dict[str, Any] = {
@@ -446,7 +468,7 @@ def train_engine_ranker(
 
 def _ablation(work: Path, head: RankingHead, names: Sequence[str], train: list[RankingGroup],
               valid: list[RankingGroup], ablate: tuple[str, str | Path],
-              fit: Callable[[list[np.ndarray], list[np.ndarray]], RankingHead], seed: int) -> dict[str, Any]:
+              fit: HeadFit, seed: int) -> dict[str, Any]:
     """A head fitted as ``head`` was (``fit``) on the same groups with feature ``ablate[0]`` held
     constant, saved (with the context model of ``work``) to ``ablate[1]``; its held-out NDCG@10
     paired with ``head``'s."""
@@ -454,16 +476,10 @@ def _ablation(work: Path, head: RankingHead, names: Sequence[str], train: list[R
     if feature not in names:
         raise InvalidInputError("ablate", feature, f"not one of the head's features {tuple(names)}")
     col = list(names).index(feature)
-
-    def without(gs: Sequence[RankingGroup]) -> list[np.ndarray]:
-        out = [g.features.copy() for g in gs]
-        for x in out:
-            x[:, col] = 0.0
-        return out
-
-    other = fit(without(train), without(valid))
+    valid_x = without_feature(valid, col)
+    other = fit(without_feature(train, col), valid_x)
     full = [listwise_ndcg(head.score(g.features), g.target) for g in valid]
-    ablated = [listwise_ndcg(other.score(x), g.target) for x, g in zip(without(valid), valid)]
+    ablated = [listwise_ndcg(other.score(x), g.target) for x, g in zip(valid_x, valid)]
     other.report = {**other.report, "ablated_feature": feature, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ")}
     with replacing_folder(Path(folder)) as dest:
         if (work / CONTEXT_DIR).exists():
