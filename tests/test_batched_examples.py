@@ -253,6 +253,7 @@ def test_other_channels_fall_back_to_the_loop(shop) -> None:
 def _context_model(eng, folder, *, reads=("kinds", "ages"), instruction=True):
     import torch
 
+    from recsieve.context.cooccurrence import CoOccurrence
     from recsieve.context.model import ContextModel, ContextSettings
 
     torch.manual_seed(0)
@@ -262,6 +263,8 @@ def _context_model(eng, folder, *, reads=("kinds", "ages"), instruction=True):
     model = ContextModel(settings)
     model.set_items(eng.text_vectors())
     model.scorer = model.new_scorer()
+    model.cooccurrence = CoOccurrence.fit([np.array([s.item for s in q], np.int64)
+                                           for q in engine_sequences(eng).values()], eng.catalog.num_rows)
     model.eval()
     model.save(folder / "context")
     return eng.load_model(folder)
@@ -291,7 +294,9 @@ def test_with_a_context_model(shop, tmp_path, reads, instruction, monkeypatch) -
     old, _ = ranking_groups(shop, sequences, steps_per_user=3, model=model, instruction_for=asker(), batch=False)
     _same(new, old)
     assert new[0].features.shape[1] == len(shop.feature_names(context=True))
-    assert any(g.features[:, -1].any() for g in new)  # the candidate scorer's column
+    names = shop.feature_names(context=True)
+    for column in ("context.context_cross", "context.context_cooccurrence"):  # the scorer's, co-occurrence
+        assert any(g.features[:, names.index(column)].any() for g in new), column
 
 
 def test_with_a_trained_context_model(tmp_path) -> None:

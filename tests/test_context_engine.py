@@ -125,12 +125,42 @@ def test_behaviour_indexes_are_closed_when_replaced_and_when_the_engine_closes(t
     assert closed == [id(first), id(second)]
 
 
+def test_the_cooccurrence_feature_never_counted_a_held_out_step(trained, tmp_path):
+    from recsieve.context.cooccurrence import CoOccurrence
+    from recsieve.context.model import ContextModel
+    from recsieve.training.model import SCORER_STEPS, encoder_sequences
+
+    root, report = trained
+    eng = _open(root, tmp_path)
+    try:
+        counts = ContextModel.load(root / "model" / CONTEXT_DIR).cooccurrence
+        sequences = engine_sequences(eng)
+        n = eng.catalog.num_rows
+    finally:
+        eng.close()
+    assert counts is not None and report["cooccurrence_pairs"] == len(counts.data) > 0
+    # every user gave examples (users=None): each one's last 1 + SCORER_STEPS steps are held out
+    expected = CoOccurrence.fit(encoder_sequences(sequences, 1 + SCORER_STEPS), n)
+    everything = CoOccurrence.fit(encoder_sequences(sequences, 0), n)
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(counts, name), getattr(expected, name))
+    assert len(everything.data) != len(counts.data) or not np.array_equal(everything.data, counts.data)
+
+
 def test_learn_keeps_the_context_model_beside_the_updated_head(trained, tmp_path):
     from recsieve.training import learn
 
     root, _ = trained
     eng = _open(root, tmp_path)
     try:
+        # serve a head that cannot tell candidates apart (its output weights zeroed), so that learning
+        # from the new steps beats it on their held-out share whatever the toy's trained head knows
+        bad = tmp_path / "bad"
+        shutil.copytree(root / "model" / CONTEXT_DIR, bad / CONTEXT_DIR)
+        head = RankingHead.load(root / "model")
+        head.w2 = np.zeros_like(head.w2)
+        head.save(bad)
+        eng.use_model(bad)
         rng = np.random.default_rng(1)
         t = 2e6
         for u in range(40):  # new steps, inside each user's group as before
@@ -140,6 +170,7 @@ def test_learn_keeps_the_context_model_beside_the_updated_head(trained, tmp_path
                 eng.record(Event(f"u{u}", f"{g}-{int(j)}", "click", ts=t))
         report = learn(eng, epochs=3)
         assert report["new_examples"] > 0 and report["updated"], report
+        assert report["valid_ndcg_after"] > report["valid_ndcg_before"]
         assert eng.model_dir == eng.directory / "models" / f"head-{report['to_seq']}"
         assert (eng.model_dir / CONTEXT_DIR / "manifest.json").exists()  # the head's context model came along
         assert eng.serving_model.context is not None and len(eng.recommend("u1", 5)) == 5

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recsieve.context.cooccurrence import COOCCURRENCE_FILE, CoOccurrence
 from recsieve.context.modules import (
     ACTIVATIONS,
     BLOCK_STYLES,
@@ -136,6 +137,8 @@ class ContextModel:
             attention_dropout=s.attention_dropout,
         )
         self.scorer: CandidateScorer | None = None
+        #: item co-occurrence counts read as a ranking feature (set by training; ``None``: none)
+        self.cooccurrence: CoOccurrence | None = None
         self._kind_index = {k: i + 1 for i, k in enumerate(s.kinds)}
         self._table: torch.Tensor | None = None  # (n_items, dim) float32 item tokens
         self.eval()
@@ -352,6 +355,8 @@ class ContextModel:
             if self.scorer is not None:
                 torch.save(self.scorer.state_dict(), work / "scorer.pt")
             np.save(work / "items.npy", self._table.numpy())
+            if self.cooccurrence is not None:
+                self.cooccurrence.save(work / COOCCURRENCE_FILE)
             files = sorted(p.name for p in work.iterdir())
             manifest = {
                 "kind": KIND,
@@ -405,6 +410,8 @@ class ContextModel:
             if man.get("has_scorer"):
                 model.new_scorer().load_state_dict(torch.load(folder / "scorer.pt", weights_only=True))
             table = np.load(folder / "items.npy", allow_pickle=False)
+            if COOCCURRENCE_FILE in files:
+                model.cooccurrence = CoOccurrence.load(folder / COOCCURRENCE_FILE)
         except (KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:
             raise CorruptStoreError(f"context model: cannot read {folder}: {exc}") from None
         model._table = torch.from_numpy(np.ascontiguousarray(table, np.float32))

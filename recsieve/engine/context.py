@@ -37,8 +37,9 @@ __all__ = ["CONTEXT_DIR", "ContextRuntime", "ContextChannel", "CONTEXT_FEATURES"
 
 #: Sub-folder of a model folder holding the context model.
 CONTEXT_DIR = "context"
-#: The context channel's extra features: the encoder's score and the candidate scorer's score.
-CONTEXT_FEATURES = ("context_encoder", "context_cross")
+#: The context channel's extra features: the encoder's score, the candidate scorer's score and
+#: the item co-occurrence score (:mod:`recsieve.context.cooccurrence`; 0 for a model without one).
+CONTEXT_FEATURES = ("context_encoder", "context_cross", "context_cooccurrence")
 
 
 class ContextRuntime:
@@ -121,6 +122,14 @@ class ContextRuntime:
         return self.model.score_candidates(rows, np.asarray(candidates, np.int64), kinds=kinds, timestamps=ts,
                                            request_time=self._now(request), instruction=self._instruction(request))
 
+    def cooccurrence_scores(self, request: RecallRequest, candidates: np.ndarray) -> np.ndarray:
+        """Each candidate's co-occurrence score with the request's context (zeros when the
+        model has no co-occurrence counts)."""
+        counts = self.model.cooccurrence
+        if counts is None or not len(candidates):
+            return np.zeros(len(candidates), np.float32)
+        return counts.scores(self._context(request)[0], np.asarray(candidates, np.int64))
+
     def _instruction(self, request: RecallRequest) -> np.ndarray | None:
         if request.instruction is None or not self.model.settings.instruction_dim:
             return None
@@ -159,6 +168,7 @@ class ContextChannel(RecallChannel):
         if user is not None and len(rows):
             out[:, 0] = self.runtime.model.item_vectors_of(rows) @ user
             out[:, 1] = self.runtime.cross_scores(request, rows)
+        out[:, 2] = self.runtime.cooccurrence_scores(request, rows)
         return out
 
     def _user(self, request: RecallRequest) -> np.ndarray | None:

@@ -467,19 +467,23 @@ def _examples(plan: _Plan, req: Requests,
             last = np.array([r[-1] if r.size else -1 for r in rec.recent_rows], np.int64)[g_of]
             extra_cols.append(t.last_share(last, users, cands.rows, rec.own, t.taken_out(rec.own))[:, None])
     ctx = plan.context
-    if ctx is not None:  # the context channel's: the encoder's score and the candidate scorer's
+    if ctx is not None:  # the context channel's: the encoder's, the candidate scorer's and co-occurrence scores
         idx = rec.index[hits_a].tolist()
         encoder = np.zeros(cands.rows.size, np.float32)
+        cooc = np.zeros(cands.rows.size, np.float32)
+        counts = ctx.model.cooccurrence
         for k, i in enumerate(idx):
             user = req.user_vectors[i]
             a, b = cands.offsets[k], cands.offsets[k + 1]
             if user is not None and b > a:
                 encoder[a:b] = ctx.model.item_vectors_of(cands.rows[a:b]) @ user
+            if counts is not None and b > a:
+                cooc[a:b] = counts.scores(req.contexts[i][0], cands.rows[a:b])
         has_user = [req.user_vectors[i] is not None for i in idx]
         scores = cross_scores(ctx, [req.contexts[i] for i in idx],
                               [cands.get(k)[0] if has_user[k] else cands.rows[:0] for k in range(len(idx))],
                               [req.instructions[i] for i in idx], [req.nows[i] for i in idx], plan.item_table())
-        extra_cols.append(np.stack([encoder, np.concatenate(scores) if scores else encoder[:0]], axis=1))
+        extra_cols.append(np.stack([encoder, np.concatenate(scores) if scores else encoder[:0], cooc], axis=1))
     out = []
     for k, g in enumerate(hits):
         a, b = cands.offsets[k], cands.offsets[k + 1]

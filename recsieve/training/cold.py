@@ -86,14 +86,16 @@ def cold_world(sequences: dict[str, list[Step]],
 
 
 def without_ids(model: ContextModel, rows: np.ndarray, text_vectors: np.ndarray | None) -> ContextModel:
-    """A copy of ``model`` in which ``rows`` have no ID residual: their tokens come from text alone,
-    as a cold item's do (the original is unchanged)."""
+    """A copy of ``model`` in which ``rows`` have no ID residual and no co-occurrence: their tokens
+    come from text alone, as a cold item's do (the original is unchanged)."""
     twin = copy.deepcopy(model)
     if twin.tower.ids is not None:
         rows = np.asarray(rows, np.int64)
         rows = rows[rows < twin.tower.n_warm]
         with torch.no_grad():
             twin.tower.ids.weight[torch.from_numpy(rows)] = 0.0
+    if twin.cooccurrence is not None:
+        twin.cooccurrence = twin.cooccurrence.without(rows)
     twin.set_items(text_vectors)
     return twin
 

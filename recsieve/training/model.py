@@ -14,9 +14,11 @@ The users whose steps become examples for the later stages (a seeded sample of `
    on the sampled users' ``scorer_steps`` steps after the encoder's (held out from it) -- the
    encoder's own top ``recall_n`` (the behaviour index's channel is the largest share of
    recall), where the target is among them.
-3. **Ranking head** (:func:`~recsieve.training.head.train_engine_ranker` with ``context=``):
+3. **Item co-occurrence** (:class:`~recsieve.context.cooccurrence.CoOccurrence`): items a few
+   steps apart in the encoder's sequences (so without the held-out steps), saved with the model.
+4. **Ranking head** (:func:`~recsieve.training.head.train_engine_ranker` with ``context=``):
    recall now runs with the new behaviour index; the head stacks the encoder's and the
-   scorer's scores with every recall feature on the sampled users' last ``steps_per_user`` steps
+   scorer's scores and the co-occurrence score with every recall feature on the sampled users' last ``steps_per_user`` steps
    (its fusion-weight tuning and pseudo-cold examples also draw from them).
 
 The folder is assembled next to ``out`` and renamed into place when complete; the engine then
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from recsieve.context.cooccurrence import CoOccurrence
 from recsieve.engine.engine import Engine
 from recsieve.errors import InvalidInputError
 from recsieve.indexes.checks import check_positive
@@ -182,8 +185,11 @@ def train_engine(
         model, history = fit_context_model_on_ray(train_rows, engine.catalog.num_rows, engine.text_vectors(),
                                                   settings=settings, config=config, workers=workers,
                                                   address=ray_address)
+    # the head's co-occurrence feature, counted on the encoder's sequences (held-out steps left out)
+    model.cooccurrence = CoOccurrence.fit(train_rows, engine.catalog.num_rows)
     report: dict[str, Any] = {"encoder": {k: v for k, v in history.items() if k != "valid_curve"},
-                              "encoder_users": len(train_rows), "example_users": len(examples_from)}
+                              "encoder_users": len(train_rows), "example_users": len(examples_from),
+                              "cooccurrence_pairs": int(len(model.cooccurrence.data))}
     if cross_encoder:
         ctx, targets = held_out_steps(sequences, steps_per_user, scorer_steps, examples_from)
         ctx, cands, tix, recall = scorer_examples(model, ctx, targets, engine.config.recall_n)

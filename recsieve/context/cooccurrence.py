@@ -1,0 +1,148 @@
+"""Item co-occurrence: which items the same users took close together, as a ranking feature.
+
+The transitions channel counts what came *directly* after an item; the context encoder learns
+order. Neither keeps the plain fact "people who took A also took B a few steps apart", which
+on sparse logs is the strongest single signal (on Amazon Scientific, item-kNN alone reaches
+NDCG@10 0.089 against the encoder's 0.086). :class:`CoOccurrence` keeps it as a symmetric,
+cosine-normalised count of pairs of a user's positive items at most ``gap`` steps apart::
+
+    c(i, j) = #{(u, s, t): 0 < |s - t| <= gap, seq_u[s] = i, seq_u[t] = j, i != j}
+    sim(i, j) = c(i, j) / sqrt(c(i) c(j))         c(i) = sum_j c(i, j)
+
+pruned to each item's ``neighbours`` largest similarities (memory bounded by the catalog, not
+the log). A candidate's score for a user is ``sum_a decay**age(a) * sim(a, candidate)`` over
+the user's last ``depth`` positive items (age 0 = newest), the item-kNN recipe. Pairs a bounded
+distance apart (rather than every pair of a history) keep fitting linear in the events.
+
+It is fitted by ``recsieve train`` on the same sequences as the context encoder (the example
+users' held-out steps left out, so the head never reads a count that saw its target), saved in
+the context model's folder (``cooccurrence.npz``, under the folder's checksummed manifest) and
+read by :class:`~recsieve.engine.context.ContextChannel` as one of its extra features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from recsieve.errors import CorruptStoreError, InvalidInputError
+
+__all__ = ["CoOccurrence", "COOCCURRENCE_FILE"]
+
+#: File of a context model folder holding the co-occurrence (optional).
+COOCCURRENCE_FILE = "cooccurrence.npz"
+
+
+class CoOccurrence:
+    """Cosine-normalised co-occurrence of items at most ``gap`` steps apart (see the module
+    docstring), stored as each item's top ``neighbours`` in CSR arrays. Build with :meth:`fit`."""
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, *, gap: int, depth: int,
+                 decay: float) -> None:
+        self.indptr, self.indices, self.data = indptr, indices, data
+        self.gap, self.depth, self.decay = gap, depth, decay
+
+    @property
+    def n_items(self) -> int:
+        """Rows the counts cover (rows past them, e.g. items added since, score 0)."""
+        return len(self.indptr) - 1
+
+    @classmethod
+    def fit(cls, sequences: Sequence[np.ndarray], n_items: int, *, gap: int = 5, neighbours: int = 100,
+            depth: int = 50, decay: float = 0.9) -> CoOccurrence:
+        """Count ``sequences`` (each a user's positive items as catalog rows, oldest first)."""
+        for name, v in (("gap", gap), ("neighbours", neighbours), ("depth", depth), ("n_items", n_items)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "n_items" else 1):
+                raise InvalidInputError(name, v, "must be a positive integer")
+        if not 0.0 < decay <= 1.0:
+            raise InvalidInputError("decay", decay, "must be in (0, 1]")
+        seqs = [np.asarray(s, np.int64) for s in sequences]
+        flat = np.concatenate(seqs) if seqs else np.zeros(0, np.int64)
+        if flat.size and (flat.min() < 0 or flat.max() >= n_items):
+            raise InvalidInputError("sequences", int(flat.max() if flat.max() >= n_items else flat.min()),
+                                    f"rows must be in [0, {n_items})")
+        user = np.repeat(np.arange(len(seqs)), [len(s) for s in seqs])
+        a_parts, b_parts = [], []
+        for k in range(1, gap + 1):
+            same = user[k:] == user[:-k]
+            a, b = flat[:-k][same], flat[k:][same]
+            keep = a != b
+            a_parts += [a[keep], b[keep]]
+            b_parts += [b[keep], a[keep]]
+        a = np.concatenate(a_parts) if a_parts else np.zeros(0, np.int64)
+        b = np.concatenate(b_parts) if b_parts else np.zeros(0, np.int64)
+        keys, counts = np.unique(a * n_items + b, return_counts=True)
+        src, dst = keys // max(n_items, 1), keys % max(n_items, 1)
+        degree = np.bincount(src, weights=counts, minlength=n_items)
+        sim = counts / np.sqrt(degree[src] * degree[dst])
+        # each row's top `neighbours` (keys are sorted by source, so rows are contiguous)
+        order = np.lexsort((dst, -sim, src))
+        src, dst, sim = src[order], dst[order], sim[order]
+        starts = np.searchsorted(src, np.arange(n_items + 1))
+        rank = np.arange(src.size) - starts[src]
+        keep = rank < neighbours
+        src, dst, sim = src[keep], dst[keep], sim[keep]
+        indptr = np.searchsorted(src, np.arange(n_items + 1)).astype(np.int64)
+        return cls(indptr, dst.astype(np.int32), sim.astype(np.float32), gap=gap, depth=depth, decay=decay)
+
+    def scores(self, recent: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """float32 score of each of ``candidates`` (catalog rows) for a user whose positive items
+        are ``recent`` (catalog rows, most recent last; the last ``depth`` are read)."""
+        candidates = np.asarray(candidates, np.int64)
+        out = np.zeros(len(candidates), np.float32)
+        last = np.asarray(recent, np.int64)[::-1][: self.depth]
+        last = last[last < self.n_items]
+        if not last.size or not candidates.size:
+            return out
+        starts, ends = self.indptr[last], self.indptr[last + 1]
+        sizes = ends - starts
+        if not sizes.sum():
+            return out
+        weight = (self.decay ** np.arange(len(last) + 0.0)).astype(np.float32)
+        at = np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(int(sizes.sum()))
+        cols = self.indices[at]
+        vals = self.data[at] * np.repeat(weight, sizes)
+        order = np.argsort(cols, kind="stable")
+        cols, vals = cols[order], vals[order]
+        first = np.flatnonzero(np.r_[True, cols[1:] != cols[:-1]])
+        uniq, sums = cols[first], np.add.reduceat(vals, first)
+        pos = np.searchsorted(uniq, candidates)
+        hit = (pos < uniq.size) & (uniq[np.minimum(pos, uniq.size - 1)] == candidates)
+        out[hit] = sums[pos[hit]]
+        return out
+
+    def without(self, rows: np.ndarray) -> CoOccurrence:
+        """A copy in which ``rows`` co-occur with nothing (as items never seen in training)."""
+        gone = np.zeros(self.n_items, bool)
+        rows = np.asarray(rows, np.int64)
+        gone[rows[(rows >= 0) & (rows < self.n_items)]] = True
+        source = np.repeat(np.arange(self.n_items), np.diff(self.indptr))
+        data = np.where(gone[source] | gone[self.indices], np.float32(0), self.data)
+        return CoOccurrence(self.indptr, self.indices, data, gap=self.gap, depth=self.depth, decay=self.decay)
+
+    def save(self, path: str | Path) -> None:
+        """Write the arrays (``np.savez``; the caller writes the folder atomically)."""
+        np.savez(path, indptr=self.indptr, indices=self.indices, data=self.data,
+                 settings=np.array([self.gap, self.depth], np.int64), decay=np.array([self.decay], np.float64))
+
+    @classmethod
+    def load(cls, path: str | Path) -> CoOccurrence:
+        """Read what :meth:`save` wrote; inconsistent arrays raise :class:`CorruptStoreError`."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                indptr, indices, data = z["indptr"], z["indices"], z["data"]
+                gap, depth = (int(v) for v in z["settings"])
+                decay = float(z["decay"][0])
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise CorruptStoreError(f"co-occurrence: cannot read {path}: {exc}") from None
+        n = len(indptr) - 1
+        ok = (n >= 0 and indptr.ndim == indices.ndim == data.ndim == 1 and len(indices) == len(data)
+              and indptr[0] == 0 and indptr[-1] == len(indices) and bool(np.all(np.diff(indptr) >= 0))
+              and (not len(indices) or (indices.min() >= 0 and indices.max() < n))
+              and bool(np.isfinite(data).all()) and gap >= 1 and depth >= 1 and 0.0 < decay <= 1.0)
+        if not ok:
+            raise CorruptStoreError(f"co-occurrence: {path} holds inconsistent arrays")
+        return cls(indptr.astype(np.int64), indices.astype(np.int32), data.astype(np.float32), gap=gap, depth=depth,
+                   decay=decay)
