@@ -147,6 +147,31 @@ def test_the_cooccurrence_feature_never_counted_a_held_out_step(trained, tmp_pat
     assert len(everything.data) != len(counts.data) or not np.array_equal(everything.data, counts.data)
 
 
+def test_a_model_trained_before_the_cooccurrence_feature_still_serves(trained, tmp_path):
+    from recsieve.context.model import ContextModel
+
+    root, _ = trained
+    old = tmp_path / "old"
+    context = ContextModel.load(root / "model" / CONTEXT_DIR)
+    context.cooccurrence = None  # as saved before the feature
+    context.save(old / CONTEXT_DIR)
+    head = RankingHead.load(root / "model")
+    keep = [i for i, f in enumerate(head.features) if f != "context.context_cooccurrence"]
+    head.features = tuple(head.features[i] for i in keep)
+    head.mean, head.std, head.w1 = head.mean[keep], head.std[keep], head.w1[keep]
+    head.save(old)
+    eng = _open(root, tmp_path)
+    try:
+        eng.use_model(old)
+        serving = eng.ranking_head
+        assert serving.features == eng.feature_names(context=True)
+        col = serving.features.index("context.context_cooccurrence")
+        assert not serving.w1[col].any()  # weight 0: the old head's scores
+        assert len(eng.recommend("u1", 5)) == 5
+    finally:
+        eng.close()
+
+
 def test_learn_keeps_the_context_model_beside_the_updated_head(trained, tmp_path):
     from recsieve.training import learn
 

@@ -167,6 +167,25 @@ def test_average_of_heads_scores_their_mean_and_survives_a_save(tmp_path: Path) 
         RankingHead.average([heads[0], other])
 
 
+def test_a_head_over_a_wider_layout_scores_the_same() -> None:
+    """A head trained before a feature existed serves in the new layout with weight 0 on it."""
+    groups, targets = _planted(200, 4)
+    names = feature_names(["a"])
+    head = fit_head(groups, targets, names, hidden=8, epochs=3)
+    wider = (*names[:2], "new.first", *names[2:], "new.last")
+    widened = head.with_features(wider)
+    assert widened.features == wider
+    rng = np.random.default_rng(0)
+    for g in groups[:10]:
+        x = np.insert(g, 2, rng.normal(size=len(g)), axis=1)
+        x = np.concatenate([x, rng.normal(size=(len(g), 1))], axis=1).astype(np.float32)
+        np.testing.assert_allclose(widened.score(x), head.score(g), rtol=1e-6, atol=1e-6)
+    reordered = head.with_features(names[::-1])  # columns are matched by name
+    np.testing.assert_allclose(reordered.score(groups[0][:, ::-1]), head.score(groups[0]), rtol=1e-6, atol=1e-6)
+    with pytest.raises(InvalidInputError, match="features"):
+        head.with_features(names[1:])  # a feature the head needs is not in the layout
+
+
 def test_fit_head_validates() -> None:
     names = feature_names(["a"])
     with pytest.raises(InvalidInputError, match="targets\\[0\\]"):

@@ -220,6 +220,8 @@ class ModelSlot:
             return None, None if context else cross_encoder(path)
         head = RankingHead.load(path)
         expected = self._feature_names(context)
+        if head.features != expected and set(head.features) <= set(expected):
+            head = head.with_features(expected)  # trained before some feature existed: weight 0 for it
         if head.features != expected:
             raise StoreError(
                 f"reranker_model {config.reranker_model!r} was trained on features {head.features}, "

@@ -149,6 +149,24 @@ class RankingHead:
         h = np.maximum((x - self.mean) / self.std @ self.w1 + self.b1, 0.0)
         return (h @ self.w2 + self.b2).astype(np.float32)
 
+    def with_features(self, names: Sequence[str]) -> RankingHead:
+        """The same head over the feature layout ``names``, which must hold every one of its
+        features: a feature it was not trained on gets weight 0, so every score is unchanged
+        (a head trained before a feature was added keeps serving)."""
+        names = tuple(names)
+        missing = [f for f in self.features if f not in names]
+        if missing:
+            raise InvalidInputError("features", missing, f"not in the layout {names}")
+        at = {f: i for i, f in enumerate(self.features)}
+        take = [at.get(f, -1) for f in names]
+        known = np.array([i >= 0 for i in take])
+        pick = np.maximum(np.array(take, np.int64), 0)
+        mean = np.where(known, self.mean[pick], 0.0).astype(self.mean.dtype)
+        std = np.where(known, self.std[pick], 1.0).astype(self.std.dtype)
+        w1 = np.where(known[:, None], self.w1[pick], 0.0).astype(self.w1.dtype)
+        return RankingHead(names, mean, std, w1, self.b1, self.w2, self.b2, self.blend, self.cross_encoder,
+                           self.blend_top, dict(self.report))
+
     @classmethod
     def average(cls, heads: Sequence[RankingHead]) -> RankingHead:
         """One head whose score is the mean of ``heads``' scores, exactly (to float rounding): their
