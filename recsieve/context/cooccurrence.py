@@ -104,13 +104,15 @@ class CoOccurrence:
         at = np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(int(sizes.sum()))
         cols = self.indices[at]
         vals = self.data[at] * np.repeat(weight, sizes)
-        order = np.argsort(cols, kind="stable")
-        cols, vals = cols[order], vals[order]
-        first = np.flatnonzero(np.r_[True, cols[1:] != cols[:-1]])
-        uniq, sums = cols[first], np.add.reduceat(vals, first)
-        pos = np.searchsorted(uniq, candidates)
-        hit = (pos < uniq.size) & (uniq[np.minimum(pos, uniq.size - 1)] == candidates)
-        out[hit] = sums[pos[hit]]
+        # each neighbour entry to the candidate it names, if any (candidates sorted: a binary search each)
+        order = np.argsort(candidates, kind="stable")
+        ranked = candidates[order]
+        pos = np.minimum(np.searchsorted(ranked, cols), ranked.size - 1)
+        hit = ranked[pos] == cols
+        sums = np.bincount(pos[hit], weights=vals[hit], minlength=ranked.size)
+        # a candidate listed twice gets the first slot's sum in both places
+        first = np.searchsorted(ranked, ranked)
+        out[order] = sums[first]
         return out
 
     def without(self, rows: np.ndarray) -> CoOccurrence:
