@@ -12,8 +12,8 @@ catalog row, holds them in the **behaviour index** (FAISS or LanceDB, as the eng
 says), and keeps both in step with the catalog (an :class:`~recsieve.engine.store.ItemListener`:
 an upserted item is recallable at once, from text alone if it is new). :class:`ContextChannel`
 is the recall channel that queries the behaviour index with the encoder's user vector; its
-extra features (the encoder's score and the candidate scorer's score of every candidate) are
-what the ranking head stacks.
+extra features (the encoder's score, the candidate scorer's score and the item co-occurrence
+score of every candidate) are what the ranking head stacks.
 """
 
 from __future__ import annotations
@@ -142,7 +142,8 @@ class ContextRuntime:
 
 class ContextChannel(RecallChannel):
     """Recall from the behaviour index with the context encoder's user vector; its extra
-    features are the encoder's and the candidate scorer's scores of every fused candidate."""
+    features are the encoder's, the candidate scorer's and the co-occurrence scores of every
+    fused candidate."""
 
     name = "context"
     extra_features = CONTEXT_FEATURES
