@@ -16,6 +16,7 @@ cached list). It also returns (context, item text) pairs for the ``rerank`` sect
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -239,8 +240,9 @@ def _context_stages(engine: Engine, pop: SyntheticUsers, users: list[str], nreq:
         timer = sw if i >= 10 else Stopwatch()
         recalled = engine.recall_stage(view)
         request, rows = recalled.request, recalled.cands.rows
-        timer.run("context_encoder", lambda r=request: runtime.user_vector(r))
-        timer.run("candidate_scorer", lambda r=request, x=rows: runtime.cross_scores(r, x))
+        # each stage alone from the request (a fresh memo: its context is read again, as recall read it first)
+        timer.run("context_encoder", lambda r=request: runtime.user_vector(replace(r, memo={})))
+        timer.run("candidate_scorer", lambda r=request, x=rows: runtime.cross_scores(replace(r, memo={}), x))
         timer.run("fine_sieve", lambda v=view, r=recalled: head.score(engine.features(v, r)))
         recalled_100 = engine.recall_stage(view, RERANK_CANDIDATES)
         timer.run("fine_sieve_100", lambda v=view, r=recalled_100: head.score(engine.features(v, r)))

@@ -100,7 +100,7 @@ class CoOccurrence:
         sizes = ends - starts
         if not sizes.sum():
             return out
-        weight = (self.decay ** np.arange(len(last) + 0.0)).astype(np.float32)
+        weight = self.decay ** np.arange(len(last), dtype=np.float32)
         at = np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(int(sizes.sum()))
         cols = self.indices[at]
         vals = self.data[at] * np.repeat(weight, sizes)

@@ -96,13 +96,17 @@ class ContextRuntime:
 
     def _context(self, request: RecallRequest) -> tuple[np.ndarray, list[str] | None, np.ndarray | None]:
         """The rows the encoder reads (positive events, the last ``max_len``), with their kinds
-        and times when the model was trained to read them (``settings.extra["reads"]``)."""
-        events = [e for e in request.history if e.weight > 0][-self.model.settings.max_len:]
-        rows = np.array([e.row for e in events], dtype=np.int64)
-        reads = self.model.settings.extra.get("reads", ())
-        kinds = [e.kind for e in events] if "kinds" in reads else None
-        ts = np.array([e.ts for e in events], dtype=np.float64) if "ages" in reads else None
-        return rows, kinds, ts
+        and times when the model was trained to read them (``settings.extra["reads"]``); made
+        once per request (the user vector, the scorer and co-occurrence all read them)."""
+        key = ("context", id(self))
+        if key not in request.memo:
+            events = [e for e in request.history if e.weight > 0][-self.model.settings.max_len:]
+            rows = np.array([e.row for e in events], dtype=np.int64)
+            reads = self.model.settings.extra.get("reads", ())
+            kinds = [e.kind for e in events] if "kinds" in reads else None
+            ts = np.array([e.ts for e in events], dtype=np.float64) if "ages" in reads else None
+            request.memo[key] = (rows, kinds, ts)
+        return request.memo[key]
 
     def user_vector(self, request: RecallRequest) -> np.ndarray | None:
         """The encoder's user vector for the request (``None`` with no history and no instruction)."""
