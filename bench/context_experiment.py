@@ -4,7 +4,7 @@ reads: ``--dataset``; leave-one-out, full ranking, history excluded).
 python bench/context_experiment.py --system context|sasrec --budget 600 [--dataset ml-1m --data DIR]
   [--users 1000] [--ids-only]
   [--fp32] [--sampled] [--epochs N] [--lr 1e-3] [--stage test|valid] [--max-batches N]
-  [--attention-dropout P] [--per-user FILE.npy] [--pair-with OTHER.npy]
+  [--attention-dropout P] [--batching random|length|bucket] [--per-user FILE.npy] [--pair-with OTHER.npy]
 Prints a JSON line with the figures. Text vectors: MiniLM of the item texts, cached at --text-cache.
 ``--per-user`` saves the per-user NDCG@10; ``--pair-with`` adds this run's paired difference
 from such a file (same users) with a 95% bootstrap interval -- two runs side by side, one
@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batching", default=TrainConfig.batching, choices=("random", "length", "bucket"),
+                    help="TrainConfig.batching (default %(default)s)")
     ap.add_argument("--dropout", type=float, default=0.2)
     ap.add_argument("--wd", type=float, default=0.0)
     ap.add_argument("--schedule", default=None)
@@ -78,7 +80,7 @@ def main() -> None:
     data = load_dataset(a.dataset, a.data)
     split = leave_one_out(data, users=a.users, seed=a.seed)
     cfg = TrainConfig(
-        epochs=a.epochs, budget_s=a.budget, lr=a.lr, batch_size=a.batch, bf16=not a.fp32,
+        epochs=a.epochs, budget_s=a.budget, lr=a.lr, batch_size=a.batch, batching=a.batching, bf16=not a.fp32,
         sampled_above=1 if a.sampled else 50_000, n_negatives=a.negatives, patience=patience,
         valid_users=a.valid_users, id_dropout=a.id_dropout,
         weight_decay=a.wd, schedule=a.schedule or "cosine", seed=a.seed, threads=a.threads, progress=True,

@@ -15,7 +15,13 @@ from recsieve.errors import (
     InvalidInputError,
     ModelNotTrainedError,
 )
-from recsieve.training.context_model import TrainConfig, fit_candidate_scorer, fit_context_model
+from recsieve.training.context_model import (
+    BUCKET_POOL,
+    TrainConfig,
+    bucketed,
+    fit_candidate_scorer,
+    fit_context_model,
+)
 
 
 def _cfg(**kw):
@@ -253,6 +259,34 @@ def test_kinds_ages_and_instruction_are_read():
     assert not np.allclose(base, m.encode(ctx, kinds=[["click", "buy"]]))
     assert not np.allclose(base, m.encode(ctx, timestamps=[np.array([0.0, 100.0])], request_times=[200.0]))
     assert not np.allclose(base, m.encode(ctx, instructions=np.ones((1, 4), np.float32)))
+
+
+def test_bucketed_sorts_each_pool_by_length_and_keeps_every_user():
+    rng = np.random.default_rng(3)
+    bs = 4
+    pool = BUCKET_POOL * bs
+    lengths = rng.integers(2, 50, size=2 * pool + 7)  # two whole pools and a short last one
+    order = rng.permutation(lengths.size)
+    out = bucketed(order, lengths, bs)
+    assert sorted(out.tolist()) == list(range(lengths.size))  # a permutation: every user once
+    for lo in range(0, lengths.size, pool):
+        got, dealt = out[lo : lo + pool], order[lo : lo + pool]
+        assert set(got.tolist()) == set(dealt.tolist())  # the pool's users, no others
+        assert np.all(np.diff(lengths[got]) >= 0)  # sorted by length within the pool
+
+
+def test_bucket_batching_learns_the_pattern():
+    """Bucketed batches of mixed lengths (1-6 fillers) learn what random batches learn."""
+    rng = np.random.default_rng(1)
+    seqs = []
+    for u in range(200):
+        fill = rng.integers(5, 20, size=rng.integers(1, 7))
+        seqs.append(np.array([*fill, *([0, 1, 2] if u % 2 == 0 else [3, 1, 4])], np.int64))
+    settings = ContextSettings(n_warm=20, text_dim=0, dim=32, heads=4, max_len=10, dropout=0.0)
+    model, hist = fit_context_model(seqs, 20, None, settings=settings, config=_cfg(epochs=80, batching="bucket"))
+    assert hist["losses"][-1] < hist["losses"][0]
+    scores = model.score_items([np.array([7, 0, 1]), np.array([7, 3, 1])])
+    assert int(np.argmax(scores[0])) == 2 and int(np.argmax(scores[1])) == 4
 
 
 def test_unknown_batching_is_refused():

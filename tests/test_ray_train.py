@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import fields
+from dataclasses import fields, replace
 from importlib import resources
 from pathlib import Path
 
@@ -66,10 +66,11 @@ def _state(model) -> dict[str, np.ndarray]:
     return state
 
 
-def _gloo_worker(rank: int, world: int, init: str, out: str) -> None:
+def _gloo_worker(rank: int, world: int, init: str, out: str, batching: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        model, history = fit_context_model(SEQS, 20, TEXT, settings=SETTINGS, config=CONFIG,
+        model, history = fit_context_model(SEQS, 20, TEXT, settings=SETTINGS,
+                                           config=replace(CONFIG, batching=batching),
                                            parallel=DataParallel.current())
         torch.save({"state": _state(model), "history": history, "scores": model.score_items(CONTEXTS)},
                    f"{out}/rank{rank}.pt")
@@ -77,12 +78,14 @@ def _gloo_worker(rank: int, world: int, init: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_gloo_workers_train_the_single_process_model(tmp_path):
+@pytest.mark.parametrize("batching", ["random", "bucket"])
+def test_two_gloo_workers_train_the_single_process_model(tmp_path, batching):
     """No dropout, full softmax, fp32: each step of the group is the single process's step over
     the same rows, so after 3 epochs (a worker with an empty share of a batch among them) the
-    weights, scores, losses and validation metrics are the single process's, to float rounding."""
-    alone, hist = fit_context_model(SEQS, 20, TEXT, settings=SETTINGS, config=CONFIG)
-    mp.spawn(_gloo_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2)
+    weights, scores, losses and validation metrics are the single process's, to float rounding
+    (with bucketed batches too, whose gradient is scaled by the group's positions)."""
+    alone, hist = fit_context_model(SEQS, 20, TEXT, settings=SETTINGS, config=replace(CONFIG, batching=batching))
+    mp.spawn(_gloo_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path), batching), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     expected = _state(alone)
     for got in ranks:

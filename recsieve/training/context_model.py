@@ -75,11 +75,18 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | linear | constant
     min_lr_ratio: float = 0.05
     batch_size: int = 128
-    #: ``random``: every epoch deals the users into fresh random batches (SASRec's reference
-    #: loader does; measured on ML-1M: NDCG@10 0.1599 after 25 epochs against 0.1470 for
-    #: ``length``); ``length``: fixed batches of users of similar length (less padding, but a
-    #: batch of short sequences then weighs as much as one of long ones, every epoch)
-    batching: str = "random"
+    #: ``bucket`` (default): every epoch deals fresh random pools of :data:`BUCKET_POOL` batches'
+    #: users, sorts each pool by length and cuts it into batches, in random order (fresh batches,
+    #: little padding), and weighs every position alike whatever its batch's size: a batch's
+    #: gradient is its positions' sum over the epoch's mean positions per batch, not their mean.
+    #: ``random``: fresh random batches every epoch (SASRec's reference loader; on ML-1M 46% of a
+    #: batch's positions are padding). ``length``: fixed batches of users of similar length (a
+    #: batch of short sequences then weighs as much as one of long ones, every epoch; measured on
+    #: ML-1M: NDCG@10 0.1470 after 25 epochs against 0.1599 for ``random``). Measured on ML-1M
+    #: (context encoder, 2 epochs on 2 threads): 12.6-12.8 s an epoch against 20.0-20.9 for
+    #: ``random``; equal 1,200 s budgets side by side, one thread each, all 6,040 users' test
+    #: NDCG@10: 0.1558 (43 epochs) against 0.1489 (29), paired +0.0069 [+0.0042, +0.0097].
+    batching: str = "bucket"
     bf16: bool | None = None  # None: where the CPU has AMX
     sampled_above: int = 50_000
     n_negatives: int = 8192
@@ -111,8 +118,8 @@ class TrainConfig:
             raise InvalidInputError("budget_s", self.budget_s, "must be positive seconds or None")
         if not self.lr > 0:
             raise InvalidInputError("lr", self.lr, "must be positive")
-        if self.batching not in ("random", "length"):
-            raise InvalidInputError("batching", self.batching, "random or length")
+        if self.batching not in ("random", "length", "bucket"):
+            raise InvalidInputError("batching", self.batching, "random, length or bucket")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise InvalidInputError("schedule", self.schedule, "cosine, linear or constant")
         if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
@@ -120,6 +127,20 @@ class TrainConfig:
         if isinstance(self.id_dropout, bool) or not isinstance(self.id_dropout, (int, float)) \
                 or not 0.0 <= self.id_dropout < 1.0:
             raise InvalidInputError("id_dropout", self.id_dropout, "must be a share in [0, 1)")
+
+
+#: Batches per pool of ``batching="bucket"``: on ML-1M (batches of 128 users) a pool of 8
+#: batches' users cut into batches by length leaves 10% of the padded positions padding, against
+#: 46% for random batches (16: 5%, 32: 3.4%, with fewer distinct batches per epoch).
+BUCKET_POOL = 8
+
+
+def bucketed(order: np.ndarray, lengths: np.ndarray, batch_size: int) -> np.ndarray:
+    """``order`` with each run of ``BUCKET_POOL * batch_size`` users sorted by ``lengths``
+    (stable), so consecutive ``batch_size`` users are of similar length."""
+    pool = BUCKET_POOL * batch_size
+    parts = [q[np.argsort(lengths[q], kind="stable")] for q in np.split(order, range(pool, len(order), pool))]
+    return np.concatenate(parts) if parts else order
 
 
 def right_pad(seqs: Sequence[np.ndarray], length: int, pad: int = -1) -> np.ndarray:
@@ -228,10 +249,13 @@ def train_next_item(
             chunks = [parallel.shard(c) for c in chunks]
         return chunks
 
+    lengths = (windows >= 0).sum(1)
     if cfg.batching == "length":  # fixed batches of similar length: less padding
-        chunks = deal(np.argsort((windows >= 0).sum(1), kind="stable"))
+        chunks = deal(np.argsort(lengths, kind="stable"))
     else:
         chunks = deal(np.arange(len(windows)))  # dealt afresh every epoch
+    # bucket: a batch's gradient is its positions' sum over the mean positions per batch
+    per_batch = (lengths - 1).sum() / max(math.ceil(len(windows) / cfg.batch_size), 1)
     bf16 = amx_available() if cfg.bf16 is None else bool(cfg.bf16)
     sampled = n_items > cfg.sampled_above
     q_t = None  # sampled softmax: the negatives' distribution
@@ -279,6 +303,9 @@ def train_next_item(
                 if cfg.batching == "random":  # the same draw on every worker of a group
                     chunks = deal(rng.permutation(len(windows)))
                     perm = np.arange(len(chunks))
+                elif cfg.batching == "bucket":
+                    chunks = deal(bucketed(rng.permutation(len(windows)), lengths, cfg.batch_size))
+                    perm = rng.permutation(len(chunks))
                 else:
                     perm = rng.permutation(len(chunks))
                 for b, ci in enumerate(perm):
@@ -298,6 +325,10 @@ def train_next_item(
                         n, (loss_sum, clock) = parallel.average_gradients(
                             params, n, (loss_sum, time.perf_counter() - start))
                         clock /= parallel.world_size
+                    if cfg.batching == "bucket" and n:  # the mean over n positions -> their sum / per_batch
+                        for p in params:
+                            if p.grad is not None:
+                                p.grad.mul_(n / per_batch)
                     opt.step()
                     step += 1
                     total += loss_sum
