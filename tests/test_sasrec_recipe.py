@@ -34,3 +34,19 @@ def test_budget_alias_and_validation_keeps_the_best_epoch():
     assert SASRec(budget_s=5.0).time_budget == 5.0
     with pytest.raises(InvalidInputError, match="budget_s"):
         SASRec(budget_s=5.0, time_budget=6.0)
+
+
+def test_batching_reaches_training_and_the_cache_key():
+    """The reference's random batches by default; ``bucket`` trains on other batches (different
+    weights from the same seed) and is part of the cache key; an unknown mode is refused."""
+    rng = np.random.default_rng(0)
+    seqs = [((s + np.arange(rng.integers(3, 14))) % 12).astype(np.int64) for s in range(60)]
+    kw = dict(hidden=16, max_len=10, epochs=2, batch_size=8, threads=1, bf16=False)
+    plain, bucket = SASRec(**kw), SASRec(batching="bucket", **kw)
+    assert plain.batching == "random"
+    assert plain.cache_settings()["batching"] == "random" and bucket.cache_settings()["batching"] == "bucket"
+    plain.fit(seqs, 12)
+    bucket.fit(seqs, 12)
+    assert not np.allclose(plain.score(seqs[:3]), bucket.score(seqs[:3]))
+    with pytest.raises(InvalidInputError, match="batching"):
+        SASRec(batching="sorted")

@@ -7,17 +7,22 @@ shared between input and output, weights initialised as in the reference code: N
 Xavier-uniform for the attention's query/key/value projection, which the reference's
 ``nn.MultiheadAttention`` keeps) — trained as in Klenitskiy & Vasilev (RecSys 2023, "SASRec+"):
 cross-entropy over **all** items at every position of a user's last ``max_len + 1`` training
-items, users dealt into fresh batches of 128 every epoch, Adam(W) lr 1e-3, β = (0.9,
-0.999). It reuses :func:`recsieve.training.context_model.train_next_item` with an ID-only item
+items, users dealt into fresh random batches of 128 every epoch (``batching="random"``, the
+reference loader's way), Adam(W) lr 1e-3, β = (0.9, 0.999). It reuses
+:func:`recsieve.training.context_model.train_next_item` with an ID-only item
 tower, so the yardstick and the context encoder share one loop; text vectors, event kinds and
 ages are never given to it. Differences from the reference code: no dropout on the attention
 weights (the reference has 0.1; measured no worse without it, and the fused attention kernel
 makes a step ~25% faster: :class:`~recsieve.context.model.ContextSettings`), bf16 autocast where
-the CPU has AMX, batches cut by length from random pools of 8 batches' users with every
-position weighed alike (``TrainConfig.batching = "bucket"``: ~1.6x faster epochs on ML-1M, where a
-random batch is 46% padding; the reference deals plain random batches), a short linear warmup (2% of the run) before the constant lr, and positions
+the CPU has AMX, a short linear warmup (2% of the run) before the constant lr, and positions
 counted from the newest event (measured no different: NDCG@10 0.1468 against 0.1470 after 25
 ML-1M epochs).
+
+``batching="bucket"`` (the context encoder's default, :class:`~recsieve.training.context_model.TrainConfig`)
+deals batches cut by length from random pools, every position weighed alike, ~1.6x faster epochs
+on ML-1M; the yardstick keeps the reference's random batches by default: in the one all-user
+ML-1M run with bucketed batches it stopped on patience at 875 s with NDCG@10 0.1644, against
+0.1684 and 0.1677 with random batches in the two runs before (``bench/results/eval_ml1m_bucket.json``).
 
 ``threads`` sets torch's intra-op threads only while this model fits or scores; randomness is
 seeded inside a forked RNG, so the caller's global torch RNG is left as it was.
@@ -69,6 +74,7 @@ class SASRec:
         budget_s: float | None = None,
         bf16: bool | None = None,
         schedule: str = "constant",
+        batching: str = "random",
         valid_users: int = 0,
         patience: int | None = None,
         seed: int = 0,
@@ -100,6 +106,8 @@ class SASRec:
             raise InvalidInputError("budget_s", budget, "must be positive seconds or None")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise InvalidInputError("threads", threads, "must be a positive integer or None")
+        if batching not in ("random", "length", "bucket"):
+            raise InvalidInputError("batching", batching, "random, length or bucket")
         if device != "cpu":
             raise InvalidInputError("device", device, "the yardstick runs on cpu")
         self.name = name
@@ -107,6 +115,7 @@ class SASRec:
         self.dropout, self.lr, self.batch_size = dropout, lr, batch_size
         self.epochs, self.budget_s, self.seed = epochs, budget, seed
         self.bf16, self.schedule, self.valid_users, self.patience = bf16, schedule, valid_users, patience
+        self.batching = batching
         self.threads, self.device, self.progress = threads, device, progress
         self._model = None
         #: What the last ``fit`` did: epochs (fractional if the budget cut one short), seconds, losses.
@@ -149,6 +158,7 @@ class SASRec:
             batch_size=self.batch_size,
             bf16=self.bf16,
             schedule=self.schedule,
+            batching=self.batching,
             valid_users=self.valid_users,
             patience=self.patience,
             sampled_above=max(int(n_items), 1),  # always the full softmax: the recipe
@@ -171,6 +181,7 @@ class SASRec:
         return {"kind": "sasrec", "hidden": self.hidden, "blocks": self.blocks, "heads": self.heads,
                 "max_len": self.max_len, "dropout": self.dropout, "lr": self.lr, "batch_size": self.batch_size,
                 "epochs": self.epochs, "budget_s": self.budget_s, "bf16": self.bf16, "schedule": self.schedule,
+                "batching": self.batching,
                 "valid_users": self.valid_users, "patience": self.patience, "seed": self.seed,
                 "threads": self.threads, "device": self.device}
 
