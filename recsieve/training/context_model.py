@@ -85,7 +85,10 @@ class TrainConfig:
     #: ML-1M: NDCG@10 0.1470 after 25 epochs against 0.1599 for ``random``). Measured on ML-1M
     #: (context encoder, 2 epochs on 2 threads): 12.6-12.8 s an epoch against 20.0-20.9 for
     #: ``random``; equal 1,200 s budgets side by side, one thread each, all 6,040 users' test
-    #: NDCG@10: 0.1558 (43 epochs) against 0.1489 (29), paired +0.0069 [+0.0042, +0.0097].
+    #: NDCG@10: 0.1558 (43 epochs) against 0.1489 (29; stopped on patience at 954 s), paired
+    #: +0.0069 [+0.0042, +0.0097] (bench/results/batching_ml1m.json); end to end (recsieve
+    #: evaluate, ML-1M and Amazon Scientific) nothing measurable moved. The SASRec yardstick keeps
+    #: ``random`` (:class:`~recsieve.evaluation.sasrec.SASRec`).
     batching: str = "bucket"
     bf16: bool | None = None  # None: where the CPU has AMX
     sampled_above: int = 50_000
