@@ -15,13 +15,8 @@ from recsieve.errors import (
     InvalidInputError,
     ModelNotTrainedError,
 )
-from recsieve.training.context_model import (
-    BUCKET_POOL,
-    TrainConfig,
-    bucketed,
-    fit_candidate_scorer,
-    fit_context_model,
-)
+from recsieve.training.batches import BUCKET_POOL, bucketed
+from recsieve.training.context_model import TrainConfig, fit_candidate_scorer, fit_context_model
 
 
 def _cfg(**kw):

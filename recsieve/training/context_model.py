@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from recsieve.context.model import ContextModel, ContextSettings
 from recsieve.errors import InvalidInputError
+from recsieve.training.batches import bucketed, check_sequences, right_pad
 from recsieve.training.data_parallel import DataParallel
 from recsieve.training.softmax import full_softmax_ce
 
@@ -75,7 +76,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | linear | constant
     min_lr_ratio: float = 0.05
     batch_size: int = 128
-    #: ``bucket`` (default): every epoch deals fresh random pools of :data:`BUCKET_POOL` batches'
+    #: ``bucket`` (default): every epoch deals fresh random pools of ``batches.BUCKET_POOL`` batches'
     #: users, sorts each pool by length and cuts it into batches, in random order (fresh batches,
     #: little padding), and weighs every position alike whatever its batch's size: a batch's
     #: gradient is its positions' sum over the epoch's mean positions per batch, not their mean.
@@ -132,29 +133,6 @@ class TrainConfig:
             raise InvalidInputError("id_dropout", self.id_dropout, "must be a share in [0, 1)")
 
 
-#: Batches per pool of ``batching="bucket"``: on ML-1M (batches of 128 users) a pool of 8
-#: batches' users cut into batches by length leaves 10% of the padded positions padding, against
-#: 46% for random batches (16: 5%, 32: 3.4%, with fewer distinct batches per epoch).
-BUCKET_POOL = 8
-
-
-def bucketed(order: np.ndarray, lengths: np.ndarray, batch_size: int) -> np.ndarray:
-    """``order`` with each run of ``BUCKET_POOL * batch_size`` users sorted by ``lengths``
-    (stable), so consecutive ``batch_size`` users are of similar length."""
-    pool = BUCKET_POOL * batch_size
-    parts = [q[np.argsort(lengths[q], kind="stable")] for q in np.split(order, range(pool, len(order), pool))]
-    return np.concatenate(parts) if parts else order
-
-
-def right_pad(seqs: Sequence[np.ndarray], length: int, pad: int = -1) -> np.ndarray:
-    """int64 ``(len(seqs), length)``: the last ``length`` entries of each, then ``pad``."""
-    out = np.full((len(seqs), length), pad, np.int64)
-    for r, seq in enumerate(seqs):
-        tail = np.asarray(seq, np.int64)[-length:]
-        out[r, : tail.size] = tail
-    return out
-
-
 def _lr_factor(cfg: TrainConfig, progress: float) -> float:
     p = min(max(progress, 0.0), 1.0)
     if cfg.warmup > 0 and p < cfg.warmup:
@@ -202,18 +180,6 @@ class NextItemTask:
     hidden: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     user: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def check_sequences(sequences: Sequence[np.ndarray], n_items: int) -> list[np.ndarray]:
-    """The training ``sequences`` as int64 arrays; :class:`InvalidInputError` unless one holds 2+
-    items and every item is a row ``0..n_items-1``."""
-    seqs = [np.asarray(s, np.int64) for s in sequences]
-    if not any(len(s) >= 2 for s in seqs):
-        raise InvalidInputError("sequences", len(seqs), "need a sequence of 2+ items")
-    top = max((int(s.max()) for s in seqs if s.size), default=0)
-    if top >= n_items or min((int(s.min()) for s in seqs if s.size), default=0) < 0:
-        raise InvalidInputError("sequences", top, f"item index outside 0..{n_items - 1}")
-    return seqs
 
 
 def train_next_item(

@@ -37,7 +37,8 @@ from recsieve.context.model import ContextModel, ContextSettings
 from recsieve.distributed.connect import ray_session, require_ray
 from recsieve.errors import InvalidInputError, MissingDependencyError, RecsieveError
 from recsieve.indexes.checks import check_positive
-from recsieve.training.context_model import TrainConfig, check_sequences, fit_context_model
+from recsieve.training.batches import check_sequences
+from recsieve.training.context_model import TrainConfig, fit_context_model
 from recsieve.training.data_parallel import DataParallel
 
 __all__ = ["fit_context_model_on_ray"]
