@@ -25,6 +25,7 @@ from recsieve.evaluation.datasets import load_dataset
 from recsieve.evaluation.harness import PER_USER, evaluate_split
 from recsieve.evaluation.protocol import leave_one_out
 from recsieve.intervals import paired_gain
+from recsieve.training.batches import BATCHING
 from recsieve.training.context_model import ContextScorer, TrainConfig
 
 
@@ -50,7 +51,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--batching", default=TrainConfig.batching, choices=("random", "length", "bucket"),
+    ap.add_argument("--batching", default=TrainConfig.batching, choices=BATCHING,
                     help="TrainConfig.batching (default %(default)s)")
     ap.add_argument("--dropout", type=float, default=0.2)
     ap.add_argument("--wd", type=float, default=0.0)

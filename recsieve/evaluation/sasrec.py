@@ -106,8 +106,10 @@ class SASRec:
             raise InvalidInputError("budget_s", budget, "must be positive seconds or None")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise InvalidInputError("threads", threads, "must be a positive integer or None")
-        if batching not in ("random", "length", "bucket"):
-            raise InvalidInputError("batching", batching, "random, length or bucket")
+        from recsieve.training.batches import BATCHING  # here: importing the module needs no torch
+
+        if batching not in BATCHING:
+            raise InvalidInputError("batching", batching, f"one of {BATCHING}")
         if device != "cpu":
             raise InvalidInputError("device", device, "the yardstick runs on cpu")
         self.name = name

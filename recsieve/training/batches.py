@@ -14,7 +14,10 @@ import numpy as np
 
 from recsieve.errors import InvalidInputError
 
-__all__ = ["BUCKET_POOL", "bucketed", "check_sequences", "right_pad"]
+__all__ = ["BATCHING", "BUCKET_POOL", "bucketed", "check_sequences", "right_pad"]
+
+#: The ways next-item training deals its users into batches (``TrainConfig.batching``).
+BATCHING = ("random", "length", "bucket")
 
 #: Batches per pool of ``batching="bucket"``: on ML-1M (batches of 128 users) a pool of 8
 #: batches' users cut into batches by length leaves 10% of the padded positions padding, against

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from recsieve.context.model import ContextModel, ContextSettings
 from recsieve.errors import InvalidInputError
-from recsieve.training.batches import bucketed, check_sequences, right_pad
+from recsieve.training.batches import BATCHING, bucketed, check_sequences, right_pad
 from recsieve.training.data_parallel import DataParallel
 from recsieve.training.softmax import full_softmax_ce
 
@@ -122,8 +122,8 @@ class TrainConfig:
             raise InvalidInputError("budget_s", self.budget_s, "must be positive seconds or None")
         if not self.lr > 0:
             raise InvalidInputError("lr", self.lr, "must be positive")
-        if self.batching not in ("random", "length", "bucket"):
-            raise InvalidInputError("batching", self.batching, "random, length or bucket")
+        if self.batching not in BATCHING:
+            raise InvalidInputError("batching", self.batching, f"one of {BATCHING}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise InvalidInputError("schedule", self.schedule, "cosine, linear or constant")
         if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
