@@ -248,6 +248,36 @@ def test_each_backend_embeds_like_fp32(backend, reference, tmp_path_factory):
     assert emb.embed([]).shape == (0, 384)
 
 
+@pytest.mark.parametrize("backend", ["onnx", "openvino", "openvino-bf16"])
+def test_graph_batches_report_progress_and_a_failure_reaches_the_caller(backend, tmp_path_factory):
+    """OpenVINO runs a call's batches on the runtime's own threads (several at once): every batch
+    is still told to the progress bar once, and an exception raised while handling a finished
+    batch is raised to the caller, not lost in the runtime's thread."""
+    for module in NEEDS[backend]:
+        pytest.importorskip(module)
+    emb = SentenceTransformerEmbedder(backend=backend, cache_dir=_cache(tmp_path_factory), batch_size=2)
+    emb.embed(TEXTS[:2])
+    encoder = emb._load()
+
+    class Counting:
+        def __init__(self, fail_at: int | None = None) -> None:
+            self.seen, self.fail_at, self.lock = [], fail_at, threading.Lock()
+
+        def update(self, n: int) -> None:
+            with self.lock:
+                self.seen.append(n)
+                if self.fail_at is not None and len(self.seen) == self.fail_at:
+                    raise RuntimeError("progress bar broke")
+
+    bar = Counting()
+    out = encoder.encode(TEXTS, 2, progress=bar)
+    assert sorted(bar.seen) == sorted([2] * (len(TEXTS) // 2) + [len(TEXTS) % 2]) and out.shape == (len(TEXTS), 384)
+    with pytest.raises(RuntimeError, match="progress bar broke"):
+        encoder.encode(TEXTS, 2, progress=Counting(fail_at=3))
+    again = encoder.encode(TEXTS, 2)  # the session still works after a failed call
+    np.testing.assert_allclose(again, out, atol=1e-4)
+
+
 def test_auto_backend_and_bad_names(embedder):
     installed = all(importlib.util.find_spec(m) is not None for m in ("openvino", "onnxruntime", "onnx"))
     assert resolve_backend("auto") == ("openvino-bf16" if installed else "torch")
