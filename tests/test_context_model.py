@@ -83,6 +83,88 @@ def test_attention_projection_starts_xavier_and_the_rest_small():
     assert abs(float(enc.pos.weight.detach().std()) - INIT_STD) < 0.2 * INIT_STD
 
 
+@pytest.mark.parametrize("style", ["sasrec", "prenorm"])
+@pytest.mark.parametrize("instruction", [False, True])
+def test_user_vector_runs_the_last_block_for_one_position_as_the_full_pass(style, instruction):
+    """ContextEncoder.user runs its last block for each row's newest event only: it must give
+    what the full causal pass gives at that position, for rows of different lengths (right
+    padding), either block layout, with or without an instruction token leading; and the
+    candidate scorer, trimmed the same way, must score as its untrimmed form would."""
+    from recsieve.context.modules import CandidateScorer, ContextEncoder
+
+    torch.manual_seed(3)
+    enc = ContextEncoder(16, blocks=3, heads=2, max_len=12, dropout=0.0, block=style,
+                         instruction_dim=8 if instruction else 0).eval()
+    for p in enc.parameters():  # away from the initial state, where every block is near identity
+        p.data.add_(0.3 * torch.randn_like(p))
+    table = torch.randn(30, 16)
+    rows = torch.full((4, 12), -1, dtype=torch.int64)
+    for i, n in enumerate((12, 1, 7, 3)):
+        rows[i, :n] = torch.randint(0, 30, (n,))
+    ins = torch.randn(4, 8) if instruction else None
+    with torch.no_grad():
+        full = enc(table, rows, instruction=ins)
+        lengths = (rows >= 0).sum(1)
+        want = full[torch.arange(4), lengths - 1]
+        got = enc.user(table, rows, instruction=ins)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        # the scorer: its base score is user . item, so its user must be the full pass's too
+        scorer = CandidateScorer(enc).eval()
+        cands = torch.randint(0, 30, (4, 5))
+        s = scorer(table, rows, cands, instruction=ins)
+        torch.testing.assert_close(s, (want[:, None, :] * table[cands]).sum(-1), rtol=1e-4, atol=1e-4)
+
+
+def test_a_user_vector_has_the_same_bits_alone_and_in_a_batch():
+    """The batched ranking examples reuse a batch's user vectors only where they equal serving's
+    one-request vectors to the bit (else they encode one by one, several times slower). The
+    full-sequence projections are GEMMs of 50 rows against 64 x 50 (the same bits wherever BLAS
+    picks one kernel for both: checked first, else skipped); the one-position last block must
+    not add a difference of its own (one row against 64 rounds differently in a GEMM)."""
+    from recsieve.context.modules import ContextEncoder, rowwise_linear
+
+    torch.manual_seed(4)
+    x, w = torch.randn(64, 50, 64), torch.randn(128, 64)
+    if not torch.equal(torch.nn.functional.linear(x, w)[:1], torch.nn.functional.linear(x[:1], w)):
+        pytest.skip("this BLAS rounds a 50-row GEMM differently from a 3,200-row one")
+    one, many = rowwise_linear(x[:1, :1], w), rowwise_linear(x[:, :1], w)
+    assert torch.equal(one[0], many[0])
+    enc = ContextEncoder(64, blocks=2, max_len=50, dropout=0.0).eval()
+    for p in enc.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    table = torch.randn(300, 64)
+    rows = torch.randint(0, 300, (64, 50))
+    with torch.no_grad():
+        batch = enc.user(table, rows)
+        for i in (0, 17, 63):
+            assert torch.equal(batch[i], enc.user(table, rows[i : i + 1])[0]), i
+
+
+def test_candidate_attention_in_place_form_matches_the_autograd_form():
+    """Without autograd the candidates' attention normalises its scores in place; it must give
+    what the training form gives, padding (-inf) included, and leave its inputs untouched."""
+    from recsieve.context.modules import candidate_attention
+
+    torch.manual_seed(5)
+    b, heads, m, n, dh = 3, 2, 6, 9, 8
+    qc, kc, vc = (3 * torch.randn(b, heads, m, dh) for _ in range(3))
+    k, v = (3 * torch.randn(b, heads, n, dh) for _ in range(2))
+    pad = torch.arange(n)[None, :] >= torch.tensor([9, 1, 4])[:, None]
+    neg = torch.zeros(b, 1, 1, n).masked_fill(pad[:, None, None, :], float("-inf"))
+    inputs = [t.clone() for t in (qc, kc, vc, k, v, neg)]
+    with torch.enable_grad():
+        want = candidate_attention(qc, kc, vc, k, v, neg)
+    with torch.no_grad():
+        got = candidate_attention(qc, kc, vc, k, v, neg)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for before, after in zip(inputs, (qc, kc, vc, k, v, neg)):
+        assert torch.equal(before, after)
+    # a candidate of the second row (one real context token) mixes only that token and itself
+    scale = dh**-0.5
+    w = torch.softmax(torch.stack([(qc[1, :, 0] * k[1, :, 0]).sum(-1), (qc[1, :, 0] * kc[1, :, 0]).sum(-1)], -1) * scale, -1)
+    torch.testing.assert_close(got[1, :, 0], w[:, :1] * v[1, :, 0] + w[:, 1:] * vc[1, :, 0], rtol=1e-5, atol=1e-5)
+
+
 def test_cold_item_is_recallable_from_text_alone():
     centers, text, seqs = _clusters()
     settings = ContextSettings(n_warm=40, text_dim=16, dim=32, max_len=8, dropout=0.0, adapter_hidden=32)

@@ -20,6 +20,7 @@ Shapes and conventions (shared by training and serving, so a rule is written onc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -35,8 +36,10 @@ __all__ = [
     "gap_buckets",
     "ItemTower",
     "Block",
+    "rowwise_linear",
     "ContextEncoder",
     "CandidateScorer",
+    "candidate_attention",
 ]
 
 #: Standard deviation of every initial weight (SASRec's reference initialisation).
@@ -159,6 +162,15 @@ class Dropout(nn.Module):
         return x * keep.to(x.dtype) * (256.0 / (256 - self.cut))
 
 
+def rowwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` computed row by row (a product and a sum over the last
+    axis), so a row gets the same bits whatever the number of rows beside it: a BLAS GEMM picks
+    its kernel by the row count, and one row rounds differently from 64 (measured). For a few
+    rows only: it materialises ``(rows, out, in)``."""
+    y = (x.unsqueeze(-2) * weight).sum(-1)
+    return y if bias is None else y + bias
+
+
 class Block(nn.Module):
     """Causal transformer block in one of :data:`BLOCK_STYLES`: dropout on the residual branches
     and inside the FFN, and ``attention_dropout`` on the attention weights while training (as
@@ -186,25 +198,61 @@ class Block(nn.Module):
         """q, k, v ``(b, heads, n, dim/heads)`` of the block's input ``x`` ``(b, n, dim)``, and
         the attention's residual (``x`` pre-LN, the layer-normed ``x`` in SASRec's layout)."""
         b, n, d = x.shape
+        dh = d // self.heads
         normed = self.ln1(x)
         if self.style == "prenorm":
-            qkv, residual = self.qkv(normed), x
-        else:  # queries from the normed stream, keys and values from the raw one
-            w, bias = self.qkv.weight, self.qkv.bias
-            qkv = torch.cat([F.linear(normed, w[:d], bias[:d]), F.linear(x, w[d:], bias[d:])], -1)
-            residual = normed
-        qkv = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2], residual
+            q, k, v = self.qkv(normed).view(b, n, 3, self.heads, dh).permute(2, 0, 3, 1, 4)
+            return q, k, v, x
+        # queries from the normed stream, keys and values from the raw one (two projections,
+        # not one concatenated: copying the (b, n, 3d) result was a fifth of the candidate
+        # scorer's time in a profile on ML-1M-sized batches)
+        w, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(normed, w[:d], bias[:d]).view(b, n, self.heads, dh).transpose(1, 2)
+        k, v = F.linear(x, w[d:], bias[d:]).view(b, n, 2, self.heads, dh).permute(2, 0, 3, 1, 4)
+        return q, k, v, normed
 
-    def finish(self, residual: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+    def attention_at(
+        self, x: torch.Tensor, at: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The attention of one position per row, ``at[i]`` (it sees positions ``<= at[i]``):
+        its residual ``(b, 1, dim)``, its attention output ``(b, heads, 1, dim/heads)`` (both for
+        :meth:`finish`), and k, v of every position. Where only that position's output is read
+        (the last block of a user vector), no other position's query, attention or FFN runs."""
+        b, n, d = x.shape
+        dh = d // self.heads
+        w, bias = self.qkv.weight, self.qkv.bias
+        x_at = x[torch.arange(b, device=x.device), at].unsqueeze(1)
+        normed_at = self.ln1(x_at)
+        kv = F.linear(self.ln1(x) if self.style == "prenorm" else x, w[d:], bias[d:])
+        k, v = kv.view(b, n, 2, self.heads, dh).permute(2, 0, 3, 1, 4)
+        q = rowwise_linear(normed_at, w[:d], bias[:d]).view(b, 1, self.heads, dh).transpose(1, 2)
+        seen = torch.arange(n, device=x.device)[None, :] <= at[:, None]
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=seen[:, None, None, :])
+        return x_at if self.style == "prenorm" else normed_at, att, k, v
+
+    def forward_at(self, x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """``forward(x)[i, at[i]]`` for each row ``i``, shape ``(b, 1, dim)``, computed for
+        that position only (:meth:`attention_at`). Its one-position projections are
+        :func:`rowwise_linear`, so a user's vector has the same bits alone or in a batch (the
+        batched ranking examples rely on it)."""
+        residual, att, _, _ = self.attention_at(x, at)
+        return self.finish(residual, att, rowwise_linear)
+
+    def finish(self, residual: torch.Tensor, att: torch.Tensor, linear: Callable[..., torch.Tensor] = F.linear
+               ) -> torch.Tensor:
         """The attention output (``att`` in heads layout) added to ``residual`` (from
-        :meth:`heads_qkv`), then the residual FFN."""
+        :meth:`heads_qkv`), then the residual FFN; ``linear`` computes the projections."""
         b, _, n, _ = att.shape
-        x = residual + self.drop(self.proj(att.transpose(1, 2).reshape(b, n, residual.shape[-1])))
+        x = residual + self.drop(linear(att.transpose(1, 2).reshape(b, n, residual.shape[-1]),
+                                        self.proj.weight, self.proj.bias))
         if self.style == "prenorm":
-            return x + self.drop(self.ffn(self.ln2(x)))
+            return x + self.drop(self._ffn(self.ln2(x), linear))
         x = self.ln2(x)
-        return x + self.drop(self.ffn(x))
+        return x + self.drop(self._ffn(x, linear))
+
+    def _ffn(self, x: torch.Tensor, linear: Callable[..., torch.Tensor]) -> torch.Tensor:
+        first, act, drop, second = self.ffn
+        return linear(drop(act(linear(x, first.weight, first.bias))), second.weight, second.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Causal self-attention, then the FFN."""
@@ -320,10 +368,37 @@ class ContextEncoder(nn.Module):
         instruction: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """User vectors ``(b, dim)``: the hidden state at each row's newest event (the
-        instruction token for an empty context; a zero-event row without one reads padding)."""
-        h, lengths = self._states(table, rows, kinds, gaps, instruction)
+        instruction token for an empty context; a zero-event row without one reads padding).
+        The last block runs for that position only (:meth:`Block.forward_at`)."""
+        x, lengths = self.embed(table, rows, kinds, gaps)
+        h = self.drop(self.lead(instruction, x))
         at = (lengths - 1 + self.n_lead).clamp(min=0)
-        return h[torch.arange(h.shape[0], device=h.device), at]
+        for block in self.blocks[:-1]:
+            h = block(h)
+        return self.ln(self.blocks[-1].forward_at(h, at))[:, 0]
+
+
+def candidate_attention(qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, k: torch.Tensor,
+                        v: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Each candidate's attention ``(b, heads, m, dh)`` over the context's keys ``k``/values ``v``
+    ``(b, heads, n, dh)`` (``neg`` ``(b, 1, 1, n)``: 0 for a real token, ``-inf`` for padding) and
+    over its own key/value only (``kc``/``vc``), never another candidate's: one softmax over the
+    ``n + 1`` scores. Without autograd (serving, example building) the ``(b, heads, m, n)`` scores
+    are normalised in place, which on 200 × 200 takes half the time of the out-of-place form
+    (fewer 10 MB temporaries, no concatenation, no strided slice); the two agree to float rounding."""
+    scale = qc.shape[-1] ** -0.5
+    s = qc @ k.transpose(-1, -2)
+    s_self = (qc * kc).sum(-1, keepdim=True)
+    if torch.is_grad_enabled():  # autograd keeps what it saved: no in-place here
+        p = torch.softmax(torch.cat([s * scale + neg.to(s.dtype), s_self * scale], -1).float(), -1).to(vc.dtype)
+        return p[..., :-1] @ v + p[..., -1:] * vc
+    s, s_self = s.float().mul_(scale).add_(neg), s_self.float().mul_(scale)
+    top = torch.maximum(s.amax(-1, keepdim=True), s_self)
+    s.sub_(top).exp_()
+    own = s_self.sub_(top).exp_()
+    total = s.sum(-1, keepdim=True).add_(own)
+    out = (s.to(v.dtype) @ v).float().addcmul_(own, vc.float()).div_(total)
+    return out.to(vc.dtype)
 
 
 class CandidateScorer(nn.Module):
@@ -373,20 +448,16 @@ class CandidateScorer(nn.Module):
         hidden_mask = torch.arange(n, device=dev)[None, :] >= n_real[:, None]  # (b, n): padding
         neg = torch.zeros(b, 1, 1, n, device=dev).masked_fill(hidden_mask[:, None, None, :], float("-inf"))
         h, hc = enc.drop(x), enc.drop(c.to(x.dtype))
-        for block in enc.blocks:
-            q, k, v, res = block.heads_qkv(h)
-            att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            qc, kc, vc, res_c = block.heads_qkv(hc)
-            scale = qc.shape[-1] ** -0.5
-            # a candidate attends to the real context tokens and to itself, never to another candidate
-            s_ctx = (qc @ k.transpose(-1, -2)) * scale + neg.to(qc.dtype)
-            s_self = (qc * kc).sum(-1, keepdim=True) * scale
-            p = torch.softmax(torch.cat([s_ctx, s_self], -1).float(), -1).to(vc.dtype)
-            att_c = p[..., :n] @ v + p[..., n:] * vc
-            h, hc = block.finish(res, att), block.finish(res_c, att_c)
-        h, hc = enc.ln(h), enc.ln(hc)
         at = (n_real - 1).clamp(min=0)
-        user = h[torch.arange(b, device=dev), at].unsqueeze(1)  # what the encoder would return
+        for i, block in enumerate(enc.blocks):
+            if i < len(enc.blocks) - 1:
+                q, k, v, res = block.heads_qkv(h)
+                att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:  # after the last block only the user position is read: h becomes (b, 1, d)
+                res, att, k, v = block.attention_at(h, at)
+            qc, kc, vc, res_c = block.heads_qkv(hc)
+            h, hc = block.finish(res, att), block.finish(res_c, candidate_attention(qc, kc, vc, k, v, neg))
+        user, hc = enc.ln(h), enc.ln(hc)  # user (b, 1, d): what the encoder would return
         m = candidates.shape[1]
         items = items.to(hc.dtype)
         base = (user * items).sum(-1)
