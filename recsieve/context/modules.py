@@ -347,17 +347,17 @@ class ContextEncoder(nn.Module):
         instruction: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Hidden states ``(b, n, dim)`` aligned with ``rows`` (position ``i`` predicts event ``i+1``)."""
-        h, _ = self._states(table, rows, kinds, gaps, instruction)
-        return h[:, self.n_lead :]
-
-    def _states(self, table: torch.Tensor, rows: torch.Tensor, kinds: torch.Tensor | None,
-                gaps: torch.Tensor | None, instruction: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final hidden states ``(b, n_lead + n, dim)`` (instruction token first) and lengths ``(b,)``."""
-        x, lengths = self.embed(table, rows, kinds, gaps)
-        h = self.drop(self.lead(instruction, x))
+        h, _ = self._inputs(table, rows, kinds, gaps, instruction)
         for block in self.blocks:
             h = block(h)
-        return self.ln(h), lengths
+        return self.ln(h)[:, self.n_lead :]
+
+    def _inputs(self, table: torch.Tensor, rows: torch.Tensor, kinds: torch.Tensor | None,
+                gaps: torch.Tensor | None, instruction: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first block's input ``(b, n_lead + n, dim)`` (instruction token first, dropout
+        applied) and the rows' lengths ``(b,)``."""
+        x, lengths = self.embed(table, rows, kinds, gaps)
+        return self.drop(self.lead(instruction, x)), lengths
 
     def user(
         self,
@@ -370,8 +370,7 @@ class ContextEncoder(nn.Module):
         """User vectors ``(b, dim)``: the hidden state at each row's newest event (the
         instruction token for an empty context; a zero-event row without one reads padding).
         The last block runs for that position only (:meth:`Block.forward_at`)."""
-        x, lengths = self.embed(table, rows, kinds, gaps)
-        h = self.drop(self.lead(instruction, x))
+        h, lengths = self._inputs(table, rows, kinds, gaps, instruction)
         at = (lengths - 1 + self.n_lead).clamp(min=0)
         for block in self.blocks[:-1]:
             h = block(h)
