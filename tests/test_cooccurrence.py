@@ -50,6 +50,27 @@ def test_scores_match_a_pair_by_pair_count(gap) -> None:
     assert not np.allclose(other.scores(seqs[0], np.arange(n)), counts.scores(seqs[0], np.arange(n)))
 
 
+@pytest.mark.parametrize("dense_sums", [None, 100])
+def test_many_requests_at_once_give_each_request_its_own_scores_exactly(dense_sums, monkeypatch) -> None:
+    """scores_many (the batched ranking examples) against one request at a time, to the bit:
+    requests share candidate rows (a key collision across requests would leak one request's sums
+    into another), list a candidate twice, have rows past the counts, or no history at all; in
+    one pass and two requests at a time (``dense_sums``)."""
+    if dense_sums is not None:
+        monkeypatch.setattr("recsieve.context.cooccurrence._DENSE_SUMS", dense_sums)
+    seqs, n = _sequences(2), 40
+    counts = CoOccurrence.fit(seqs, n, gap=3, neighbours=12, depth=9, decay=0.85)
+    rng = np.random.default_rng(5)
+    recents = [seqs[i] for i in range(30)] + [np.zeros(0, np.int64), np.array([n + 3, 1])]
+    cands = [rng.integers(0, n + 4, int(rng.integers(0, 30))) for _ in recents]
+    cands[3] = np.concatenate([cands[3], cands[3][:2]]) if cands[3].size else np.array([1, 1])
+    offsets = np.concatenate([[0], np.cumsum([c.size for c in cands])])
+    got = counts.scores_many(recents, np.concatenate(cands), offsets)
+    for g, (r, c) in enumerate(zip(recents, cands)):
+        np.testing.assert_array_equal(got[offsets[g]:offsets[g + 1]], counts.scores(r, c))
+    assert got.any() and (got[offsets[3]:offsets[4]][-2:] == got[offsets[3]:offsets[3] + 2]).all()
+
+
 def test_each_item_keeps_its_top_neighbours() -> None:
     seqs, n = _sequences(1), 40
     sim = _dense(seqs, n, 2)

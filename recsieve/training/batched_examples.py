@@ -470,15 +470,14 @@ def _examples(plan: _Plan, req: Requests,
     if ctx is not None:  # the context channel's: the encoder's, the candidate scorer's and co-occurrence scores
         idx = rec.index[hits_a].tolist()
         encoder = np.zeros(cands.rows.size, np.float32)
-        cooc = np.zeros(cands.rows.size, np.float32)
-        counts = ctx.model.cooccurrence
         for k, i in enumerate(idx):
             user = req.user_vectors[i]
             a, b = cands.offsets[k], cands.offsets[k + 1]
             if user is not None and b > a:
                 encoder[a:b] = ctx.model.item_vectors_of(cands.rows[a:b]) @ user
-            if counts is not None and b > a:
-                cooc[a:b] = counts.scores(req.contexts[i][0], cands.rows[a:b])
+        counts = ctx.model.cooccurrence
+        cooc = np.zeros(cands.rows.size, np.float32) if counts is None else \
+            counts.scores_many([req.contexts[i][0] for i in idx], cands.rows, cands.offsets)
         has_user = [req.user_vectors[i] is not None for i in idx]
         scores = cross_scores(ctx, [req.contexts[i] for i in idx],
                               [cands.get(k)[0] if has_user[k] else cands.rows[:0] for k in range(len(idx))],
