@@ -125,31 +125,6 @@ def test_behaviour_indexes_are_closed_when_replaced_and_when_the_engine_closes(t
     assert closed == [id(first), id(second)]
 
 
-def test_residual_scorer_examples_are_the_steps_before_the_heads(trained, tmp_path):
-    """The candidate scorer's examples as a correction to the head (``scorer_offsets``): each is
-    one of a user's two steps just before the head's (never the head's own), its context the
-    positive rows before it, its candidates recall's with the target among them, and its offsets
-    one score per candidate from a head fitted without the scorer."""
-    from recsieve.context.model import ContextModel
-    from recsieve.training.model import residual_scorer_examples
-
-    root, _ = trained
-    eng = _open(root, tmp_path)
-    try:
-        sequences = engine_sequences(eng)
-        model = ContextModel.load(root / "model" / CONTEXT_DIR)
-        ctx, cands, tix, offsets, report = residual_scorer_examples(eng, sequences, model, set(sequences), 1, 2)
-    finally:
-        eng.close()
-    assert report["scorer_examples"] == len(ctx) > 20 and report["head_examples"] > 20
-    rows = [[s.item for s in seq] for seq in sequences.values()]  # every event here is a click
-    for c, cand, t, off in zip(ctx, cands, tix, offsets):
-        assert off.shape == cand.shape and np.isfinite(off).all()
-        step = [r for r in rows if r[: len(c)] == c.tolist() and len(c) < len(r) and r[len(c)] == cand[t]]
-        assert step and any(len(r) - 3 <= len(c) <= len(r) - 2 for r in step), (c, cand[t])
-    assert np.mean([np.ptp(o) > 0 for o in offsets]) > 0.9
-
-
 def test_the_cooccurrence_feature_never_counted_a_held_out_step(trained, tmp_path):
     from recsieve.context.cooccurrence import CoOccurrence
     from recsieve.context.model import ContextModel

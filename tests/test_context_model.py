@@ -213,48 +213,6 @@ def with_scorer(planted):
     return model
 
 
-def test_scorer_learns_the_correction_to_given_offsets(planted):
-    """Trained with ``offsets`` (another ranker's scores) in place of its bi-encoder score, the
-    scorer learns what that ranker gets wrong. Offsets that put a never-chosen item (6) far ahead
-    in every list: before training ``offset + correction`` ranks item 6 first (the correction
-    starts at 0), after it the target. Offsets that already mark the target: nothing is left to
-    learn (the loss starts near 0), where zero offsets start at log(8) (the correction alone; the
-    planted encoder's own score would already find the target)."""
-    import copy
-
-    rng = np.random.default_rng(4)
-    contexts, cands, tix = [], [], []
-    for e in range(96):
-        target = 2 if e % 2 == 0 else 4
-        cands.append(rng.permutation(np.array([target, 6, *rng.choice(np.arange(7, 20), 6, replace=False)])))
-        contexts.append(np.array([9, 0 if e % 2 == 0 else 3, 1]))
-        tix.append(int(np.flatnonzero(cands[-1] == target)[0]))
-    misled = [np.where(c == 6, 8.0, 0.0).astype(np.float32) for c in cands]
-    rows, cand_t, off_t = (torch.from_numpy(np.stack(a)) for a in (contexts, cands, misled))
-
-    def fit(offsets, epochs: int = 30) -> tuple[ContextModel, dict]:
-        model = copy.deepcopy(planted[0])
-        model.new_scorer()
-        return model, fit_candidate_scorer(model, contexts, cands, tix, offsets=offsets, epochs=epochs, lr=3e-3,
-                                           batch_size=16, bf16=False, threads=1, seed=1)
-
-    def target_first(model: ContextModel) -> float:
-        with torch.no_grad():
-            s = model.scorer(torch.from_numpy(model.item_vectors()), rows, cand_t, offset=off_t)
-        return float(np.mean(s.argmax(1).numpy() == np.array(tix)))
-
-    untrained = copy.deepcopy(planted[0])
-    untrained.new_scorer()
-    assert target_first(untrained) == 0.0
-    assert target_first(fit(misled)[0]) >= 0.9
-    marked = [np.where(np.arange(len(c)) == t, 20.0, 0.0).astype(np.float32) for c, t in zip(cands, tix)]
-    assert fit(marked, epochs=1)[1]["losses"][0] < 0.01
-    assert fit([np.zeros(len(c), np.float32) for c in cands], epochs=1)[1]["losses"][0] > 1.0
-    with pytest.raises(InvalidInputError, match="offsets"):
-        fit_candidate_scorer(copy.deepcopy(planted[0]), contexts[:2], cands[:2], tix[:2],
-                             offsets=[misled[0], misled[1][:3]])
-
-
 def test_candidate_score_does_not_depend_on_other_candidates(with_scorer):
     model = with_scorer
     ctx = np.array([5, 0, 1])

@@ -433,11 +433,8 @@ class CandidateScorer(nn.Module):
         gaps: torch.Tensor | None = None,
         instruction: torch.Tensor | None = None,
         cand_types: torch.Tensor | None = None,
-        offset: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Scores ``(b, m)`` of candidate rows ``(b, m)`` (``-1`` = padding, scored ``-inf``).
-        ``offset`` ``(b, m)``: fixed scores that take the bi-encoder's place in the sum (training
-        the head's part as a correction to another ranker's order)."""
+        """Scores ``(b, m)`` of candidate rows ``(b, m)`` (``-1`` = padding, scored ``-inf``)."""
         enc = self.encoder
         x, lengths = enc.embed(table, rows, kinds, gaps)
         x = enc.lead(instruction, x)
@@ -462,7 +459,7 @@ class CandidateScorer(nn.Module):
         user, hc = enc.ln(h), enc.ln(hc)  # user (b, 1, d): what the encoder would return
         m = candidates.shape[1]
         items = items.to(hc.dtype)
-        base = (user * items).sum(-1) if offset is None else offset
+        base = (user * items).sum(-1)
         extra = self.head(torch.cat([hc, hc * items, user.expand(-1, m, -1) * items], -1)).squeeze(-1)
         score = base.float() + extra.float()
         return score.masked_fill(candidates < 0, float("-inf"))

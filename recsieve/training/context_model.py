@@ -492,7 +492,6 @@ def fit_candidate_scorer(
     bf16: bool | None = None,
     seed: int = 0,
     threads: int | None = None,
-    offsets: Sequence[np.ndarray] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train ``model``'s candidate scorer listwise (softmax over each example's candidates).
@@ -501,9 +500,7 @@ def fit_candidate_scorer(
     candidate rows (e.g. recall's top 200) and ``target_index[e]`` the target's position in
     ``candidates[e]`` (examples whose target is not recalled are dropped by the caller).
     The item tower is frozen (the table comes from ``model``, or is recomputed from
-    ``text_vectors``); the scorer starts from the encoder's blocks. ``offsets[e]`` (aligned with
-    ``candidates[e]``): another ranker's scores, which take the bi-encoder's place in the
-    training logits, so the scorer's head learns what that ranker misses.
+    ``text_vectors``); the scorer starts from the encoder's blocks.
     """
     if not (len(contexts) == len(candidates) == len(target_index)) or not len(contexts):
         raise InvalidInputError("candidates", len(candidates), "need aligned, non-empty examples")
@@ -519,13 +516,6 @@ def fit_candidate_scorer(
     for e, c in enumerate(candidates):
         cand[e, : len(c)] = c
     tix = np.asarray(target_index, np.int64)
-    off = None
-    if offsets is not None:
-        off = np.zeros(cand.shape, np.float32)
-        for e, o in enumerate(offsets):
-            if len(o) != len(candidates[e]):
-                raise InvalidInputError("offsets", len(o), f"example {e} has {len(candidates[e])} candidates")
-            off[e, : len(o)] = o
     L = model.settings.max_len
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(scorer.parameters(), lr=lr, weight_decay=0.0)
@@ -555,8 +545,7 @@ def fit_candidate_scorer(
                     for g in opt.param_groups:
                         g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(prog, 1.0)))
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                        s = scorer(table, torch.from_numpy(rows), torch.from_numpy(cand[idx]),
-                                   offset=None if off is None else torch.from_numpy(off[idx]))
+                        s = scorer(table, torch.from_numpy(rows), torch.from_numpy(cand[idx]))
                     loss = F.cross_entropy(s.float(), torch.from_numpy(tix[idx]))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()

@@ -40,7 +40,7 @@ from recsieve.errors import InvalidInputError
 from recsieve.indexes.checks import check_positive
 from recsieve.rerankers.training import Step
 from recsieve.training.context_model import TrainConfig, fit_candidate_scorer, fit_context_model
-from recsieve.training.examples import engine_sequences, last_positives, ranking_groups, sample_users
+from recsieve.training.examples import engine_sequences, last_positives, sample_users
 from recsieve.training.head import train_engine_ranker
 from recsieve.types import EVENT_KINDS, Event
 
@@ -117,47 +117,6 @@ def scorer_examples(model: Any, contexts: Sequence[np.ndarray], targets: Sequenc
     return kept_ctx, candidates, tix, hits / max(len(contexts), 1)
 
 
-def residual_scorer_examples(engine: Engine, sequences: dict[str, list[Step]], model: Any,
-                             among: Collection[str], steps_per_user: int, scorer_steps: int, *, seed: int = 0,
-                             progress: bool = False) -> tuple[list[np.ndarray], list[np.ndarray], list[int],
-                                                              list[np.ndarray], dict[str, Any]]:
-    """Examples for the candidate scorer as a correction to the ranking head: recall's fused
-    candidates of ``among``'s ``scorer_steps`` steps before the head's, each with the scores of a
-    head fitted *without* the scorer (on the head's own steps, as training fits it) as offsets.
-    Returns (contexts, candidates, target positions, offsets, report)."""
-    import tempfile
-
-    from recsieve.engine.context import CONTEXT_DIR
-    from recsieve.training.head import head_fitter, split_users, without_feature
-
-    with tempfile.TemporaryDirectory(prefix="recsieve-residual-") as tmp:
-        model.save(Path(tmp) / CONTEXT_DIR)
-        serving = engine.load_model(Path(tmp))  # recall with the behaviour index; no scorer yet
-        head_groups, _ = ranking_groups(engine, sequences, steps_per_user=steps_per_user, seed=seed, among=among,
-                                        model=serving, progress=progress)
-        cut = {u: seq[: last_positives(seq, steps_per_user)[0]] if u in among and last_positives(seq, steps_per_user)
-               else seq for u, seq in sequences.items()}
-        groups, _ = ranking_groups(engine, cut, steps_per_user=scorer_steps, seed=seed, among=among, model=serving,
-                                   progress=progress)
-    names = engine.feature_names(context=True)
-    col = list(names).index("context.context_cross")
-    train, valid = split_users(head_groups, 0.1, seed)
-    head = head_fitter(train, valid, names, seed=seed)(without_feature(train, col), without_feature(valid, col))
-    offsets = [head.score(x) for x in without_feature(groups, col)]
-    # each group's context: the positive rows before its step (groups come user by user, in step order)
-    contexts: list[np.ndarray] = []
-    by_user: dict[str, list[int]] = {}
-    for g in groups:
-        seq = cut[g.user_id]
-        steps = by_user.setdefault(g.user_id, last_positives(seq, scorer_steps))
-        t = next(t for t in steps if seq[t].item == int(g.rows[g.target]))
-        steps.remove(t)
-        contexts.append(np.asarray([s.item for s in seq[:t] if EVENT_KINDS.get(s.kind, 1.0) > 0], np.int64))
-    report = {"head_examples": len(head_groups), "scorer_examples": len(groups),
-              "head_without_scorer_epochs": head.report.get("best_epoch")}
-    return contexts, [g.rows for g in groups], [g.target for g in groups], offsets, report
-
-
 def train_engine(
     engine: Engine,
     out: str | Path | None = None,
@@ -168,9 +127,8 @@ def train_engine(
     epochs: int = 200,
     budget_s: float | None = 1200.0,
     scorer_steps: int = SCORER_STEPS,
-    scorer_epochs: int = 20,
+    scorer_epochs: int = 2,
     scorer_budget_s: float | None = 300.0,
-    scorer_offsets: bool = True,
     cross_encoder: bool = True,
     dim: int = 64,
     max_len: int = 200,
@@ -232,14 +190,7 @@ def train_engine(
     report: dict[str, Any] = {"encoder": {k: v for k, v in history.items() if k != "valid_curve"},
                               "encoder_users": len(train_rows), "example_users": len(examples_from),
                               "cooccurrence_pairs": int(len(model.cooccurrence.data))}
-    if cross_encoder and scorer_offsets:
-        ctx, cands, tix, offsets, report["scorer_residual"] = residual_scorer_examples(
-            engine, sequences, model, examples_from, steps_per_user, scorer_steps, seed=seed, progress=progress)
-        report["scorer_examples"] = len(ctx)
-        if ctx:
-            report["scorer"] = fit_candidate_scorer(model, ctx, cands, tix, offsets=offsets, epochs=scorer_epochs,
-                                                    budget_s=scorer_budget_s, seed=seed, progress=progress)
-    elif cross_encoder:
+    if cross_encoder:
         ctx, targets = held_out_steps(sequences, steps_per_user, scorer_steps, examples_from)
         ctx, cands, tix, recall = scorer_examples(model, ctx, targets, engine.config.recall_n)
         report["scorer_examples"] = len(ctx)
