@@ -69,6 +69,9 @@ def test_many_requests_at_once_give_each_request_its_own_scores_exactly(dense_su
     for g, (r, c) in enumerate(zip(recents, cands)):
         np.testing.assert_array_equal(got[offsets[g]:offsets[g + 1]], counts.scores(r, c))
     assert got.any() and (got[offsets[3]:offsets[4]][-2:] == got[offsets[3]:offsets[3] + 2]).all()
+    for bad in (offsets[:-1], offsets[::-1], np.concatenate([[1], offsets[1:]])):
+        with pytest.raises(InvalidInputError, match="offsets"):
+            counts.scores_many(recents, np.concatenate(cands), bad)
 
 
 def test_each_item_keeps_its_top_neighbours() -> None:

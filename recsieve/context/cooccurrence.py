@@ -119,6 +119,10 @@ class CoOccurrence:
         ``_DENSE_SUMS`` sums held), each adding its terms in float64 in :meth:`scores`'s order."""
         candidates = np.asarray(candidates, np.int64)
         offsets = np.asarray(offsets, np.int64)
+        if offsets.shape != (len(recents) + 1,) or offsets[0] != 0 or offsets[-1] != candidates.size \
+                or (np.diff(offsets) < 0).any():
+            raise InvalidInputError("offsets", offsets.tolist()[:8],
+                                    f"need {len(recents) + 1} non-decreasing bounds from 0 to {candidates.size}")
         out = np.zeros(len(candidates), np.float32)
         group, cols, vals = self._terms(recents)
         if not cols.size or not candidates.size:
