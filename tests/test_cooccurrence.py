@@ -50,12 +50,12 @@ def test_scores_match_a_pair_by_pair_count(gap) -> None:
     assert not np.allclose(other.scores(seqs[0], np.arange(n)), counts.scores(seqs[0], np.arange(n)))
 
 
-@pytest.mark.parametrize("dense_sums", [None, 100])
+@pytest.mark.parametrize("dense_sums", [None, 1000, 100])
 def test_many_requests_at_once_give_each_request_its_own_scores_exactly(dense_sums, monkeypatch) -> None:
     """scores_many (the batched ranking examples) against one request at a time, to the bit:
     requests share candidate rows (a key collision across requests would leak one request's sums
     into another), list a candidate twice, have rows past the counts, or no history at all; in
-    one pass and two requests at a time (``dense_sums``)."""
+    one pass, 22 requests a pass, and (a catalog too large for dense sums) request by request."""
     if dense_sums is not None:
         monkeypatch.setattr("recsieve.context.cooccurrence._DENSE_SUMS", dense_sums)
     seqs, n = _sequences(2), 40
