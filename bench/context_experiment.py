@@ -73,9 +73,6 @@ def main() -> None:
                     help="held-out users for early stopping, at most a fifth of the users (default %(default)s)")
     ap.add_argument("--id-dropout", type=float, default=TrainConfig.id_dropout,
                     help="share of items whose ID residual each batch drops (TrainConfig.id_dropout; default %(default)s)")
-    ap.add_argument("--horizon-weights", default="1",
-                    help="comma-separated weights of the items 1, 2, ... ahead as targets "
-                         "(TrainConfig.horizon_weights; default %(default)s: the next item only)")
     ap.add_argument("--per-user", default=None, help="save the per-user NDCG@10 here (.npy)")
     ap.add_argument("--pair-with", default=None, help="a --per-user file of another run on the same users")
     a = ap.parse_args()
@@ -87,7 +84,6 @@ def main() -> None:
         epochs=a.epochs, budget_s=a.budget, lr=a.lr, batch_size=a.batch, batching=a.batching, bf16=not a.fp32,
         sampled_above=1 if a.sampled else 50_000, n_negatives=a.negatives, patience=patience,
         valid_users=a.valid_users, id_dropout=a.id_dropout,
-        horizon_weights=tuple(float(w) for w in a.horizon_weights.split(",")),
         weight_decay=a.wd, schedule=a.schedule or "cosine", seed=a.seed, threads=a.threads, progress=True,
     )
     if a.system == "sasrec":

@@ -369,23 +369,3 @@ def test_bucket_batching_learns_the_pattern():
 def test_unknown_batching_is_refused():
     with pytest.raises(InvalidInputError, match="batching"):
         TrainConfig(batching="sorted")
-
-
-def test_horizon_targets_are_the_items_ahead_weighted_over_those_the_row_has():
-    from recsieve.training.context_model import _horizon
-
-    tok = torch.tensor([[5, 6, 7, -1], [8, 9, 10, 11]])
-    inputs, targets = tok[:, :-1], tok[:, 1:]
-    real = (inputs.masked_fill(targets < 0, -1) >= 0) & (targets >= 0)
-    ahead, w = _horizon(tok, real, (1.0, 0.5))
-    # row 0: 5 -> (6, 7), 6 -> (7, none); row 1: 8 -> (9, 10), 9 -> (10, 11), 10 -> (11, none)
-    assert ahead[:, 0].tolist() == [6, 7, 9, 10, 11]
-    assert ahead[[0, 2, 3], 1].tolist() == [7, 10, 11]
-    assert torch.allclose(w, torch.tensor([[2 / 3, 1 / 3], [1, 0], [2 / 3, 1 / 3], [2 / 3, 1 / 3], [1, 0]]))
-    assert _horizon(tok, real, (1.0,)) == (None, None)
-
-
-@pytest.mark.parametrize("bad", [(), (0.0, 1.0), (1.0, -0.5), [1.0, 0.5], (1.0, True)])
-def test_bad_horizon_weights_are_refused(bad):
-    with pytest.raises(InvalidInputError, match="horizon_weights"):
-        TrainConfig(horizon_weights=bad)

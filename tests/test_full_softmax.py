@@ -22,28 +22,6 @@ def test_value_and_gradients_match_cross_entropy(chunk: int) -> None:
     assert torch.allclose(ct, gt, atol=1e-6)
 
 
-@pytest.mark.parametrize("chunk", [7, 10_000])
-def test_weighted_targets_match_cross_entropy_against_their_mixture(chunk: int) -> None:
-    g = torch.Generator().manual_seed(1)
-    h = torch.randn(120, 8, generator=g, requires_grad=True)
-    table = (torch.randn(40, 8, generator=g) * 0.5).requires_grad_()
-    targets = torch.randint(0, 40, (120, 3), generator=g)
-    targets[:10, 1] = targets[:10, 0]  # the same item twice in one row adds its weights
-    weights = torch.rand(120, 3, generator=g)
-    weights[20:30, 1:] = 0.0  # rows with the first target alone
-    weights /= weights.sum(1, keepdim=True)
-    mixture = torch.zeros(120, 40).scatter_add_(1, targets, weights)
-    ref = F.cross_entropy(h @ table.T, mixture)
-    gh, gt = torch.autograd.grad(ref, (h, table))
-    got = full_softmax_ce(h, table, targets, weights, chunk=chunk)
-    ch, ct = torch.autograd.grad(got, (h, table))
-    assert torch.allclose(got, ref, atol=1e-5)
-    assert torch.allclose(ch, gh, atol=1e-6) and torch.allclose(ct, gt, atol=1e-6)
-    # one target at full weight is the plain loss
-    one = full_softmax_ce(h, table, targets[:, :1], torch.ones(120, 1))
-    assert torch.allclose(one, full_softmax_ce(h, table, targets[:, 0]), atol=1e-6)
-
-
 def test_gradient_flows_through_a_table_built_from_parameters_under_autocast() -> None:
     torch.manual_seed(0)
     tower = torch.nn.Linear(8, 4)
@@ -68,5 +46,3 @@ def test_shape_errors_are_clear() -> None:
         full_softmax_ce(torch.zeros(3, 4), torch.zeros(5, 2), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="targets"):
         full_softmax_ce(torch.zeros(3, 4), torch.zeros(5, 4), torch.zeros(2, dtype=torch.long))
-    with pytest.raises(ValueError, match="weights"):
-        full_softmax_ce(torch.zeros(3, 4), torch.zeros(5, 4), torch.zeros(3, 2, dtype=torch.long), torch.ones(3, 1))

@@ -112,10 +112,6 @@ class TrainConfig:
     #: cold item has -- is trained to stand on its own; 0: never. Read by :func:`fit_context_model`
     #: where the tower has both text and IDs; other tasks ignore it.
     id_dropout: float = 0.0
-    #: weights of the items 1, 2, ... ahead of a position as its targets, normalised over those
-    #: its sequence has (the loss is the cross-entropy against that mixture); ``(1.0,)``: the
-    #: next item only, the published objective
-    horizon_weights: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "n_negatives", "eval_every", "sampled_above"):
@@ -135,10 +131,6 @@ class TrainConfig:
         if isinstance(self.id_dropout, bool) or not isinstance(self.id_dropout, (int, float)) \
                 or not 0.0 <= self.id_dropout < 1.0:
             raise InvalidInputError("id_dropout", self.id_dropout, "must be a share in [0, 1)")
-        hw = self.horizon_weights
-        if not isinstance(hw, tuple) or not hw or not hw[0] > 0 or any(
-                isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0 for w in hw):
-            raise InvalidInputError("horizon_weights", hw, "a tuple of weights >= 0, the first > 0")
 
 
 def _lr_factor(cfg: TrainConfig, progress: float) -> float:
@@ -370,41 +362,20 @@ def _batch_loss(task: NextItemTask, batch: np.ndarray, cfg: TrainConfig, bf16: b
     # input (age 0, as at serving) is the one that predicts the last item
     inputs = inputs.masked_fill(targets < 0, -1)
     real = (inputs >= 0) & (targets >= 0)
-    ahead, weights = _horizon(tok, real, cfg.horizon_weights)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         table = task.table(None)
         h = task.hidden(table, inputs)[real]
         tgt = targets[real]
         if q_t is None:
-            loss = full_softmax_ce(h, table, tgt) if ahead is None else full_softmax_ce(h, table, ahead, weights)
+            loss = full_softmax_ce(h, table, tgt)
         else:
             negs = torch.multinomial(q_t, cfg.n_negatives, replacement=True)
+            pos = (h * table[tgt]).sum(-1).float() - torch.log(q_t[tgt] * cfg.n_negatives)
             neg = (h @ table[negs].T).float() - torch.log(q_t[negs] * cfg.n_negatives)
-            loss = 0.0
-            for j in range(1 if ahead is None else ahead.shape[1]):
-                t = tgt if ahead is None else ahead[:, j]
-                pos = (h * table[t]).sum(-1).float() - torch.log(q_t[t] * cfg.n_negatives)
-                logits = torch.cat([pos[:, None], neg.masked_fill(negs[None, :] == t[:, None], float("-inf"))], 1)
-                ce = F.cross_entropy(logits, torch.zeros_like(t), reduction="none")
-                loss = loss + (ce.mean() if ahead is None else (ce * weights[:, j]).mean())
+            neg = neg.masked_fill(negs[None, :] == tgt[:, None], float("-inf"))
+            logits = torch.cat([pos[:, None], neg], 1)
+            loss = F.cross_entropy(logits, torch.zeros_like(tgt))
     return loss, int(real.sum())
-
-
-def _horizon(tok: torch.Tensor, real: torch.Tensor, horizon_weights: tuple[float, ...]
-             ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The targets ``(m, k)`` of the ``m`` real positions of right-padded rows ``tok``: the items
-    1..k ahead (0 where the row has none), and their weights, normalised per position over the
-    items the row has; ``(None, None)`` for the next item alone (``k = 1``)."""
-    k = len(horizon_weights)
-    if k == 1:
-        return None, None
-    b, n = tok.shape
-    ahead = torch.full((b, n - 1, k), -1, dtype=tok.dtype)
-    for j in range(k):
-        ahead[:, : max(n - 1 - j, 0), j] = tok[:, 1 + j :]
-    ahead = ahead[real]
-    w = torch.tensor(horizon_weights, dtype=torch.float32)[None, :] * (ahead >= 0)
-    return ahead.clamp(min=0), w / w.sum(1, keepdim=True)
 
 
 def _validate(task: NextItemTask, ctx: list[np.ndarray], tgt: np.ndarray, max_len: int, bf16: bool,

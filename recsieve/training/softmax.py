@@ -21,8 +21,7 @@ CHUNK = 256
 
 class _FullSoftmaxCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None,  # type: ignore[override]
-                chunk: int) -> torch.Tensor:
+    def forward(ctx, h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:  # type: ignore[override]
         with torch.autocast("cpu", enabled=False):
             h32, t32 = h.detach().float(), table.detach().float()
             need = ctx.needs_input_grad
@@ -30,12 +29,9 @@ class _FullSoftmaxCE(torch.autograd.Function):
             gt = torch.zeros_like(t32) if need[1] else None
             total = h32.new_zeros(())
             for lo in range(0, h32.shape[0], chunk):
-                hc, tc = h32[lo : lo + chunk], targets[lo : lo + chunk]
-                wc = None if weights is None else weights[lo : lo + chunk]
+                hc, tc = h32[lo : lo + chunk], targets[lo : lo + chunk, None]
                 logits = hc @ t32.T
                 picked = logits.gather(1, tc)
-                if wc is not None:  # the targets' weighted logit (each row's weights sum to 1)
-                    picked = (picked * wc).sum(1, keepdim=True)
                 top = logits.amax(1, keepdim=True)
                 p = logits.sub_(top).exp_()  # one exp pass gives the loss and the softmax
                 norm = p.sum(1, keepdim=True)
@@ -43,8 +39,7 @@ class _FullSoftmaxCE(torch.autograd.Function):
                 if gh is None and gt is None:
                     continue
                 p.div_(norm)  # softmax, in place
-                # minus the (weighted) one-hot targets
-                p.scatter_add_(1, tc, -wc if wc is not None else p.new_full(tc.shape, -1.0))
+                p.scatter_add_(1, tc, p.new_full(tc.shape, -1.0))  # minus the one-hot target
                 if gh is not None:
                     gh[lo : lo + chunk] = p @ t32
                 if gt is not None:
@@ -60,25 +55,17 @@ class _FullSoftmaxCE(torch.autograd.Function):
         scale = grad / ctx.n
         out_h = (gh * scale).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
         out_t = (gt * scale).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
-        return out_h, out_t, None, None, None
+        return out_h, out_t, None, None
 
 
-def full_softmax_ce(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
-                    weights: torch.Tensor | None = None, chunk: int = CHUNK) -> torch.Tensor:
+def full_softmax_ce(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
     """Mean cross-entropy of ``h @ table.T`` (``(n, d) x (V, d)``) against int64 ``targets`` ``(n,)``.
 
     Equal to ``F.cross_entropy((h @ table.T).float(), targets)`` in value and gradients (to fp32
     rounding), in a fraction of the time and memory; differentiable in ``h`` and ``table``.
-    With ``targets`` ``(n, k)`` and ``weights`` ``(n, k)`` (each row summing to 1; a zero weight
-    ignores its target) a row's target is that mixture of one-hots: the loss is
-    ``F.cross_entropy(logits, probabilities)`` with those probabilities.
     """
     if h.ndim != 2 or table.ndim != 2 or h.shape[1] != table.shape[1]:
         raise ValueError(f"shapes {tuple(h.shape)} and {tuple(table.shape)} do not multiply")
-    if weights is None:
-        if targets.shape != (h.shape[0],):
-            raise ValueError(f"targets of shape {tuple(targets.shape)} for {h.shape[0]} rows")
-        return _FullSoftmaxCE.apply(h, table, targets.long()[:, None], None, int(chunk))
-    if targets.ndim != 2 or targets.shape[0] != h.shape[0] or weights.shape != targets.shape:
-        raise ValueError(f"targets {tuple(targets.shape)} and weights {tuple(weights.shape)} for {h.shape[0]} rows")
-    return _FullSoftmaxCE.apply(h, table, targets.long(), weights.float(), int(chunk))
+    if targets.shape != (h.shape[0],):
+        raise ValueError(f"targets of shape {tuple(targets.shape)} for {h.shape[0]} rows")
+    return _FullSoftmaxCE.apply(h, table, targets.long(), int(chunk))
