@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
 import gzip
 import json
 import time
@@ -73,23 +72,13 @@ def sequences(ratings: str, tsv: str, order: str, seed: int = 1) -> tuple[list[l
     return out, {"same_second_neighbours": tied / pairs, "last_item_tied_with_the_one_before": last_tied / len(out)}
 
 
-def write_custom(seqs: list[list[int]], ml1m: Path, out: Path) -> None:
-    """Users 1..len(seqs)'s ``seqs`` and their movies as a ``custom`` folder (items.jsonl, interactions.csv)."""
-    from recsieve.evaluation.datasets import load_ml1m
+def write_orders(seqs: list[list[int]], ml1m: Path, out: Path) -> None:
+    """Users 1..len(seqs)'s ``seqs`` and the movies they rated as a ``custom`` folder."""
+    from recsieve.evaluation.datasets import load_ml1m, write_custom
 
-    ds = load_ml1m(ml1m)
     used = {str(m) for s in seqs for m in s}
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "items.jsonl", "w", encoding="utf-8") as fh:
-        for item in ds.items:
-            if item.id in used:
-                fh.write(json.dumps({"id": item.id, "title": item.title, "description": item.description,
-                                     "categories": list(item.categories), **item.metadata}) + "\n")
-    with open(out / "interactions.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["user_id", "item_id", "ts"])
-        for user, seq in enumerate(seqs, 1):
-            writer.writerows([user, movie, t] for t, movie in enumerate(seq, 1))
+    write_custom(out, (item for item in load_ml1m(ml1m).items if item.id in used),
+                 ((str(user), [str(m) for m in seq]) for user, seq in enumerate(seqs, 1)))
 
 
 def main() -> None:
@@ -110,7 +99,7 @@ def main() -> None:
     a = ap.parse_args()
     seqs, ties = sequences(a.ratings, a.sequences, a.order)
     if a.custom_out:
-        write_custom(seqs, Path(a.sequences).parent, Path(a.custom_out))
+        write_orders(seqs, Path(a.sequences).parent, Path(a.custom_out))
         return
     items = sorted({m for s in seqs for m in s})
     index = {m: i for i, m in enumerate(items)}

@@ -14,6 +14,7 @@ from recsieve.evaluation.datasets import (
     load_dataset,
     load_ml1m,
     load_ml100k,
+    write_custom,
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -150,6 +151,22 @@ def test_custom_csv(tmp_path):
     (tmp_path / "interactions.csv").write_text("user_id,item_id\nu1,a\n")
     with pytest.raises(InvalidInputError, match="missing"):
         load_custom(tmp_path)
+
+
+def test_write_custom_is_read_back_as_written(tmp_path):
+    from recsieve.types import Item
+
+    items = [
+        Item("m2", "Beta", "about b", ("x", "y"), {"colour": "red"}, {"year": 1999, "price": 9.5}),
+        Item("m1", "Alpha"),
+        Item("cold", "Never seen", metadata={"in_stock": True}),
+    ]
+    # orders no sort would give (the file keeps them: ts is the position), a user with one item
+    sequences = [("u9", ["m1", "m2", "m1"]), ("u1", ["m2"]), ("u5", ["m2", "m1"])]
+    write_custom(tmp_path / "out", items, iter(sequences))
+    data = load_custom(tmp_path / "out")
+    assert list(data.items) == items  # every field, the catalog's order, the cold item too
+    assert dict(zip(data.user_ids, seqs(data), strict=True)) == dict(sequences)
 
 
 def test_custom_parquet(tmp_path):

@@ -11,12 +11,9 @@ Run: python tools/ml1m_min_ratings.py ../shared/data/ml-1m OUT [--min-ratings 5]
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 from collections import Counter
-from pathlib import Path
 
-from recsieve.evaluation.datasets import load_ml1m
+from recsieve.evaluation.datasets import load_ml1m, write_custom
 
 
 def main() -> None:
@@ -28,22 +25,10 @@ def main() -> None:
     ds = load_ml1m(args.ml1m)
     counts = Counter(i for seq in ds.sequences for i in seq)
     keep = {i for i, c in counts.items() if c >= args.min_ratings}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "items.jsonl", "w", encoding="utf-8") as fh:
-        for i in sorted(keep):
-            item = ds.items[i]
-            fh.write(json.dumps({"id": item.id, "title": item.title, "description": item.description,
-                                 "categories": list(item.categories), **item.metadata}) + "\n")
-    n = 0
-    with open(out / "interactions.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["user_id", "item_id", "ts"])
-        for user, seq in zip(ds.user_ids, ds.sequences, strict=True):
-            kept = [ds.item_ids[i] for i in seq if i in keep]
-            writer.writerows([user, item, t] for t, item in enumerate(kept, 1))
-            n += len(kept)
-    print(f"{len(keep):,} items, {n:,} interactions, {len(ds.user_ids):,} users -> {out}")
+    kept = [[ds.item_ids[i] for i in seq if i in keep] for seq in ds.sequences]
+    write_custom(args.out, (ds.items[i] for i in sorted(keep)), zip(ds.user_ids, kept, strict=True))
+    n = sum(len(seq) for seq in kept)
+    print(f"{len(keep):,} items, {n:,} interactions, {len(ds.user_ids):,} users -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,6 +43,7 @@ __all__ = [
     "load_ml100k",
     "load_amazon_scientific",
     "load_custom",
+    "write_custom",
 ]
 
 _YEAR_RE = re.compile(r"\((\d{4})\)\s*$")
@@ -536,6 +538,21 @@ def load_custom(path: str | Path) -> Dataset:
     return _build(
         folder.name or "custom", items, users, keep_unused_items=True, has_ts=True, has_kinds=True
     )
+
+
+def write_custom(path: str | Path, items: Iterable[Item], sequences: Iterable[tuple[str, Sequence[str]]]) -> None:
+    """Write a folder :func:`load_custom` reads: ``items.jsonl`` (each item's catalog record) and
+    ``interactions.csv`` (``user_id, item_id, ts``; ``ts`` is the event's 1-based position in its
+    user's sequence, so the order is kept). ``sequences``: ``(user id, item ids oldest first)``."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "items.jsonl", "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(item.to_dict()) + "\n" for item in items)
+    with open(folder / "interactions.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["user_id", "item_id", "ts"])
+        for user, seq in sequences:
+            writer.writerows([user, item, t] for t, item in enumerate(seq, 1))
 
 
 #: Dataset name -> loader, as accepted by :func:`load_dataset`.
