@@ -4,8 +4,9 @@
 (and restored after), three sections, one module each:
 
 ``index`` (:mod:`recsieve.bench.index`)
-    FAISS flat/HNSW/IVF and LanceDB on synthetic clustered vectors: build time, single-query
-    latency and recall@100 against exact search over each index's search knob.
+    FAISS flat/HNSW/IVF and LanceDB on synthetic clustered vectors (or, with ``index_data="text"``,
+    MiniLM vectors of generated item texts): build time, single-query latency and recall@100
+    against exact search over each index's search knob.
 ``engine`` (:mod:`recsieve.bench.engine`, with :mod:`recsieve.bench.cache`)
     An engine over the demo catalog plus generated items and users, through its public API,
     serving a context model trained in the run (:func:`~recsieve.training.train_engine`):
@@ -28,7 +29,9 @@
     single-process build, serving requests/s and p50/p95/p99 over HTTP with 1 and 2 Ray Serve
     replicas, and event -> visible-on-another-replica latency.
 
-Shared helpers and synthetic data are in :mod:`recsieve.bench.common`; the summary, plots and
+Shared helpers and synthetic data are in :mod:`recsieve.bench.common`, the index section's text
+vectors in :mod:`recsieve.bench.text_vectors`, the command's options in :mod:`recsieve.bench.cli`;
+the summary, plots and
 ``rerank_ndcg_ratio`` (the fine sieve's NDCG@10 over the best other re-ranker's, from an
 evaluation report) in :mod:`recsieve.bench.report`. This is a measuring tool, not
 request-path code: it sets process-wide thread counts while it runs. Figures from a machine
@@ -62,12 +65,20 @@ from recsieve.bench.common import (
     recall_at_k,
 )
 from recsieve.bench.engine import engine_section
-from recsieve.bench.index import HNSW_EF, IVF_NPROBE, LANCE_EF, index_section, pick_default
+from recsieve.bench.index import (
+    HNSW_EF,
+    INDEX_DATA,
+    IVF_NPROBE,
+    LANCE_EF,
+    index_section,
+    pick_default,
+)
 from recsieve.bench.on_ray import RaySettings, plot_ray, ray_section
 from recsieve.bench.processes import processes_section
 from recsieve.bench.report import format_summary, quality_ratio, write_plots
 from recsieve.bench.rerank import encoder_flops, fallback_pairs, gemm_peak_gflops, rerank_section
 from recsieve.bench.scale import scale_section
+from recsieve.bench.text_vectors import read_corpus
 from recsieve.errors import InvalidInputError
 
 __all__ = [
@@ -162,6 +173,7 @@ def run_bench(
     progress: bool = True,
     sections: Sequence[str] = DEFAULT_SECTIONS,
     sizes: Sequence[int] | None = None,
+    hnsw_max_size: int | None = None,
     queries: int | None = None,
     lance_sizes: Sequence[int] | None = None,
     engine_items: int | None = None,
@@ -176,12 +188,16 @@ def run_bench(
     seed: int = 0,
     summary: bool = True,
     ray: RaySettings | None = None,
+    index_data: str = "clustered",
+    vector_cache: str | Path | None = None,
+    text_corpus: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; return the result dict (also written to ``json_out`` as JSON).
 
     ``quick`` uses 10k and 100k vectors and smaller loads (a few minutes); the full run adds
     1M vectors (about 15 minutes on 2 cores). ``sections`` picks from :data:`SECTIONS`.
     The other keyword arguments override the preset's sizes (``sizes``: index sizes;
+    ``hnsw_max_size``: the largest size HNSW is built at;
     ``queries``: single queries per setting; ``lance_sizes``: sizes also built on LanceDB;
     ``engine_*``: generated catalog items, users and timed requests per stage;
     ``context_users``: generated users the context model trains on; ``context_budget_s``: the
@@ -190,8 +206,13 @@ def run_bench(
     stage is then measured, and no context model is trained); without one, the engine trains a
     context model with :func:`~recsieve.training.train_engine` on its generated users and
     serves it, and its fine sieve on 100 candidates is timed against ``CrossEncoder.predict``
-    on 100 pairs (``rerank_speedup_vs_naive``). ``quality_report``: an evaluation report
-    (``recsieve evaluate --json``) with a ``recsieve`` row trained with the context model and
+    on 100 pairs (``rerank_speedup_vs_naive``). ``index_data``: what the index section searches,
+    ``"clustered"`` (generated gaussian clusters) or ``"text"`` (MiniLM vectors of generated item
+    texts, embedded once into ``vector_cache``, default
+    :func:`~recsieve.bench.text_vectors.default_vector_cache`): the engine section's generated
+    catalog, or with ``text_corpus`` (a UTF-8 file, one text per line) word-bigram walks over
+    that corpus (:class:`~recsieve.bench.text_vectors.MarkovTexts`). ``quality_report``: an
+    evaluation report (``recsieve evaluate --json``) with a ``recsieve`` row trained with the context model and
     other re-rankers' rows, for ``rerank_ndcg_ratio`` (see
     :func:`~recsieve.bench.report.quality_ratio`; read before anything runs). ``plots_dir``
     receives ``latency_cdf.png``, ``recall_vs_latency.png`` and ``throughput.png`` (and ``ray.png``
@@ -209,11 +230,18 @@ def run_bench(
         from recsieve.distributed.connect import require_ray
 
         require_ray("data", "serve")
-    cfg = _config(quick, {"sizes": sizes, "queries": queries, "lance_sizes": lance_sizes,
-                          "engine_items": engine_items, "engine_users": engine_users,
+    cfg = _config(quick, {"sizes": sizes, "hnsw_max_size": hnsw_max_size, "queries": queries,
+                          "lance_sizes": lance_sizes, "engine_items": engine_items, "engine_users": engine_users,
                           "engine_requests": engine_requests, "load_seconds": load_seconds,
                           "rerank_pairs": rerank_pairs, "context_users": context_users,
                           "context_budget_s": context_budget_s})
+    if index_data not in INDEX_DATA:
+        raise InvalidInputError("index_data", index_data, f"choose from {INDEX_DATA}")
+    cfg["index_data"], cfg["vector_cache"] = index_data, vector_cache
+    if text_corpus is not None:
+        if index_data != "text":
+            raise InvalidInputError("text_corpus", str(text_corpus), "is read with index_data='text' only")
+        cfg["text_corpus"] = read_corpus(text_corpus)
     quality = None
     if quality_report is not None:  # a wrong file is refused before the run, not after it
         quality = {**quality_ratio(json.loads(Path(quality_report).read_text("utf-8"))),
@@ -227,7 +255,8 @@ def run_bench(
         schema=1, quick=quick, threads=threads, seed=seed, sections=list(sections),
         started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         machine=machine_info(threads), load_avg={"start": load_average()}, notes=notes,
-        parameters={k: v for k, v in cfg.items() if not callable(v)},
+        parameters={k: v for k, v in cfg.items()
+                    if not callable(v) and k not in ("vector_cache", "text_corpus")},
     )
     result["parameters"]["ef_construction_by_size"] = {str(n): cfg["ef_construction"](n) for n in cfg["sizes"]
                                                        if n <= cfg["hnsw_max_size"]}
@@ -291,7 +320,8 @@ def _config(quick: bool, overrides: dict[str, Any]) -> dict[str, Any]:
     for key, value in overrides.items():
         if value is not None:
             cfg[key] = tuple(value) if key in ("sizes", "lance_sizes") else value
-    for key in ("queries", "engine_items", "engine_users", "engine_requests", "rerank_pairs", "context_users"):
+    for key in ("queries", "engine_items", "engine_users", "engine_requests", "rerank_pairs", "context_users",
+                "hnsw_max_size"):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
             raise InvalidInputError(key, cfg[key], "must be a positive integer")
     for n in cfg["sizes"]:

@@ -133,6 +133,7 @@ class ProgressBar:
         from tqdm.auto import tqdm
 
         self._bar = tqdm(total=total, desc="bench", disable=not enabled, leave=True)
+        self.enabled = enabled
 
     def step(self, text: str) -> None:
         self._bar.set_postfix_str(text[:60], refresh=True)

@@ -1,7 +1,9 @@
 """The ``index`` section of ``recsieve bench``: vector indexes on synthetic data.
 
 Synthetic clustered, L2-normalised vectors (:func:`~recsieve.bench.common.clustered_vectors`;
-queries come from the same distribution but are not in the base). Per size: build time and
+queries come from the same distribution but are not in the base), or with ``index_data="text"``
+MiniLM vectors of generated item texts (:func:`~recsieve.bench.text_vectors.text_vectors`,
+cached on disk; queries are other generated texts' vectors). Per size: build time and
 items/s of FAISS flat (the exact baseline), HNSW (M=32) and IVF, and LanceDB (HNSW-SQ) where
 asked; single-query latency p50/p95/p99 and recall@100 against exact numpy search, over a sweep
 of ``ef_search`` (HNSW, LanceDB) and ``nprobe`` (IVF), with latency ratios against flat from the
@@ -28,8 +30,9 @@ from recsieve.bench.common import (
     recall_at_k,
     timed,
 )
+from recsieve.errors import InvalidInputError
 
-__all__ = ["HNSW_EF", "IVF_NPROBE", "LANCE_EF", "index_section", "pick_default"]
+__all__ = ["HNSW_EF", "INDEX_DATA", "IVF_NPROBE", "LANCE_EF", "index_section", "pick_default"]
 
 HNSW_EF = (100, 128, 192, 256, 384, 512)  # FAISS clamps efSearch below k to k, so start at k
 IVF_NPROBE = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -68,31 +71,59 @@ def _build(make: Callable[[], Any], ids: np.ndarray, base: np.ndarray) -> tuple[
     return index, {"build_s": secs, "items_per_s": len(ids) / secs}
 
 
+CLUSTERED = ("clustered_vectors: two-level gaussian clusters (groups n/2000, clusters n/50) + "
+             "32-dim shared subspace + isotropic noise, L2-normalised; queries drawn apart from the base")
+#: What the section can run on (``cfg["index_data"]``).
+INDEX_DATA = ("clustered", "text")
+
+
 def index_section(cfg: dict[str, Any], seed: int, bar: ProgressBar, notes: list[str]) -> dict[str, Any]:
-    """Every index at every size of ``cfg["sizes"]``; appends what it skipped to ``notes``."""
+    """Every index at every size of ``cfg["sizes"]``, on ``cfg["index_data"]`` (default
+    clustered; ``text``: MiniLM vectors of generated texts cached in ``cfg["vector_cache"]``,
+    the bench's catalog texts or, given ``cfg["text_corpus"]`` (a list of texts), Markov walks
+    over that corpus); appends what it skipped to ``notes``."""
+    data = cfg.get("index_data", "clustered")
+    if data not in INDEX_DATA:
+        raise InvalidInputError("index_data", data, f"choose from {INDEX_DATA}")
     out: dict[str, Any] = {
         "dim": DIM, "k": K, "recall_target": RECALL_TARGET,
-        "data": "clustered_vectors: two-level gaussian clusters (groups n/2000, clusters n/50) + "
-                "32-dim shared subspace + isotropic noise, L2-normalised; queries drawn apart from the base",
+        "data": CLUSTERED if data == "clustered" else None,
         "ground_truth": "exact inner-product top-100 by numpy brute force",
         "baseline": "speedup_p50_vs_flat = the faster FAISS-flat p50 (pinned threads or 1 thread) / p50",
         "sizes": {},
     }
     for n in cfg["sizes"]:
-        out["sizes"][str(n)] = _one_size(n, cfg, seed, bar, notes)
+        bar.step(f"index {n:,}: data")
+        nq = cfg["queries"]
+        if data == "clustered":
+            base, queries = clustered_vectors(n, nq, seed=seed)
+        else:
+            from recsieve.bench.text_vectors import MarkovTexts, text_vectors
+
+            corpus = cfg.get("text_corpus")
+            source = MarkovTexts(corpus) if corpus else None
+            base, queries, info = text_vectors(n, nq, seed=seed, source=source, cache_dir=cfg.get("vector_cache"),
+                                               progress=bar.enabled)
+            out["data"] = {k: v for k, v in info.items() if k != "chunks_embedded"}
+        out["sizes"][str(n)] = _one_size(base, queries, cfg, bar, notes)
+        del base, queries
         gc.collect()
     return out
 
 
-def _one_size(n: int, cfg: dict[str, Any], seed: int, bar: ProgressBar, notes: list[str]) -> dict[str, Any]:
+def _one_size(base: np.ndarray, queries: np.ndarray, cfg: dict[str, Any], bar: ProgressBar,
+              notes: list[str]) -> dict[str, Any]:
     from recsieve.indexes.faiss_index import FaissIndex
 
-    bar.step(f"index {n:,}: data")
-    nq = cfg["queries"]
-    base, queries = clustered_vectors(n, nq, seed=seed)
+    n, nq = len(base), len(queries)
     ids = np.arange(n, dtype=np.int64)
     gt_s, truth = timed(lambda: exact_topk(base, queries))
-    res: dict[str, Any] = {"n": n, "queries": nq, "ground_truth_s": gt_s, "indexes": {}}
+    # how tight the neighbourhoods are: the mean similarity of each query's 1st, 10th and 100th
+    # exact neighbour (near-copies put all 100 close, where one IVF list tends to hold them)
+    sims = {str(r + 1): round(float(np.mean(np.sum(base[truth[:, r]] * queries, axis=1))), 4)
+            for r in (0, 9, K - 1) if r < truth.shape[1]}
+    res: dict[str, Any] = {"n": n, "queries": nq, "ground_truth_s": gt_s, "neighbour_similarity": sims,
+                           "indexes": {}}
 
     flat = _flat(n, ids, base, queries, truth, cfg, bar)
     res["indexes"]["faiss_flat"] = flat
