@@ -46,6 +46,14 @@ def test_vectors_are_the_texts_embeddings_cached_and_resumed(small_chunks, tmp_p
     np.testing.assert_allclose(third, base, atol=1e-6)
     assert not list(folder.glob(".*.tmp.npy"))
 
+    # a damaged chunk is named, not read
+    (folder / "00000.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(InvalidInputError, match="00000.npy"):
+        tv.text_vectors(150, 20, seed=3, cache_dir=tmp_path, backend="torch")
+    np.save(folder / "00000.npy", np.zeros((3, 384), np.float32))
+    with pytest.raises(InvalidInputError, match="delete it"):
+        tv.text_vectors(150, 20, seed=3, cache_dir=tmp_path, backend="torch")
+
 
 def test_markov_texts_walk_the_corpus_bigrams_and_a_seed_is_a_stream(tmp_path):
     corpus = ["red kettle with lid", "blue kettle for tea", "tea cups set of four", "", "   "]

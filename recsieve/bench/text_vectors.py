@@ -157,17 +157,29 @@ def _stream(embedder: Any, source: TextSource, root: Path, seed: int, count: int
             vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
             path = folder / f"{lo // CHUNK:05d}.npy"
             tmp = folder / f".{lo // CHUNK:05d}.tmp.npy"
-            np.save(tmp, vecs)
+            np.save(tmp, vecs, allow_pickle=False)
             os.replace(tmp, path)
             if bar is not None:
                 bar.update(CHUNK)
         if bar is not None:
             bar.close()
-    parts = [np.load(folder / f"{lo // CHUNK:05d}.npy") for lo in chunks]
+    parts = [_chunk(folder / f"{lo // CHUNK:05d}.npy") for lo in chunks]
     vectors = np.concatenate(parts)[:count]
     if vectors.shape[0] != count:
         raise InvalidInputError("cache_dir", str(folder), f"holds {vectors.shape[0]} vectors, expected {count}")
     return vectors, len(missing)
+
+
+def _chunk(path: Path) -> np.ndarray:
+    """One cached chunk, or an error naming it (delete it and it is embedded again)."""
+    try:
+        vecs = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError("cache_dir", str(path), f"chunk {path.name} unreadable, delete it to embed it again ({exc})") from None
+    if vecs.ndim != 2 or vecs.shape[0] != CHUNK or vecs.dtype != np.float32:
+        raise InvalidInputError("cache_dir", str(path), f"chunk {path.name} of shape {vecs.shape} {vecs.dtype}, expected "
+                                f"({CHUNK}, dim) float32: delete it to embed it again")
+    return vecs
 
 
 def _bar(enabled: bool, total: int, desc: str) -> Any:
