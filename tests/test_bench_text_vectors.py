@@ -135,3 +135,16 @@ def test_cli_names_bad_index_options(capsys):
     assert "index_sizes" in capsys.readouterr().err
     assert main(["bench", "--sections", "index", "--text-corpus", __file__, "--quiet"]) != 0
     assert "text_corpus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("data, words", [("clustered", "recall (clustered vectors)"),
+                                         ("text", "recall (MiniLM text vectors)")])
+def test_summary_names_the_data_the_recall_was_measured_on(data, words):
+    from recsieve.bench.report import format_summary
+
+    result = {"machine": {"cpu_model": "cpu", "usable_cpus": 2}, "quick": True, "threads": 2, "wall_s": 1.0,
+              "load_avg": {"start": None, "end": None}, "parameters": {"index_data": data},
+              "recall_default": {"size": 1000, "index": "faiss_ivf", "setting": {"nprobe": 2}, "recall_at_100": 0.97,
+                                 "latency": {"p50_ms": 0.1, "p99_ms": 0.2}, "speedup_p50_vs_flat": 3.0},
+              "cold_p95_ms": None, "hot_p99_ms": None, "rerank_speedup_vs_naive": None, "rerank_ndcg_ratio": None}
+    assert words in format_summary(result)

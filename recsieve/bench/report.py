@@ -177,8 +177,10 @@ def format_summary(result: dict[str, Any]) -> str:
     ]
     rd = result.get("recall_default")
     if rd:
+        data = result.get("parameters", {}).get("index_data", "clustered")
         lines.append(
-            f"recall: {rd['size']:,} items, {rd['index']} {rd['setting']}: recall@100 "
+            f"recall ({'clustered vectors' if data == 'clustered' else 'MiniLM text vectors'}): "
+            f"{rd['size']:,} items, {rd['index']} {rd['setting']}: recall@100 "
             f"{rd['recall_at_100']:.3f}, p50 {rd['latency']['p50_ms']:.2f} ms, p99 {rd['latency']['p99_ms']:.2f} ms "
             f"(target p99 <= 2 ms, recall >= {RECALL_TARGET}); {_fmt(rd.get('speedup_p50_vs_flat'), '.0f')}x faster than flat"
         )
