@@ -43,6 +43,7 @@ __all__ = [
     "atomic_write_json",
     "fsync_dir",
     "read_json",
+    "user_cache_dir",
     "GenerationDir",
 ]
 
@@ -50,6 +51,13 @@ __all__ = [
 FORMAT_VERSION = 1
 MANIFEST = "MANIFEST.json"
 _GEN_RE = re.compile(r"^gen-(\d{8})$")
+
+
+def user_cache_dir(name: str) -> Path:
+    """``$XDG_CACHE_HOME/recsieve/<name>``, else ``~/.cache/recsieve/<name>``: where a cache
+    goes when no folder is given."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "recsieve" / name
 
 
 def fsync_dir(path: Path) -> None:

@@ -23,6 +23,7 @@ how many follow it). A folder's name keys the source, the seed and the model and
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -35,6 +36,7 @@ import numpy as np
 from recsieve.bench.common import synthetic_items
 from recsieve.catalog import Catalog
 from recsieve.errors import InvalidInputError
+from recsieve.storage import atomic_write_bytes, user_cache_dir
 
 __all__ = ["CHUNK", "CatalogTexts", "MarkovTexts", "TextSource", "default_vector_cache", "read_corpus", "text_vectors"]
 
@@ -113,8 +115,7 @@ def read_corpus(path: str | os.PathLike) -> list[str]:
 
 def default_vector_cache() -> Path:
     """``$XDG_CACHE_HOME/recsieve/bench-vectors`` (else ``~/.cache/recsieve/bench-vectors``)."""
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "recsieve" / "bench-vectors"
+    return user_cache_dir("bench-vectors")
 
 
 def text_vectors(n: int, queries: int, *, seed: int, source: TextSource | None = None,
@@ -155,10 +156,9 @@ def _stream(embedder: Any, source: TextSource, root: Path, seed: int, count: int
         for lo in missing:
             vecs = embedder.embed(texts[lo:lo + CHUNK]).astype(np.float32)
             vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-            path = folder / f"{lo // CHUNK:05d}.npy"
-            tmp = folder / f".{lo // CHUNK:05d}.tmp.npy"
-            np.save(tmp, vecs, allow_pickle=False)
-            os.replace(tmp, path)
+            buffer = io.BytesIO()
+            np.save(buffer, vecs, allow_pickle=False)
+            atomic_write_bytes(folder / f"{lo // CHUNK:05d}.npy", buffer.getvalue())
             if bar is not None:
                 bar.update(CHUNK)
         if bar is not None:

@@ -41,7 +41,7 @@ import numpy as np
 
 from recsieve import __version__
 from recsieve.evaluation.datasets import Dataset
-from recsieve.storage import fsync_dir, sha256_file
+from recsieve.storage import fsync_dir, sha256_file, user_cache_dir
 
 __all__ = [
     "CacheableScorer",
@@ -93,8 +93,7 @@ class CacheableScorer(Protocol):
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/recsieve/evaluate``, else ``~/.cache/recsieve/evaluate``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "recsieve" / "evaluate"
+    return user_cache_dir("evaluate")
 
 
 def dataset_fingerprint(dataset: Dataset) -> str:
