@@ -174,6 +174,7 @@ def run_bench(
     sections: Sequence[str] = DEFAULT_SECTIONS,
     sizes: Sequence[int] | None = None,
     hnsw_max_size: int | None = None,
+    ef_construction: int | None = None,
     queries: int | None = None,
     lance_sizes: Sequence[int] | None = None,
     engine_items: int | None = None,
@@ -197,7 +198,9 @@ def run_bench(
     ``quick`` uses 10k and 100k vectors and smaller loads (a few minutes); the full run adds
     1M vectors (about 15 minutes on 2 cores). ``sections`` picks from :data:`SECTIONS`.
     The other keyword arguments override the preset's sizes (``sizes``: index sizes;
-    ``hnsw_max_size``: the largest size HNSW is built at;
+    ``hnsw_max_size``: the largest size HNSW is built at; ``ef_construction``: HNSW's
+    efConstruction at every size (default 200, FaissIndex's and so the engine's, up to 20k items
+    and 100 above, to keep the full run short);
     ``queries``: single queries per setting; ``lance_sizes``: sizes also built on LanceDB;
     ``engine_*``: generated catalog items, users and timed requests per stage;
     ``context_users``: generated users the context model trains on; ``context_budget_s``: the
@@ -230,7 +233,8 @@ def run_bench(
         from recsieve.distributed.connect import require_ray
 
         require_ray("data", "serve")
-    cfg = _config(quick, {"sizes": sizes, "hnsw_max_size": hnsw_max_size, "queries": queries,
+    cfg = _config(quick, {"sizes": sizes, "hnsw_max_size": hnsw_max_size, "ef_construction": ef_construction,
+                          "queries": queries,
                           "lance_sizes": lance_sizes, "engine_items": engine_items, "engine_users": engine_users,
                           "engine_requests": engine_requests, "load_seconds": load_seconds,
                           "rerank_pairs": rerank_pairs, "context_users": context_users,
@@ -260,7 +264,7 @@ def run_bench(
     )
     result["parameters"]["ef_construction_by_size"] = {str(n): cfg["ef_construction"](n) for n in cfg["sizes"]
                                                        if n <= cfg["hnsw_max_size"]}
-    if any(20_000 < n <= cfg["hnsw_max_size"] for n in cfg["sizes"]):
+    if ef_construction is None and any(20_000 < n <= cfg["hnsw_max_size"] for n in cfg["sizes"]):
         notes.append("HNSW efConstruction is 200 (FaissIndex's default) up to 20k items and 100 above, "
                      "to keep the run under 15 minutes on 2 cores")
     stage_samples: dict[str, list[float]] = {}
@@ -317,6 +321,7 @@ def run_bench(
 def _config(quick: bool, overrides: dict[str, Any]) -> dict[str, Any]:
     """The preset with ``overrides`` (those not ``None``) applied and checked."""
     cfg = dict(_QUICK if quick else _FULL)
+    efc = overrides.pop("ef_construction", None)
     for key, value in overrides.items():
         if value is not None:
             cfg[key] = tuple(value) if key in ("sizes", "lance_sizes") else value
@@ -333,6 +338,10 @@ def _config(quick: bool, overrides: dict[str, Any]) -> dict[str, Any]:
     cfg["hnsw_ef"], cfg["ivf_nprobe"], cfg["lance_ef"] = HNSW_EF, IVF_NPROBE, LANCE_EF
     # building HNSW over 100k x 384 at FaissIndex's efConstruction=200 takes too long on 2 cores
     cfg["ef_construction"] = lambda n: 200 if n <= 20_000 else 100
+    if efc is not None:
+        if isinstance(efc, bool) or not isinstance(efc, int) or efc < 1:
+            raise InvalidInputError("ef_construction", efc, "must be a positive integer")
+        cfg["ef_construction"] = lambda n: efc
     return cfg
 
 
