@@ -263,6 +263,18 @@ def test_encoder_flops_hand_computed():
     assert encoder_flops([3, 3], layers=2, hidden=2, intermediate=4) == 4 * 264
 
 
+def test_hnsw_ef_construction_reaches_the_built_index():
+    """``ef_construction`` builds every size's HNSW with it (the default: 200 up to 20k items)."""
+    kw = dict(sections=("index",), sizes=(300,), queries=12, lance_sizes=(), progress=False, summary=False)
+    got = run_bench(ef_construction=17, **kw)
+    assert got["parameters"]["ef_construction_by_size"] == {"300": 17}
+    assert got["index"]["sizes"]["300"]["indexes"]["faiss_hnsw"]["ef_construction"] == 17
+    default = run_bench(**kw)
+    assert default["index"]["sizes"]["300"]["indexes"]["faiss_hnsw"]["ef_construction"] == 200
+    with pytest.raises(InvalidInputError, match="ef_construction"):
+        run_bench(ef_construction=0, **kw)
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(InvalidInputError):
         run_bench(sections=("index", "nope"), progress=False, summary=False)

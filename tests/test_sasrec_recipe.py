@@ -36,6 +36,26 @@ def test_budget_alias_and_validation_keeps_the_best_epoch():
         SASRec(budget_s=5.0, time_budget=6.0)
 
 
+def test_valid_share_holds_out_every_user_when_asked():
+    """By default every user with 3+ items is held out (the reference's protocol; ``valid_users``
+    caps the count), so no user's last item is trained on; ``valid_share`` caps their share."""
+    seqs, n = _cycles(n_users=40)
+    seqs.append(np.array([1, 2], np.int64))  # too short to hold out
+    kw = dict(hidden=16, max_len=10, epochs=1, batch_size=16, threads=1, bf16=False, valid_users=1000)
+    fifth, every = SASRec(valid_share=0.2, **kw), SASRec(**kw)
+    fifth.fit(seqs, n)
+    every.fit(seqs, n)
+    assert fifth.history["valid_users"] == 8 and every.history["valid_users"] == 40
+    assert every.history["train_users"] == 41  # every user still trains on the items before
+    capped = SASRec(**{**kw, "valid_users": 25})
+    capped.fit(seqs, n)
+    assert capped.history["valid_users"] == 25
+    assert fifth.cache_settings()["valid_share"] == 0.2 and every.cache_settings()["valid_share"] == 1.0
+    for bad in (0.0, 1.5):
+        with pytest.raises(InvalidInputError, match="valid_share"):
+            SASRec(valid_share=bad)
+
+
 def test_batching_reaches_training_and_the_cache_key():
     """The reference's random batches by default; ``bucket`` trains on other batches (different
     weights from the same seed) and is part of the cache key; an unknown mode is refused."""

@@ -12,8 +12,7 @@ __all__ = ["run_evaluation", "run_streaming", "run_instructions", "SYSTEMS"]
 
 #: The SASRec yardstick's early stopping, as the published recipe's (Klenitskiy & Vasilev: patience 10
 #: on validation NDCG@10): epochs without a better one on the context encoder's held-out users
-#: (``TrainConfig.valid_users``, at most a fifth of the users; the reference holds out every
-#: user's second-to-last item).
+#: (``TrainConfig.valid_users``: every user's second-to-last item, as the reference, up to 2,048 users).
 SASREC_PATIENCE = 10
 SYSTEMS = ("popularity", "item-knn", "transitions", "sasrec", "text-zero-shot", "recsieve-recall", "recsieve-fast",
            "recsieve", "recsieve-without-cross-encoder")
@@ -99,6 +98,7 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
             from recsieve.training.context_model import TrainConfig
 
             built.append(SASRec(seed=seed, budget_s=sasrec_budget_s, valid_users=TrainConfig.valid_users,
+                                valid_share=TrainConfig.valid_share,
                                 patience=SASREC_PATIENCE))
         elif name == "text-zero-shot":
             built.append(TextZeroShot(data, embedder))
@@ -181,7 +181,7 @@ def add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed for the user subset and training (default 0)")
     s.add_argument("--systems", default="popularity,item-knn,transitions,text-zero-shot,recsieve-recall,recsieve",
                    help="comma-separated systems: popularity, item-knn, transitions, sasrec (the published full-softmax "
-                        "recipe: early stopping after 10 epochs without a better NDCG@10 on 2,048 held-out users (at most a fifth), the "
+                        "recipe: early stopping after 10 epochs without a better NDCG@10 on every user's validation item (up to 2,048 users), the "
                         "best epoch kept; --sasrec-budget-s), text-zero-shot, recsieve-recall, recsieve-fast (recall + ranking "
                         "head over recall's features), recsieve (the whole engine: context model + head, trained on "
                         "the training part), recsieve-without-cross-encoder (its ablation: the head retrained "

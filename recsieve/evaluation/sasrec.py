@@ -56,7 +56,9 @@ class SASRec:
     Training stops after ``epochs`` passes, once ``budget_s`` (alias ``time_budget``) seconds
     have gone by (checked after every batch), or — when ``valid_users`` > 0 — after
     ``patience`` epochs without a better validation NDCG@10 on held-out users (whose last
-    training item is then never trained on); the best epoch's weights are kept.
+    training item is then never trained on: up to ``valid_users``, at most ``valid_share`` of
+    the users with 3+ items, by default every one as in the reference); the best epoch's weights
+    are kept.
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class SASRec:
         schedule: str = "constant",
         batching: str = "random",
         valid_users: int = 0,
+        valid_share: float = 1.0,
         patience: int | None = None,
         seed: int = 0,
         threads: int | None = None,
@@ -117,6 +120,9 @@ class SASRec:
         self.dropout, self.lr, self.batch_size = dropout, lr, batch_size
         self.epochs, self.budget_s, self.seed = epochs, budget, seed
         self.bf16, self.schedule, self.valid_users, self.patience = bf16, schedule, valid_users, patience
+        if not 0.0 < valid_share <= 1.0:
+            raise InvalidInputError("valid_share", valid_share, "must be in (0, 1]")
+        self.valid_share = valid_share
         self.batching = batching
         self.threads, self.device, self.progress = threads, device, progress
         self._model = None
@@ -162,6 +168,7 @@ class SASRec:
             schedule=self.schedule,
             batching=self.batching,
             valid_users=self.valid_users,
+            valid_share=self.valid_share,
             patience=self.patience,
             sampled_above=max(int(n_items), 1),  # always the full softmax: the recipe
             seed=self.seed,
@@ -184,7 +191,7 @@ class SASRec:
                 "max_len": self.max_len, "dropout": self.dropout, "lr": self.lr, "batch_size": self.batch_size,
                 "epochs": self.epochs, "budget_s": self.budget_s, "bf16": self.bf16, "schedule": self.schedule,
                 "batching": self.batching,
-                "valid_users": self.valid_users, "patience": self.patience, "seed": self.seed,
+                "valid_users": self.valid_users, "valid_share": self.valid_share, "patience": self.patience, "seed": self.seed,
                 "threads": self.threads, "device": self.device}
 
     def save_fitted(self, folder: Path) -> None:
