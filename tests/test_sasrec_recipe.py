@@ -7,6 +7,7 @@ import pytest
 
 from recsieve.errors import InvalidInputError
 from recsieve.evaluation.sasrec import SASRec
+from recsieve.training.context_model import TrainConfig
 
 
 def _cycles(n_users=60, n_items=12, length=14):
@@ -36,7 +37,7 @@ def test_budget_alias_and_validation_keeps_the_best_epoch():
         SASRec(budget_s=5.0, time_budget=6.0)
 
 
-def test_valid_share_holds_out_every_user_when_asked():
+def test_every_user_is_held_out_by_default_up_to_valid_users():
     """By default every user with 3+ items is held out (the reference's protocol; ``valid_users``
     caps the count), so no user's last item is trained on; ``valid_share`` caps their share."""
     seqs, n = _cycles(n_users=40)
@@ -51,9 +52,11 @@ def test_valid_share_holds_out_every_user_when_asked():
     capped.fit(seqs, n)
     assert capped.history["valid_users"] == 25
     assert fifth.cache_settings()["valid_share"] == 0.2 and every.cache_settings()["valid_share"] == 1.0
-    for bad in (0.0, 1.5):
+    for bad in (0.0, 1.5, "all", True):
         with pytest.raises(InvalidInputError, match="valid_share"):
             SASRec(valid_share=bad)
+    with pytest.raises(InvalidInputError, match="valid_share"):
+        TrainConfig(valid_share=0.0)
 
 
 def test_batching_reaches_training_and_the_cache_key():

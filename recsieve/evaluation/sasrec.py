@@ -120,8 +120,8 @@ class SASRec:
         self.dropout, self.lr, self.batch_size = dropout, lr, batch_size
         self.epochs, self.budget_s, self.seed = epochs, budget, seed
         self.bf16, self.schedule, self.valid_users, self.patience = bf16, schedule, valid_users, patience
-        if not 0.0 < valid_share <= 1.0:
-            raise InvalidInputError("valid_share", valid_share, "must be in (0, 1]")
+        if isinstance(valid_share, bool) or not isinstance(valid_share, (int, float)) or not 0.0 < valid_share <= 1.0:
+            raise InvalidInputError("valid_share", valid_share, "must be a share in (0, 1]")
         self.valid_share = valid_share
         self.batching = batching
         self.threads, self.device, self.progress = threads, device, progress

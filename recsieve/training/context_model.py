@@ -95,8 +95,9 @@ class TrainConfig:
     bf16: bool | None = None  # None: where the CPU has AMX
     sampled_above: int = 50_000
     n_negatives: int = 8192
-    #: held-out users for early stopping and the best epoch, at most (every user with 3+ items by
-    #: default, as SASRec's reference validates every user's second-to-last item). Measured on ML-1M (context encoder, 2,200 s budgets side by side, patience 8): on
+    #: the most users held out for early stopping and the best epoch (by default every user with 3+
+    #: items up to this many, as SASRec's reference validates every user's second-to-last item).
+    #: Measured on ML-1M (context encoder, 2,200 s budgets side by side, patience 8): on
     #: 512 the held-out NDCG@10 jumped from epoch to epoch (0.1609, 0.1564, 0.1529 at epochs 42-44),
     #: patience stopped at epoch 50 of ~60 and test NDCG@10 was 0.1628; on 1,208 (a fifth) the curve
     #: rose almost steadily to the budget's end, best epoch 52: 0.1644 (paired +0.0015 [-0.0010,
@@ -136,8 +137,9 @@ class TrainConfig:
             raise InvalidInputError("schedule", self.schedule, "cosine, linear or constant")
         if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
             raise InvalidInputError("threads", self.threads, "must be a positive integer or None")
-        if not 0.0 < self.valid_share <= 1.0:
-            raise InvalidInputError("valid_share", self.valid_share, "must be in (0, 1]")
+        if isinstance(self.valid_share, bool) or not isinstance(self.valid_share, (int, float)) \
+                or not 0.0 < self.valid_share <= 1.0:
+            raise InvalidInputError("valid_share", self.valid_share, "must be a share in (0, 1]")
         if isinstance(self.id_dropout, bool) or not isinstance(self.id_dropout, (int, float)) \
                 or not 0.0 <= self.id_dropout < 1.0:
             raise InvalidInputError("id_dropout", self.id_dropout, "must be a share in [0, 1)")
