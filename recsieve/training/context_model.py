@@ -9,10 +9,9 @@ AMX (``amx_bf16`` in ``/proc/cpuinfo``) the forward pass runs under bf16 autocas
 AdamW, linear warmup then cosine decay; the schedule's clock is ``max(step share, time share
 of budget_s)``, so a time-budgeted run still ends at a low learning rate. Early stopping and
 the choice of the best epoch use NDCG@10 (full ranking, history excluded) on the validation
-position of up to ``valid_users`` held-out users (every user with 3+ items when there are
-fewer; ``valid_share`` caps their share): their last
-training item is the validation target and never trained on. Nothing from the caller's test or
-validation position is needed here: pass training sequences only.
+position of up to ``valid_users`` held-out users (each user with 3+ items; ``valid_share``
+caps their share): their last training item is the validation target and never trained on.
+Nothing from the caller's test or validation position is needed: pass training sequences only.
 
 **Candidate scorer** (:func:`fit_candidate_scorer`): listwise softmax over each example's
 candidate rows, with the target's index given.
@@ -78,37 +77,26 @@ class TrainConfig:
     min_lr_ratio: float = 0.05
     batch_size: int = 128
     #: ``bucket`` (default): every epoch deals fresh random pools of ``batches.BUCKET_POOL`` batches'
-    #: users, sorts each pool by length and cuts it into batches, in random order (fresh batches,
-    #: little padding), and weighs every position alike whatever its batch's size: a batch's
-    #: gradient is its positions' sum over the epoch's mean positions per batch, not their mean.
-    #: ``random``: fresh random batches every epoch (SASRec's reference loader; on ML-1M 46% of a
-    #: batch's positions are padding). ``length``: fixed batches of users of similar length (a
-    #: batch of short sequences then weighs as much as one of long ones, every epoch; measured on
-    #: ML-1M: NDCG@10 0.1470 after 25 epochs against 0.1599 for ``random``). Measured on ML-1M
-    #: (context encoder, 2 epochs on 2 threads): 12.6-12.8 s an epoch against 20.0-20.9 for
-    #: ``random``; equal 1,200 s budgets side by side, one thread each, all 6,040 users' test
-    #: NDCG@10: 0.1558 (43 epochs) against 0.1489 (29; stopped on patience at 954 s), paired
-    #: +0.0069 [+0.0042, +0.0097] (bench/results/batching_ml1m.json); end to end (recsieve
-    #: evaluate, ML-1M and Amazon Scientific) nothing measurable moved. The SASRec yardstick keeps
-    #: ``random`` (:class:`~recsieve.evaluation.sasrec.SASRec`).
+    #: users, sorts each pool by length and cuts it into batches, in random order, and weighs every
+    #: position alike whatever its batch's size (a batch's gradient is its positions' sum over the
+    #: epoch's mean positions per batch). ``random``: fresh random batches every epoch (SASRec's
+    #: reference loader; on ML-1M 46% of a batch's positions are padding). ``length``: fixed batches
+    #: of users of similar length (ML-1M NDCG@10 0.1470 after 25 epochs against 0.1599 for
+    #: ``random``). On ML-1M bucket epochs take 12.6-12.8 s against 20.0-20.9 (2 threads); equal
+    #: 1,200 s budgets, one thread each: test NDCG@10 0.1558 against 0.1489, paired +0.0069
+    #: [+0.0042, +0.0097] (bench/results/batching_ml1m.json); end to end (recsieve evaluate, ML-1M
+    #: and Amazon Scientific) nothing measurable moved. The SASRec yardstick keeps ``random``.
     batching: str = "bucket"
     bf16: bool | None = None  # None: where the CPU has AMX
     sampled_above: int = 50_000
     n_negatives: int = 8192
-    #: the most users held out for early stopping and the best epoch (by default every user with 3+
-    #: items up to this many, as SASRec's reference validates every user's second-to-last item).
-    #: Measured on ML-1M (context encoder, 2,200 s budgets side by side, patience 8): on
-    #: 512 the held-out NDCG@10 jumped from epoch to epoch (0.1609, 0.1564, 0.1529 at epochs 42-44),
-    #: patience stopped at epoch 50 of ~60 and test NDCG@10 was 0.1628; on 1,208 (a fifth) the curve
-    #: rose almost steadily to the budget's end, best epoch 52: 0.1644 (paired +0.0015 [-0.0010,
-    #: +0.0040]; bench/results/early_stopping_ml1m.json)
+    #: the most users held out for early stopping and the best epoch (each user with 3+ items up to
+    #: this many, as SASRec's reference validates every user's second-to-last item). On ML-1M, 512
+    #: held out gave a jumpy curve that patience stopped early (test NDCG@10 0.1628), 1,208 a
+    #: steady one (0.1644; bench/results/early_stopping_ml1m.json)
     valid_users: int = 2048
-    #: the largest share of the users with 3+ items held out (``valid_users`` caps the number).
-    #: It was a fifth; on a small dataset that is a few hundred users, too few to stop on: on
-    #: MovieLens-100K (943 users) the SASRec yardstick stopped after 21 epochs on 188 held-out users
-    #: with test NDCG@10 0.0723, and after 61 on all 943 with 0.1027 (paired +0.0304 [+0.0152,
-    #: +0.0463]); the context encoder under recsieve 0.1255 -> 0.1283 (+0.0029 [-0.0031, +0.0090];
-    #: bench/results/valid_share_ml100k.json)
+    #: the largest share of the users with 3+ items held out. It was a fifth: on ML-100K, 188 users,
+    #: on which the yardstick stopped at test NDCG@10 0.0723 against 0.1027 on all 943 (README)
     valid_share: float = 1.0
     eval_every: int = 1
     patience: int | None = 8
