@@ -187,9 +187,10 @@ class SentenceTransformerEmbedder:
     get a second session of that many threads.
 
     ``backend``: one of :data:`EMBEDDING_BACKENDS` or ``"auto"`` (:func:`resolve_backend`);
-    :attr:`backend` is the one chosen (``auto`` on a ``device`` other than the CPU is ``torch``). ``cache_dir``: where ONNX / OpenVINO backends keep the
-    model's export (``None``: ``~/.cache/recsieve/embedders``; never inside the installed
-    package); it is made on first use.
+    :attr:`backend` is the one chosen (``auto`` on a ``device`` other than the CPU is ``torch``).
+    ``cache_dir``: where ONNX / OpenVINO backends keep the model's export (``None``:
+    :func:`recsieve.embedding_export.default_cache_dir`, under ``$XDG_CACHE_HOME`` else
+    ``~/.cache``; never inside the installed package); it is made on first use.
     """
 
     def __init__(

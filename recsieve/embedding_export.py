@@ -34,7 +34,7 @@ import numpy as np
 from recsieve.errors import InvalidInputError, MissingDependencyError
 from recsieve.locks import FileLock
 from recsieve.quantization import needs_requantizing, quantize_int8
-from recsieve.storage import atomic_write_json, read_json
+from recsieve.storage import atomic_write_json, read_json, user_cache_dir
 
 __all__ = ["EXPORT_FORMAT", "GraphEncoder", "bf16_supported", "default_cache_dir", "export_encoder", "export_folder",
            "export_info"]
@@ -45,8 +45,9 @@ _POOLING = ("mean", "cls")
 
 
 def default_cache_dir() -> Path:
-    """``~/.cache/recsieve/embedders``: where exports go when no cache folder is given."""
-    return Path.home() / ".cache" / "recsieve" / "embedders"
+    """``$XDG_CACHE_HOME/recsieve/embedders``, else ``~/.cache/recsieve/embedders``: where
+    exports go when no cache folder is given."""
+    return user_cache_dir("embedders")
 
 
 def _source(model_path: Path) -> dict[str, Any]:

@@ -315,7 +315,15 @@ def test_exports_go_to_the_cache_folder_once_and_int8_follows_the_isa(tmp_path_f
     export_encoder(BUNDLED, cache, int8=True)
     assert export_info(BUNDLED, cache)["int8"] == int8_settings()
     assert set(Path(BUNDLED).rglob("*")) == package  # nothing is written into the installed package
-    assert default_cache_dir().is_relative_to(Path.home()) and not default_cache_dir().is_relative_to(BUNDLED)
+    assert not default_cache_dir().is_relative_to(BUNDLED)
+
+
+def test_export_cache_follows_xdg_cache_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "recsieve" / "embedders"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "recsieve" / "embedders"
 
 
 def test_a_query_embedder_of_another_backend_is_refused(torch_embedder):
