@@ -4,7 +4,7 @@ reads: ``--dataset``; leave-one-out, full ranking, history excluded).
 python bench/context_experiment.py --system context|sasrec --budget 600 [--dataset ml-1m --data DIR]
   [--users 1000] [--ids-only]
   [--fp32] [--sampled] [--epochs N] [--lr 1e-3] [--stage test|valid] [--max-batches N]
-  [--attention-dropout P] [--batching random|length|bucket] [--ema DECAY] [--per-user FILE.npy] [--pair-with OTHER.npy]
+  [--attention-dropout P] [--batching random|length|bucket] [--per-user FILE.npy] [--pair-with OTHER.npy]
 Prints a JSON line with the figures. Text vectors: MiniLM of the item texts, cached at --text-cache.
 ``--per-user`` saves the per-user NDCG@10; ``--pair-with`` adds this run's paired difference
 from such a file (same users) with a 95% bootstrap interval -- two runs side by side, one
@@ -73,8 +73,6 @@ def main() -> None:
                     help="held-out users for early stopping, at most a fifth of the users (default %(default)s)")
     ap.add_argument("--id-dropout", type=float, default=TrainConfig.id_dropout,
                     help="share of items whose ID residual each batch drops (TrainConfig.id_dropout; default %(default)s)")
-    ap.add_argument("--ema", type=float, default=TrainConfig.ema,
-                    help="decay of the weights' moving average that validation reads (TrainConfig.ema; 0: none)")
     ap.add_argument("--per-user", default=None, help="save the per-user NDCG@10 here (.npy)")
     ap.add_argument("--pair-with", default=None, help="a --per-user file of another run on the same users")
     a = ap.parse_args()
@@ -85,7 +83,7 @@ def main() -> None:
     cfg = TrainConfig(
         epochs=a.epochs, budget_s=a.budget, lr=a.lr, batch_size=a.batch, batching=a.batching, bf16=not a.fp32,
         sampled_above=1 if a.sampled else 50_000, n_negatives=a.negatives, patience=patience,
-        valid_users=a.valid_users, id_dropout=a.id_dropout, ema=a.ema,
+        valid_users=a.valid_users, id_dropout=a.id_dropout,
         weight_decay=a.wd, schedule=a.schedule or "cosine", seed=a.seed, threads=a.threads, progress=True,
     )
     if a.system == "sasrec":

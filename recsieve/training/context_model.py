@@ -19,7 +19,6 @@ candidate rows, with the target's index given.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
@@ -35,11 +34,9 @@ from tqdm.auto import tqdm
 
 from recsieve.context.model import ContextModel, ContextSettings
 from recsieve.errors import InvalidInputError
-from recsieve.training.averaging import WeightAverage
 from recsieve.training.batches import BATCHING, bucketed, check_sequences, right_pad
 from recsieve.training.data_parallel import DataParallel
 from recsieve.training.softmax import full_softmax_ce
-from recsieve.training.validation import ndcg10
 
 __all__ = [
     "TrainConfig",
@@ -112,9 +109,6 @@ class TrainConfig:
     #: cold item has -- is trained to stand on its own; 0: never. Read by :func:`fit_context_model`
     #: where the tower has both text and IDs; other tasks ignore it.
     id_dropout: float = 0.0
-    #: decay of an exponential moving average of the weights (:mod:`recsieve.training.averaging`),
-    #: which validation reads and training keeps; 0: none (the live weights)
-    ema: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "n_negatives", "eval_every", "sampled_above"):
@@ -137,8 +131,6 @@ class TrainConfig:
         if isinstance(self.id_dropout, bool) or not isinstance(self.id_dropout, (int, float)) \
                 or not 0.0 <= self.id_dropout < 1.0:
             raise InvalidInputError("id_dropout", self.id_dropout, "must be a share in [0, 1)")
-        if self.ema:
-            WeightAverage([], self.ema)  # refuses a decay outside (0, 1) by name
 
 
 def _lr_factor(cfg: TrainConfig, progress: float) -> float:
@@ -150,6 +142,28 @@ def _lr_factor(cfg: TrainConfig, progress: float) -> float:
     q = (p - cfg.warmup) / max(1.0 - cfg.warmup, 1e-9)
     shape = 0.5 * (1 + math.cos(math.pi * q)) if cfg.schedule == "cosine" else 1.0 - q
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+
+
+def _ndcg10(scores: np.ndarray, targets: np.ndarray, contexts: Sequence[np.ndarray]) -> tuple[float, float]:
+    """Mean NDCG@10 and HR@10, full ranking, context items excluded (ties: expected rank)."""
+    s = scores.astype(np.float64, copy=True)
+    rows = np.arange(len(targets))
+    t = s[rows, targets].copy()
+    for r, c in enumerate(contexts):
+        s[r, np.asarray(c, np.int64)] = -np.inf
+    s[rows, targets] = t
+    greater = (s > t[:, None]).sum(1)
+    equal = (s == t[:, None]).sum(1) - 1
+    ndcg = np.zeros(len(t))
+    hr = np.zeros(len(t))
+    for r in range(len(t)):
+        if np.asarray(contexts[r]).size and (np.asarray(contexts[r]) == targets[r]).any():
+            continue  # a repeat of a consumed item cannot be recommended: a miss
+        ps = np.arange(greater[r], greater[r] + equal[r] + 1)
+        inside = ps[ps < 10]
+        ndcg[r] = (1.0 / np.log2(inside + 2)).sum() / (equal[r] + 1)
+        hr[r] = inside.size / (equal[r] + 1)
+    return float(ndcg.mean()), float(hr.mean())
 
 
 @dataclass
@@ -227,7 +241,6 @@ def train_next_item(
         lr=cfg.lr,
         betas=cfg.betas,
     )
-    average = WeightAverage(params, cfg.ema) if cfg.ema else None
     total_steps = cfg.epochs * len(chunks)
     history: dict[str, Any] = {
         "bf16": bf16,
@@ -286,8 +299,6 @@ def train_next_item(
                             if p.grad is not None:
                                 p.grad.mul_(n / per_batch)
                     opt.step()
-                    if average is not None:
-                        average.update()
                     step += 1
                     total += loss_sum
                     count += n
@@ -304,18 +315,12 @@ def train_next_item(
                 if n_valid and ((epoch + 1) % cfg.eval_every == 0 or last):
                     for m in task.modules:
                         m.eval()
-                    if average is not None:  # the live weights' figure, for the record
-                        history.setdefault("valid_ndcg@10_live", []).append(
-                            round(_validate(task, v_ctx, v_tgt, max_len, bf16, parallel)[0], 5))
-                    with average.swapped() if average is not None else contextlib.nullcontext():
-                        nd, hr = _validate(task, v_ctx, v_tgt, max_len, bf16, parallel)
-                        improved = nd > best
-                        if improved:
-                            best_state = [copy.deepcopy(m.state_dict()) for m in task.modules]
+                    nd, hr = _validate(task, v_ctx, v_tgt, max_len, bf16, parallel)
                     history["valid_ndcg@10"].append(round(nd, 5))
                     history["valid_hr@10"].append(round(hr, 5))
-                    if improved:
+                    if nd > best:
                         best, best_epoch, stale = nd, epoch + 1, 0
+                        best_state = [copy.deepcopy(m.state_dict()) for m in task.modules]
                     else:
                         stale += 1
                     bar.set_postfix(loss=f"{history['losses'][-1]:.3f}", ndcg=f"{nd:.4f}")
@@ -330,8 +335,6 @@ def train_next_item(
         bar.close()
         if cfg.threads is not None:
             torch.set_num_threads(before_threads)
-    if best_state is None and average is not None:  # nothing validated: keep the average
-        average.keep()
     if best_state is not None:
         for m, st in zip(task.modules, best_state, strict=True):
             m.load_state_dict(st)
@@ -399,7 +402,7 @@ def _evaluate(task: NextItemTask, ctx, tgt, max_len: int, bf16: bool) -> tuple[f
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             h = task.user(table, rows)
         scores.append((h.float() @ table.T).numpy())
-    return ndcg10(np.concatenate(scores), tgt, ctx)
+    return _ndcg10(np.concatenate(scores), tgt, ctx)
 
 
 def _tower_table(model: ContextModel, text: torch.Tensor | None, cold: torch.Tensor | None,
