@@ -3,7 +3,7 @@ buy on cold-target users and cost on warm-target users, for one trained recsieve
 
 python bench/new_item_slots.py [--data ../shared/data/ml-1m] [--cold-items 0.1] [--budget-s 600]
   [--ranker-users 2000] [--warm-users 1000] [--settings 0@0,1@9,1@5,1@0,2@8,3@7] [--id-dropout F]
-  [--cold-share F] [--json FILE]
+  [--cold-share F] [--json FILE] [--per-user FILE.npz]
 
 The cold-item protocol of ``recsieve evaluate --cold-items`` (``cold_item_split``: a seeded share of
 the items never reaches training or a context): recsieve (context model, candidate scorer, head;
@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--cold-share", type=float, default=0.0, help="share of items made pseudo-cold for the head")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the report here")
+    ap.add_argument("--per-user", help="save every setting's per-user NDCG@10 here (.npz; keys SPLIT_SLOTS@POSITION), "
+                    "to pair two trainings on the same users")
     a = ap.parse_args()
     settings = [tuple(int(x) for x in s.split("@")) for s in a.settings.split(",")]
     if (0, 0) not in settings:
@@ -89,7 +91,7 @@ def main() -> None:
     t0 = time.perf_counter()
     system.fit(training_sequences(cold, "test"), cold.n_items)
     report = {"command": "python bench/new_item_slots.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if v not in (None, False, 0.0) and k not in ("data", "json")
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if v not in (None, False, 0.0) and k not in ("data", "json", "per_user")
     ).replace(" True", ""), "fit_seconds": round(time.perf_counter() - t0, 1),
         "cold_items": int(cold.cold.size), "users": {k: int(s.n_users) for k, s in splits.items()},
         "pseudo_cold": system.train_report.get("pseudo_cold"), "rows": []}
@@ -103,6 +105,7 @@ def main() -> None:
     system.engine.save()
     system.engine.close()
     base: dict[str, np.ndarray] = {}
+    kept: dict[str, np.ndarray] = {}
     for slots, position in settings:
         system.engine = Engine.open(directory, embedder=embedder,
                                     config=config.replace(new_item_slots=slots, new_item_position=position))
@@ -111,6 +114,7 @@ def main() -> None:
         for name, split in splits.items():
             ndcg, hit = per_user(system, split)
             base.setdefault(name, ndcg)
+            kept[f"{name}_{slots}@{position}"] = ndcg
             d = ndcg - base[name]
             row[name] = {"ndcg@10": float(ndcg.mean()), "hr@10": float(hit.mean()),
                          "ndcg@10_vs_no_slots": float(d.mean()),
@@ -120,6 +124,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     system.engine = None
     system.close()
+    if a.per_user:
+        np.savez(a.per_user, **kept)
     if a.json:
         with open(a.json, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=1)
