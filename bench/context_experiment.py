@@ -4,7 +4,7 @@ reads: ``--dataset``; leave-one-out, full ranking, history excluded).
 python bench/context_experiment.py --system context|sasrec --budget 600 [--dataset ml-1m --data DIR]
   [--users 1000] [--ids-only]
   [--fp32] [--sampled] [--epochs N] [--lr 1e-3] [--stage test|valid] [--max-batches N]
-  [--attention-dropout P] [--batching random|length|bucket] [--per-user FILE.npy] [--pair-with OTHER.npy]
+  [--attention-dropout P] [--batching random|length|bucket] [--dim D] [--heads H] [--blocks B] [--per-user FILE.npy] [--pair-with OTHER.npy]
 Prints a JSON line with the figures. Text vectors: MiniLM of the item texts, cached at --text-cache.
 ``--per-user`` saves the per-user NDCG@10; ``--pair-with`` adds this run's paired difference
 from such a file (same users) with a 95% bootstrap interval -- two runs side by side, one
@@ -73,6 +73,9 @@ def main() -> None:
                     help="held-out users for early stopping, at most a fifth of the users (default %(default)s)")
     ap.add_argument("--id-dropout", type=float, default=TrainConfig.id_dropout,
                     help="share of items whose ID residual each batch drops (TrainConfig.id_dropout; default %(default)s)")
+    ap.add_argument("--dim", type=int, default=ContextSettings.dim, help="token width (default %(default)s)")
+    ap.add_argument("--heads", type=int, default=ContextSettings.heads, help="attention heads (default %(default)s)")
+    ap.add_argument("--blocks", type=int, default=ContextSettings.blocks, help="transformer blocks (default %(default)s)")
     ap.add_argument("--per-user", default=None, help="save the per-user NDCG@10 here (.npy)")
     ap.add_argument("--pair-with", default=None, help="a --per-user file of another run on the same users")
     a = ap.parse_args()
@@ -95,7 +98,8 @@ def main() -> None:
         tv = None if a.ids_only else text_vectors(data, a.text_cache)
         settings = ContextSettings(n_warm=data.n_items if hasattr(data, "n_items") else len(data.items),
                                    text_dim=0 if a.ids_only else 384, dropout=a.dropout, use_ids=not a.no_ids,
-                                   attention_dropout=a.attention_dropout)
+                                   attention_dropout=a.attention_dropout, dim=a.dim, heads=a.heads,
+                                   blocks=a.blocks)
         system = ContextScorer(tv, settings=settings, config=cfg)
     t = time.time()
     row = evaluate_split(split, system, stage=a.stage, progress=False, per_user=True)
