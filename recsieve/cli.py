@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget-s", type=float, default=1200.0,
                    help="context encoder: training time budget in seconds, 0 for none (default 1200)")
     s.add_argument("--epochs", type=int, default=200, help="context encoder: epochs at most (default 200)")
-    s.add_argument("--dim", type=int, default=64, help="context encoder: token and hidden size (default 64)")
+    s.add_argument("--dim", type=int, default=128, help="context encoder: token and hidden size (default 128)")
     s.add_argument("--max-len", type=int, default=200, help="context encoder: events read per user (default 200)")
     s.add_argument("--scorer-steps", type=int, default=2,
                    help="candidate scorer: each user's steps it learns from, held out from the encoder and "

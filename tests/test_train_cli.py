@@ -174,10 +174,11 @@ def test_train_cli_defaults_are_the_librarys():
     import inspect
 
     from recsieve.cli import build_parser
-    from recsieve.training.model import SCORER_STEPS, train_engine
+    from recsieve.training.model import CONTEXT_DIM, SCORER_STEPS, train_engine
 
     args = build_parser().parse_args(["train", "DIR"])
     defaults = inspect.signature(train_engine).parameters
     assert args.scorer_steps == SCORER_STEPS == defaults["scorer_steps"].default
     assert args.users == defaults["users"].default
+    assert args.dim == CONTEXT_DIM == defaults["dim"].default
     assert args.steps_per_user == defaults["steps_per_user"].default

@@ -41,10 +41,10 @@ if TYPE_CHECKING:
     from recsieve.engine.config import EngineConfig
     from recsieve.engine.engine import Engine
 
-__all__ = ["CONTEXT_DIM", "CONTEXT_MAX_LEN", "engine_section"]
+__all__ = ["CONTEXT_MAX_LEN", "engine_section"]
 
-#: The bench's context model: token dimension and events the encoder reads.
-CONTEXT_DIM = 64
+#: The bench's context model: the library's token dimension (``training.model.CONTEXT_DIM``), and
+#: the events the encoder reads.
 CONTEXT_MAX_LEN = 50
 
 
@@ -117,8 +117,9 @@ def _train_context(engine: Engine, pop: SyntheticUsers, cfg: dict[str, Any], see
                    bar: ProgressBar, notes: list[str]) -> tuple[dict[str, Any], list[str]]:
     """The context model: ``cfg["context_users"]`` more generated users with longer histories
     (``cfg["context_events"]`` events each) are recorded, then
-    :func:`~recsieve.training.train_engine` trains a small encoder (dim 64, the last 50 events,
-    ``cfg["context_budget_s"]`` seconds at most), the candidate scorer (half that budget) and
+    :func:`~recsieve.training.train_engine` trains an encoder (the library's width,
+    ``training.model.CONTEXT_DIM``; the last 50 events; ``cfg["context_budget_s"]`` seconds at
+    most), the candidate scorer (half that budget) and
     the ranking head that stacks them (on the last step of ``cfg["context_head_users"]`` users),
     and switches the engine to the folder. Returns the
     training figures and the new users' ids."""
@@ -126,6 +127,7 @@ def _train_context(engine: Engine, pop: SyntheticUsers, cfg: dict[str, Any], see
 
     from recsieve.training import train_engine
     from recsieve.training.context_model import TrainConfig
+    from recsieve.training.model import CONTEXT_DIM
 
     bar.step("engine: context users")
     rng = pop.rng
