@@ -65,6 +65,9 @@ def test_json_has_headline_keys_and_machine(tiny):
         assert written[key] > 0, key
     model = written["engine"]["context_model"]
     assert model["encoder_users"] > 0 and model["scorer_examples"] > 0 and model["head"]["train_users"] > 0
+    from recsieve.training.model import CONTEXT_DIM
+
+    assert model["dim"] == CONTEXT_DIM  # the width the served model has: the library's default
     assert {"context.context_encoder", "context.context_cross"} <= set(model["head_features"])
     # the thread counts are recorded: the context model serves on its own (1), the run pins 1 here
     assert model["inference_threads"] == written["engine"]["context_stages"]["inference_threads"] == 1

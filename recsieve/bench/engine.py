@@ -43,8 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CONTEXT_MAX_LEN", "engine_section"]
 
-#: The bench's context model: the library's token dimension (``training.model.CONTEXT_DIM``), and
-#: the events the encoder reads.
+#: The events the bench's context model reads (its width is the library's default).
 CONTEXT_MAX_LEN = 50
 
 
@@ -127,7 +126,6 @@ def _train_context(engine: Engine, pop: SyntheticUsers, cfg: dict[str, Any], see
 
     from recsieve.training import train_engine
     from recsieve.training.context_model import TrainConfig
-    from recsieve.training.model import CONTEXT_DIM
 
     bar.step("engine: context users")
     rng = pop.rng
@@ -140,7 +138,7 @@ def _train_context(engine: Engine, pop: SyntheticUsers, cfg: dict[str, Any], see
     encoder = TrainConfig(epochs=cfg["context_epochs"], budget_s=budget, valid_users=256, seed=seed)
     # one held-out step per user: the head learns from each sampled user's last step
     report = train_engine(engine, workdir / "model", steps_per_user=1, users=cfg["context_head_users"],
-                          encoder=encoder, dim=CONTEXT_DIM, max_len=CONTEXT_MAX_LEN,
+                          encoder=encoder, max_len=CONTEXT_MAX_LEN,
                           scorer_steps=1, scorer_epochs=2, scorer_budget_s=budget / 2,
                           seed=seed, progress=False)
     runtime = engine.serving_model.context
@@ -151,7 +149,7 @@ def _train_context(engine: Engine, pop: SyntheticUsers, cfg: dict[str, Any], see
     enc = report["encoder"]
     return {
         "users": len(users), "events": len(events), "record_events_per_s": len(events) / secs,
-        "dim": CONTEXT_DIM, "max_len": CONTEXT_MAX_LEN, "encoder_budget_s": budget,
+        "dim": runtime.model.settings.dim, "max_len": CONTEXT_MAX_LEN, "encoder_budget_s": budget,
         "encoder": {k: v for k, v in enc.items() if isinstance(v, (int, float, str, bool)) or v is None},
         "encoder_users": report["encoder_users"], "scorer_examples": report.get("scorer_examples", 0),
         "scorer": {k: v for k, v in (report.get("scorer") or {}).items()
