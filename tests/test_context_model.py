@@ -16,7 +16,12 @@ from recsieve.errors import (
     ModelNotTrainedError,
 )
 from recsieve.training.batches import BUCKET_POOL, bucketed
-from recsieve.training.context_model import TrainConfig, fit_candidate_scorer, fit_context_model
+from recsieve.training.context_model import (
+    TrainConfig,
+    fit_candidate_scorer,
+    fit_context_model,
+    native_bf16,
+)
 
 
 def _cfg(**kw):
@@ -369,3 +374,16 @@ def test_bucket_batching_learns_the_pattern():
 def test_unknown_batching_is_refused():
     with pytest.raises(InvalidInputError, match="batching"):
         TrainConfig(batching="sorted")
+
+
+@pytest.mark.parametrize("flags, native", [
+    ("fpu avx2 avx512f avx512_vnni avx512_bf16", True),  # AVX-512 BF16 without AMX (an AMD EPYC)
+    ("fpu avx2 avx512f amx_tile amx_bf16 amx_int8", True),  # AMX
+    ("fpu avx2 fma", False),  # AVX2 only: bf16 would be emulated, training stays fp32
+    ("fpu avx2 avx512f avx512_bf16x", False),  # a flag that only starts with the name
+])
+def test_bf16_training_is_chosen_by_the_cpu_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n", encoding="utf-8")
+    assert native_bf16(str(cpuinfo)) is native
+    assert native_bf16(str(tmp_path / "missing")) is False

@@ -14,9 +14,9 @@ tower, so the yardstick and the context encoder share one loop; text vectors, ev
 ages are never given to it. Differences from the reference code: no dropout on the attention
 weights (the reference has 0.1; measured no worse without it, and the fused attention kernel
 makes a step ~25% faster: :class:`~recsieve.context.model.ContextSettings`), bf16 autocast where
-the CPU has bf16 arithmetic (AMX or AVX-512 BF16), a short linear warmup (2% of the run) before the constant lr, and positions
-counted from the newest event (measured no different: NDCG@10 0.1468 against 0.1470 after 25
-ML-1M epochs).
+the CPU has bf16 arithmetic (AMX or AVX-512 BF16), a short linear warmup (2% of the run) before
+the constant lr, and positions counted from the newest event (measured no different: NDCG@10
+0.1468 against 0.1470 after 25 ML-1M epochs).
 
 ``batching="bucket"`` (the context encoder's default, :class:`~recsieve.training.context_model.TrainConfig`)
 deals batches cut by length from random pools, every position weighed alike, ~1.6x faster epochs

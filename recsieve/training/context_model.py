@@ -52,12 +52,12 @@ __all__ = [
 ]
 
 
-def native_bf16() -> bool:
+def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True where the CPU computes in bf16 itself -- AMX tiles (``amx_bf16``) or AVX-512 BF16
     (``avx512_bf16``) -- so bf16 autocast is fast, not emulated (and on ML-1M it validated higher
     than fp32 at an equal budget: bench/results/bf16_ml1m.json)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+        with open(cpuinfo, encoding="utf-8") as fh:
             for line in fh:
                 if line.startswith("flags"):
                     return not {"amx_bf16", "avx512_bf16"}.isdisjoint(line.split())
