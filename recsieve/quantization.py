@@ -25,7 +25,7 @@ from typing import Any
 
 from recsieve.errors import InvalidInputError
 
-__all__ = ["ISAS", "cpu_isa", "int8_settings", "quantize_int8", "needs_requantizing"]
+__all__ = ["ISAS", "cpu_isa", "cpuinfo_flags", "int8_settings", "quantize_int8", "needs_requantizing"]
 
 #: Instruction sets told apart, best first. ``x86``: an x86-64 CPU without AVX2.
 ISAS = ("avx512_vnni", "avx_vnni", "arm64", "avx512", "avx2", "x86")
@@ -51,9 +51,10 @@ def _cpuid_flags() -> set[str] | None:
     return {name for key, name in _CPUID_NAMES.items() if features.get(key)}
 
 
-def _proc_cpuinfo_flags() -> set[str]:
+def cpuinfo_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU flags ``path`` lists (empty where it cannot be read)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+        with open(path, encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 if line.startswith("flags"):
                     return set(line.partition(":")[2].split())
@@ -75,7 +76,7 @@ def cpu_isa() -> str:
     machine = platform.machine().lower()
     if machine in ("arm64", "aarch64"):
         return "arm64"
-    proc = _proc_cpuinfo_flags()
+    proc = cpuinfo_flags()
     cpuid = _cpuid_flags()
     flags = proc if cpuid is None else cpuid | ({"avx_vnni"} & proc if "avx2" in cpuid else set())
     if "avx512_vnni" in flags:

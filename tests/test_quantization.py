@@ -51,7 +51,7 @@ def test_the_isa_is_what_cpuid_reports(monkeypatch, cpuid, proc, isa) -> None:
 
     monkeypatch.setattr(q.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(q, "_cpuid_flags", lambda: cpuid)
-    monkeypatch.setattr(q, "_proc_cpuinfo_flags", lambda: proc)
+    monkeypatch.setattr(q, "cpuinfo_flags", lambda: proc)
     q.cpu_isa.cache_clear()
     try:
         assert q.cpu_isa() == isa

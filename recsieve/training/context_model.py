@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from recsieve.context.model import ContextModel, ContextSettings
 from recsieve.errors import InvalidInputError
+from recsieve.quantization import cpuinfo_flags
 from recsieve.training.batches import BATCHING, bucketed, check_sequences, right_pad
 from recsieve.training.data_parallel import DataParallel
 from recsieve.training.softmax import full_softmax_ce
@@ -56,14 +57,7 @@ def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True where the CPU computes in bf16 itself -- AMX tiles (``amx_bf16``) or AVX-512 BF16
     (``avx512_bf16``) -- so bf16 autocast is fast, not emulated (and on ML-1M it validated higher
     than fp32 at an equal budget: bench/results/bf16_ml1m.json)."""
-    try:
-        with open(cpuinfo, encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return not {"amx_bf16", "avx512_bf16"}.isdisjoint(line.split())
-    except OSError:
-        pass
-    return False
+    return not {"amx_bf16", "avx512_bf16"}.isdisjoint(cpuinfo_flags(cpuinfo))
 
 
 @dataclass(frozen=True)
