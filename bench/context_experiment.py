@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=ContextSettings.dim, help="token width (default %(default)s)")
     ap.add_argument("--heads", type=int, default=ContextSettings.heads, help="attention heads (default %(default)s)")
     ap.add_argument("--blocks", type=int, default=ContextSettings.blocks, help="transformer blocks (default %(default)s)")
+    ap.add_argument("--whole-history", action="store_true",
+                    help="train on every user's whole history in rows of max_len + 1 (TrainConfig.whole_history)")
     ap.add_argument("--per-user", default=None, help="save the per-user NDCG@10 here (.npy)")
     ap.add_argument("--pair-with", default=None, help="a --per-user file of another run on the same users")
     a = ap.parse_args()
@@ -86,7 +88,7 @@ def main() -> None:
     cfg = TrainConfig(
         epochs=a.epochs, budget_s=a.budget, lr=a.lr, batch_size=a.batch, batching=a.batching, bf16=not a.fp32,
         sampled_above=1 if a.sampled else 50_000, n_negatives=a.negatives, patience=patience,
-        valid_users=a.valid_users, id_dropout=a.id_dropout,
+        valid_users=a.valid_users, id_dropout=a.id_dropout, whole_history=a.whole_history,
         weight_decay=a.wd, schedule=a.schedule or "cosine", seed=a.seed, threads=a.threads, progress=True,
     )
     if a.system == "sasrec":
