@@ -49,7 +49,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=None)
     ap.add_argument("--budget", type=float, default=600)
     ap.add_argument("--epochs", type=int, default=200)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=None,
+                    help="peak learning rate (default: TrainConfig.lr; SASRec's own 1e-3 for --system sasrec)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--batching", default=TrainConfig.batching, choices=BATCHING,
                     help="TrainConfig.batching (default %(default)s)")
@@ -76,8 +77,6 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=ContextSettings.dim, help="token width (default %(default)s)")
     ap.add_argument("--heads", type=int, default=ContextSettings.heads, help="attention heads (default %(default)s)")
     ap.add_argument("--blocks", type=int, default=ContextSettings.blocks, help="transformer blocks (default %(default)s)")
-    ap.add_argument("--whole-history", action="store_true",
-                    help="train on every user's whole history in rows of max_len + 1 (TrainConfig.whole_history)")
     ap.add_argument("--per-user", default=None, help="save the per-user NDCG@10 here (.npy)")
     ap.add_argument("--pair-with", default=None, help="a --per-user file of another run on the same users")
     a = ap.parse_args()
@@ -86,15 +85,15 @@ def main() -> None:
     data = load_dataset(a.dataset, a.data)
     split = leave_one_out(data, users=a.users, seed=a.seed)
     cfg = TrainConfig(
-        epochs=a.epochs, budget_s=a.budget, lr=a.lr, batch_size=a.batch, batching=a.batching, bf16=not a.fp32,
+        epochs=a.epochs, budget_s=a.budget, lr=a.lr or TrainConfig.lr, batch_size=a.batch, batching=a.batching, bf16=not a.fp32,
         sampled_above=1 if a.sampled else 50_000, n_negatives=a.negatives, patience=patience,
-        valid_users=a.valid_users, id_dropout=a.id_dropout, whole_history=a.whole_history,
+        valid_users=a.valid_users, id_dropout=a.id_dropout,
         weight_decay=a.wd, schedule=a.schedule or "cosine", seed=a.seed, threads=a.threads, progress=True,
     )
     if a.system == "sasrec":
         from recsieve.evaluation.sasrec import SASRec
 
-        system = SASRec(seed=a.seed, budget_s=a.budget, epochs=a.epochs, lr=a.lr, dropout=a.dropout,
+        system = SASRec(seed=a.seed, budget_s=a.budget, epochs=a.epochs, lr=a.lr or 1e-3, dropout=a.dropout,
                         bf16=not a.fp32, threads=a.threads, schedule=a.schedule or "constant", valid_users=a.valid_users, patience=patience, progress=True)
     else:
         tv = None if a.ids_only else text_vectors(data, a.text_cache)

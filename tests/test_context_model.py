@@ -15,7 +15,7 @@ from recsieve.errors import (
     InvalidInputError,
     ModelNotTrainedError,
 )
-from recsieve.training.batches import BUCKET_POOL, bucketed, windows
+from recsieve.training.batches import BUCKET_POOL, bucketed
 from recsieve.training.context_model import (
     TrainConfig,
     fit_candidate_scorer,
@@ -369,42 +369,6 @@ def test_bucket_batching_learns_the_pattern():
     assert hist["losses"][-1] < hist["losses"][0]
     scores = model.score_items([np.array([7, 0, 1]), np.array([7, 3, 1])])
     assert int(np.argmax(scores[0])) == 2 and int(np.argmax(scores[1])) == 4
-
-
-@pytest.mark.parametrize("length", [2, 3, 7])
-def test_whole_history_windows_make_every_step_a_target_once(length):
-    rng = np.random.default_rng(length)
-    seqs = [rng.integers(0, 1000, size=n) for n in (0, 1, 2, length, length + 1, 3 * length + 2, 40)]
-    assert [w.tolist() for w in windows(seqs, length)] == [s[-length:].tolist() for s in seqs]
-    for s in seqs:
-        rows = windows([s], length, whole=True)
-        assert all(2 <= len(r) <= length for r in rows)
-        steps = []  # (position in s of the target, the row's items before it)
-        for r in rows:
-            starts = [i for i in range(len(s) - len(r) + 1) if np.array_equal(s[i : i + len(r)], r)]
-            assert starts, "a row is a contiguous slice of its sequence"
-            steps += [(starts[-1] + j, r[:j].tolist()) for j in range(1, len(r))]
-        assert sorted(p for p, _ in steps) == list(range(1, len(s)))  # each step once
-        assert all(ctx == s[max(0, p - len(ctx)) : p].tolist() for p, ctx in steps)
-
-
-def test_whole_history_trains_on_what_the_last_rows_leave_out():
-    """A->B->C vs D->B->E only at the start of long histories: invisible to training on the last
-    ``max_len + 1`` items, learnt from the whole history."""
-    rng = np.random.default_rng(2)
-    seqs = []
-    for u in range(200):
-        head = [0, 1, 2] if u % 2 == 0 else [3, 1, 4]
-        seqs.append(np.array([*head, *rng.integers(5, 20, size=12)], np.int64))
-    settings = ContextSettings(n_warm=20, text_dim=0, dim=32, heads=4, max_len=6, dropout=0.0)
-    probe = [np.array([7, 0, 1]), np.array([7, 3, 1])]
-    for whole, learns in ((True, True), (False, False)):
-        model, hist = fit_context_model(seqs, 20, None, settings=settings,
-                                        config=_cfg(epochs=60, whole_history=whole))
-        assert hist["train_rows"] == (200 * 3 if whole else 200)
-        scores = model.score_items(probe)
-        got = (int(np.argmax(scores[0])), int(np.argmax(scores[1])))
-        assert (got == (2, 4)) is learns, (whole, got)
 
 
 def test_unknown_batching_is_refused():

@@ -14,7 +14,7 @@ import numpy as np
 
 from recsieve.errors import InvalidInputError
 
-__all__ = ["BATCHING", "BUCKET_POOL", "bucketed", "check_sequences", "right_pad", "windows"]
+__all__ = ["BATCHING", "BUCKET_POOL", "bucketed", "check_sequences", "right_pad"]
 
 #: The ways next-item training deals its users into batches (``TrainConfig.batching``).
 BATCHING = ("random", "length", "bucket")
@@ -39,22 +39,6 @@ def right_pad(seqs: Sequence[np.ndarray], length: int, pad: int = -1) -> np.ndar
     for r, seq in enumerate(seqs):
         tail = np.asarray(seq, np.int64)[-length:]
         out[r, : tail.size] = tail
-    return out
-
-
-def windows(seqs: Sequence[np.ndarray], length: int, whole: bool = False) -> list[np.ndarray]:
-    """The training rows of ``seqs``, each at most ``length`` items: every sequence's last
-    ``length`` items, and with ``whole`` also the earlier ones, cut backwards into further rows
-    that overlap their successor by one item, so each item but a sequence's first is a target
-    in exactly one row (rows of fewer than 2 items are dropped)."""
-    if not whole:
-        return [np.asarray(s)[-length:] for s in seqs]
-    step = length - 1
-    out = []
-    for s in seqs:
-        s = np.asarray(s)
-        for end in range(len(s), 1, -step):
-            out.append(s[max(0, end - length) : end])
     return out
 
 
