@@ -81,11 +81,12 @@ def main() -> None:
     ap.add_argument("--pair-with", default=None, help="a --per-user file of another run on the same users")
     a = ap.parse_args()
     patience = a.patience or None
+    lr = {} if a.lr is None else {"lr": a.lr}  # unset: each trainer's own default
     torch.set_num_threads(a.threads)
     data = load_dataset(a.dataset, a.data)
     split = leave_one_out(data, users=a.users, seed=a.seed)
     cfg = TrainConfig(
-        epochs=a.epochs, budget_s=a.budget, lr=a.lr or TrainConfig.lr, batch_size=a.batch, batching=a.batching, bf16=not a.fp32,
+        epochs=a.epochs, budget_s=a.budget, **lr, batch_size=a.batch, batching=a.batching, bf16=not a.fp32,
         sampled_above=1 if a.sampled else 50_000, n_negatives=a.negatives, patience=patience,
         valid_users=a.valid_users, id_dropout=a.id_dropout,
         weight_decay=a.wd, schedule=a.schedule or "cosine", seed=a.seed, threads=a.threads, progress=True,
@@ -93,7 +94,7 @@ def main() -> None:
     if a.system == "sasrec":
         from recsieve.evaluation.sasrec import SASRec
 
-        system = SASRec(seed=a.seed, budget_s=a.budget, epochs=a.epochs, lr=a.lr or 1e-3, dropout=a.dropout,
+        system = SASRec(seed=a.seed, budget_s=a.budget, epochs=a.epochs, **lr, dropout=a.dropout,
                         bf16=not a.fp32, threads=a.threads, schedule=a.schedule or "constant", valid_users=a.valid_users, patience=patience, progress=True)
     else:
         tv = None if a.ids_only else text_vectors(data, a.text_cache)
