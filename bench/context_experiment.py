@@ -64,6 +64,12 @@ def main() -> None:
     ap.add_argument("--negatives", type=int, default=1024)
     ap.add_argument("--patience", type=int, default=8,
                     help="epochs without a better validation NDCG@10 before stopping; 0: none, train to the budget")
+    ap.add_argument("--plateau", type=int, default=None,
+                    help="epochs without a better validation NDCG@10 before the best weights come back and "
+                         "the rate is cut (TrainConfig.plateau; default: no cuts)")
+    ap.add_argument("--cut-factor", type=float, default=TrainConfig.cut_factor,
+                    help="the rate's factor at each cut (default %(default)s)")
+    ap.add_argument("--cuts", type=int, default=TrainConfig.cuts, help="the most cuts (default %(default)s)")
     ap.add_argument("--stage", default="test")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -88,7 +94,7 @@ def main() -> None:
     cfg = TrainConfig(
         epochs=a.epochs, budget_s=a.budget, **lr, batch_size=a.batch, batching=a.batching, bf16=not a.fp32,
         sampled_above=1 if a.sampled else 50_000, n_negatives=a.negatives, patience=patience,
-        valid_users=a.valid_users, id_dropout=a.id_dropout,
+        valid_users=a.valid_users, id_dropout=a.id_dropout, plateau=a.plateau, cut_factor=a.cut_factor, cuts=a.cuts,
         weight_decay=a.wd, schedule=a.schedule or "cosine", seed=a.seed, threads=a.threads, progress=True,
     )
     if a.system == "sasrec":

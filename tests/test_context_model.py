@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -387,3 +388,32 @@ def test_bf16_training_is_chosen_by_the_cpu_flags(tmp_path, flags, native):
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n", encoding="utf-8")
     assert native_bf16(str(cpuinfo)) is native
     assert native_bf16(str(tmp_path / "missing")) is False
+
+
+def test_a_plateau_brings_back_the_best_weights_and_cuts_the_rate():
+    """``plateau``: after an epoch without a better held-out NDCG@10 the best epoch's weights come
+    back and the rate is cut; at a rate cut to ~0 the next epoch validates exactly as the best."""
+    rng = np.random.default_rng(2)
+    seqs = [np.array([*rng.integers(5, 20, size=rng.integers(1, 4)), *([0, 1, 2] if u % 2 else [3, 1, 4])])
+            for u in range(200)]
+    settings = ContextSettings(n_warm=20, text_dim=0, dim=16, max_len=8, dropout=0.0)
+    lr = 3e-2
+    cfg = _cfg(epochs=30, lr=lr, schedule="constant", warmup=0.0, valid_users=64, plateau=1,
+               cut_factor=1e-9, cuts=2)
+    _, hist = fit_context_model(seqs, 20, None, settings=settings, config=cfg)
+    cuts, valid, rates = hist["cuts"], hist["valid_ndcg@10"], hist["lr"]
+    assert len(cuts) == 2 and cuts[1] == cuts[0] + 1  # the restored weights are no better: cut again
+    assert rates[: cuts[0]] == [lr] * cuts[0]
+    assert rates[cuts[0]] == pytest.approx(lr * 1e-9) and rates[cuts[1]] == pytest.approx(lr * 1e-18)
+    for c in cuts:  # the epoch after a cut starts from the best weights and barely moves them
+        assert valid[c] == max(valid[:c])
+    assert hist["best_valid_ndcg10"] == max(valid)
+    _, plain = fit_context_model(seqs, 20, None, settings=settings, config=replace(cfg, plateau=None))
+    assert plain["cuts"] == [] and set(plain["lr"]) == {lr}
+
+
+@pytest.mark.parametrize("field, value", [("plateau", 0), ("plateau", True), ("cut_factor", 1.0),
+                                          ("cut_factor", 0.0), ("cuts", 0)])
+def test_bad_plateau_settings_are_refused(field, value):
+    with pytest.raises(InvalidInputError, match=field):
+        TrainConfig(**{field: value})

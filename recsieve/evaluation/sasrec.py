@@ -170,6 +170,7 @@ class SASRec:
             valid_users=self.valid_users,
             valid_share=self.valid_share,
             patience=self.patience,
+            plateau=None,  # the recipe stops on patience; no rate cuts
             sampled_above=max(int(n_items), 1),  # always the full softmax: the recipe
             seed=self.seed,
             threads=self.threads,

@@ -12,6 +12,7 @@ of budget_s)``, so a time-budgeted run still ends at a low learning rate. Early 
 the choice of the best epoch use NDCG@10 (full ranking, history excluded) on the validation
 position of up to ``valid_users`` held-out users (each user with 3+ items; ``valid_share``
 caps their share): their last training item is the validation target and never trained on.
+With ``plateau`` set, a held-out curve that stops rising brings the best epoch back at a cut rate.
 Nothing from the caller's test or validation position is needed: pass training sequences only.
 
 **Candidate scorer** (:func:`fit_candidate_scorer`): listwise softmax over each example's
@@ -39,6 +40,7 @@ from recsieve.quantization import cpuinfo_flags
 from recsieve.training.batches import BATCHING, bucketed, check_sequences, right_pad
 from recsieve.training.data_parallel import DataParallel
 from recsieve.training.softmax import full_softmax_ce
+from recsieve.training.validation import validate
 
 __all__ = [
     "TrainConfig",
@@ -101,6 +103,12 @@ class TrainConfig:
     valid_share: float = 1.0
     eval_every: int = 1
     patience: int | None = 8
+    #: epochs without a better held-out NDCG@10 before the learning rate is cut: the best epoch's
+    #: weights and optimiser state come back and the rate is multiplied by ``cut_factor``, at most
+    #: ``cuts`` times (``patience`` still stops training; it counts again from each cut). None: no cuts
+    plateau: int | None = None
+    cut_factor: float = 0.25
+    cuts: int = 2
     seed: int = 0
     threads: int | None = None
     progress: bool = False
@@ -112,12 +120,17 @@ class TrainConfig:
     id_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "n_negatives", "eval_every", "sampled_above"):
+        for name in ("epochs", "batch_size", "n_negatives", "eval_every", "sampled_above", "cuts"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidInputError(name, v, "must be a positive integer")
         if self.budget_s is not None and not self.budget_s > 0:
             raise InvalidInputError("budget_s", self.budget_s, "must be positive seconds or None")
+        if self.plateau is not None and (isinstance(self.plateau, bool) or not isinstance(self.plateau, int)
+                                         or self.plateau < 1):
+            raise InvalidInputError("plateau", self.plateau, "must be a positive integer or None")
+        if not 0.0 < self.cut_factor < 1.0:
+            raise InvalidInputError("cut_factor", self.cut_factor, "must be in (0, 1)")
         if not self.lr > 0:
             raise InvalidInputError("lr", self.lr, "must be positive")
         if self.batching not in BATCHING:
@@ -143,28 +156,6 @@ def _lr_factor(cfg: TrainConfig, progress: float) -> float:
     q = (p - cfg.warmup) / max(1.0 - cfg.warmup, 1e-9)
     shape = 0.5 * (1 + math.cos(math.pi * q)) if cfg.schedule == "cosine" else 1.0 - q
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
-
-
-def _ndcg10(scores: np.ndarray, targets: np.ndarray, contexts: Sequence[np.ndarray]) -> tuple[float, float]:
-    """Mean NDCG@10 and HR@10, full ranking, context items excluded (ties: expected rank)."""
-    s = scores.astype(np.float64, copy=True)
-    rows = np.arange(len(targets))
-    t = s[rows, targets].copy()
-    for r, c in enumerate(contexts):
-        s[r, np.asarray(c, np.int64)] = -np.inf
-    s[rows, targets] = t
-    greater = (s > t[:, None]).sum(1)
-    equal = (s == t[:, None]).sum(1) - 1
-    ndcg = np.zeros(len(t))
-    hr = np.zeros(len(t))
-    for r in range(len(t)):
-        if np.asarray(contexts[r]).size and (np.asarray(contexts[r]) == targets[r]).any():
-            continue  # a repeat of a consumed item cannot be recommended: a miss
-        ps = np.arange(greater[r], greater[r] + equal[r] + 1)
-        inside = ps[ps < 10]
-        ndcg[r] = (1.0 / np.log2(inside + 2)).sum() / (equal[r] + 1)
-        hr[r] = inside.size / (equal[r] + 1)
-    return float(ndcg.mean()), float(hr.mean())
 
 
 @dataclass
@@ -252,8 +243,10 @@ def train_next_item(
         "valid_ndcg@10": [],
         "valid_hr@10": [],
         "epoch_seconds": [],
+        "lr": [],  # each epoch's last learning rate
+        "cuts": [],  # the epochs after which the learning rate was cut (``plateau``)
     }
-    best, best_state, best_epoch, stale = -1.0, None, 0, 0
+    best, best_state, best_opt, best_epoch, stale, scale = -1.0, None, None, 0, 0, 1.0
     if parallel is not None:
         parallel.broadcast([t for m in task.modules for t in m.state_dict().values()])
     start = time.perf_counter()
@@ -284,7 +277,7 @@ def train_next_item(
                     if cfg.budget_s is not None:
                         prog = max(prog, elapsed / cfg.budget_s)
                     for g in opt.param_groups:
-                        g["lr"] = cfg.lr * _lr_factor(cfg, prog)
+                        g["lr"] = cfg.lr * scale * _lr_factor(cfg, prog)
                     opt.zero_grad(set_to_none=True)
                     loss, n = _batch_loss(task, windows[chunks[ci]], cfg, bf16, q_t)
                     loss_sum = 0.0
@@ -311,19 +304,28 @@ def train_next_item(
                 else:
                     done += 1.0
                 history["losses"].append(total / max(count, 1))
+                history["lr"].append(float(opt.param_groups[0]["lr"]))
                 history["epoch_seconds"].append(round(time.perf_counter() - t0, 2))
                 last = out_of_time or epoch == cfg.epochs - 1
                 if n_valid and ((epoch + 1) % cfg.eval_every == 0 or last):
                     for m in task.modules:
                         m.eval()
-                    nd, hr = _validate(task, v_ctx, v_tgt, max_len, bf16, parallel)
+                    nd, hr = validate(task, v_ctx, v_tgt, max_len, bf16, parallel)
                     history["valid_ndcg@10"].append(round(nd, 5))
                     history["valid_hr@10"].append(round(hr, 5))
                     if nd > best:
                         best, best_epoch, stale = nd, epoch + 1, 0
                         best_state = [copy.deepcopy(m.state_dict()) for m in task.modules]
+                        best_opt = copy.deepcopy(opt.state_dict()) if cfg.plateau else None
                     else:
                         stale += 1
+                    if cfg.plateau and stale >= cfg.plateau and len(history["cuts"]) < cfg.cuts and best_state:
+                        for m, st in zip(task.modules, best_state, strict=True):
+                            m.load_state_dict(st)
+                        opt.load_state_dict(copy.deepcopy(best_opt))  # loading aliases its tensors
+                        scale *= cfg.cut_factor
+                        stale = 0
+                        history["cuts"].append(epoch + 1)
                     bar.set_postfix(loss=f"{history['losses'][-1]:.3f}", ndcg=f"{nd:.4f}")
                     if cfg.progress:
                         tqdm.write(f"{cfg.name} epoch {epoch + 1} loss {history['losses'][-1]:.4f} valid ndcg@10 {nd:.4f} hr@10 {hr:.4f} epoch_s {history['epoch_seconds'][-1]} elapsed {time.perf_counter() - start:.0f}")
@@ -377,33 +379,6 @@ def _batch_loss(task: NextItemTask, batch: np.ndarray, cfg: TrainConfig, bf16: b
             logits = torch.cat([pos[:, None], neg], 1)
             loss = F.cross_entropy(logits, torch.zeros_like(tgt))
     return loss, int(real.sum())
-
-
-def _validate(task: NextItemTask, ctx: list[np.ndarray], tgt: np.ndarray, max_len: int, bf16: bool,
-              parallel: DataParallel | None) -> tuple[float, float]:
-    """NDCG@10 and HR@10 on the validation users; a group shares them out and sums the metrics."""
-    if parallel is None:
-        return _evaluate(task, ctx, tgt, max_len, bf16)
-    mine = slice(parallel.rank, None, parallel.world_size)
-    c, t = ctx[mine], tgt[mine]
-    nd, hr = _evaluate(task, c, t, max_len, bf16) if len(t) else (0.0, 0.0)
-    nd_sum, hr_sum = parallel.sum([nd * len(t), hr * len(t)])
-    return nd_sum / len(tgt), hr_sum / len(tgt)
-
-
-@torch.no_grad()
-def _evaluate(task: NextItemTask, ctx, tgt, max_len: int, bf16: bool) -> tuple[float, float]:
-    scores = []
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        table = task.table(None)
-    table = table.float()
-    for lo in range(0, len(ctx), 256):
-        rows = torch.from_numpy(right_pad(ctx[lo : lo + 256], max_len))
-        rows = rows[:, : max(1, int((rows >= 0).sum(1).max()))]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            h = task.user(table, rows)
-        scores.append((h.float() @ table.T).numpy())
-    return _ndcg10(np.concatenate(scores), tgt, ctx)
 
 
 def _tower_table(model: ContextModel, text: torch.Tensor | None, cold: torch.Tensor | None,
