@@ -12,7 +12,7 @@ of budget_s)``, so a time-budgeted run still ends at a low learning rate. Early 
 the choice of the best epoch use NDCG@10 (full ranking, history excluded) on the validation
 position of up to ``valid_users`` held-out users (each user with 3+ items; ``valid_share``
 caps their share): their last training item is the validation target and never trained on.
-With ``plateau`` set, a held-out curve that stops rising brings the best epoch back at a cut rate.
+Where ``plateau`` epochs pass without a better held-out score, the best epoch comes back at a cut rate.
 Nothing from the caller's test or validation position is needed: pass training sequences only.
 
 **Candidate scorer** (:func:`fit_candidate_scorer`): listwise softmax over each example's
