@@ -321,12 +321,12 @@ def train_next_item(
                     if nd > best:
                         best, best_epoch, stale = nd, epoch + 1, 0
                         best_state = [copy.deepcopy(m.state_dict()) for m in task.modules]
-                        best_opt = copy.deepcopy(opt.state_dict()) if cfg.plateau else None
+                        if cfg.plateau and len(history["cuts"]) < cfg.cuts:  # a cut may still come
+                            best_opt = copy.deepcopy(opt.state_dict())
                     else:
                         stale += 1
                     if cfg.plateau and stale >= cfg.plateau and len(history["cuts"]) < cfg.cuts and best_state:
-                        for m, st in zip(task.modules, best_state, strict=True):
-                            m.load_state_dict(st)
+                        _load_states(task.modules, best_state)
                         opt.load_state_dict(copy.deepcopy(best_opt))  # loading aliases its tensors
                         scale *= cfg.cut_factor
                         stale = 0
@@ -344,8 +344,7 @@ def train_next_item(
         if cfg.threads is not None:
             torch.set_num_threads(before_threads)
     if best_state is not None:
-        for m, st in zip(task.modules, best_state, strict=True):
-            m.load_state_dict(st)
+        _load_states(task.modules, best_state)
     for m in task.modules:
         m.eval()
     history.update(
@@ -355,6 +354,11 @@ def train_next_item(
         best_valid_ndcg10=round(best, 5) if n_valid else None,
     )
     return history
+
+
+def _load_states(modules: list[nn.Module], states: list[dict[str, Any]]) -> None:
+    for m, st in zip(modules, states, strict=True):
+        m.load_state_dict(st)
 
 
 def _batch_loss(task: NextItemTask, batch: np.ndarray, cfg: TrainConfig, bf16: bool,
