@@ -1,10 +1,10 @@
-"""The chunked full-softmax cross-entropy equals the materialised one, in value and gradients."""
+"""The chunked full- and sampled-softmax cross-entropies equal the materialised ones, in value and gradients."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from recsieve.training.softmax import full_softmax_ce
+from recsieve.training.softmax import full_softmax_ce, sampled_softmax_ce
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 256, 10_000])
@@ -46,3 +46,27 @@ def test_shape_errors_are_clear() -> None:
         full_softmax_ce(torch.zeros(3, 4), torch.zeros(5, 2), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="targets"):
         full_softmax_ce(torch.zeros(3, 4), torch.zeros(5, 4), torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 256])
+def test_sampled_softmax_matches_the_materialised_logq_corrected_cross_entropy(chunk: int) -> None:
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(200, 16, generator=g, requires_grad=True)
+    table = (torch.randn(40, 16, generator=g) * 0.3).requires_grad_()
+    targets = torch.randint(0, 40, (200,), generator=g)
+    q = torch.rand(40, generator=g) + 0.1
+    q = q / q.sum()
+    negs = torch.multinomial(q, 25, replacement=True, generator=g)  # repeats and targets among them
+    assert (negs[None, :] == targets[:, None]).any() and negs.unique().numel() < 25
+    log_q = torch.log(q * 25)
+    pos = (h * table[targets]).sum(1) - log_q[targets]
+    neg = (h @ table[negs].T - log_q[negs]).masked_fill(negs[None, :] == targets[:, None], float("-inf"))
+    ref = F.cross_entropy(torch.cat([pos[:, None], neg], 1), torch.zeros_like(targets))
+    gh, gt = torch.autograd.grad(ref * 2.0, (h, table))
+    got = sampled_softmax_ce(h, table, targets, negs, log_q, chunk=chunk)
+    ch, ct = torch.autograd.grad(got * 2.0, (h, table))
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert torch.allclose(ch, gh, atol=1e-6)
+    assert torch.allclose(ct, gt, atol=1e-6)
+    with pytest.raises(ValueError, match="log_q"):
+        sampled_softmax_ce(h, table, targets, negs, log_q[:-1])

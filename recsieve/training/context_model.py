@@ -39,7 +39,7 @@ from recsieve.errors import InvalidInputError
 from recsieve.quantization import cpuinfo_flags
 from recsieve.training.batches import BATCHING, bucketed, check_sequences, right_pad
 from recsieve.training.data_parallel import DataParallel
-from recsieve.training.softmax import full_softmax_ce
+from recsieve.training.softmax import full_softmax_ce, sampled_softmax_ce
 from recsieve.training.validation import validate
 
 __all__ = [
@@ -382,11 +382,7 @@ def _batch_loss(task: NextItemTask, batch: np.ndarray, cfg: TrainConfig, bf16: b
             loss = full_softmax_ce(h, table, tgt)
         else:
             negs = torch.multinomial(q_t, cfg.n_negatives, replacement=True)
-            pos = (h * table[tgt]).sum(-1).float() - torch.log(q_t[tgt] * cfg.n_negatives)
-            neg = (h @ table[negs].T).float() - torch.log(q_t[negs] * cfg.n_negatives)
-            neg = neg.masked_fill(negs[None, :] == tgt[:, None], float("-inf"))
-            logits = torch.cat([pos[:, None], neg], 1)
-            loss = F.cross_entropy(logits, torch.zeros_like(tgt))
+            loss = sampled_softmax_ce(h, table, tgt, negs, torch.log(q_t * cfg.n_negatives))
     return loss, int(real.sum())
 
 
