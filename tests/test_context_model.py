@@ -372,6 +372,22 @@ def test_bucket_batching_learns_the_pattern():
     assert int(np.argmax(scores[0])) == 2 and int(np.argmax(scores[1])) == 4
 
 
+def test_sampled_softmax_training_learns_the_pattern():
+    """The sampled softmax (8 shared negatives of 20 items per batch, logQ-corrected) learns the
+    planted pattern too, and the history says it ran."""
+    rng = np.random.default_rng(2)
+    seqs = []
+    for u in range(200):
+        fill = rng.integers(5, 20, size=rng.integers(1, 4))
+        seqs.append(np.array([*fill, *([0, 1, 2] if u % 2 == 0 else [3, 1, 4])], np.int64))
+    settings = ContextSettings(n_warm=20, text_dim=0, dim=32, heads=4, max_len=8, dropout=0.0)
+    model, hist = fit_context_model(seqs, 20, None, settings=settings,
+                                    config=_cfg(epochs=80, sampled_above=1, n_negatives=8))
+    assert hist["sampled_softmax"] and hist["losses"][-1] < hist["losses"][0]
+    scores = model.score_items([np.array([7, 0, 1]), np.array([7, 3, 1])])
+    assert int(np.argmax(scores[0])) == 2 and int(np.argmax(scores[1])) == 4
+
+
 def test_unknown_batching_is_refused():
     with pytest.raises(InvalidInputError, match="batching"):
         TrainConfig(batching="sorted")

@@ -22,7 +22,29 @@ __all__ = ["full_softmax_ce", "sampled_softmax_ce"]
 CHUNK = 256
 
 
-class _FullSoftmaxCE(torch.autograd.Function):
+class _StoredGradients(torch.autograd.Function):
+    """Base of the two losses: ``forward`` computes the summed loss and its gradients in ``h`` and
+    ``table`` at once and returns :meth:`keep`; ``backward`` only scales the stored gradients."""
+
+    @staticmethod
+    def keep(ctx, h: torch.Tensor, table: torch.Tensor, gh: torch.Tensor | None, gt: torch.Tensor | None,
+             total: torch.Tensor, *, others: int) -> torch.Tensor:
+        """Store the gradients of ``total`` (a sum over ``h``'s rows; ``None``: not needed) and
+        return the mean; ``others``: the forward's inputs after ``h`` and ``table`` (no gradient)."""
+        ctx.n, ctx.dtypes, ctx.others = max(h.shape[0], 1), (h.dtype, table.dtype), others
+        ctx.save_for_backward(*(g if g is not None else total.new_zeros(0) for g in (gh, gt)))
+        return total / ctx.n
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        gh, gt = ctx.saved_tensors
+        scale = grad / ctx.n
+        out_h = (gh * scale).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+        out_t = (gt * scale).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+        return (out_h, out_t) + (None,) * ctx.others
+
+
+class _FullSoftmaxCE(_StoredGradients):
     @staticmethod
     def forward(ctx, h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:  # type: ignore[override]
         with torch.autocast("cpu", enabled=False):
@@ -47,18 +69,7 @@ class _FullSoftmaxCE(torch.autograd.Function):
                     gh[lo : lo + chunk] = p @ t32
                 if gt is not None:
                     gt.addmm_(p.T, hc)
-        n = max(h32.shape[0], 1)
-        ctx.n, ctx.dtypes = n, (h.dtype, table.dtype)
-        ctx.save_for_backward(*(g if g is not None else h32.new_zeros(0) for g in (gh, gt)))
-        return total / n
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        gh, gt = ctx.saved_tensors
-        scale = grad / ctx.n
-        out_h = (gh * scale).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
-        out_t = (gt * scale).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
-        return out_h, out_t, None, None
+        return _StoredGradients.keep(ctx, h, table, gh, gt, total, others=2)
 
 
 def full_softmax_ce(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
@@ -74,7 +85,7 @@ def full_softmax_ce(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
     return _FullSoftmaxCE.apply(h, table, targets.long(), int(chunk))
 
 
-class _SampledSoftmaxCE(torch.autograd.Function):
+class _SampledSoftmaxCE(_StoredGradients):
     @staticmethod
     def forward(ctx, h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,  # type: ignore[override]
                 log_q: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -109,17 +120,7 @@ class _SampledSoftmaxCE(torch.autograd.Function):
             gt = None
             if gn is not None and gp is not None:
                 gt = torch.zeros_like(t32).index_add_(0, negatives, gn).index_add_(0, targets, gp)
-        ctx.n, ctx.dtypes = max(h32.shape[0], 1), (h.dtype, table.dtype)
-        ctx.save_for_backward(*(g if g is not None else h32.new_zeros(0) for g in (gh, gt)))
-        return total / ctx.n
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        gh, gt = ctx.saved_tensors
-        scale = grad / ctx.n
-        out_h = (gh * scale).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
-        out_t = (gt * scale).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
-        return out_h, out_t, None, None, None, None
+        return _StoredGradients.keep(ctx, h, table, gh, gt, total, others=4)
 
 
 def sampled_softmax_ce(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
