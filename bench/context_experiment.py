@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from recsieve.evaluation.harness import PER_USER, evaluate_split
 from recsieve.evaluation.protocol import leave_one_out
 from recsieve.intervals import paired_gain
 from recsieve.training.batches import BATCHING
-from recsieve.training.context_model import ContextScorer, TrainConfig
+from recsieve.training.context_model import ContextScorer, TrainConfig, fit_context_model
 
 
 def text_vectors(data, cache: str) -> np.ndarray:
@@ -45,10 +46,15 @@ def text_vectors(data, cache: str) -> np.ndarray:
 
 
 class HoldingOut:
-    """A scorer that trains ``inner`` with the last ``steps`` items of ``users`` sampled users left out."""
+    """A scorer that trains ``inner`` (a ContextScorer) with the last ``steps`` items of ``users``
+    sampled users left out, then continues it ``refit_epochs`` epochs on every user's whole
+    training sequence at a constant rate (``refit_lr``, default the first training's last rate),
+    without validation."""
 
-    def __init__(self, inner, users: int, steps: int, seed: int) -> None:
+    def __init__(self, inner, users: int, steps: int, seed: int, refit_epochs: int = 0,
+                 refit_lr: float | None = None) -> None:
         self.inner, self.users, self.steps, self.seed = inner, users, steps, seed
+        self.refit_epochs, self.refit_lr = refit_epochs, refit_lr
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
@@ -59,6 +65,13 @@ class HoldingOut:
         for u in pick:
             seqs[u] = seqs[u][: max(len(seqs[u]) - self.steps, 0)]
         self.inner.fit(seqs, n_items)
+        if self.refit_epochs:
+            lr = self.refit_lr or self.inner.history["lr"][-1]
+            cfg = replace(self.inner.config, epochs=self.refit_epochs, lr=lr, schedule="constant", warmup=0.0,
+                          budget_s=None, valid_users=0, patience=None, plateau=None)
+            _, hist = fit_context_model(train_sequences, n_items, self.inner.text_vectors, model=self.inner.model,
+                                        config=cfg)
+            self.inner.history = {**self.inner.history, "refit": {k: v for k, v in hist.items() if k != "valid_curve"}}
 
     def score(self, contexts):
         return self.inner.score(contexts)
@@ -110,6 +123,11 @@ def main() -> None:
     ap.add_argument("--hold-out-users", type=int, default=0,
                     help="train without the last --hold-out-steps items of this many sampled users (default none)")
     ap.add_argument("--hold-out-steps", type=int, default=5, help="items held out per such user (default %(default)s)")
+    ap.add_argument("--refit-epochs", type=int, default=0,
+                    help="with --hold-out-users: then continue the encoder this many epochs on every user's whole "
+                         "training sequence, at a constant --refit-lr, without validation (default 0: no refit)")
+    ap.add_argument("--refit-lr", type=float, default=None,
+                    help="the refit's rate (default: the first training's last rate)")
     ap.add_argument("--per-user", default=None, help="save the per-user NDCG@10 here (.npy)")
     ap.add_argument("--pair-with", default=None, help="a --per-user file of another run on the same users")
     a = ap.parse_args()
@@ -137,7 +155,7 @@ def main() -> None:
                                    blocks=a.blocks)
         system = ContextScorer(tv, settings=settings, config=cfg)
     if a.hold_out_users:
-        system = HoldingOut(system, a.hold_out_users, a.hold_out_steps, a.seed)
+        system = HoldingOut(system, a.hold_out_users, a.hold_out_steps, a.seed, a.refit_epochs, a.refit_lr)
     t = time.time()
     row = evaluate_split(split, system, stage=a.stage, progress=False, per_user=True)
     ndcg = row.pop(PER_USER)["ndcg@10"]

@@ -388,6 +388,24 @@ def test_sampled_softmax_training_learns_the_pattern():
     assert int(np.argmax(scores[0])) == 2 and int(np.argmax(scores[1])) == 4
 
 
+def test_training_continues_from_a_given_model(planted):
+    """``fit_context_model(model=...)`` trains that model from its weights: at a negligible rate
+    its scores stay those of the planted model (a fresh model would score at random); the wrong
+    catalog size is refused."""
+    import copy
+
+    model, _ = planted
+    twin = copy.deepcopy(model)
+    contexts = [np.array([7, 0, 1]), np.array([7, 3, 1])]
+    before = twin.score_items(contexts)
+    seqs = [np.array([5, 6, 0, 1, 2]), np.array([8, 3, 1, 4])] * 8
+    same, hist = fit_context_model(seqs, 20, None, model=twin, config=_cfg(epochs=1, lr=1e-12))
+    assert same is twin and hist["epochs"] == 1
+    assert np.allclose(same.score_items(contexts), before, atol=1e-4)
+    with pytest.raises(InvalidInputError, match="n_items"):
+        fit_context_model(seqs, 21, None, model=twin, config=_cfg(epochs=1))
+
+
 def test_unknown_batching_is_refused():
     with pytest.raises(InvalidInputError, match="batching"):
         TrainConfig(batching="sorted")

@@ -417,6 +417,7 @@ def fit_context_model(
     settings: ContextSettings | None = None,
     config: TrainConfig | None = None,
     parallel: DataParallel | None = None,
+    model: ContextModel | None = None,
 ) -> tuple[ContextModel, dict[str, Any]]:
     """Train an item tower + context encoder on training ``sequences`` (catalog rows, oldest first).
 
@@ -424,8 +425,14 @@ def fit_context_model(
     ``settings.text_dim == 0``: ID-only tokens). All ``n_items`` rows are warm (own an ID
     residual). Returns the model (item table set, eval mode) and the training history.
     ``parallel``: train as one worker of a data-parallel group (see :func:`train_next_item`;
-    :mod:`recsieve.training.ray_train` runs the group on Ray).
+    :mod:`recsieve.training.ray_train` runs the group on Ray). ``model``: continue training this
+    model (trained on the same ``n_items``) from its weights instead of a new one (its own
+    settings; ``settings`` is ignored); it is trained in place and returned.
     """
+    if model is not None:
+        settings = model.settings
+        if settings.n_warm != n_items:
+            raise InvalidInputError("n_items", n_items, f"the model to continue has {settings.n_warm} warm rows")
     settings = settings or ContextSettings(n_warm=n_items, text_dim=0 if text_vectors is None else 384)
     if settings.n_warm != n_items:
         settings = replace(settings, n_warm=n_items)
@@ -442,7 +449,7 @@ def fit_context_model(
     cold_t = None if cold is None or not cold.any() else torch.from_numpy(cold)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # initialisation is seeded too
-        model = ContextModel(settings, threads=config.threads)
+        model = model if model is not None else ContextModel(settings, threads=config.threads)
         encoder = model.encoder
         task = NextItemTask(
             modules=[model.tower, model.encoder],
