@@ -17,6 +17,7 @@ the encoder; every user is still evaluated on its whole context.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -45,6 +46,19 @@ def text_vectors(data, cache: str) -> np.ndarray:
     return v
 
 
+class Fixed:
+    """A trained model as an evaluation-harness scorer (``fit`` does nothing)."""
+
+    def __init__(self, model) -> None:
+        self.model, self.name = model, "before-refit"
+
+    def fit(self, train_sequences, n_items: int) -> None:
+        pass
+
+    def score(self, contexts):
+        return self.model.score_items(contexts)
+
+
 class HoldingOut:
     """A scorer that trains ``inner`` (a ContextScorer) with the last ``steps`` items of ``users``
     sampled users left out, then continues it ``refit_epochs`` epochs on every user's whole
@@ -66,6 +80,7 @@ class HoldingOut:
             seqs[u] = seqs[u][: max(len(seqs[u]) - self.steps, 0)]
         self.inner.fit(seqs, n_items)
         if self.refit_epochs:
+            self.before = Fixed(copy.deepcopy(self.inner.model))  # evaluated too: the refit's paired gain
             lr = self.refit_lr or self.inner.history["lr"][-1]
             cfg = replace(self.inner.config, epochs=self.refit_epochs, lr=lr, schedule="constant", warmup=0.0,
                           budget_s=None, valid_users=0, patience=None, plateau=None)
@@ -161,6 +176,11 @@ def main() -> None:
     ndcg = row.pop(PER_USER)["ndcg@10"]
     if a.per_user:
         np.save(a.per_user, ndcg)
+    before = getattr(system, "before", None)
+    if before is not None:  # the same split, the encoder before its refit
+        prior = evaluate_split(split, before, stage=a.stage, progress=False, per_user=True)
+        row["before_refit"] = {k: prior[k] for k in ("ndcg@10", "hr@10")}
+        row["refit_minus_before"] = paired_gain(list(ndcg), list(prior.pop(PER_USER)["ndcg@10"]))
     if a.pair_with:
         row["minus_pair_with"] = paired_gain(list(ndcg), list(np.load(a.pair_with)))
     hist = {k: v for k, v in system.history.items() if k != "losses"}
