@@ -25,6 +25,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from ensemble_experiment import ScoreSum  # bench/ is the script's folder: a fixed model as a scorer
 
 from recsieve.context import ContextSettings
 from recsieve.evaluation.datasets import load_dataset
@@ -44,19 +45,6 @@ def text_vectors(data, cache: str) -> np.ndarray:
     os.makedirs(os.path.dirname(cache) or ".", exist_ok=True)
     np.save(cache, v)
     return v
-
-
-class Fixed:
-    """A trained model as an evaluation-harness scorer (``fit`` does nothing)."""
-
-    def __init__(self, model) -> None:
-        self.model, self.name = model, "before-refit"
-
-    def fit(self, train_sequences, n_items: int) -> None:
-        pass
-
-    def score(self, contexts):
-        return self.model.score_items(contexts)
 
 
 class HoldingOut:
@@ -80,7 +68,7 @@ class HoldingOut:
             seqs[u] = seqs[u][: max(len(seqs[u]) - self.steps, 0)]
         self.inner.fit(seqs, n_items)
         if self.refit_epochs:
-            self.before = Fixed(copy.deepcopy(self.inner.model))  # evaluated too: the refit's paired gain
+            self.before = ScoreSum([copy.deepcopy(self.inner.model)], "before-refit")  # evaluated too: the refit's paired gain
             lr = self.refit_lr or self.inner.history["lr"][-1]
             cfg = replace(self.inner.config, epochs=self.refit_epochs, lr=lr, schedule="constant", warmup=0.0,
                           budget_s=None, valid_users=0, patience=None, plateau=None)

@@ -224,12 +224,13 @@ def train_next_item(
     per_batch = (lengths - 1).sum() / max(math.ceil(len(windows) / cfg.batch_size), 1)
     bf16 = native_bf16() if cfg.bf16 is None else bool(cfg.bf16)
     sampled = n_items > cfg.sampled_above
-    q_t = None  # sampled softmax: the negatives' distribution
+    sampler = None  # sampled softmax: the negatives' distribution and log(n_negatives * it)
     if sampled:
         counts = np.bincount(np.concatenate(train), minlength=n_items).astype(np.float64)
         q = (counts + 1.0) ** 0.75
         q /= q.sum()
         q_t = torch.from_numpy(q.astype(np.float32))
+        sampler = (q_t, torch.log(q_t * cfg.n_negatives))  # the logQ correction, once
     params = [p for m in task.modules for p in m.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -284,7 +285,7 @@ def train_next_item(
                     for g in opt.param_groups:
                         g["lr"] = cfg.lr * scale * _lr_factor(cfg, prog)
                     opt.zero_grad(set_to_none=True)
-                    loss, n = _batch_loss(task, windows[chunks[ci]], cfg, bf16, q_t)
+                    loss, n = _batch_loss(task, windows[chunks[ci]], cfg, bf16, sampler)
                     loss_sum = 0.0
                     if loss is not None:
                         loss.backward()
@@ -362,9 +363,10 @@ def _load_states(modules: list[nn.Module], states: list[dict[str, Any]]) -> None
 
 
 def _batch_loss(task: NextItemTask, batch: np.ndarray, cfg: TrainConfig, bf16: bool,
-                q_t: torch.Tensor | None) -> tuple[torch.Tensor | None, int]:
+                sampler: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor | None, int]:
     """Mean next-item loss over the real positions of right-padded ``batch`` rows, and their
-    number (``(None, 0)`` for no rows); ``q_t``: the sampled softmax's distribution, else ``None``."""
+    number (``(None, 0)`` for no rows); ``sampler``: the sampled softmax's distribution and its
+    logQ correction, else ``None``."""
     if not len(batch):
         return None, 0
     batch = batch[:, (batch >= 0).any(axis=0)]
@@ -378,11 +380,12 @@ def _batch_loss(task: NextItemTask, batch: np.ndarray, cfg: TrainConfig, bf16: b
         table = task.table(None)
         h = task.hidden(table, inputs)[real]
         tgt = targets[real]
-        if q_t is None:
+        if sampler is None:
             loss = full_softmax_ce(h, table, tgt)
         else:
+            q_t, log_q = sampler
             negs = torch.multinomial(q_t, cfg.n_negatives, replacement=True)
-            loss = sampled_softmax_ce(h, table, tgt, negs, torch.log(q_t * cfg.n_negatives))
+            loss = sampled_softmax_ce(h, table, tgt, negs, log_q)
     return loss, int(real.sum())
 
 
