@@ -254,7 +254,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             epochs=args.epochs, budget_s=args.budget_s or None, scorer_steps=args.scorer_steps,
             scorer_epochs=args.scorer_epochs, scorer_budget_s=args.scorer_budget_s or None,
             cross_encoder=not args.no_cross_encoder, dim=args.dim, max_len=args.max_len, seed=args.seed,
-            progress=not args.quiet, switch=not args.no_switch, overwrite=args.overwrite,
+            refit_epochs=args.refit_epochs, refit_lr=args.refit_lr, progress=not args.quiet, switch=not args.no_switch, overwrite=args.overwrite,
             workers=workers, ray_address=args.ray or None,
         )
         if not args.no_switch:
@@ -268,6 +268,11 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"candidate scorer on {report.get('scorer_examples', 0)} examples; ranking head on "
           f"{head['train_examples']} steps, held-out NDCG@10 {head['valid_ndcg@10_recall_order']:.4f} (recall order) "
           f"-> {head['valid_ndcg@10_head']:.4f} (head)")
+    refit = report.get("refit")
+    if refit and refit.get("valid_ndcg@10_before") is not None:
+        kept = f"epoch {refit['best_epoch']} kept" if refit["best_epoch"] else "not kept"
+        print(f"encoder refit on every user's whole sequence: held-out NDCG@10 {refit['valid_ndcg@10_before']:.4f} "
+              f"before, {refit['best_valid_ndcg10']:.4f} best ({kept})")
     print("serving it now" if not args.no_switch else f"use it: engine.use_model({str(report['model'])!r})")
     if args.json:
         _write_json(args.json, report)
@@ -423,6 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="candidate scorer: training time budget in seconds, 0 for none (default 300)")
     s.add_argument("--no-cross-encoder", action="store_true",
                    help="train no candidate scorer (the ablation: the head then stacks the encoder alone)")
+    s.add_argument("--refit-epochs", type=int, default=5,
+                   help="context encoder: once the head is trained, up to this many epochs more on every user's "
+                        "whole sequence (the held-out steps included), stopping after 2 without a better score on "
+                        "the encoder's held-out users and keeping the best (the model before them unless one "
+                        "validates higher); 0 for none (default 5)")
+    s.add_argument("--refit-lr", type=float, default=5e-4,
+                   help="context encoder: the refit's constant learning rate (default 5e-4)")
     s.add_argument("--users", type=int, default=4000,
                    help="ranking head: seeded sample of users, 0 for all (default 4000)")
     s.add_argument("--steps-per-user", type=int, default=3,

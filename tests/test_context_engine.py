@@ -53,7 +53,7 @@ def trained(tmp_path_factory):
     # without it, it learnt the pattern for seeds 0, 1 and 2
     encoder = TrainConfig(epochs=150, batch_size=32, lr=3e-3, patience=None, seed=0, valid_users=0)
     report = train_engine(eng, root / "model", steps_per_user=1, users=None, encoder=encoder,
-                          ablation_out=root / "ablation",
+                          ablation_out=root / "ablation", refit_ablation_out=root / "before-refit",
                           scorer_epochs=3, scorer_budget_s=None, dim=16, max_len=20, progress=False)
     eng.close()
     return root, report
@@ -321,6 +321,65 @@ def test_a_corrupt_model_folder_is_refused_and_the_old_model_keeps_serving(train
         assert "bad" not in (eng.directory / "recsieve.toml").read_text()
     finally:
         eng.close()
+
+
+def test_the_encoder_is_refit_after_the_head_and_its_ablation_keeps_the_first_one(trained, tmp_path):
+    """After the head, the encoder trains on every user's whole sequence (held-out steps
+    included): the folder and the scorer's ablation serve the refit encoder; the refit's ablation
+    folder the same head with the encoder the head was trained with."""
+    from recsieve.context.model import ContextModel
+
+    root, report = trained
+    refit = report["refit"]
+    assert refit["epochs"] == 5 and refit["train_users"] == 120  # every user, whole
+    assert report["encoder"]["train_users"] == 120 and report["encoder_users"] == 120
+    models = {name: ContextModel.load(root / name / CONTEXT_DIR) for name in ("model", "ablation", "before-refit")}
+    contexts = [np.array([0, 1]), np.array([8, 1, 20])]
+    scores = {name: m.score_items(contexts) for name, m in models.items()}
+    np.testing.assert_array_equal(scores["ablation"], scores["model"])
+    assert not np.allclose(scores["before-refit"], scores["model"], atol=1e-4)
+    heads = [RankingHead.load(root / name) for name in ("model", "before-refit")]
+    assert heads[0].features == heads[1].features and np.array_equal(heads[0].w1, heads[1].w1)
+    eng = _open(root, tmp_path)
+    try:  # it serves like any model folder
+        eng.use_model(root / "before-refit")
+        assert eng.serving_model.context is not None and len(eng.recommend("u2", 5)) == 5
+    finally:
+        eng.close()
+
+
+def test_the_refit_validates_on_the_first_trainings_held_out_users(trained, tmp_path, monkeypatch):
+    """:func:`refit_encoder` validates on the users the first training held out, each on its
+    newest step (which the first training never saw), and trains every other step."""
+    import recsieve.training.model as train_model
+    from recsieve.context.model import ContextModel
+    from recsieve.training.validation import validation_rows
+
+    root, _ = trained
+    eng = _open(root, tmp_path)
+    try:
+        sequences, text = engine_sequences(eng), eng.text_vectors()
+    finally:
+        eng.close()
+    first = train_model._encoder_rows(sequences, 3, among={f"u{u}" for u in range(0, 120, 3)})
+    config = TrainConfig(epochs=1, batch_size=32, valid_users=10, seed=4, bf16=False)
+    held_out = {list(first)[i] for i in validation_rows(list(first.values()), config)}
+    seen = {}
+    real = train_model.fit_context_model
+
+    def spy(sequences, *args, valid, **kw):
+        seen["rows"], seen["valid"] = sequences, valid
+        return real(sequences, *args, valid=valid, **kw)
+
+    monkeypatch.setattr(train_model, "fit_context_model", spy)
+    model = ContextModel.load(root / "model" / CONTEXT_DIR)
+    hist = train_model.refit_encoder(model, sequences, first, config, text, epochs=1, lr=1e-4)
+    whole = train_model._encoder_rows(sequences, 0)
+    assert len(seen["rows"]) == len(whole) == 120 and len(held_out) == 10 == hist["valid_users"]
+    assert {list(whole)[i] for i in seen["valid"]} == held_out
+    for u in held_out:  # the first training saw first[u][:-1], a prefix: the newest step is past it
+        assert np.array_equal(whole[u][: len(first[u])], first[u])
+    assert "valid_ndcg@10_before" in hist
 
 
 def test_scorer_steps_never_take_the_heads_steps():

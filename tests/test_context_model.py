@@ -406,6 +406,29 @@ def test_training_continues_from_a_given_model(planted):
         fit_context_model(seqs, 21, None, model=twin, config=_cfg(epochs=1))
 
 
+def test_a_continued_training_keeps_its_weights_unless_an_epoch_validates_higher(planted):
+    """A continued model is validated before its first epoch: where no epoch validates higher
+    (here a rate of 3 wrecks it), it ends with its given weights; the same epoch without held-out
+    users keeps the wrecked ones. ``valid`` names the held-out rows; a bad one is refused."""
+    import copy
+
+    model, _ = planted
+    contexts = [np.array([7, 0, 1]), np.array([7, 3, 1])]
+    before = model.score_items(contexts)
+    seqs = [np.array([5, 6, 0, 1, 2]), np.array([8, 3, 1, 4])] * 8
+    kept, hist = fit_context_model(seqs, 20, None, model=copy.deepcopy(model), valid=[0, 1, 2, 3],
+                                   config=_cfg(epochs=2, lr=3.0))
+    assert hist["valid_users"] == 4 and hist["best_epoch"] == 0
+    assert hist["valid_ndcg@10_before"] >= max(hist["valid_ndcg@10"])  # no epoch validated higher
+    assert hist["valid_ndcg@10_before"] > hist["valid_ndcg@10"][-1]  # and the last one, lower
+    np.testing.assert_array_equal(kept.score_items(contexts), before)
+    wrecked, _ = fit_context_model(seqs, 20, None, model=copy.deepcopy(model), config=_cfg(epochs=2, lr=3.0))
+    assert not np.allclose(wrecked.score_items(contexts), before, atol=1e-2)
+    for bad in ([16], [-1]):
+        with pytest.raises(InvalidInputError, match="valid"):
+            fit_context_model(seqs, 20, None, model=copy.deepcopy(model), valid=bad, config=_cfg(epochs=1))
+
+
 def test_unknown_batching_is_refused():
     with pytest.raises(InvalidInputError, match="batching"):
         TrainConfig(batching="sorted")

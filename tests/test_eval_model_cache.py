@@ -169,20 +169,21 @@ def test_the_engine_system_is_cached_with_its_ablation(tmp_path, monkeypatch):
     monkeypatch.setattr(recsieve.training, "train_engine", counting)
     data = tmp_path / "data"
     write_custom(data, n_items=30, n_users=60)
-    kw = {"systems": "popularity,recsieve,recsieve-without-cross-encoder", "context_budget_s": 3.0,
+    kw = {"systems": "popularity,recsieve-without-refit,recsieve,recsieve-without-cross-encoder", "context_budget_s": 3.0,
           "ranker_users": None, "progress": False, "cache_dir": tmp_path / "cache", "embedder": WordHashEmbedder(32)}
     first = run_evaluation("custom", data, **kw)
     assert len(calls) == 1 and first["cache"]["from_cache"] == []
     assert first["cache"]["text_vectors"] == "embedded and cached"
     second = run_evaluation("custom", data, **kw)
     assert len(calls) == 1, "the second run trained again"
-    assert second["cache"]["from_cache"] == ["recsieve", "recsieve-without-cross-encoder"]
+    assert second["cache"]["from_cache"] == ["recsieve", "recsieve-without-refit", "recsieve-without-cross-encoder"]
     assert second["cache"]["text_vectors"] == "from cache"
     a = {r["system"]: r for r in first["results"]}
     b = {r["system"]: r for r in second["results"]}
-    for name in ("recsieve", "recsieve-without-cross-encoder"):
+    for name in ("recsieve", "recsieve-without-cross-encoder", "recsieve-without-refit"):
         assert b[name]["ndcg@10"] == pytest.approx(a[name]["ndcg@10"]) and b[name]["hr@10"] == a[name]["hr@10"]
     assert b["recsieve"]["train_report"]["encoder"] == a["recsieve"]["train_report"]["encoder"]
+    assert a["recsieve"]["train_report"]["refit"]["epochs"] >= 1  # the refit ran, and its ablation is served
 
 
 def test_engine_settings_are_in_the_key_and_recall_only_is_not_cached():
@@ -192,7 +193,8 @@ def test_engine_settings_are_in_the_key_and_recall_only_is_not_cached():
     base = {"embedder": emb, "context": True, "progress": False}
     settings = EngineSystem(data, **base).cache_settings()
     assert settings["embedder"].endswith("WordHashEmbedder(dim=32)")
-    for other in ({"context_budget_s": 60.0}, {"ranker_users": 10}, {"ablation": True}, {"embedder": WordHashEmbedder(16)}):
+    for other in ({"context_budget_s": 60.0}, {"ranker_users": 10}, {"ablation": True}, {"refit_ablation": True},
+                  {"embedder": WordHashEmbedder(16)}):
         assert EngineSystem(data, **(base | other)).cache_settings() != settings, other
     assert EngineSystem(data, name="recsieve-recall", embedder=emb, rerank=False).cache_settings() is None
 

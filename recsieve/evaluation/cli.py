@@ -15,7 +15,9 @@ __all__ = ["run_evaluation", "run_streaming", "run_instructions", "SYSTEMS"]
 #: (``TrainConfig.valid_users``: every user's second-to-last item, as the reference, up to 2,048 users).
 SASREC_PATIENCE = 10
 SYSTEMS = ("popularity", "item-knn", "transitions", "sasrec", "text-zero-shot", "recsieve-recall", "recsieve-fast",
-           "recsieve", "recsieve-without-cross-encoder")
+           "recsieve", "recsieve-without-cross-encoder", "recsieve-without-refit")
+#: the ablations of ``recsieve``: the same engine, with one learned part left out of its model
+ABLATIONS = ("recsieve-without-cross-encoder", "recsieve-without-refit")
 
 
 def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = None, seed: int = 0,
@@ -32,7 +34,9 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
     on the training part, within ``context_budget_s`` seconds for the encoder, the head on
     ``ranker_users`` users' last steps.
     ``recsieve-without-cross-encoder`` is its ablation: the same engine and encoder, the head
-    retrained without the candidate scorer (it needs ``recsieve`` in the same run).
+    retrained without the candidate scorer (it needs ``recsieve`` in the same run);
+    ``recsieve-without-refit`` the same head with the encoder as it was before its refit on the
+    steps held out from it (:func:`~recsieve.training.model.refit_encoder`).
     ``recsieve-fast`` is the ranking head over recall's features alone (no context model), and
     ``recsieve-recall`` recall alone. Every row gets its paired difference from ``recsieve``.
     ``cross_encoder=True`` adds the word-level MiniLM cross-encoder to ``recsieve-fast``'s
@@ -76,9 +80,10 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
         config = config.replace(channel_weights=channel_weights)
     embedder = CachedEmbedder(embedder if embedder is not None else SentenceTransformerEmbedder())
     models = ModelCache(cache_dir if cache_dir is not None else default_cache_dir()) if cache else None
-    if "recsieve-without-cross-encoder" in names and "recsieve" not in names:
-        raise InvalidInputError("systems", "recsieve-without-cross-encoder", "is the ablation of recsieve: list both")
-    names.sort(key=lambda n: n == "recsieve-without-cross-encoder")  # after the system it ablates
+    for name in ABLATIONS:
+        if name in names and "recsieve" not in names:
+            raise InvalidInputError("systems", name, "is an ablation of recsieve: list both")
+    names.sort(key=lambda n: n in ABLATIONS)  # after the system they ablate
     text_vectors = None
     if models is not None and any(n == "text-zero-shot" or n.startswith("recsieve") for n in names):
         # every text system embeds them: once, and kept for the next run
@@ -108,10 +113,12 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
         elif name == "recsieve":
             built.append(EngineSystem(data, name=name, config=config, embedder=embedder, context=True,
                                       context_budget_s=context_budget_s, ranker_users=ranker_users,
-                                      ablation="recsieve-without-cross-encoder" in names, progress=progress))
-        elif name == "recsieve-without-cross-encoder":
+                                      ablation="recsieve-without-cross-encoder" in names,
+                                      refit_ablation="recsieve-without-refit" in names, progress=progress))
+        elif name in ABLATIONS:
             base = next(b for b in built if b.name == "recsieve")
-            built.append(EngineVariant(base, name, lambda base=base: base.ablated_model))
+            attr = "ablated_model" if name == "recsieve-without-cross-encoder" else "before_refit_model"
+            built.append(EngineVariant(base, name, lambda base=base, attr=attr: getattr(base, attr)))
         else:  # recsieve-fast
             built.append(EngineSystem(data, name=name, config=config, embedder=embedder, train_ranker=True,
                                       cross_encoder=cross_encoder, tier="full", progress=progress))
@@ -185,7 +192,9 @@ def add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
                         "best epoch kept; --sasrec-budget-s), text-zero-shot, recsieve-recall, recsieve-fast (recall + ranking "
                         "head over recall's features), recsieve (the whole engine: context model + head, trained on "
                         "the training part), recsieve-without-cross-encoder (its ablation: the head retrained "
-                        "without the candidate scorer; needs recsieve). Every row is paired against recsieve")
+                        "without the candidate scorer; needs recsieve), recsieve-without-refit (its ablation: the "
+                        "same head with the encoder before its refit on the steps held out from it; needs "
+                        "recsieve). Every row is paired against recsieve")
     s.add_argument("--context-budget-s", type=float, default=1200.0,
                    help="recsieve: context encoder training budget in seconds, 0 for none (default 1200)")
     s.add_argument("--ranker-users", type=int, default=2000,

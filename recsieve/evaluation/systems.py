@@ -85,7 +85,7 @@ class EngineSystem:
                  train_ranker: bool = False, cross_encoder: bool = False, tier: str = "full",
                  ranker_users: int | None = None, ranker_steps: int = 3, ce_users: int = CE_USERS,
                  context: bool = False, context_budget_s: float | None = 1200.0, ablation: bool = False,
-                 progress: bool = True) -> None:
+                 refit_ablation: bool = False, progress: bool = True) -> None:
         if rerank and reranker is None and not (train_ranker or context) and not (config and config.reranker_model):
             raise InvalidInputError("reranker", None, f"{name}: re-ranking needs a trained re-ranker")
         self.dataset, self.name, self.rerank, self.progress = dataset, name, rerank, progress
@@ -95,6 +95,9 @@ class EngineSystem:
         #: with ``ablation``: the same engine and context model, its head trained without the
         #: candidate scorer's feature (see :class:`EngineVariant`)
         self.ablated_model: Path | None = None
+        #: with ``refit_ablation``: the same head with the encoder before its refit
+        self.refit_ablation = refit_ablation
+        self.before_refit_model: Path | None = None
         self.model: Path | None = None
         self.train_report: dict | None = None
         self.config = config or EngineConfig(index="flat", cache="none", refresh_threads=0)
@@ -157,9 +160,12 @@ class EngineSystem:
         self.model = Path(self._tmp.name) / "model"
         if self.ablation:  # the same encoder and examples, the head without the candidate scorer's score
             self.ablated_model = Path(self._tmp.name) / "model-without-cross-encoder"
+        if self.refit_ablation:  # the same head, the encoder before its refit
+            self.before_refit_model = Path(self._tmp.name) / "model-without-refit"
         self.train_report = train_engine(self.engine, self.model, users=self.ranker_users,
                                          steps_per_user=self.ranker_steps, budget_s=self.context_budget_s,
-                                         ablation_out=self.ablated_model, progress=self.progress)
+                                         ablation_out=self.ablated_model,
+                                         refit_ablation_out=self.before_refit_model, progress=self.progress)
 
     # -- the model cache (recsieve.evaluation.model_cache.CacheableScorer) -----------------
 
@@ -168,18 +174,23 @@ class EngineSystem:
         is trained (recall only) or a re-ranker object was given (it cannot be named in a key)."""
         if not (self.context or self.train_ranker) or self.reranker is not None:
             return None
+        from recsieve.training.model import REFIT_EPOCHS, REFIT_LR
         return {"kind": "engine", "config": asdict(self.config), "embedder": embedder_id(self.embedder),
                 "rerank": self.rerank, "context": self.context, "context_budget_s": self.context_budget_s,
-                "ablation": self.ablation, "train_ranker": self.train_ranker, "cross_encoder": self.cross_encoder,
+                "ablation": self.ablation, "refit_ablation": self.refit_ablation, "refit_epochs": REFIT_EPOCHS,
+                "refit_lr": REFIT_LR, "train_ranker": self.train_ranker, "cross_encoder": self.cross_encoder,
                 "tier": self.tier, "ranker_users": self.ranker_users, "ranker_steps": self.ranker_steps,
                 "ce_users": self.ce_users, "ce_steps": CE_STEPS, "step_seconds": STEP_SECONDS}
 
     def save_fitted(self, folder: Path) -> None:
-        """The model folder (``model/``), the ablation's (``ablation/``), the training report."""
+        """The model folder (``model/``), the ablations' (``ablation/``, ``before-refit/``), the
+        training report."""
         assert self.model is not None, "fit first"
         shutil.copytree(self.model, folder / "model")
         if self.ablated_model is not None:
             shutil.copytree(self.ablated_model, folder / "ablation")
+        if self.before_refit_model is not None:
+            shutil.copytree(self.before_refit_model, folder / "before-refit")
         (folder / "train_report.json").write_text(json.dumps(self.train_report, default=str), encoding="utf-8")
 
     def load_fitted(self, folder: Path, train_sequences: Sequence[np.ndarray], n_items: int) -> None:
@@ -190,6 +201,8 @@ class EngineSystem:
             self.model = Path(shutil.copytree(folder / "model", work / "model"))
             if self.ablation:
                 self.ablated_model = Path(shutil.copytree(folder / "ablation", work / "model-without-cross-encoder"))
+            if self.refit_ablation:
+                self.before_refit_model = Path(shutil.copytree(folder / "before-refit", work / "model-without-refit"))
             self.train_report = json.loads((folder / "train_report.json").read_text(encoding="utf-8"))
             if isinstance(self.train_report, dict) and "model" in self.train_report:
                 self.train_report["model"] = str(self.model)

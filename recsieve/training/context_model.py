@@ -40,7 +40,7 @@ from recsieve.quantization import cpuinfo_flags
 from recsieve.training.batches import BATCHING, bucketed, check_sequences, right_pad
 from recsieve.training.data_parallel import DataParallel
 from recsieve.training.softmax import full_softmax_ce, sampled_softmax_ce
-from recsieve.training.validation import validate
+from recsieve.training.validation import validate, validation_rows
 
 __all__ = [
     "TrainConfig",
@@ -187,10 +187,15 @@ def train_next_item(
     cfg: TrainConfig,
     *,
     parallel: DataParallel | None = None,
+    valid: Sequence[int] | None = None,
+    validate_first: bool = False,
 ) -> dict[str, Any]:
     """Train ``task`` on next-item prediction (see the module docstring). Returns a history.
 
     The modules are left in eval mode with the weights of the best validation epoch.
+    ``valid``: the rows whose last item is validated on (default :func:`validation_rows`);
+    ``validate_first``: the modules as given count as "epoch 0" (a continued training keeps them
+    unless an epoch validates higher).
     ``parallel``: run as one worker of a data-parallel group
     (:mod:`recsieve.training.data_parallel`): every worker calls this with the same arguments,
     each trains on its share of every batch, and all end with the same weights and history.
@@ -198,9 +203,10 @@ def train_next_item(
     seqs = check_sequences(sequences, n_items)
     rng = np.random.default_rng(cfg.seed)
     # held-out users: last training item = validation target, never trained on
-    eligible = np.flatnonzero([len(s) >= 3 for s in seqs])
-    n_valid = min(cfg.valid_users, int(eligible.size * cfg.valid_share)) if cfg.valid_users else 0
-    valid = np.sort(rng.choice(eligible, size=n_valid, replace=False)) if n_valid else np.zeros(0, int)
+    valid = validation_rows(seqs, cfg, rng) if valid is None else np.unique(np.asarray(valid, np.int64))
+    if valid.size and (valid[0] < 0 or valid[-1] >= len(seqs) or min(len(seqs[u]) for u in valid) < 2):
+        raise InvalidInputError("valid", valid.size, f"rows of sequences with 2+ items among {len(seqs)}")
+    n_valid = int(valid.size)
     train = list(seqs)
     for u in valid:
         train[u] = seqs[u][:-1]
@@ -255,6 +261,12 @@ def train_next_item(
     best, best_state, best_opt, best_epoch, stale, scale = -1.0, None, None, 0, 0, 1.0
     if parallel is not None:
         parallel.broadcast([t for m in task.modules for t in m.state_dict().values()])
+    if validate_first and n_valid:
+        for m in task.modules:
+            m.eval()
+        best, _ = validate(task, v_ctx, v_tgt, max_len, bf16, parallel)
+        best_state, best_opt = [copy.deepcopy(m.state_dict()) for m in task.modules], copy.deepcopy(opt.state_dict())
+        history["valid_ndcg@10_before"] = round(best, 5)
     start = time.perf_counter()
     step, done, clock = 0, 0.0, 0.0  # clock: the group's elapsed seconds, agreed at each step
     before_threads = torch.get_num_threads()
@@ -421,6 +433,7 @@ def fit_context_model(
     config: TrainConfig | None = None,
     parallel: DataParallel | None = None,
     model: ContextModel | None = None,
+    valid: Sequence[int] | None = None,
 ) -> tuple[ContextModel, dict[str, Any]]:
     """Train an item tower + context encoder on training ``sequences`` (catalog rows, oldest first).
 
@@ -430,9 +443,12 @@ def fit_context_model(
     ``parallel``: train as one worker of a data-parallel group (see :func:`train_next_item`;
     :mod:`recsieve.training.ray_train` runs the group on Ray). ``model``: continue training this
     model (trained on the same ``n_items``) from its weights instead of a new one (its own
-    settings; ``settings`` is ignored); it is trained in place and returned.
+    settings; ``settings`` is ignored); it is trained in place and returned, validated first, so
+    it keeps its given weights unless an epoch validates higher. ``valid``: the rows of
+    ``sequences`` validated on (default: :func:`validation_rows`).
     """
-    if model is not None:
+    continued = model is not None
+    if continued:
         settings = model.settings
         if settings.n_warm != n_items:
             raise InvalidInputError("n_items", n_items, f"the model to continue has {settings.n_warm} warm rows")
@@ -460,7 +476,8 @@ def fit_context_model(
             hidden=lambda table, rows: encoder(table, rows),
             user=lambda table, rows: encoder.user(table, rows),
         )
-    hist = train_next_item(task, sequences, n_items, settings.max_len, config, parallel=parallel)
+    hist = train_next_item(task, sequences, n_items, settings.max_len, config, parallel=parallel, valid=valid,
+                           validate_first=continued)
     if cold_t is not None:
         with torch.no_grad():  # so that every later set_items() gives them text alone too
             model.tower.ids.weight[cold_t] = 0.0

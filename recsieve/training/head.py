@@ -331,6 +331,8 @@ def train_engine_ranker(
     ablate: tuple[str, str | Path] | None = None,
     cold_share: float = 0.0,
     among: Collection[str] | None = None,
+    refit: Callable[[], dict[str, Any]] | None = None,
+    refit_ablation: str | Path | None = None,
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
@@ -370,8 +372,16 @@ def train_engine_ranker(
 
     ``among``: every sample above (examples, fusion tuning, pseudo-cold) is drawn from these users
     only: with ``context``, those whose last steps its encoder never trained on.
+
+    ``refit`` (with ``context``): called once the head (and its ablation) are fitted; it
+    continues training ``context`` in place (e.g. on the steps held out from it, which the head
+    has read) and returns its report. The continued model is what the folder and the ablation's
+    keep; ``refit_ablation``: also write there this head with the context model it was trained
+    with (the refit's ablation).
     """
     t0 = time.perf_counter()
+    if refit is not None and context is None:
+        raise InvalidInputError("refit", "given", "continues a context model: give context too")
     out_path = Path(out).expanduser().absolute()
     if out_path.exists() and not overwrite:
         raise InvalidInputError("out", str(out_path), "already exists; pass overwrite=True to replace it")
@@ -461,6 +471,14 @@ def train_engine_ranker(
         if ablate is not None:
             report["ablation"] = _ablation(work, head, names, train, valid, ablate, fit, seed)
         head.report = {**head.report, **report}
+        if refit is not None:
+            if refit_ablation is not None:  # this head with the context model it was trained with
+                with replacing_folder(Path(refit_ablation)) as dest:
+                    shutil.copytree(work / CONTEXT_DIR, dest / CONTEXT_DIR)
+                    head.save(dest)
+            head.report["refit"] = refit()
+            for folder in [work] + ([Path(ablate[1])] if ablate is not None else []):
+                context.save(folder / CONTEXT_DIR)
         head.save(work)
         save_replay(work, train)
     return head.report

@@ -13,9 +13,9 @@ from recsieve.training.batches import right_pad
 from recsieve.training.data_parallel import DataParallel
 
 if TYPE_CHECKING:
-    from recsieve.training.context_model import NextItemTask
+    from recsieve.training.context_model import NextItemTask, TrainConfig
 
-__all__ = ["ndcg10", "validate"]
+__all__ = ["ndcg10", "validate", "validation_rows"]
 
 
 def ndcg10(scores: np.ndarray, targets: np.ndarray, contexts: Sequence[np.ndarray]) -> tuple[float, float]:
@@ -65,3 +65,14 @@ def _evaluate(task: NextItemTask, ctx, tgt, max_len: int, bf16: bool) -> tuple[f
             h = task.user(table, rows)
         scores.append((h.float() @ table.T).numpy())
     return ndcg10(np.concatenate(scores), tgt, ctx)
+
+
+def validation_rows(sequences: Sequence[np.ndarray], cfg: TrainConfig,
+                    rng: np.random.Generator | None = None) -> np.ndarray:
+    """The rows of ``sequences`` whose last item :func:`train_next_item` holds out for validation
+    (sorted): a draw of up to ``cfg.valid_users`` (and ``cfg.valid_share``) of those with 3+
+    items, from ``rng`` (default: seeded with ``cfg.seed``, the draw the training makes)."""
+    rng = np.random.default_rng(cfg.seed) if rng is None else rng
+    eligible = np.flatnonzero([len(s) >= 3 for s in sequences])
+    n_valid = min(cfg.valid_users, int(eligible.size * cfg.valid_share)) if cfg.valid_users else 0
+    return np.sort(rng.choice(eligible, size=n_valid, replace=False)) if n_valid else np.zeros(0, np.int64)
