@@ -348,6 +348,19 @@ def test_the_encoder_is_refit_after_the_head_and_its_ablation_keeps_the_first_on
         eng.close()
 
 
+@pytest.mark.parametrize("field, value", [("refit_epochs", -1), ("refit_epochs", 1.5), ("refit_lr", 0.0)])
+def test_bad_refit_settings_are_refused_before_anything_trains(trained, tmp_path, field, value):
+    from recsieve.errors import InvalidInputError
+
+    eng = _open(trained[0], tmp_path)
+    try:
+        with pytest.raises(InvalidInputError, match=field):
+            train_engine(eng, tmp_path / "m", **{field: value}, progress=False)
+        assert not (tmp_path / "m").exists() and eng.model_dir == trained[0] / "model"
+    finally:
+        eng.close()
+
+
 def test_the_refit_validates_on_the_first_trainings_held_out_users(trained, tmp_path, monkeypatch):
     """:func:`refit_encoder` validates on the users the first training held out, each on its
     newest step (which the first training never saw), and trains every other step."""

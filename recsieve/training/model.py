@@ -47,11 +47,7 @@ from recsieve.engine.engine import Engine
 from recsieve.errors import InvalidInputError
 from recsieve.indexes.checks import check_positive
 from recsieve.rerankers.training import Step
-from recsieve.training.context_model import (
-    TrainConfig,
-    fit_candidate_scorer,
-    fit_context_model,
-)
+from recsieve.training.context_model import TrainConfig, fit_candidate_scorer, fit_context_model
 from recsieve.training.examples import engine_sequences, last_positives, sample_users
 from recsieve.training.head import train_engine_ranker
 from recsieve.training.validation import validation_rows
