@@ -254,8 +254,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             epochs=args.epochs, budget_s=args.budget_s or None, scorer_steps=args.scorer_steps,
             scorer_epochs=args.scorer_epochs, scorer_budget_s=args.scorer_budget_s or None,
             cross_encoder=not args.no_cross_encoder, dim=args.dim, max_len=args.max_len, seed=args.seed,
-            refit_epochs=args.refit_epochs, refit_lr=args.refit_lr, progress=not args.quiet, switch=not args.no_switch, overwrite=args.overwrite,
-            workers=workers, ray_address=args.ray or None,
+            refit_epochs=args.refit_epochs, refit_lr=args.refit_lr, progress=not args.quiet, switch=not args.no_switch,
+            overwrite=args.overwrite, workers=workers, ray_address=args.ray or None,
         )
         if not args.no_switch:
             engine.save()

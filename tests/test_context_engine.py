@@ -348,14 +348,15 @@ def test_the_encoder_is_refit_after_the_head_and_its_ablation_keeps_the_first_on
         eng.close()
 
 
-@pytest.mark.parametrize("field, value", [("refit_epochs", -1), ("refit_epochs", 1.5), ("refit_lr", 0.0)])
-def test_bad_refit_settings_are_refused_before_anything_trains(trained, tmp_path, field, value):
+@pytest.mark.parametrize("settings", [{"refit_epochs": -1}, {"refit_epochs": 1.5}, {"refit_lr": 0.0},
+                                      {"refit_epochs": 0, "refit_ablation_out": "before"}])
+def test_bad_refit_settings_are_refused_before_anything_trains(trained, tmp_path, settings):
     from recsieve.errors import InvalidInputError
 
     eng = _open(trained[0], tmp_path)
     try:
-        with pytest.raises(InvalidInputError, match=field):
-            train_engine(eng, tmp_path / "m", **{field: value}, progress=False)
+        with pytest.raises(InvalidInputError, match=list(settings)[-1]):
+            train_engine(eng, tmp_path / "m", **settings, progress=False)
         assert not (tmp_path / "m").exists() and eng.model_dir == trained[0] / "model"
     finally:
         eng.close()

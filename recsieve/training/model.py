@@ -217,6 +217,8 @@ def train_engine(
         raise InvalidInputError("refit_epochs", refit_epochs, "must be a non-negative integer (0: no refit)")
     if not refit_lr > 0:
         raise InvalidInputError("refit_lr", refit_lr, "must be positive")
+    if refit_ablation_out is not None and not refit_epochs:
+        raise InvalidInputError("refit_ablation_out", str(refit_ablation_out), "needs a refit (refit_epochs > 0)")
     if ray_address is not None and workers is None:
         raise InvalidInputError("ray_address", ray_address, "give workers too: the encoder trains on Ray with them")
     if not engine.catalog.num_rows:
