@@ -14,7 +14,7 @@ import numpy as np
 
 from recsieve.errors import InvalidInputError
 
-__all__ = ["BATCHING", "BUCKET_POOL", "bucketed", "check_sequences", "right_pad"]
+__all__ = ["BATCHING", "BUCKET_POOL", "bucketed", "check_sequences", "right_pad", "unseen_items"]
 
 #: The ways next-item training deals its users into batches (``TrainConfig.batching``).
 BATCHING = ("random", "length", "bucket")
@@ -52,3 +52,11 @@ def check_sequences(sequences: Sequence[np.ndarray], n_items: int) -> list[np.nd
     if top >= n_items or min((int(s.min()) for s in seqs if s.size), default=0) < 0:
         raise InvalidInputError("sequences", top, f"item index outside 0..{n_items - 1}")
     return seqs
+
+
+def unseen_items(sequences: Sequence[np.ndarray], n_items: int) -> np.ndarray:
+    """bool ``(n_items,)``: the rows that occur in no training sequence (cold for the tower)."""
+    seen = np.zeros(n_items, bool)
+    for s in sequences:
+        seen[np.asarray(s, np.int64)] = True
+    return ~seen

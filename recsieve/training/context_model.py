@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from recsieve.context.model import ContextModel, ContextSettings
 from recsieve.errors import InvalidInputError
 from recsieve.quantization import cpuinfo_flags
-from recsieve.training.batches import BATCHING, bucketed, check_sequences, right_pad
+from recsieve.training.batches import BATCHING, bucketed, check_sequences, right_pad, unseen_items
 from recsieve.training.data_parallel import DataParallel
 from recsieve.training.softmax import full_softmax_ce, sampled_softmax_ce
 from recsieve.training.validation import validate, validation_rows
@@ -414,14 +414,6 @@ def _tower_table(model: ContextModel, text: torch.Tensor | None, cold: torch.Ten
         return model.tower(text, cold)
 
     return table
-
-
-def unseen_items(sequences: Sequence[np.ndarray], n_items: int) -> np.ndarray:
-    """bool ``(n_items,)``: the rows that occur in no training sequence (cold for the tower)."""
-    seen = np.zeros(n_items, bool)
-    for s in sequences:
-        seen[np.asarray(s, np.int64)] = True
-    return ~seen
 
 
 def fit_context_model(
