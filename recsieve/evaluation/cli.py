@@ -16,8 +16,9 @@ __all__ = ["run_evaluation", "run_streaming", "run_instructions", "SYSTEMS"]
 SASREC_PATIENCE = 10
 SYSTEMS = ("popularity", "item-knn", "transitions", "sasrec", "text-zero-shot", "recsieve-recall", "recsieve-fast",
            "recsieve", "recsieve-without-cross-encoder", "recsieve-without-refit")
-#: the ablations of ``recsieve``: the same engine, with one learned part left out of its model
-ABLATIONS = ("recsieve-without-cross-encoder", "recsieve-without-refit")
+#: the ablations of ``recsieve`` (the same engine, one learned part left out of its model) and the
+#: :class:`~recsieve.evaluation.systems.EngineSystem` attribute naming each one's model folder
+ABLATIONS = {"recsieve-without-cross-encoder": "ablated_model", "recsieve-without-refit": "before_refit_model"}
 
 
 def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = None, seed: int = 0,
@@ -117,8 +118,7 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
                                       refit_ablation="recsieve-without-refit" in names, progress=progress))
         elif name in ABLATIONS:
             base = next(b for b in built if b.name == "recsieve")
-            attr = "ablated_model" if name == "recsieve-without-cross-encoder" else "before_refit_model"
-            built.append(EngineVariant(base, name, lambda base=base, attr=attr: getattr(base, attr)))
+            built.append(EngineVariant(base, name, lambda base=base, attr=ABLATIONS[name]: getattr(base, attr)))
         else:  # recsieve-fast
             built.append(EngineSystem(data, name=name, config=config, embedder=embedder, train_ranker=True,
                                       cross_encoder=cross_encoder, tier="full", progress=progress))

@@ -174,11 +174,10 @@ class EngineSystem:
         is trained (recall only) or a re-ranker object was given (it cannot be named in a key)."""
         if not (self.context or self.train_ranker) or self.reranker is not None:
             return None
-        from recsieve.training.model import REFIT_EPOCHS, REFIT_LR
         return {"kind": "engine", "config": asdict(self.config), "embedder": embedder_id(self.embedder),
                 "rerank": self.rerank, "context": self.context, "context_budget_s": self.context_budget_s,
-                "ablation": self.ablation, "refit_ablation": self.refit_ablation, "refit_epochs": REFIT_EPOCHS,
-                "refit_lr": REFIT_LR, "train_ranker": self.train_ranker, "cross_encoder": self.cross_encoder,
+                "ablation": self.ablation, "refit_ablation": self.refit_ablation,
+                "train_ranker": self.train_ranker, "cross_encoder": self.cross_encoder,
                 "tier": self.tier, "ranker_users": self.ranker_users, "ranker_steps": self.ranker_steps,
                 "ce_users": self.ce_users, "ce_steps": CE_STEPS, "step_seconds": STEP_SECONDS}
 
