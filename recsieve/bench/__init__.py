@@ -77,7 +77,6 @@ from recsieve.bench.on_ray import RaySettings, plot_ray, ray_section
 from recsieve.bench.processes import processes_section
 from recsieve.bench.report import format_summary, quality_ratio, write_plots
 from recsieve.bench.rerank import encoder_flops, fallback_pairs, gemm_peak_gflops, rerank_section
-from recsieve.bench.scale import scale_section
 from recsieve.bench.text_vectors import read_corpus
 from recsieve.errors import InvalidInputError
 
@@ -286,6 +285,10 @@ def run_bench(
                 result["processes"] = processes_section(cfg, seed, bar, notes, workdir)
                 bar.advance()
             if "scale" in sections:  # build-index items/s per embedding backend against fp32
+                # imported here: ``python -m recsieve.bench.scale`` (or ``.compaction``) must not
+                # find its module already imported by this package (runpy warns)
+                from recsieve.bench.scale import scale_section
+
                 result["scale"] = scale_section(cfg, seed, bar, notes, workdir, quick=quick)
                 bar.advance()
             if "ray" in sections:  # distributed builds and replicated serving against their baselines

@@ -152,8 +152,8 @@ class Engine:
     def embedder(self) -> Embedder:
         """The bi-encoder (loaded on first use)."""
         if self._embedder is None:
-            config = self._store.config
-            self._embedder = SentenceTransformerEmbedder(config.embedding_model, backend=config.embedding_backend)
+            store = self._store
+            self._embedder = SentenceTransformerEmbedder(store.config.embedding_model, backend=store.embedding_backend)
         return self._embedder
 
     def _embed(self, texts: list[str]) -> np.ndarray:

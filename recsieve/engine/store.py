@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from recsieve.catalog import Catalog
-from recsieve.embedding import resolve_backend
+from recsieve.embedding import AUTO_BACKEND, EMBEDDING_BACKENDS, resolve_backend
 from recsieve.engine.backends import load_index, new_index
 from recsieve.engine.config import EngineConfig
 from recsieve.engine.journal import (
@@ -126,6 +126,9 @@ class Store:
     def __init__(self, directory: Path, config: EngineConfig) -> None:
         self.directory = directory
         self.config = config
+        #: the backend this directory's vectors are embedded with: the config's, resolved; with
+        #: ``auto``, the one its snapshot records (what ``auto`` picks depends on the machine)
+        self.embedding_backend = resolve_backend(config.embedding_backend)
         self.write_lock = threading.RLock()
         self.catalog = Catalog(config.template) if config.template else Catalog()
         self.dim = 0
@@ -289,7 +292,9 @@ class Store:
                 f"embedding_model={self.config.embedding_model!r}; re-embed with build-index --out to a new directory"
             )
         made = meta.get("embedding_backend", "torch")  # snapshots from before backends were recorded: torch fp32
-        wanted = resolve_backend(self.config.embedding_backend)
+        if self.config.embedding_backend == AUTO_BACKEND and made in EMBEDDING_BACKENDS:
+            self.embedding_backend = made  # auto keeps what the index was built with, wherever it opens
+        wanted = self.embedding_backend
         if made != wanted:
             raise StoreError(
                 f"{self.directory}: vectors were embedded with backend {made!r} but the config's "
@@ -562,7 +567,7 @@ class Store:
                 "backend": self.config.backend,
                 "index": self.config.index,
                 "embedding_model": self.config.embedding_model,
-                "embedding_backend": resolve_backend(self.config.embedding_backend),
+                "embedding_backend": self.embedding_backend,
                 "hashes_file": HASHES_FILE,
                 "field_kinds": dict(self.field_kinds),
                 "items": len(self.catalog),
