@@ -415,5 +415,13 @@ def test_an_index_records_its_backend_and_refuses_another(tmp_path, torch_embedd
     manifest = json.loads((tmp_path / "e" / "MANIFEST.json").read_text())
     assert manifest["meta"]["embedding_backend"] == "torch"
     assert Store(tmp_path / "y", auto).embedding_backend == resolve_backend("auto")  # a new index: auto's pick
+    # an embedder given to the engine must embed as the index's vectors were: never silently mixed
+    other = SentenceTransformerEmbedder(backend="torch-bf16")
+    with pytest.raises(InvalidInputError, match="embeds with backend 'torch-bf16'.*embedded with 'torch'"):
+        Engine.open(tmp_path / "e", config=auto, embedder=other)
+    with pytest.raises(InvalidInputError, match="embeds with backend 'torch-bf16'"):
+        Engine.create(tmp_path / "new", cfg, embedder=other)
+    assert not (tmp_path / "new").exists()  # refused before anything was written
+    Engine.open(tmp_path / "e", config=auto, embedder=torch_embedder).close()
     with pytest.raises(StoreError, match="backend 'nonesuch'"):  # a backend this version does not know
         Store(tmp_path / "x", auto)._check_meta({**legacy, "embedding_backend": "nonesuch"})

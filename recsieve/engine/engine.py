@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recsieve.catalog import Catalog
-from recsieve.embedding import Embedder, SentenceTransformerEmbedder
+from recsieve.embedding import Embedder, SentenceTransformerEmbedder, check_backend, resolve_backend
 from recsieve.engine.cache import ScoreCache
 from recsieve.engine.checks import check_event, check_k, check_user
 from recsieve.engine.config import CONFIG_FILE, EngineConfig
@@ -87,8 +87,10 @@ class Engine:
         directory = Path(directory)
         if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
             raise StoreError(f"engine directory {directory} exists and is not empty; use Engine.open")
-        directory.mkdir(parents=True, exist_ok=True)
         config = config or EngineConfig()
+        if embedder is not None:  # refused before anything is written
+            check_backend(embedder, resolve_backend(config.embedding_backend), f"the config of {directory}")
+        directory.mkdir(parents=True, exist_ok=True)
         engine = cls(directory, config, embedder=embedder, reranker=reranker)
         engine._store.init_empty(engine.embedder.dim)
         atomic_write_text(directory / CONFIG_FILE, config.to_toml())
@@ -110,6 +112,8 @@ class Engine:
         engine = cls(directory, config, embedder=embedder, reranker=reranker)
         try:
             engine._store.load()
+            if embedder is not None:  # items and queries are embedded as the index's vectors were
+                check_backend(embedder, engine._store.embedding_backend, f"the index in {directory}")
         except BaseException:
             engine.close()  # a failed open leaves no journal connection behind
             raise
