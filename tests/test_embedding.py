@@ -328,7 +328,7 @@ def test_auto_backend_and_bad_names(embedder):
         assert resolve_backend("auto") == "openvino-bf16"
     else:
         assert resolve_backend("auto") == ("onnx" if onnx else "torch")
-    # the default stays torch fp32 (existing indexes keep opening); "auto" is opted into
+    # the default stays torch fp32; "auto" is opted into
     assert embedder.backend == "torch" and SentenceTransformerEmbedder().backend == "torch"
     assert SentenceTransformerEmbedder(backend="auto").backend == resolve_backend("auto")
     for name in EMBEDDING_BACKENDS:
