@@ -21,7 +21,6 @@ import json
 import time
 
 import numpy as np
-import scipy.sparse as sp
 
 from recsieve.context import ContextModel
 from recsieve.evaluation.datasets import load_dataset
@@ -35,19 +34,11 @@ RRF_K = 60
 
 
 def cooccurrence_scores(model: ContextModel, contexts: list[np.ndarray], n_items: int) -> np.ndarray:
-    """Every item's co-occurrence score for each context: the recency-decayed sum of its
-    similarity to the context's last ``depth`` items (what ``CoOccurrence.scores`` gives a candidate)."""
-    co = model.cooccurrence
-    sim = sp.csr_matrix((co.data, co.indices, co.indptr), shape=(co.n_items, co.n_items))[:n_items, :n_items]
-    rows, cols, vals = [], [], []
-    for u, ctx in enumerate(contexts):
-        last = np.asarray(ctx, np.int64)[::-1][: co.depth]
-        rows.append(np.full(len(last), u))
-        cols.append(last)
-        vals.append(co.decay ** np.arange(len(last), dtype=np.float64))
-    weights = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                            shape=(len(contexts), n_items))
-    return np.asarray((weights @ sim).todense(), np.float32)
+    """Every item's co-occurrence score for each context, as the head reads it
+    (``CoOccurrence.scores_many`` with every item a candidate)."""
+    every = np.tile(np.arange(n_items), len(contexts))
+    return model.cooccurrence.scores_many(contexts, every, np.arange(len(contexts) + 1) * n_items).reshape(
+        len(contexts), n_items)
 
 
 def zscore(scores: np.ndarray, hidden: np.ndarray) -> np.ndarray:
