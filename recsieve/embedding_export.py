@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
 import threading
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ import numpy as np
 
 from recsieve.errors import InvalidInputError, MissingDependencyError
 from recsieve.locks import FileLock
-from recsieve.quantization import needs_requantizing, quantize_int8
+from recsieve.quantization import needs_requantizing, quantize_int8, usable_cpus
 from recsieve.storage import atomic_write_json, read_json, user_cache_dir
 
 __all__ = ["EXPORT_FORMAT", "GraphEncoder", "bf16_supported", "default_cache_dir", "export_encoder", "export_folder",
@@ -190,52 +192,20 @@ def _one_at_a_time(infer: Any) -> Any:
 
 
 def _streams(infer: Any, streams: int) -> Any:
-    """``run(batches, sink)`` with ``streams`` threads each taking the next batch, calling the
-    thread-safe ``infer(feed) -> vectors`` (which releases the GIL) and telling ``sink`` (one call
-    at a time); the first exception is raised on the caller's thread once every thread stopped."""
+    """``run(batches, sink)`` with up to ``streams`` batches in flight at once, each on a pool
+    thread calling the thread-safe ``infer(feed) -> vectors`` (which releases the GIL); ``sink``
+    runs on the caller's thread, batch by batch in order, and an exception reaches the caller.
+    Batches are taken a few per stream at a time, so their feeds are not all held at once."""
     if streams <= 1:
         return _one_at_a_time(infer)
 
     def run(batches: Any, sink: Any) -> None:
-        source, lock, failures = iter(batches), threading.Lock(), []
-
-        def work() -> None:
-            while True:
-                with lock:
-                    if failures:
-                        return
-                    try:
-                        rows, feed = next(source)
-                    except StopIteration:
-                        return
-                    except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
-                        failures.append(exc)
-                        return
-                try:
-                    vecs = infer(feed)
-                    with lock:
-                        sink(rows, vecs)
-                except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
-                    with lock:
-                        failures.append(exc)
-                    return
-
-        workers = [threading.Thread(target=work, daemon=True) for _ in range(streams)]
-        for t in workers:
-            t.start()
-        for t in workers:
-            t.join()
-        if failures:
-            raise failures[0]
+        source = iter(batches)
+        with ThreadPoolExecutor(streams) as pool:
+            while window := list(itertools.islice(source, 4 * streams)):
+                for (rows, _), vecs in zip(window, pool.map(lambda batch: infer(batch[1]), window)):
+                    sink(rows, vecs)
     return run
-
-
-def _cores() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 @functools.cache
@@ -289,7 +259,7 @@ class GraphEncoder:
             import onnxruntime as ort
 
             options = ort.SessionOptions()
-            streams = 1 if single else threads or _cores()
+            streams = 1 if single else threads or usable_cpus()
             options.intra_op_num_threads = (threads or 0) if single else 1
             if not single:
                 options.inter_op_num_threads = 1

@@ -25,7 +25,7 @@ from typing import Any
 
 from recsieve.errors import InvalidInputError
 
-__all__ = ["ISAS", "cpu_isa", "cpuinfo_flags", "int8_settings", "quantize_int8", "needs_requantizing"]
+__all__ = ["ISAS", "cpu_isa", "cpuinfo_flags", "int8_settings", "quantize_int8", "needs_requantizing", "usable_cpus"]
 
 #: Instruction sets told apart, best first. ``x86``: an x86-64 CPU without AVX2.
 ISAS = ("avx512_vnni", "avx_vnni", "arm64", "avx512", "avx2", "x86")
@@ -61,6 +61,14 @@ def cpuinfo_flags(path: str = "/proc/cpuinfo") -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity; every CPU where that cannot be read)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
 
 
 @functools.cache

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from recsieve.errors import InvalidInputError
+from recsieve.quantization import usable_cpus
 from recsieve.types import Event, Item
 from recsieve.vectors import normalize
 
@@ -175,7 +176,7 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
         "cpu_model": model or platform.processor() or None,
         "cpu_flags": flags,
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cpus": usable_cpus(),
         "ram_gib": ram,
         "os": platform.platform(),
         "python": platform.python_version(),

@@ -31,7 +31,6 @@ per-user loop).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -57,6 +56,7 @@ from recsieve.engine.recall import (
     VectorChannel,
 )
 from recsieve.engine.users import RecentEvent, UserView
+from recsieve.quantization import usable_cpus
 from recsieve.rerankers.training import Step
 from recsieve.training.batched_context import Context, cross_scores, user_vectors
 from recsieve.training.batched_features import list_features
@@ -415,11 +415,7 @@ def batched_groups(engine: Engine, sequences: dict[str, list[Step]], targets: di
 def default_threads() -> int:
     """Threads for :func:`batched_groups`: two where the process may run on two or more CPU cores
     (measured on two cores: a third thread gained nothing, the GIL-bound parts queue)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        cores = os.cpu_count() or 1
-    return min(2, cores)
+    return min(2, usable_cpus())
 
 
 def _one_openmp_thread() -> None:
