@@ -192,7 +192,7 @@ class SentenceTransformerEmbedder:
     process-wide, so it is set and restored under the encode lock; ONNX Runtime and OpenVINO
     get a second session of that many threads.
 
-    ``backend``: one of :data:`EMBEDDING_BACKENDS` or ``"auto"`` (:func:`resolve_backend`);
+    ``backend``: one of :data:`EMBEDDING_BACKENDS` or ``"auto"`` (the default, :func:`resolve_backend`);
     :attr:`backend` is the one chosen (``auto`` on a ``device`` other than the CPU is ``torch``).
     ``cache_dir``: where ONNX / OpenVINO backends keep the model's export (``None``:
     :func:`recsieve.embedding_export.default_cache_dir`, under ``$XDG_CACHE_HOME`` else
@@ -208,7 +208,7 @@ class SentenceTransformerEmbedder:
         max_seq_length: int | None = None,
         show_progress: bool | None = None,
         query_threads: int | None = 1,
-        backend: str = "torch",
+        backend: str = AUTO_BACKEND,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if query_threads is not None and (

@@ -46,7 +46,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, object]:
         quick=True, json_out=out / "bench.json", plots_dir=out / "plots", threads=1, progress=False,
         sizes=(3000,), queries=30, lance_sizes=(3000,), engine_items=60, engine_users=30,
         engine_requests=8, context_users=40, context_budget_s=2.0, load_seconds=0.15, rerank_pairs=8,
-        quality_report=out / "quality.json", summary=False,
+        quality_report=out / "quality.json", summary=False, embedding_backend="torch",
     )
     return result, json.loads((out / "bench.json").read_text()), out / "plots"
 
@@ -60,6 +60,7 @@ def test_json_has_headline_keys_and_machine(tiny):
         assert key in written, key
     assert written["machine"]["versions"]["faiss-cpu"]
     assert written["machine"]["threads"] == 1
+    assert written["engine"]["config"]["embedding_backend"] == "torch"  # as asked, not the default auto
     # the context model served: trained in the run (encoder, candidate scorer, head stacking both)
     for key in ("context_encoder_p95_ms", "fine_sieve_p95_ms", "cold_p95_ms", "rerank_speedup_vs_naive"):
         assert written[key] > 0, key
@@ -287,6 +288,8 @@ def test_bad_arguments_are_refused():
         run_bench(sizes=(50,), progress=False, summary=False)
     with pytest.raises(InvalidInputError):
         run_bench(context_budget_s=0, progress=False, summary=False)
+    with pytest.raises(InvalidInputError, match="embedding_backend"):
+        run_bench(sections=("engine",), embedding_backend="fp16", progress=False, summary=False)
 
 
 def test_a_quality_report_without_the_fine_sieve_is_refused_before_the_run(tmp_path, monkeypatch):

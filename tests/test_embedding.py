@@ -328,8 +328,8 @@ def test_auto_backend_and_bad_names(embedder):
         assert resolve_backend("auto") == "openvino-bf16"
     else:
         assert resolve_backend("auto") == ("onnx" if onnx else "torch")
-    # the default stays torch fp32; "auto" is opted into
-    assert embedder.backend == "torch" and SentenceTransformerEmbedder().backend == "torch"
+    # the default is auto, in the embedder as in the engine's config
+    assert embedder.backend == resolve_backend("auto") == SentenceTransformerEmbedder().backend
     assert SentenceTransformerEmbedder(backend="auto").backend == resolve_backend("auto")
     for name in EMBEDDING_BACKENDS:
         assert resolve_backend(name) == name
@@ -340,7 +340,7 @@ def test_auto_backend_and_bad_names(embedder):
 
     with pytest.raises(InvalidInputError, match="embedding_backend"):
         EngineConfig(embedding_backend="fp16")
-    assert EngineConfig().embedding_backend == "torch"
+    assert EngineConfig().embedding_backend == "auto"
     assert EngineConfig.from_dict({"items": {"embedding_backend": "onnx"}}).embedding_backend == "onnx"
 
 
@@ -379,6 +379,13 @@ def test_a_query_embedder_of_another_backend_is_refused(torch_embedder):
     with pytest.raises(InvalidInputError, match="embedded with 'onnx'") as info:
         check_backend(torch_embedder, "onnx")
     assert info.value.field == "embedder"
+    # the evaluation's caching wrapper says its inner embedder's backend, so it is checked too
+    from recsieve.evaluation.systems import CachedEmbedder
+
+    check_backend(CachedEmbedder(torch_embedder), "torch")
+    with pytest.raises(InvalidInputError, match="embedded with 'onnx'"):
+        check_backend(CachedEmbedder(torch_embedder), "onnx")
+    check_backend(CachedEmbedder(object()), "onnx")  # wrapping one that does not say
 
 
 def test_an_index_records_its_backend_and_refuses_another(tmp_path, torch_embedder):

@@ -191,6 +191,7 @@ def run_bench(
     index_data: str = "clustered",
     vector_cache: str | Path | None = None,
     text_corpus: str | Path | None = None,
+    embedding_backend: str = "auto",
 ) -> dict[str, Any]:
     """Run the benchmark; return the result dict (also written to ``json_out`` as JSON).
 
@@ -213,7 +214,9 @@ def run_bench(
     texts, embedded once into ``vector_cache``, default
     :func:`~recsieve.bench.text_vectors.default_vector_cache`): the engine section's generated
     catalog, or with ``text_corpus`` (a UTF-8 file, one text per line) word-bigram walks over
-    that corpus (:class:`~recsieve.bench.text_vectors.MarkovTexts`). ``quality_report``: an
+    that corpus (:class:`~recsieve.bench.text_vectors.MarkovTexts`). ``embedding_backend``: how
+    the engine section's bi-encoder runs (:data:`~recsieve.embedding.EMBEDDING_BACKENDS` or
+    ``"auto"``, the engine's default); the result records the one it resolved to. ``quality_report``: an
     evaluation report (``recsieve evaluate --json``) with a ``recsieve`` row trained with the context model and
     other re-rankers' rows, for ``rerank_ndcg_ratio`` (see
     :func:`~recsieve.bench.report.quality_ratio`; read before anything runs). ``plots_dir``
@@ -241,6 +244,9 @@ def run_bench(
     if index_data not in INDEX_DATA:
         raise InvalidInputError("index_data", index_data, f"choose from {INDEX_DATA}")
     cfg["index_data"], cfg["vector_cache"] = index_data, vector_cache
+    from recsieve.embedding import resolve_backend
+
+    cfg["embedding_backend"] = resolve_backend(embedding_backend)
     if text_corpus is not None:
         if index_data != "text":
             raise InvalidInputError("text_corpus", str(text_corpus), "is read with index_data='text' only")

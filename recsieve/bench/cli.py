@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from recsieve.embedding import AUTO_BACKEND, EMBEDDING_BACKENDS
 from recsieve.errors import InvalidInputError
 
 __all__ = ["add_bench_arguments", "cmd_bench"]
@@ -38,6 +39,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         "100000: at 1M its build takes many minutes on 2 cores)")
     parser.add_argument("--hnsw-ef-construction", type=int, help="HNSW efConstruction at every size (default 200, the "
                         "engine's, up to 20k items and 100 above, to keep the full run short)")
+    parser.add_argument("--embedding-backend", default=AUTO_BACKEND, choices=(AUTO_BACKEND, *EMBEDDING_BACKENDS),
+                        help="how the engine section's bi-encoder runs (default auto, the engine's: the fastest "
+                        "installed that keeps fp32's neighbours); the JSON records the one it resolved to")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     r = parser.add_argument_group("the ray section (needs recsieve[ray])")
     r.add_argument("--ray", metavar="ADDRESS", help="a Ray cluster (default: a local Ray started and stopped here)")
@@ -81,6 +85,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     run_bench(quick=args.quick, json_out=args.json, plots_dir=args.plots, threads=args.threads,
               reranker_model=args.reranker, quality_report=args.quality, progress=not args.quiet,
               index_data=args.index_data, vector_cache=args.vector_cache, text_corpus=args.text_corpus,
-              hnsw_max_size=args.hnsw_max_size,
+              hnsw_max_size=args.hnsw_max_size, embedding_backend=args.embedding_backend,
               ef_construction=args.hnsw_ef_construction, **kwargs)
     return 0

