@@ -66,11 +66,10 @@ def _state(model) -> dict[str, np.ndarray]:
     return state
 
 
-def _gloo_worker(rank: int, world: int, init: str, out: str, batching: str) -> None:
+def _gloo_worker(rank: int, world: int, init: str, out: str, config: TrainConfig) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        model, history = fit_context_model(SEQS, 20, TEXT, settings=SETTINGS,
-                                           config=replace(CONFIG, batching=batching),
+        model, history = fit_context_model(SEQS, 20, TEXT, settings=SETTINGS, config=config,
                                            parallel=DataParallel.current())
         torch.save({"state": _state(model), "history": history, "scores": model.score_items(CONTEXTS)},
                    f"{out}/rank{rank}.pt")
@@ -78,14 +77,20 @@ def _gloo_worker(rank: int, world: int, init: str, out: str, batching: str) -> N
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("batching", ["random", "bucket"])
-def test_two_gloo_workers_train_the_single_process_model(tmp_path, batching):
+@pytest.mark.parametrize("batching, plateau", [("random", None), ("bucket", None), ("bucket", 1)])
+def test_two_gloo_workers_train_the_single_process_model(tmp_path, batching, plateau):
     """No dropout, full softmax, fp32: each step of the group is the single process's step over
     the same rows, so after 3 epochs (a worker with an empty share of a batch among them) the
     weights, scores, losses and validation metrics are the single process's, to float rounding
-    (with bucketed batches too, whose gradient is scaled by the group's positions)."""
-    alone, hist = fit_context_model(SEQS, 20, TEXT, settings=SETTINGS, config=replace(CONFIG, batching=batching))
-    mp.spawn(_gloo_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path), batching), nprocs=2)
+    (with bucketed batches too, whose gradient is scaled by the group's positions; and with a
+    learning-rate cut, which every worker makes after the same epoch, from the same best weights)."""
+    config = replace(CONFIG, batching=batching)
+    if plateau is not None:  # at this rate the held-out score stops rising within a few epochs
+        config = replace(config, epochs=6, lr=5e-2, plateau=plateau, cut_factor=0.1, cuts=1)
+    alone, hist = fit_context_model(SEQS, 20, TEXT, settings=SETTINGS, config=config)
+    if plateau is not None:
+        assert hist["cuts"], hist["valid_ndcg@10"]  # the case is about a cut: one happened
+    mp.spawn(_gloo_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path), config), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     expected = _state(alone)
     for got in ranks:
@@ -96,6 +101,7 @@ def test_two_gloo_workers_train_the_single_process_model(tmp_path, batching):
         np.testing.assert_allclose(got["history"]["losses"], hist["losses"], rtol=1e-5)
         np.testing.assert_allclose(got["history"]["valid_ndcg@10"], hist["valid_ndcg@10"], atol=2e-5)
         assert got["history"]["train_users"] == hist["train_users"] and got["history"]["valid_users"] == 40
+        assert got["history"]["cuts"] == hist["cuts"] and got["history"]["lr"] == pytest.approx(hist["lr"])
     for name in expected:  # the two workers hold one model
         np.testing.assert_array_equal(ranks[0]["state"][name], ranks[1]["state"][name])
     assert hist["losses"][-1] < hist["losses"][0]  # it trained: the comparison is not of two idle models
