@@ -78,9 +78,9 @@ class TrainConfig:
     warmup: float = 0.02  # share of the schedule
     schedule: str = "cosine"  # cosine | linear | constant
     min_lr_ratio: float = 0.05
-    #: users per step. 64: the encoder alone on ML-1M (width 128, fp32, 1,200 s) validated 0.1799 against
-    #: 0.1708 with 128, test +0.0015 [-0.0019, +0.0048] (bench/results/batch_size.json; SASRec keeps 128)
-    batch_size: int = 64
+    #: users per step. 64 was measured and not kept: encoder alone, test NDCG@10 paired with 128, ML-1M
+    #: +0.0015 [-0.0019, +0.0048], Amazon Scientific -0.0015 [-0.0037, +0.0008] (bench/results/batch_size.json)
+    batch_size: int = 128
     #: ``bucket`` (default): every epoch deals fresh random pools of ``batches.BUCKET_POOL`` batches'
     #: users, sorts each pool by length and cuts it into batches, in random order, and weighs every
     #: position alike whatever its batch's size (a batch's gradient is its positions' sum over the
