@@ -78,6 +78,7 @@ from recsieve.bench.processes import processes_section
 from recsieve.bench.report import format_summary, quality_ratio, write_plots
 from recsieve.bench.rerank import encoder_flops, fallback_pairs, gemm_peak_gflops, rerank_section
 from recsieve.bench.text_vectors import read_corpus
+from recsieve.embedding import AUTO_BACKEND, resolve_backend
 from recsieve.errors import InvalidInputError
 
 __all__ = [
@@ -191,7 +192,7 @@ def run_bench(
     index_data: str = "clustered",
     vector_cache: str | Path | None = None,
     text_corpus: str | Path | None = None,
-    embedding_backend: str = "auto",
+    embedding_backend: str = AUTO_BACKEND,
 ) -> dict[str, Any]:
     """Run the benchmark; return the result dict (also written to ``json_out`` as JSON).
 
@@ -244,8 +245,6 @@ def run_bench(
     if index_data not in INDEX_DATA:
         raise InvalidInputError("index_data", index_data, f"choose from {INDEX_DATA}")
     cfg["index_data"], cfg["vector_cache"] = index_data, vector_cache
-    from recsieve.embedding import resolve_backend
-
     cfg["embedding_backend"] = resolve_backend(embedding_backend)
     if text_corpus is not None:
         if index_data != "text":
