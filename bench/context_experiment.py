@@ -131,6 +131,8 @@ def main() -> None:
                          "training sequence, at a constant --refit-lr, without validation (default 0: no refit)")
     ap.add_argument("--refit-lr", type=float, default=None,
                     help="the refit's rate (default: the first training's last rate)")
+    ap.add_argument("--exclude-seen", action="store_true",
+                    help="leave each user's earlier items out of every position's full softmax (TrainConfig.exclude_seen)")
     ap.add_argument("--per-user", default=None, help="save the per-user NDCG@10 here (.npy)")
     ap.add_argument("--pair-with", default=None, help="a --per-user file of another run on the same users")
     a = ap.parse_args()
@@ -144,6 +146,7 @@ def main() -> None:
         sampled_above=1 if a.sampled else 50_000, n_negatives=a.negatives, patience=patience,
         valid_users=a.valid_users, id_dropout=a.id_dropout, plateau=a.plateau, cut_factor=a.cut_factor, cuts=a.cuts,
         weight_decay=a.wd, schedule=a.schedule or "cosine", seed=a.seed, threads=a.threads, progress=True,
+        exclude_seen=a.exclude_seen,
     )
     if a.system == "sasrec":
         from recsieve.evaluation.sasrec import SASRec

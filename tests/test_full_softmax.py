@@ -70,3 +70,44 @@ def test_sampled_softmax_matches_the_materialised_logq_corrected_cross_entropy(c
     assert torch.allclose(ct, gt, atol=1e-6)
     with pytest.raises(ValueError, match="log_q"):
         sampled_softmax_ce(h, table, targets, negs, log_q[:-1])
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 256])
+def test_excluded_items_leave_the_softmax_in_value_and_gradients(chunk: int) -> None:
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(120, 16, generator=g, requires_grad=True)
+    table = (torch.randn(30, 16, generator=g) * 0.3).requires_grad_()
+    targets = torch.randint(0, 30, (120,), generator=g)
+    mask = torch.rand(120, 30, generator=g) < 0.3
+    mask[torch.arange(120), targets] = False  # a row's target is never excluded
+    rows, items = mask.nonzero(as_tuple=True)
+    ref = F.cross_entropy((h @ table.T).masked_fill(mask, float("-inf")), targets)
+    gh, gt = torch.autograd.grad(ref, (h, table))
+    got = full_softmax_ce(h, table, targets, chunk=chunk, exclude=(rows, items))
+    ch, ct = torch.autograd.grad(got, (h, table))
+    plain = full_softmax_ce(h, table, targets, chunk=chunk)
+    assert got < plain  # fewer competitors: a lower loss
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert torch.allclose(ch, gh, atol=1e-6)
+    assert torch.allclose(ct, gt, atol=1e-6)
+    with pytest.raises(ValueError, match="own target"):
+        full_softmax_ce(h, table, targets, exclude=(torch.tensor([5]), targets[5:6]))
+
+
+def test_seen_pairs_name_each_positions_earlier_items_but_its_target() -> None:
+    from recsieve.training.softmax import seen_pairs
+
+    inputs = torch.tensor([[4, 2, 4, 7], [1, 3, -1, -1]])  # 4 repeats: position 1's target is 4 again
+    targets = torch.tensor([[2, 4, 7, 9], [3, -1, -1, -1]])
+    real = (inputs >= 0) & (targets >= 0)
+    rows, items = seen_pairs(inputs, targets, real)
+    # h's rows: (0, 0) (0, 1) (0, 2) (0, 3) (1, 0); row 1's target 4 is also an earlier item: kept
+    want = {(0, 4), (1, 2), (2, 4), (2, 2), (3, 4), (3, 2), (3, 7), (4, 1)}
+    got = list(zip(rows.tolist(), items.tolist(), strict=True))
+    flat = real.flatten().nonzero().flatten().tolist()  # h's rows in (user, position) order
+    expect = []
+    for r, pos in enumerate(flat):
+        b, t = divmod(pos, inputs.shape[1])
+        expect += [(r, int(i)) for i in inputs[b, : t + 1].tolist() if i >= 0 and i != int(targets[b, t])]
+    assert got == expect and rows.tolist() == sorted(rows.tolist())
+    assert set(got) == want

@@ -21,6 +21,7 @@ def test_yardstick_is_id_only_and_full_softmax():
     m = model._model
     assert m.settings.text_dim == 0 and m.tower.adapter is None  # item-ID tokens only
     assert model.history["sampled_softmax"] is False
+    assert model.history["exclude_seen"] is False  # seen items stay in its softmax, as published
     assert model.score([seqs[0][:5]]).shape == (1, n)
 
 

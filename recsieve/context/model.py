@@ -299,7 +299,8 @@ class ContextModel:
             return u.float().numpy().copy()
 
     def score_items(self, contexts: Sequence[np.ndarray], **kw: Any) -> np.ndarray:
-        """float32 ``(len(contexts), n_items)``: user vector · every item token."""
+        """float32 ``(len(contexts), n_items)``: user vector · every item token (a model trained with
+        ``TrainConfig.exclude_seen`` never learnt to rank a context's own items: leave them out)."""
         u = self.encode(contexts, **kw)
         return (u @ self._table.numpy().T).astype(np.float32, copy=False)
 

@@ -172,6 +172,7 @@ class SASRec:
             patience=self.patience,
             plateau=None,  # the recipe stops on patience; no rate cuts
             sampled_above=max(int(n_items), 1),  # always the full softmax: the recipe
+            exclude_seen=False,  # over every item, seen ones too: the recipe
             seed=self.seed,
             threads=self.threads,
             progress=self.progress,

@@ -6,17 +6,15 @@ the loss is cross-entropy over the whole catalog's item tokens (full softmax) up
 ``sampled_above`` items, and above it a sampled softmax (``n_negatives`` items drawn from
 popularity^0.75, shared by the batch) with the logQ correction ``s - log(K q)``. On a CPU with
 bf16 arithmetic (:func:`native_bf16`: AMX or AVX-512 BF16) the forward pass runs under bf16
-autocast, else fp32.
-AdamW, linear warmup then cosine decay; the schedule's clock is ``max(step share, time share
-of budget_s)``, so a time-budgeted run still ends at a low learning rate. Early stopping and
-the choice of the best epoch use NDCG@10 (full ranking, history excluded) on the validation
-position of up to ``valid_users`` held-out users (each user with 3+ items; ``valid_share``
-caps their share): their last training item is the validation target and never trained on.
-Where ``plateau`` epochs pass without a better held-out score, the best epoch comes back at a cut rate.
-Nothing from the caller's test or validation position is needed: pass training sequences only.
+autocast, else fp32. AdamW, linear warmup then cosine decay; the schedule's clock is
+``max(step share, time share of budget_s)``, so a time-budgeted run still ends at a low learning
+rate. Early stopping and the choice of the best epoch use NDCG@10 (full ranking, history
+excluded) on the validation position of up to ``valid_users`` held-out users (each user with 3+
+items; ``valid_share`` caps their share): their last training item is the validation target and
+never trained on. Where ``plateau`` epochs pass without a better held-out score, the best epoch
+comes back at a cut rate. Nothing from the caller's test or validation position is needed.
 
-**Candidate scorer** (:func:`fit_candidate_scorer`): listwise softmax over each example's
-candidate rows, with the target's index given.
+**Candidate scorer** (:func:`fit_candidate_scorer`): listwise softmax over each example's rows.
 """
 
 from __future__ import annotations
@@ -39,7 +37,7 @@ from recsieve.errors import InvalidInputError
 from recsieve.quantization import cpuinfo_flags
 from recsieve.training.batches import BATCHING, bucketed, check_sequences, right_pad, unseen_items
 from recsieve.training.data_parallel import DataParallel
-from recsieve.training.softmax import full_softmax_ce, sampled_softmax_ce
+from recsieve.training.softmax import full_softmax_ce, sampled_softmax_ce, seen_pairs
 from recsieve.training.validation import validate, validation_rows
 
 __all__ = [
@@ -125,6 +123,8 @@ class TrainConfig:
     #: cold item has -- is trained to stand on its own; 0: never. Read by :func:`fit_context_model`
     #: where the tower has both text and IDs; other tasks ignore it.
     id_dropout: float = 0.0
+    #: a user's earlier items out of each position's full softmax (:func:`seen_pairs`; README)
+    exclude_seen: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "n_negatives", "eval_every", "sampled_above", "cuts"):
@@ -250,7 +250,7 @@ def train_next_item(
     total_steps = cfg.epochs * len(chunks)
     history: dict[str, Any] = {
         "bf16": bf16,
-        "sampled_softmax": sampled,
+        "sampled_softmax": sampled, "exclude_seen": bool(cfg.exclude_seen and not sampled),
         "train_users": len(train),
         "valid_users": int(n_valid),
         "losses": [],
@@ -395,7 +395,8 @@ def _batch_loss(task: NextItemTask, batch: np.ndarray, cfg: TrainConfig, bf16: b
         h = task.hidden(table, inputs)[real]
         tgt = targets[real]
         if sampler is None:
-            loss = full_softmax_ce(h, table, tgt)
+            seen = seen_pairs(inputs, targets, real) if cfg.exclude_seen else None
+            loss = full_softmax_ce(h, table, tgt, exclude=seen)
         else:
             q_t, log_q = sampler
             negs = torch.multinomial(q_t, cfg.n_negatives, replacement=True)

@@ -237,7 +237,8 @@ def train_engine(
     from recsieve.context.model import ContextSettings
 
     settings = ContextSettings(n_warm=engine.catalog.num_rows, text_dim=engine.dim, dim=dim, max_len=max_len)
-    config = encoder or TrainConfig(epochs=epochs, budget_s=budget_s, seed=seed, progress=progress)
+    config = encoder or TrainConfig(epochs=epochs, budget_s=budget_s, seed=seed, progress=progress,
+                                    exclude_seen=engine.config.exclude_consumed)
     if workers is None:
         model, history = fit_context_model(train_rows, engine.catalog.num_rows, engine.text_vectors(),
                                            settings=settings, config=config)

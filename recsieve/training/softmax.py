@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["full_softmax_ce", "sampled_softmax_ce"]
+__all__ = ["full_softmax_ce", "sampled_softmax_ce", "seen_pairs"]
 
 #: Rows per chunk: 256 x 3,706 fp32 logits (~3.8 MB) measured fastest on 2 cores (64..4096 tried).
 CHUNK = 256
@@ -46,7 +46,8 @@ class _StoredGradients(torch.autograd.Function):
 
 class _FullSoftmaxCE(_StoredGradients):
     @staticmethod
-    def forward(ctx, h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, chunk: int,  # type: ignore[override]
+                ex_rows: torch.Tensor | None, ex_items: torch.Tensor | None) -> torch.Tensor:
         with torch.autocast("cpu", enabled=False):
             h32, t32 = h.detach().float(), table.detach().float()
             need = ctx.needs_input_grad
@@ -57,6 +58,9 @@ class _FullSoftmaxCE(_StoredGradients):
                 hc, tc = h32[lo : lo + chunk], targets[lo : lo + chunk, None]
                 logits = hc @ t32.T
                 picked = logits.gather(1, tc)
+                if ex_rows is not None and ex_items is not None:
+                    a, b = torch.searchsorted(ex_rows, torch.tensor([lo, lo + chunk])).tolist()
+                    logits[ex_rows[a:b] - lo, ex_items[a:b]] = float("-inf")
                 top = logits.amax(1, keepdim=True)
                 p = logits.sub_(top).exp_()  # one exp pass gives the loss and the softmax
                 norm = p.sum(1, keepdim=True)
@@ -69,20 +73,30 @@ class _FullSoftmaxCE(_StoredGradients):
                     gh[lo : lo + chunk] = p @ t32
                 if gt is not None:
                     gt.addmm_(p.T, hc)
-        return _StoredGradients.keep(ctx, h, table, gh, gt, total, others=2)
+        return _StoredGradients.keep(ctx, h, table, gh, gt, total, others=4)
 
 
-def full_softmax_ce(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
+def full_softmax_ce(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK,
+                    exclude: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Mean cross-entropy of ``h @ table.T`` (``(n, d) x (V, d)``) against int64 ``targets`` ``(n,)``.
 
     Equal to ``F.cross_entropy((h @ table.T).float(), targets)`` in value and gradients (to fp32
     rounding), in a fraction of the time and memory; differentiable in ``h`` and ``table``.
+    ``exclude``: int64 ``(rows, items)`` pairs, ``rows`` sorted: each such item is left out of
+    that row's softmax (its logit ``-inf``); a pair naming the row's own target is refused.
     """
     if h.ndim != 2 or table.ndim != 2 or h.shape[1] != table.shape[1]:
         raise ValueError(f"shapes {tuple(h.shape)} and {tuple(table.shape)} do not multiply")
     if targets.shape != (h.shape[0],):
         raise ValueError(f"targets of shape {tuple(targets.shape)} for {h.shape[0]} rows")
-    return _FullSoftmaxCE.apply(h, table, targets.long(), int(chunk))
+    ex_rows = ex_items = None
+    if exclude is not None:
+        ex_rows, ex_items = (t.long() for t in exclude)
+        if ex_rows.shape != ex_items.shape or ex_rows.ndim != 1:
+            raise ValueError(f"exclude: rows of shape {tuple(ex_rows.shape)}, items of shape {tuple(ex_items.shape)}")
+        if ex_rows.numel() and bool((targets.long()[ex_rows] == ex_items).any()):
+            raise ValueError("exclude names a row's own target")
+    return _FullSoftmaxCE.apply(h, table, targets.long(), int(chunk), ex_rows, ex_items)
 
 
 class _SampledSoftmaxCE(_StoredGradients):
@@ -140,3 +154,16 @@ def sampled_softmax_ce(h: torch.Tensor, table: torch.Tensor, targets: torch.Tens
         raise ValueError(f"negatives of shape {tuple(negatives.shape)}, log_q of shape {tuple(log_q.shape)}"
                          f" for a table of {table.shape[0]} rows")
     return _SampledSoftmaxCE.apply(h, table, targets.long(), negatives.long(), log_q, int(chunk))
+
+
+def seen_pairs(inputs: torch.Tensor, targets: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``TrainConfig.exclude_seen`` leaves out of :func:`full_softmax_ce`: ``(rows, items)``
+    int64, rows sorted; for each ``real`` position of the right-padded ``inputs`` ``(b, n)`` (its
+    row among ``h[real]``'s, row-major), every item of its row's inputs up to and including it,
+    except the position's own target (``targets`` ``(b, n)``)."""
+    flat = torch.full(real.shape, -1, dtype=torch.int64)
+    flat[real] = torch.arange(int(real.sum()))
+    at, before = torch.tril_indices(inputs.shape[1], inputs.shape[1])  # before <= at, sorted by at
+    rows, items = flat[:, at], inputs[:, before]
+    keep = (rows >= 0) & (items >= 0) & (items != targets[:, at])
+    return rows[keep], items[keep]
