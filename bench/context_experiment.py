@@ -132,7 +132,9 @@ def main() -> None:
     ap.add_argument("--refit-lr", type=float, default=None,
                     help="the refit's rate (default: the first training's last rate)")
     ap.add_argument("--exclude-seen", action="store_true",
-                    help="leave each user's earlier items out of every position's full softmax (TrainConfig.exclude_seen)")
+                    help="leave each user's earlier items out of every position's full softmax "
+                         "(TrainConfig.exclude_seen: on by default in the library, off here unless given, so "
+                         "the commands recorded before it reproduce)")
     ap.add_argument("--per-user", default=None, help="save the per-user NDCG@10 here (.npy)")
     ap.add_argument("--pair-with", default=None, help="a --per-user file of another run on the same users")
     a = ap.parse_args()
