@@ -7,12 +7,17 @@ import torch.nn.functional as F
 from recsieve.training.softmax import full_softmax_ce, sampled_softmax_ce
 
 
+def _problem(seed: int, rows: int, items: int):
+    """A generator, ``h`` (rows x 16), a table (items x 16), both requiring grad, and targets."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(rows, 16, generator=g, requires_grad=True)
+    table = (torch.randn(items, 16, generator=g) * 0.3).requires_grad_()
+    return g, h, table, torch.randint(0, items, (rows,), generator=g)
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 256, 10_000])
 def test_value_and_gradients_match_cross_entropy(chunk: int) -> None:
-    g = torch.Generator().manual_seed(0)
-    h = torch.randn(300, 16, generator=g, requires_grad=True)
-    table = (torch.randn(53, 16, generator=g) * 0.3).requires_grad_()
-    targets = torch.randint(0, 53, (300,), generator=g)
+    _, h, table, targets = _problem(0, 300, 53)
     ref = F.cross_entropy(h @ table.T, targets)
     gh, gt = torch.autograd.grad(ref * 3.0, (h, table))
     got = full_softmax_ce(h, table, targets, chunk=chunk)
@@ -50,10 +55,7 @@ def test_shape_errors_are_clear() -> None:
 
 @pytest.mark.parametrize("chunk", [1, 7, 256])
 def test_sampled_softmax_matches_the_materialised_logq_corrected_cross_entropy(chunk: int) -> None:
-    g = torch.Generator().manual_seed(1)
-    h = torch.randn(200, 16, generator=g, requires_grad=True)
-    table = (torch.randn(40, 16, generator=g) * 0.3).requires_grad_()
-    targets = torch.randint(0, 40, (200,), generator=g)
+    g, h, table, targets = _problem(1, 200, 40)
     q = torch.rand(40, generator=g) + 0.1
     q = q / q.sum()
     negs = torch.multinomial(q, 25, replacement=True, generator=g)  # repeats and targets among them
@@ -74,10 +76,7 @@ def test_sampled_softmax_matches_the_materialised_logq_corrected_cross_entropy(c
 
 @pytest.mark.parametrize("chunk", [1, 7, 256])
 def test_excluded_items_leave_the_softmax_in_value_and_gradients(chunk: int) -> None:
-    g = torch.Generator().manual_seed(2)
-    h = torch.randn(120, 16, generator=g, requires_grad=True)
-    table = (torch.randn(30, 16, generator=g) * 0.3).requires_grad_()
-    targets = torch.randint(0, 30, (120,), generator=g)
+    g, h, table, targets = _problem(2, 120, 30)
     mask = torch.rand(120, 30, generator=g) < 0.3
     mask[torch.arange(120), targets] = False  # a row's target is never excluded
     rows, items = mask.nonzero(as_tuple=True)

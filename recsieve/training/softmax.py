@@ -6,7 +6,9 @@ backward) and is memory-bound: ~0.8 s of a ~1.1 s training step on 2 cores.
 :func:`full_softmax_ce` walks the rows in chunks small enough to stay in cache and computes
 the loss **and** both gradients in one pass per chunk (softmax minus one-hot, then two small
 matmuls), so the backward pass only scales the stored gradients: the same numbers (fp32,
-to rounding) at ~0.3 s. Autocast is switched off inside: the logits are always fp32.
+to rounding) at ~0.3 s. Autocast is switched off inside: the logits are always fp32. It can
+leave given (row, item) pairs out of the softmax (``exclude=``; :func:`seen_pairs` names each
+training position's earlier items, ``TrainConfig.exclude_seen``).
 
 :func:`sampled_softmax_ce` does the same for a sampled softmax: every row's target against one
 shared set of sampled negatives, each logit corrected by the log of its expected count (logQ).
