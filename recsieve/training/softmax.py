@@ -56,12 +56,15 @@ class _FullSoftmaxCE(_StoredGradients):
             gh = torch.empty_like(h32) if need[0] else None
             gt = torch.zeros_like(t32) if need[1] else None
             total = h32.new_zeros(())
-            for lo in range(0, h32.shape[0], chunk):
+            # each chunk's share of the excluded pairs (rows sorted): one search for every chunk
+            bounds = None if ex_rows is None else torch.searchsorted(
+                ex_rows, torch.arange(0, h32.shape[0] + chunk, chunk)).tolist()
+            for c, lo in enumerate(range(0, h32.shape[0], chunk)):
                 hc, tc = h32[lo : lo + chunk], targets[lo : lo + chunk, None]
                 logits = hc @ t32.T
                 picked = logits.gather(1, tc)
-                if ex_rows is not None and ex_items is not None:
-                    a, b = torch.searchsorted(ex_rows, torch.tensor([lo, lo + chunk])).tolist()
+                if bounds is not None and ex_items is not None:
+                    a, b = bounds[c], bounds[c + 1]
                     logits[ex_rows[a:b] - lo, ex_items[a:b]] = float("-inf")
                 top = logits.amax(1, keepdim=True)
                 p = logits.sub_(top).exp_()  # one exp pass gives the loss and the softmax
