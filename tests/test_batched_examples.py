@@ -315,18 +315,22 @@ def test_with_a_trained_context_model(tmp_path) -> None:
         eng.close()
 
 
-
+@pytest.mark.parametrize("own_config", [False, True])
 @pytest.mark.parametrize("exclude", [True, False])
-def test_the_encoder_leaves_seen_items_out_of_its_softmax_as_serving_does(tmp_path, exclude) -> None:
+def test_the_encoder_leaves_seen_items_out_of_its_softmax_as_serving_does(tmp_path, exclude, own_config) -> None:
     from recsieve.training import train_engine
+    from recsieve.training.context_model import TrainConfig
 
+    encoder = TrainConfig(epochs=1) if own_config else None  # its exclude_seen is on by default
     eng = _build(tmp_path / "eng", RandomEmbedder(), exclude_consumed=exclude, users=40, seed=2)
     try:
         report = train_engine(eng, tmp_path / "model", steps_per_user=1, users=None, cross_encoder=False,
-                              epochs=1, budget_s=None, refit_epochs=0, dim=16, max_len=8, progress=False)
+                              epochs=1, budget_s=None, refit_epochs=0, encoder=encoder, dim=16, max_len=8,
+                              progress=False)
     finally:
         eng.close()
     assert report["encoder"]["exclude_seen"] is exclude  # the engine's exclude_consumed decides
+
 
 # -- each piece against the serving function it stands for --------------------------------------
 

@@ -199,7 +199,8 @@ def train_engine(
     on (written to the engine's config, atomically). ``budget_s`` / ``scorer_budget_s`` bound the
     encoder's and the scorer's training time; ``cross_encoder=False`` trains no candidate scorer
     (the ablation: its feature is then constant and carries no weight). ``encoder``: every
-    setting of the encoder's training (then ``epochs``, ``budget_s`` and ``seed`` are its own).
+    setting of the encoder's training (then ``epochs``, ``budget_s`` and ``seed`` are its own;
+    its ``exclude_seen`` holds only where the engine's ``exclude_consumed`` does).
     ``ablation_out``: also write there the head trained on the same examples without the
     candidate scorer's score (the ablation; the report pairs both on held-out users).
     ``refit_epochs`` / ``refit_lr``: once the head is fitted, the encoder continues on every
@@ -237,8 +238,9 @@ def train_engine(
     from recsieve.context.model import ContextSettings
 
     settings = ContextSettings(n_warm=engine.catalog.num_rows, text_dim=engine.dim, dim=dim, max_len=max_len)
-    config = encoder or TrainConfig(epochs=epochs, budget_s=budget_s, seed=seed, progress=progress,
-                                    exclude_seen=engine.config.exclude_consumed)
+    config = encoder or TrainConfig(epochs=epochs, budget_s=budget_s, seed=seed, progress=progress)
+    # seen items leave the softmax only where serving never ranks them
+    config = replace(config, exclude_seen=config.exclude_seen and engine.config.exclude_consumed)
     if workers is None:
         model, history = fit_context_model(train_rows, engine.catalog.num_rows, engine.text_vectors(),
                                            settings=settings, config=config)
