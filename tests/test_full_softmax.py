@@ -110,3 +110,13 @@ def test_seen_pairs_name_each_positions_earlier_items_but_its_target() -> None:
         expect += [(r, int(i)) for i in inputs[b, : t + 1].tolist() if i >= 0 and i != int(targets[b, t])]
     assert got == expect and rows.tolist() == sorted(rows.tolist())
     assert set(got) == want
+
+
+def test_seen_pairs_refuses_real_positions_after_padding() -> None:
+    from recsieve.training.softmax import seen_pairs
+
+    inputs = torch.tensor([[4, 2, 4]])
+    targets = torch.tensor([[2, 4, 7]])
+    real = torch.tensor([[True, False, True]])  # a hole: rows of h[real] would not be a prefix
+    with pytest.raises(ValueError, match="real"):
+        seen_pairs(inputs, targets, real)

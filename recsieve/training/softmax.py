@@ -165,10 +165,13 @@ def seen_pairs(inputs: torch.Tensor, targets: torch.Tensor, real: torch.Tensor) 
     """What ``TrainConfig.exclude_seen`` leaves out of :func:`full_softmax_ce`: ``(rows, items)``
     int64, rows sorted; for each ``real`` position of the right-padded ``inputs`` ``(b, n)`` (its
     row among ``h[real]``'s, row-major), every item of its row's inputs up to and including it,
-    except the position's own target (``targets`` ``(b, n)``)."""
-    flat = torch.full(real.shape, -1, dtype=torch.int64)
-    flat[real] = torch.arange(int(real.sum()))
+    except the position's own target (``targets`` ``(b, n)``). ``real`` must be right-padded too:
+    each row's real positions come first."""
+    count = real.sum(1)
+    if bool((real[:, 1:] & ~real[:, :-1]).any()):
+        raise ValueError("real: a row's real positions must come first (right padding)")
+    first = torch.cumsum(count, 0) - count  # each row's first row among h[real]'s
     at, before = torch.tril_indices(inputs.shape[1], inputs.shape[1])  # before <= at, sorted by at
-    rows, items = flat[:, at], inputs[:, before]
-    keep = (rows >= 0) & (items >= 0) & (items != targets[:, at])
-    return rows[keep], items[keep]
+    items = inputs[:, before]
+    user, pair = ((at < count[:, None]) & (items != targets[:, at])).nonzero(as_tuple=True)
+    return first[user] + at[pair], items[user, pair]
