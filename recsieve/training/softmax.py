@@ -173,5 +173,6 @@ def seen_pairs(inputs: torch.Tensor, targets: torch.Tensor, real: torch.Tensor) 
     first = torch.cumsum(count, 0) - count  # each row's first row among h[real]'s
     at, before = torch.tril_indices(inputs.shape[1], inputs.shape[1])  # before <= at, sorted by at
     items = inputs[:, before]
-    user, pair = ((at < count[:, None]) & (items != targets[:, at])).nonzero(as_tuple=True)
+    keep = (at < count[:, None]) & (items >= 0) & (items != targets[:, at])  # items >= 0: a guard
+    user, pair = keep.nonzero(as_tuple=True)
     return first[user] + at[pair], items[user, pair]
