@@ -120,3 +120,6 @@ def test_seen_pairs_refuses_real_positions_after_padding() -> None:
     real = torch.tensor([[True, False, True]])  # a hole: rows of h[real] would not be a prefix
     with pytest.raises(ValueError, match="real"):
         seen_pairs(inputs, targets, real)
+    # a real mask over a padded input (-1): never a pair naming item -1
+    rows, items = seen_pairs(torch.tensor([[4, -1]]), torch.tensor([[2, 5]]), torch.tensor([[True, True]]))
+    assert rows.tolist() == [0, 1] and items.tolist() == [4, 4]
