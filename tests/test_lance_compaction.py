@@ -394,7 +394,7 @@ def pool_dir(tmp_path_factory) -> Path:
                        EngineConfig(backend="lance", index="flat", refresh_threads=0, cache="none"), POOL)
 
 
-@pytest.mark.parametrize("op", ["held", "released"])
+@pytest.mark.parametrize("op", ["held", pytest.param("released", marks=pytest.mark.slow)])  # slow: suite time
 def test_kill_minus_nine_during_a_compaction_loses_nothing_acknowledged(tmp_path, pool_dir, op):
     """The child of test_compaction on a LanceDB engine: ``held``, the kill lands while the
     compaction of a copy is in flight; ``released`` (after one loop), after the copy caught up and

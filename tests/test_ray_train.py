@@ -77,7 +77,9 @@ def _gloo_worker(rank: int, world: int, init: str, out: str, config: TrainConfig
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("batching, plateau", [("random", None), ("bucket", None), ("bucket", 1)])
+@pytest.mark.parametrize("batching, plateau", [  # two of three behind slow: suite time
+    pytest.param("random", None, marks=pytest.mark.slow), ("bucket", None),
+    pytest.param("bucket", 1, marks=pytest.mark.slow)])
 def test_two_gloo_workers_train_the_single_process_model(tmp_path, batching, plateau):
     """No dropout, full softmax, fp32: each step of the group is the single process's step over
     the same rows, so after 3 epochs (a worker with an empty share of a batch among them) the

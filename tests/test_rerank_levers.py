@@ -145,6 +145,7 @@ def test_open_cross_encoder_backends(model: str) -> None:
         CrossEncoderReranker(model, dtype="float16")
 
 
+@pytest.mark.slow  # 25 s of training
 def test_distilled_student_is_smaller_and_learns_its_teacher(tmp_path: Path, model: str) -> None:
     rng = np.random.default_rng(0)
     titles = [f"{name} ({1960 + 3 * i}). {genre}" for i, (name, genre) in enumerate(
