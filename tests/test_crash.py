@@ -161,7 +161,8 @@ def check_kill_points(tmp_path, base_dir, embedder, op, attempts):
             eng.close()
 
 
-# upsert and remove share ingest's journal path: behind ``slow`` to keep the default suite short
+# upsert and remove behind ``slow`` (suite time): the save child upserts too, and a removal is a
+# journal fsync as an ingest is; test_kill_minus_nine_at_many_points (slow) runs all four
 @pytest.mark.parametrize("op", ["ingest", pytest.param("upsert", marks=pytest.mark.slow),
                                 pytest.param("remove", marks=pytest.mark.slow), "save"])
 def test_kill_minus_nine_loses_nothing_acknowledged(request, tmp_path, base_dir, embedder, op):
