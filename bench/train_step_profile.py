@@ -26,22 +26,17 @@ import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from recsieve.context import ContextModel, ContextSettings
+from recsieve.training.batches import right_pad, shifted
 from recsieve.training.softmax import CHUNK, full_softmax_ce, seen_pairs
 
 N_ITEMS, TEXT_DIM, ROWS = 3706, 384, 128
 
 
 def batch(rng: np.random.Generator, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inputs, targets and the real mask of ``ROWS`` rows of ``lo``..``hi`` positions, built as
-    ``train_next_item`` builds them (right padding, the last item a target only)."""
-    lengths = rng.integers(lo, hi + 1, ROWS)
-    rows = np.full((ROWS, int(lengths.max()) + 1), -1, np.int64)
-    for i, n in enumerate(lengths):
-        rows[i, : n + 1] = rng.integers(0, N_ITEMS, n + 1)
-    tok = torch.from_numpy(rows)
-    inputs, targets = tok[:, :-1], tok[:, 1:]
-    inputs = inputs.masked_fill(targets < 0, -1)
-    return inputs, targets, (inputs >= 0) & (targets >= 0)
+    """Inputs, targets and the real mask of ``ROWS`` random rows of ``lo``..``hi`` positions, as
+    ``train_next_item`` builds them (:func:`~recsieve.training.batches.shifted`)."""
+    seqs = [rng.integers(0, N_ITEMS, n + 1) for n in rng.integers(lo, hi + 1, ROWS)]
+    return shifted(right_pad(seqs, hi + 1))
 
 
 def stepper(dim: int, text: torch.Tensor, compiled: bool) -> Callable[..., dict[str, float]]:
@@ -98,7 +93,7 @@ def gemm_rates(repeats: int) -> dict[str, dict[str, float]]:
             for lib, x, y in (("torch", ta, tb), ("numpy", a, b)):
                 x @ y
                 times = []
-                for _ in range(max(repeats, 3) * 3):
+                for _ in range(3 * repeats):
                     t = time.perf_counter()
                     x @ y
                     times.append(time.perf_counter() - t)

@@ -1,7 +1,8 @@
 """How next-item training deals its sequences into batches (:func:`~recsieve.training.context_model.train_next_item`).
 
 :func:`check_sequences` validates the training sequences, :func:`right_pad` packs a user's last
-items into a right-padded row, and :func:`bucketed` orders one epoch's users for
+items into a right-padded row, :func:`shifted` turns a batch of such rows into inputs and targets,
+and :func:`bucketed` orders one epoch's users for
 ``TrainConfig.batching = "bucket"`` (pools cut by length, see
 :class:`~recsieve.training.context_model.TrainConfig`).
 """
@@ -11,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from recsieve.errors import InvalidInputError
 
-__all__ = ["BATCHING", "BUCKET_POOL", "bucketed", "check_sequences", "right_pad", "unseen_items"]
+__all__ = ["BATCHING", "BUCKET_POOL", "bucketed", "check_sequences", "right_pad", "shifted", "unseen_items"]
 
 #: The ways next-item training deals its users into batches (``TrainConfig.batching``).
 BATCHING = ("random", "length", "bucket")
@@ -40,6 +42,16 @@ def right_pad(seqs: Sequence[np.ndarray], length: int, pad: int = -1) -> np.ndar
         tail = np.asarray(seq, np.int64)[-length:]
         out[r, : tail.size] = tail
     return out
+
+
+def shifted(batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs, targets (the next item) and the real positions ``(b, n)`` of right-padded ``batch``
+    rows ``(b, n + 1)``, all-padding columns dropped first. A row's last item is only a target: it
+    is dropped from the inputs, so the newest input (age 0, as at serving) predicts it."""
+    tok = torch.from_numpy(batch[:, (batch >= 0).any(axis=0)])
+    inputs, targets = tok[:, :-1], tok[:, 1:]
+    inputs = inputs.masked_fill(targets < 0, -1)
+    return inputs, targets, (inputs >= 0) & (targets >= 0)
 
 
 def check_sequences(sequences: Sequence[np.ndarray], n_items: int) -> list[np.ndarray]:

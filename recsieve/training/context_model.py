@@ -35,7 +35,14 @@ from tqdm.auto import tqdm
 from recsieve.context.model import ContextModel, ContextSettings
 from recsieve.errors import InvalidInputError
 from recsieve.quantization import cpuinfo_flags
-from recsieve.training.batches import BATCHING, bucketed, check_sequences, right_pad, unseen_items
+from recsieve.training.batches import (
+    BATCHING,
+    bucketed,
+    check_sequences,
+    right_pad,
+    shifted,
+    unseen_items,
+)
 from recsieve.training.data_parallel import DataParallel
 from recsieve.training.softmax import full_softmax_ce, sampled_softmax_ce, seen_pairs
 from recsieve.training.validation import validate, validation_rows
@@ -378,18 +385,11 @@ def _load_states(modules: list[nn.Module], states: list[dict[str, Any]]) -> None
 
 def _batch_loss(task: NextItemTask, batch: np.ndarray, cfg: TrainConfig, bf16: bool,
                 sampler: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor | None, int]:
-    """Mean next-item loss over the real positions of right-padded ``batch`` rows, and their
-    number (``(None, 0)`` for no rows); ``sampler``: the sampled softmax's distribution and its
-    logQ correction, else ``None``."""
+    """Mean next-item loss over the real positions of right-padded ``batch`` rows and their number
+    (``(None, 0)`` for none); ``sampler``: the sampled softmax's distribution and logQ, or ``None``."""
     if not len(batch):
         return None, 0
-    batch = batch[:, (batch >= 0).any(axis=0)]
-    tok = torch.from_numpy(batch)
-    inputs, targets = tok[:, :-1], tok[:, 1:]
-    # a row's last item is only a target: drop it from the inputs, so the newest
-    # input (age 0, as at serving) is the one that predicts the last item
-    inputs = inputs.masked_fill(targets < 0, -1)
-    real = (inputs >= 0) & (targets >= 0)
+    inputs, targets, real = shifted(batch)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         table = task.table(None)
         h = task.hidden(table, inputs)[real]
