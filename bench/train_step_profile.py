@@ -1,6 +1,6 @@
-"""Where a context-encoder training step spends its time, and two levers against it.
+"""Where a context-encoder training step spends its time, and levers against it.
 
-python bench/train_step_profile.py [--threads 1] [--dim 128] [--repeats 5] [--compile] [--json FILE]
+python bench/train_step_profile.py [--threads 1] [--dim 128] [--repeats 5] [--compile] [--bf16] [--json FILE]
 
 One step = ``train_next_item``'s work on one batch of 128 right-padded rows (random items of an
 ML-1M-sized catalog, 3,706 items with 384-dim text vectors): the item tower, the encoder's
@@ -10,8 +10,11 @@ the backward pass and AdamW, each timed (median of ``--repeats`` after a warm-up
 
 - ``--compile``: the same step with the tower and the encoder under ``torch.compile``
   (``dynamic=True``: batches change width), against eager, interleaved round-robin;
+- ``--bf16``: the step under bf16 autocast (as ``train_next_item`` runs where the CPU has bf16
+  arithmetic), with the full softmax's products in fp32 and in bf16, interleaved likewise;
 - GEMM rates of torch (its bundled BLAS) and numpy (its own) on one thread, for 1024^3 and the
-  full softmax's three chunk products, as the BLAS libraries differ by CPU vendor.
+  full softmax's three chunk products, as the BLAS libraries differ by CPU vendor; and torch's on
+  bf16 operands.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from recsieve.context import ContextModel, ContextSettings
+from recsieve.quantization import cpuinfo_flags
 from recsieve.training.batches import right_pad, shifted
 from recsieve.training.softmax import CHUNK, full_softmax_ce, seen_pairs
 
@@ -39,8 +43,11 @@ def batch(rng: np.random.Generator, lo: int, hi: int) -> tuple[torch.Tensor, tor
     return shifted(right_pad(seqs, hi + 1))
 
 
-def stepper(dim: int, text: torch.Tensor, compiled: bool) -> Callable[..., dict[str, float]]:
-    """One training step of a fresh seeded model; returns each stage's seconds."""
+def stepper(dim: int, text: torch.Tensor, compiled: bool, bf16: bool = False,
+            bf16_loss: bool = False) -> Callable[..., dict[str, float]]:
+    """One training step of a fresh seeded model; returns each stage's seconds. ``bf16``: under
+    bf16 autocast, as ``train_next_item`` runs where the CPU has bf16 arithmetic; ``bf16_loss``:
+    the full softmax's products in bf16 too (``full_softmax_ce(bf16=True)``)."""
     torch.manual_seed(0)
     m = ContextModel(ContextSettings(n_warm=N_ITEMS, text_dim=TEXT_DIM, dim=dim))
     m.tower.train()
@@ -60,14 +67,15 @@ def stepper(dim: int, text: torch.Tensor, compiled: bool) -> Callable[..., dict[
             t = now
 
         opt.zero_grad(set_to_none=True)
-        table = tower(text)
-        tick("tower")
-        h = encoder(table, inputs)[real]
-        tick("encoder_forward")
-        seen = seen_pairs(inputs, targets, real)
-        tick("seen_pairs")
-        loss = full_softmax_ce(h, table, targets[real], exclude=seen)
-        tick("loss_with_its_gradients")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            table = tower(text)
+            tick("tower")
+            h = encoder(table, inputs)[real]
+            tick("encoder_forward")
+            seen = seen_pairs(inputs, targets, real)
+            tick("seen_pairs")
+            loss = full_softmax_ce(h, table, targets[real], exclude=seen, bf16=bf16_loss)
+            tick("loss_with_its_gradients")
         loss.backward()
         tick("backward")
         opt.step()
@@ -79,7 +87,8 @@ def stepper(dim: int, text: torch.Tensor, compiled: bool) -> Callable[..., dict[
 
 
 def gemm_rates(repeats: int) -> dict[str, dict[str, float]]:
-    """GFLOP/s of torch and numpy on one thread (median of ``repeats``) per product shape."""
+    """GFLOP/s of torch and numpy on one thread (median of ``repeats``) per product shape, and of
+    torch on bf16 operands (what ``full_softmax_ce(bf16=True)`` multiplies)."""
     rng = np.random.default_rng(0)
     shapes = {"1024x1024x1024": (1024, 1024, 1024), "logits (256x128 @ 128x3706)": (CHUNK, 128, N_ITEMS),
               "user grad (256x3706 @ 3706x128)": (CHUNK, N_ITEMS, 128),
@@ -90,7 +99,7 @@ def gemm_rates(repeats: int) -> dict[str, dict[str, float]]:
             a, b = rng.normal(size=(m, k)).astype(np.float32), rng.normal(size=(k, n)).astype(np.float32)
             ta, tb = torch.from_numpy(a), torch.from_numpy(b)
             row = {}
-            for lib, x, y in (("torch", ta, tb), ("numpy", a, b)):
+            for lib, x, y in (("torch", ta, tb), ("numpy", a, b), ("torch_bf16", ta.bfloat16(), tb.bfloat16())):
                 x @ y
                 times = []
                 for _ in range(3 * repeats):
@@ -109,6 +118,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128, help="token width (default 128, the default model's)")
     ap.add_argument("--repeats", type=int, default=5, help="timed steps per shape and setting (default 5)")
     ap.add_argument("--compile", action="store_true", help="also time the step under torch.compile")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time the step under bf16 autocast, with the loss's products in fp32 and in bf16")
     ap.add_argument("--json", help="write the figures here as JSON")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -118,6 +129,9 @@ def main() -> None:
     settings = {"eager": stepper(a.dim, text, False)}
     if a.compile:
         settings["torch.compile"] = stepper(a.dim, text, True)
+    if a.bf16:
+        settings["bf16 autocast"] = stepper(a.dim, text, False, bf16=True)
+        settings["bf16 autocast, bf16 loss"] = stepper(a.dim, text, False, bf16=True, bf16_loss=True)
     warm = {}
     for name, step in settings.items():  # warm-up, compilation included
         t = time.perf_counter()
@@ -126,6 +140,7 @@ def main() -> None:
         warm[name] = round(time.perf_counter() - t, 1)
     result: dict = {"threads": a.threads, "dim": a.dim, "rows": ROWS, "items": N_ITEMS,
                     "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+                    "cpu_flags": sorted(f for f in cpuinfo_flags() if f.startswith(("amx", "avx512_bf16", "avx512_vnni"))),
                     "blas": [(i["internal_api"], i.get("architecture"), i["version"]) for i in threadpool_info()
                              if i["user_api"] == "blas"],
                     "warm_up_s": warm, "seconds_median": {}}

@@ -63,6 +63,26 @@ def test_encoder_learns_a_pattern_transitions_cannot_see(planted):
     assert int(np.argmax(scores[1])) == 4  # D B -> E
 
 
+@pytest.mark.parametrize("bf16", [True, False])
+def test_the_full_softmax_multiplies_in_bf16_exactly_when_training_runs_under_bf16_autocast(monkeypatch, bf16):
+    import recsieve.training.context_model as cm
+
+    calls = []
+    real = cm.full_softmax_ce
+
+    def watched(*args, **kw):
+        calls.append((kw.get("bf16"), torch.is_autocast_enabled("cpu")))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(cm, "full_softmax_ce", watched)
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, 20, 6) for _ in range(32)]
+    settings = ContextSettings(n_warm=20, text_dim=0, dim=16, max_len=8)
+    _, hist = fit_context_model(seqs, 20, None, settings=settings, config=_cfg(epochs=1, bf16=bf16))
+    assert hist["bf16"] is bf16 and calls
+    assert all(call == (bf16, bf16) for call in calls)
+
+
 def _clusters(seed=0):
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(4, 16)).astype(np.float32)

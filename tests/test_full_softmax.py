@@ -46,6 +46,20 @@ def test_gradient_flows_through_a_table_built_from_parameters_under_autocast() -
     assert torch.allclose(tower.weight.grad, ref_tower.weight.grad, atol=1e-3)
 
 
+@pytest.mark.parametrize("chunk", [7, 256])
+def test_bf16_products_give_the_loss_of_bf16_logits_and_near_fp32_gradients(chunk: int) -> None:
+    _, h, table, targets = _problem(2, 300, 53)
+    g32 = torch.autograd.grad(full_softmax_ce(h, table, targets, chunk=chunk), (h, table))
+    got = full_softmax_ce(h, table, targets, chunk=chunk, bf16=True)
+    g16 = torch.autograd.grad(got, (h, table))
+    ref = F.cross_entropy((h.bfloat16() @ table.bfloat16().T).float(), targets)
+    assert got.dtype == torch.float32 and torch.allclose(got, ref, atol=1e-4)
+    for a, b in zip(g16, g32, strict=True):
+        assert a.dtype == torch.float32
+        assert not torch.equal(a, b)  # the products did run in bf16
+        assert (a - b).norm() < 1e-2 * b.norm()
+
+
 def test_shape_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="do not multiply"):
         full_softmax_ce(torch.zeros(3, 4), torch.zeros(5, 2), torch.zeros(3, dtype=torch.long))

@@ -6,13 +6,13 @@ the loss is cross-entropy over the whole catalog's item tokens (full softmax) up
 ``sampled_above`` items, and above it a sampled softmax (``n_negatives`` items drawn from
 popularity^0.75, shared by the batch) with the logQ correction ``s - log(K q)``. On a CPU with
 bf16 arithmetic (:func:`native_bf16`: AMX or AVX-512 BF16) the forward pass runs under bf16
-autocast, else fp32. AdamW, linear warmup then cosine decay; the schedule's clock is
-``max(step share, time share of budget_s)``, so a time-budgeted run still ends at a low learning
-rate. Early stopping and the choice of the best epoch use NDCG@10 (full ranking, history
-excluded) on the validation position of up to ``valid_users`` held-out users (each user with 3+
-items; ``valid_share`` caps their share): their last training item is the validation target and
-never trained on. Where ``plateau`` epochs pass without a better held-out score, the best epoch
-comes back at a cut rate. Nothing from the caller's test or validation position is needed.
+autocast and the full softmax multiplies in bf16, else fp32. AdamW, linear warmup then cosine decay;
+the schedule's clock is ``max(step share, time share of budget_s)``, so a time-budgeted run still
+ends at a low learning rate. Early stopping and the choice of the best epoch use NDCG@10 (full
+ranking, history excluded) on the validation position of up to ``valid_users`` held-out users (each
+user with 3+ items; ``valid_share`` caps their share): their last training item is the validation
+target and never trained on. Where ``plateau`` epochs pass without a better held-out score, the best
+epoch comes back at a cut rate. Nothing from the caller's test or validation position is needed.
 
 **Candidate scorer** (:func:`fit_candidate_scorer`): listwise softmax over each example's rows.
 """
@@ -396,7 +396,7 @@ def _batch_loss(task: NextItemTask, batch: np.ndarray, cfg: TrainConfig, bf16: b
         tgt = targets[real]
         if sampler is None:
             seen = seen_pairs(inputs, targets, real) if cfg.exclude_seen else None
-            loss = full_softmax_ce(h, table, tgt, exclude=seen)
+            loss = full_softmax_ce(h, table, tgt, exclude=seen, bf16=bf16)
         else:
             q_t, log_q = sampler
             negs = torch.multinomial(q_t, cfg.n_negatives, replacement=True)
