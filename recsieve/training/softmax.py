@@ -54,7 +54,8 @@ class _FullSoftmaxCE(_StoredGradients):
                 ex_rows: torch.Tensor | None, ex_items: torch.Tensor | None, bf16: bool) -> torch.Tensor:
         with torch.autocast("cpu", enabled=False):
             h32, t32 = h.detach().float(), table.detach().float()
-            # the three products' operands (bf16: rounded once, products accumulate in fp32)
+            # the three products' operands (bf16: rounded once; each product accumulates in fp32
+            # and comes out in bf16)
             hm, tm = (h32.bfloat16(), t32.bfloat16()) if bf16 else (h32, t32)
             need = ctx.needs_input_grad
             gh = torch.empty_like(h32) if need[0] else None
@@ -78,11 +79,13 @@ class _FullSoftmaxCE(_StoredGradients):
                     continue
                 p.div_(norm)  # softmax, in place
                 p.scatter_add_(1, tc, p.new_full(tc.shape, -1.0))  # minus the one-hot target
-                pm = p.to(hm.dtype)
+                pm = p.to(hm.dtype)  # p itself in fp32
                 if gh is not None:
                     gh[lo : lo + chunk] = pm @ tm
-                if gt is not None:
-                    gt.add_(pm.T @ hc)
+                if gt is not None and bf16:
+                    gt.add_(pm.T @ hc)  # a bf16 product, summed across chunks in fp32
+                elif gt is not None:
+                    gt.addmm_(p.T, hc)
         return _StoredGradients.keep(ctx, h, table, gh, gt, total, others=5)
 
 
