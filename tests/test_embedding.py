@@ -52,11 +52,6 @@ def _cache(factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def torch_embedder() -> SentenceTransformerEmbedder:
-    return SentenceTransformerEmbedder(backend="torch")
-
-
-@pytest.fixture(scope="module")
 def reference(torch_embedder) -> np.ndarray:
     return torch_embedder.embed(TEXTS)
 
