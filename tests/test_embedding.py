@@ -427,3 +427,17 @@ def test_an_index_records_its_backend_and_refuses_another(tmp_path, torch_embedd
     Engine.open(tmp_path / "e", config=auto, embedder=torch_embedder).close()
     with pytest.raises(StoreError, match="backend 'nonesuch'"):  # a backend this version does not know
         Store(tmp_path / "x", auto)._check_meta({**legacy, "embedding_backend": "nonesuch"})
+
+
+def test_build_index_records_the_embedding_backend_it_is_given(tmp_path):
+    from importlib import resources
+
+    from recsieve.cli import main
+
+    demo = str(resources.files("recsieve") / "data" / "demo_items.jsonl")
+    assert main(["build-index", demo, "--out", str(tmp_path / "e"), "--index", "flat",
+                 "--embedding-backend", "torch", "--quiet"]) == 0
+    assert json.loads((tmp_path / "e" / "MANIFEST.json").read_text())["meta"]["embedding_backend"] == "torch"
+    with pytest.raises(SystemExit):  # argparse names the choices
+        main(["build-index", demo, "--out", str(tmp_path / "f"), "--embedding-backend", "fp8"])
+    assert not (tmp_path / "f").exists()

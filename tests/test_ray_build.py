@@ -223,12 +223,15 @@ def test_an_existing_directory_is_refused_untouched(tmp_path):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-def test_the_command_line_with_the_real_model(tmp_path, capsys, embedder):
-    """``build-index --ray`` with the bundled MiniLM (each actor loads it): the local build's vectors."""
+def test_the_command_line_with_the_real_model(tmp_path, capsys, torch_embedder):
+    """``build-index --ray`` with the bundled MiniLM (each actor loads it): the local build's vectors.
+    On the fp32 torch backend: a bf16 one (``auto`` with AMX) moves a vector by ~1e-3 with its
+    batch's padding, and the Ray build batches differently."""
     assert main(["build-index", str(DEMO), "--out", str(tmp_path / "ray"), "--index", "flat", "--ray",
-                 "--actors", "1", "--batch-size", "64"]) == 0
+                 "--actors", "1", "--batch-size", "64", "--embedding-backend", "torch"]) == 0
     assert "200 items backend=faiss index=flat on Ray, 1 embedding actors" in capsys.readouterr().out
-    engine, _ = local_build_index(DEMO, tmp_path / "local", EngineConfig(index="flat"), embedder=embedder,
-                                  show_progress=False)
+    config = EngineConfig(index="flat", embedding_backend="torch")
+    engine, _ = local_build_index(DEMO, tmp_path / "local", config, embedder=torch_embedder, show_progress=False)
     engine.close()
-    assert_same_engine(tmp_path / "ray", tmp_path / "local", embedder, atol=1e-5)
+    assert json.loads((tmp_path / "ray" / "MANIFEST.json").read_text())["meta"]["embedding_backend"] == "torch"
+    assert_same_engine(tmp_path / "ray", tmp_path / "local", torch_embedder, atol=1e-5)
