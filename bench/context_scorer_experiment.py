@@ -21,7 +21,8 @@ from recsieve.context import ContextModel
 from recsieve.evaluation.datasets import load_dataset
 from recsieve.evaluation.metrics import history_mask, rank_metrics
 from recsieve.evaluation.protocol import leave_one_out, training_sequences
-from recsieve.training.context_model import fit_candidate_scorer, right_pad
+from recsieve.training.batches import right_pad
+from recsieve.training.scorer import fit_candidate_scorer
 
 
 def top_candidates(model, contexts, k=200, batch=256):

@@ -29,12 +29,9 @@ from recsieve.evaluation.datasets import load_dataset
 from recsieve.evaluation.metrics import history_mask, rank_metrics
 from recsieve.evaluation.protocol import leave_one_out, training_sequences
 from recsieve.intervals import paired_gain
-from recsieve.training.context_model import (
-    TrainConfig,
-    fit_candidate_scorer,
-    fit_context_model,
-)
+from recsieve.training.context_model import TrainConfig, fit_context_model
 from recsieve.training.model import scorer_examples
+from recsieve.training.scorer import fit_candidate_scorer
 
 
 def held_users(train: list[np.ndarray], n: int, steps: int, seed: int) -> np.ndarray:

@@ -17,12 +17,8 @@ from recsieve.errors import (
     ModelNotTrainedError,
 )
 from recsieve.training.batches import BUCKET_POOL, bucketed
-from recsieve.training.context_model import (
-    TrainConfig,
-    fit_candidate_scorer,
-    fit_context_model,
-    native_bf16,
-)
+from recsieve.training.context_model import TrainConfig, fit_context_model, native_bf16
+from recsieve.training.scorer import fit_candidate_scorer
 
 
 def _cfg(**kw):

@@ -4,7 +4,8 @@
 - :mod:`recsieve.training.head`: the ranking head (and the cross-encoder's blend weight);
 - :mod:`recsieve.training.cross_encoder`: fine-tuning the word-level MiniLM cross-encoder;
 - :mod:`recsieve.training.learn`: continual updates from the event stream (``learn``, ``Learner``);
-- :mod:`recsieve.training.context_model`: the context model (item tower, context encoder, candidate scorer);
+- :mod:`recsieve.training.context_model`: the context model's item tower and context encoder;
+- :mod:`recsieve.training.scorer`: the context model's candidate scorer (the fine sieve's cross-encoder);
 - :mod:`recsieve.training.model`: ``recsieve train``: the context model, then the head that stacks it.
 
 Arrows point down: training imports the engine, never the other way round.

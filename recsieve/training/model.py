@@ -10,7 +10,7 @@ The users whose steps become examples for the later stages (a seeded sample of `
    stacked feature), while every other user's steps all train it (on sparse logs, where most
    users have a handful of steps, holding out everyone's last ones left most users out).
 2. **Candidate scorer** (the fine sieve's cross-encoder,
-   :func:`~recsieve.training.context_model.fit_candidate_scorer`): listwise over candidates
+   :func:`~recsieve.training.scorer.fit_candidate_scorer`): listwise over candidates
    on the sampled users' ``scorer_steps`` steps after the encoder's (held out from it) -- the
    encoder's own top ``recall_n`` (the behaviour index's channel is the largest share of
    recall), where the target is among them.
@@ -47,9 +47,10 @@ from recsieve.engine.engine import Engine
 from recsieve.errors import InvalidInputError
 from recsieve.indexes.checks import check_positive
 from recsieve.rerankers.training import Step
-from recsieve.training.context_model import TrainConfig, fit_candidate_scorer, fit_context_model
+from recsieve.training.context_model import TrainConfig, fit_context_model
 from recsieve.training.examples import engine_sequences, last_positives, sample_users
 from recsieve.training.head import train_engine_ranker
+from recsieve.training.scorer import fit_candidate_scorer
 from recsieve.training.validation import validation_rows
 from recsieve.types import EVENT_KINDS, Event
 
