@@ -1,7 +1,7 @@
 """Ranking examples per second: the batched builder against the per-user loop, same engine, same run.
 
     python bench/ranking_examples_speed.py --data ../shared/data/ml-1m [--users 1000] [--batched-users 4000]
-        [--steps 3] [--repeat 3] [--context] [--json bench/results/ranking_examples_ml1m.json]
+        [--steps 3] [--repeat 3] [--context] [--profile 1000] [--json bench/results/ranking_examples_ml1m.json]
 
 The engine: ML-1M's movies embedded with the bundled MiniLM (vectors cached under bench/.cache/),
 every user's ratings recorded in order as clicks (one a minute), an exact FAISS index, as
@@ -18,13 +18,18 @@ groups compared: same rows, targets and contexts, features to 1e-5), then the ba
 default threads and on one thread (the median call reported, every call's seconds listed). Wall
 and process CPU seconds and the machine's load average before and after each are recorded: the
 figures move with the machine's load (a repeated call on this 2-core VM varied by up to 20%).
+
+``--profile N``: one more batched call of N users on one thread under cProfile (so slower than
+the timed calls), recording the cumulative seconds of each stage (:data:`STAGES`).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import hashlib
 import json
+import pstats
 import shutil
 import sys
 import time
@@ -34,13 +39,34 @@ import numpy as np
 
 from recsieve import Engine, EngineConfig, Event
 from recsieve.bench.common import load_average, machine_info
+from recsieve.context.cooccurrence import CoOccurrence
+from recsieve.context.modules import candidate_attention
 from recsieve.embedding import SentenceTransformerEmbedder
+from recsieve.engine.ranker import candidate_features
 from recsieve.evaluation.datasets import load_dataset
 from recsieve.evaluation.systems import STEP_SECONDS, CachedEmbedder
+from recsieve.training.batched_context import cross_scores, user_vectors
 from recsieve.training.batched_examples import default_threads
+from recsieve.training.batched_recall import PopularityTable, TransitionTable, fuse_many
+from recsieve.training.batched_search import search_many
 from recsieve.training.examples import engine_sequences, ranking_groups
 
 CACHE = Path(__file__).resolve().parent / ".cache"
+
+#: ``--profile``'s stages: (name, the function, or the label cProfile gives a built-in).
+STAGES = (
+    ("candidate scorer (cross_scores)", cross_scores),
+    ("encoder user vectors (user_vectors)", user_vectors),
+    ("exact FAISS searches (search_many)", search_many),
+    ("transitions channel (TransitionTable.recall)", TransitionTable.recall),
+    ("popularity channel (PopularityTable.recall)", PopularityTable.recall),
+    ("fusion (fuse_many)", fuse_many),
+    ("serving's candidate_features", candidate_features),
+    ("co-occurrence (CoOccurrence.scores_many)", CoOccurrence.scores_many),
+    ("candidate_attention (scorer)", candidate_attention),
+    ("torch linear layers (encoder and scorer)", "<built-in method torch._C._nn.linear>"),
+    ("torch attention kernel (encoder)", "<built-in method torch._C._nn.scaled_dot_product_attention>"),
+)
 
 
 def embedder_for(texts: list[str]) -> CachedEmbedder:
@@ -102,6 +128,25 @@ def timed(eng: Engine, sequences, users: int, steps: int, model, batch: bool, th
             "load_before": before, "load_after": load_average()}, groups
 
 
+def profiled(eng: Engine, sequences, users: int, steps: int, model) -> dict:
+    """One batched call of ``users`` users on one thread under cProfile: each stage's cumulative seconds."""
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    groups, tried = ranking_groups(eng, sequences, users=users, steps_per_user=steps, seed=0, model=model,
+                                   batch=True, threads=1)
+    prof.disable()
+    wall = time.perf_counter() - t0
+    stats = pstats.Stats(prof).stats  # {(file, line, function): (calls, primitive calls, tottime, cumtime, callers)}
+    stages = {}
+    for name, target in STAGES:
+        key = ("~", 0, target) if isinstance(target, str) else \
+            (target.__code__.co_filename, target.__code__.co_firstlineno, target.__code__.co_name)
+        stages[name] = round(stats[key][3], 2) if key in stats else None
+    return {"users": tried, "groups": len(groups), "threads": 1, "seconds_profiled": round(wall, 2),
+            "stage_cumulative_seconds": stages}
+
+
 def compare(new: list, old: list) -> dict:
     same = len(new) == len(old)
     diff, identical = 0.0, 0
@@ -126,6 +171,8 @@ def main() -> None:
     ap.add_argument("--context", action="store_true", help="train a context model and build with it")
     ap.add_argument("--budget-s", type=float, default=300.0, help="--context: the encoder's training budget")
     ap.add_argument("--repeat", type=int, default=3, help="calls of each --batched-users run (the median is reported)")
+    ap.add_argument("--profile", type=int, default=0,
+                    help="also profile one batched call of this many users on one thread (0: skip)")
     ap.add_argument("--rebuild", action="store_true", help="build the engine (and model) anew, not from bench/.cache/")
     ap.add_argument("--json", help="write the results here (JSON)")
     a = ap.parse_args()
@@ -155,6 +202,8 @@ def main() -> None:
             out["batched"], _ = timed(eng, sequences, a.batched_users, a.steps, model, True, repeat=a.repeat)
             out["batched_one_thread"], _ = timed(eng, sequences, a.batched_users, a.steps, model, True, threads=1,
                                                  repeat=a.repeat)
+        if a.profile:
+            out["profile_one_thread"] = profiled(eng, sequences, a.profile, a.steps, model)
     finally:
         eng.close()
     text = json.dumps(out, indent=2)
