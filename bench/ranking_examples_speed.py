@@ -20,7 +20,8 @@ and process CPU seconds and the machine's load average before and after each are
 figures move with the machine's load (a repeated call on this 2-core VM varied by up to 20%).
 
 ``--profile N``: one more batched call of N users on one thread under cProfile (so slower than
-the timed calls), recording the cumulative seconds of each stage (:data:`STAGES`).
+the timed calls), recording the cumulative seconds of each stage (:data:`STAGES`), and the
+candidate scorer's FLOPs and one-thread speed on one batch (:func:`scorer_arithmetic`).
 """
 
 from __future__ import annotations
@@ -144,7 +145,36 @@ def profiled(eng: Engine, sequences, users: int, steps: int, model) -> dict:
             (target.__code__.co_filename, target.__code__.co_firstlineno, target.__code__.co_name)
         stages[name] = round(stats[key][3], 2) if key in stats else None
     return {"users": tried, "groups": len(groups), "threads": 1, "seconds_profiled": round(wall, 2),
-            "stage_cumulative_seconds": stages}
+            "stage_cumulative_seconds": stages, "candidate_scorer_arithmetic": scorer_arithmetic(model)}
+
+
+def scorer_arithmetic(model, requests: int = 64, candidates: int = 200, repeat: int = 5) -> dict | None:
+    """The candidate scorer's FLOPs (torch's counter) and one-thread speed on one batch of
+    ``requests`` seeded random contexts of ``max_len`` events, ``candidates`` candidates each."""
+    scorer = model.context.model.scorer if model is not None and model.context is not None else None
+    if scorer is None:
+        return None
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from recsieve.context.model import torch_threads
+
+    table = torch.from_numpy(model.context.model.item_vectors())
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, table.shape[0], (requests, model.context.model.settings.max_len), generator=gen)
+    cands = torch.randint(0, table.shape[0], (requests, candidates), generator=gen)
+    with torch.no_grad(), torch_threads(1):
+        with FlopCounterMode(display=False) as counter:
+            scorer(table, rows, cands)
+        seconds = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            scorer(table, rows, cands)
+            seconds.append(time.perf_counter() - t0)
+    flops, median = counter.get_total_flops(), sorted(seconds)[len(seconds) // 2]
+    return {"requests": requests, "candidates": candidates, "context_events": int(rows.shape[1]),
+            "gflop": round(flops / 1e9, 2), "mflop_per_candidate": round(flops / requests / candidates / 1e6, 3),
+            "seconds_one_thread": round(median, 3), "gflop_per_s": round(flops / 1e9 / median, 1)}
 
 
 def compare(new: list, old: list) -> dict:
