@@ -176,9 +176,12 @@ def cmd_evaluate_instructions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dataset_args(s: argparse.ArgumentParser, what: str = "dataset format") -> None:
+def _dataset_args(s: argparse.ArgumentParser, what: str = "") -> None:
     """The options every dataset-reading evaluation command shares."""
-    s.add_argument("--dataset", required=True, choices=("ml-1m", "ml-100k", "amazon-scientific", "custom"), help=what)
+    from recsieve.evaluation.cli import DATASET_HELP
+    from recsieve.evaluation.datasets import DATASETS
+
+    s.add_argument("--dataset", required=True, choices=tuple(DATASETS), help=DATASET_HELP + what)
     s.add_argument("--data-dir", required=True, help="folder holding the dataset's files")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--json", help="also write the report as JSON to this path")
@@ -321,7 +324,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         channel_weights=tuple(float(w) for w in args.channel_weights.split(",")) if args.channel_weights else None,
         context_budget_s=args.context_budget_s or None, sasrec_budget_s=args.sasrec_budget_s or None,
         ranker_users=args.ranker_users or None, cold_items=args.cold_items, cache_dir=args.cache_dir,
-        cache=not args.no_cache,
+        cache=not args.no_cache, min_len=args.min_len,
     )
     _write_json(args.json, report)
     return 0
@@ -518,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="For held-out users, make a plain-words request from the held-out target's own "
                        "category or decade; compare no request, the request with a head trained without requests, "
                        "and the request with a head trained with requests on half of its examples.")
-    _dataset_args(s, "dataset format (items need categories or a year)")
+    _dataset_args(s, "; its items need categories or a year")
     s.add_argument("--users", type=int, default=500, help="held-out users, seeded sample (default 500)")
     s.set_defaults(func=cmd_evaluate_instructions)
 

@@ -91,16 +91,16 @@ def test_ml100k(tmp_path):
         load_ml100k(tmp_path)
 
 
-def write_unisrec(folder, train, valid, test):
+def write_unisrec(folder, train, valid, test, prefix="Scientific"):
     header = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
-    (folder / "Scientific.text").write_text(
+    (folder / f"{prefix}.text").write_text(
         "item_id:token\ttext:token_seq\n"
         + "".join(f"A{i}\tthing {i}. Tools. Brand{i}. \n" for i in range(6))
     )
-    (folder / "Scientific.item2index").write_text("".join(f"A{i}\t{i}\n" for i in range(6)))
-    (folder / "Scientific.user2index").write_text("U0\t0\nU1\t1\n")
+    (folder / f"{prefix}.item2index").write_text("".join(f"A{i}\t{i}\n" for i in range(6)))
+    (folder / f"{prefix}.user2index").write_text("U0\t0\nU1\t1\n")
     for name, rows in (("train", train), ("valid", valid), ("test", test)):
-        (folder / f"Scientific.{name}.inter").write_text(
+        (folder / f"{prefix}.{name}.inter").write_text(
             header + "".join(f"{u}\t{h}\t{t}\n" for u, h, t in rows)
         )
 
@@ -117,6 +117,22 @@ def test_amazon_rebuilds_full_sequences(tmp_path):
     assert seqs(data) == [["A3", "A1", "A4", "A2", "A0"], ["A5", "A0", "A2", "A2"]]
     assert data.item_texts[2] == "thing 2. Tools. Brand2."
     assert data.n_items == 6  # items keep their UniSRec order
+
+
+def test_any_amazon_set_is_read_under_its_own_prefix(tmp_path):
+    rows = dict(train=[(0, "3", "1"), (1, "5", "0")], valid=[(0, "3 1", "2"), (1, "5 0", "2")],
+                test=[(0, "3 1 2", "0"), (1, "5 0 2", "4")])
+    write_unisrec(tmp_path, **rows, prefix="Office")
+    data = load_dataset("amazon", tmp_path)
+    assert data.name == "amazon-office"
+    assert seqs(data) == [["A3", "A1", "A2", "A0"], ["A5", "A0", "A2", "A4"]]
+    with pytest.raises(StoreError, match="Scientific.item2index"):  # the Scientific reader does not guess
+        load_dataset("amazon-scientific", tmp_path)
+    write_unisrec(tmp_path, **rows, prefix="Arts")
+    with pytest.raises(StoreError, match=r"2 \(Arts, Office\) \*\.item2index"):
+        load_dataset("amazon", tmp_path)
+    with pytest.raises(StoreError, match=r"no \*\.item2index"):
+        load_dataset("amazon", tmp_path / "nothing_here")
 
 
 def test_amazon_inconsistent_history_is_reported(tmp_path):

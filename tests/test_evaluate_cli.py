@@ -48,3 +48,21 @@ def test_evaluate_rejects_unknown_system(tmp_path, capsys):
     rc = main(["evaluate", "--dataset", "custom", "--data-dir", str(data), "--systems", "magic", "--quiet"])
     assert rc == 2
     assert "magic" in capsys.readouterr().err
+
+
+def test_min_len_decides_which_users_are_kept(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_custom(data, n_users=10, length=4)  # every user has 4 interactions
+    with open(data / "interactions.csv", "a") as fh:  # and one more user has 6
+        fh.writelines(f"long,i{t},{1000 + 60 * t}\n" for t in range(6))
+    out = tmp_path / "report.json"
+    for min_len, users in ((4, 11), (5, 1), (3, 11)):
+        rc = main(["evaluate", "--dataset", "custom", "--data-dir", str(data), "--systems", "popularity",
+                   "--min-len", str(min_len), "--quiet", "--no-cache", "--json", str(out)])
+        assert rc == 0
+        report = json.loads(out.read_text())
+        assert (report["users"], report["min_len"]) == (users, min_len)
+    rc = main(["evaluate", "--dataset", "custom", "--data-dir", str(data), "--systems", "popularity",
+               "--min-len", "2", "--quiet", "--no-cache"])
+    assert rc == 2
+    assert "min_len" in capsys.readouterr().err

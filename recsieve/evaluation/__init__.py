@@ -18,8 +18,10 @@ _EXPORTS = {
     "load_dataset": "recsieve.evaluation.datasets",
     "load_ml1m": "recsieve.evaluation.datasets",
     "load_ml100k": "recsieve.evaluation.datasets",
+    "load_amazon": "recsieve.evaluation.datasets",
     "load_amazon_scientific": "recsieve.evaluation.datasets",
     "load_custom": "recsieve.evaluation.datasets",
+    "write_custom": "recsieve.evaluation.datasets",
     "Split": "recsieve.evaluation.protocol",
     "leave_one_out": "recsieve.evaluation.protocol",
     "training_sequences": "recsieve.evaluation.protocol",
@@ -40,8 +42,10 @@ __all__ = [
     "load_dataset",
     "load_ml1m",
     "load_ml100k",
+    "load_amazon",
     "load_amazon_scientific",
     "load_custom",
+    "write_custom",
     "Split",
     "leave_one_out",
     "training_sequences",
@@ -67,11 +71,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from recsieve.evaluation.datasets import (
         DATASETS,
         Dataset,
+        load_amazon,
         load_amazon_scientific,
         load_custom,
         load_dataset,
         load_ml1m,
         load_ml100k,
+        write_custom,
     )
     from recsieve.evaluation.harness import evaluate, format_table
     from recsieve.evaluation.metrics import rank_metrics

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from recsieve.errors import InvalidInputError
+from recsieve.evaluation.datasets import DATASETS
 
 __all__ = ["run_evaluation", "run_streaming", "run_instructions", "SYSTEMS"]
 
@@ -27,7 +28,7 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
                    context_budget_s: float | None = 1200.0, sasrec_budget_s: float | None = 1800.0,
                    ranker_users: int | None = 2000, cold_items: float | None = None,
                    cache_dir: str | Path | None = None, cache: bool = True,
-                   embedder: Any | None = None) -> dict[str, Any]:
+                   embedder: Any | None = None, min_len: int = 5) -> dict[str, Any]:
     """Load ``dataset`` from ``data_dir``, evaluate the named systems, print the table, return the report.
 
     ``recsieve`` is the whole engine: :func:`~recsieve.training.train_engine` trains its context
@@ -46,7 +47,8 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
     ``cold_items=f`` runs the cold-item protocol (see :mod:`recsieve.evaluation.protocol`): a
     seeded fraction ``f`` of the items never reaches training or a context, and only users whose
     test target is cold are evaluated (ID-only systems score about 0 there by construction;
-    ``text-zero-shot`` is the baseline to beat).
+    ``text-zero-shot`` is the baseline to beat). Users with fewer than ``min_len`` interactions
+    are left out altogether (neither evaluated nor trained on).
 
     ``cache`` (default on): trained models (recsieve's model folders, SASRec's weights) and the
     items' text vectors are kept in ``cache_dir`` (default
@@ -122,7 +124,8 @@ def run_evaluation(dataset: str, data_dir: str | Path, *, users: int | None = No
         else:  # recsieve-fast
             built.append(EngineSystem(data, name=name, config=config, embedder=embedder, train_ranker=True,
                                       cross_encoder=cross_encoder, tier="full", progress=progress))
-    report = evaluate(data, built, users=users, seed=seed, progress=progress, cold_items=cold_items, cache=models)
+    report = evaluate(data, built, users=users, seed=seed, progress=progress, cold_items=cold_items, cache=models,
+                      min_len=min_len)
     if text_vectors is not None:
         report["cache"]["text_vectors"] = text_vectors
     for system, row in zip(built, report["results"]):
@@ -179,13 +182,23 @@ def run_instructions(dataset: str, data_dir: str | Path, *, users: int = 500, se
     return report
 
 
+#: ``--dataset``'s help, shared by every command that reads a dataset.
+DATASET_HELP = ("dataset format: ml-1m / ml-100k (GroupLens files), amazon (any Amazon set in UniSRec's atomic "
+                        "files: {prefix}.text, .item2index, .user2index, .train/.valid/.test.inter), amazon-scientific "
+                        "(the same, prefix Scientific), custom (interactions.csv|.parquet with user_id,item_id,ts and "
+                        "items.jsonl|.csv|.parquet in the catalog format; README: 'Evaluate on your own data')")
+
+
 def add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
     """The options of ``recsieve evaluate`` (kept here, beside :func:`run_evaluation`)."""
-    s.add_argument("--dataset", required=True, choices=("ml-1m", "ml-100k", "amazon-scientific", "custom"),
-                   help="dataset format")
+    s.add_argument("--dataset", required=True, choices=tuple(DATASETS),
+                   help=DATASET_HELP)
     s.add_argument("--data-dir", required=True, help="folder holding the dataset's files")
     s.add_argument("--users", type=int, help="evaluate a fixed seeded subset of this many users (default: all)")
     s.add_argument("--seed", type=int, default=0, help="seed for the user subset and training (default 0)")
+    s.add_argument("--min-len", type=int, default=5, metavar="N",
+                   help="leave out users with fewer than N interactions, from evaluation and training alike (at "
+                        "least 3: history, validation and test item; default 5, as the published protocols)")
     s.add_argument("--systems", default="popularity,item-knn,transitions,text-zero-shot,recsieve-recall,recsieve",
                    help="comma-separated systems: popularity, item-knn, transitions, sasrec (the published full-softmax "
                         "recipe: early stopping after 10 epochs without a better NDCG@10 on every user's validation item (up to 2,048 users), the "

@@ -1,4 +1,4 @@
-"""Interaction datasets for offline evaluation: MovieLens 1M / 100K, Amazon Scientific, custom.
+"""Interaction datasets for offline evaluation: MovieLens 1M / 100K, Amazon (UniSRec files), custom.
 
 Every loader reads from a path (nothing is bundled or downloaded) and returns a
 :class:`Dataset`: the items (as :class:`~recsieve.types.Item`, with the text that gets
@@ -7,7 +7,7 @@ embedded) and, per user, the chronological sequence of item indices. Items are i
 
 Benchmark convention: the MovieLens loaders keep only items that occur in some interaction
 (ML-1M: the 3,706 of movies.dat's 3,883 that were rated), as published full-ranking figures
-do. Amazon Scientific keeps its 4,385 indexed items; a custom catalog keeps every item
+do. An Amazon set keeps its indexed items (Scientific: 4,385); a custom catalog keeps every item
 (cold items can still be recommended by text).
 
 Malformed or missing files raise :class:`~recsieve.errors.InvalidInputError` (naming the
@@ -41,6 +41,7 @@ __all__ = [
     "load_dataset",
     "load_ml1m",
     "load_ml100k",
+    "load_amazon",
     "load_amazon_scientific",
     "load_custom",
     "write_custom",
@@ -353,8 +354,23 @@ def _inter(path: Path) -> Iterator[tuple[int, str, list[str], str]]:
         yield lineno, parts[0], parts[1].split(), parts[2]
 
 
-def load_amazon_scientific(path: str | Path, prefix: str = "Scientific") -> Dataset:
-    """Amazon Industrial & Scientific, UniSRec's atomic files in one directory.
+def load_amazon_scientific(path: str | Path) -> Dataset:
+    """Amazon Industrial & Scientific: :func:`load_amazon` with the prefix ``Scientific``."""
+    return load_amazon(path, "Scientific")
+
+
+def amazon_prefix(folder: Path) -> str:
+    """The ``{prefix}`` of the one UniSRec Amazon set in ``folder`` (from its ``*.item2index``)."""
+    found = sorted(p.name[: -len(".item2index")] for p in folder.glob("*.item2index"))
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)} ({', '.join(found)})"
+        raise StoreError(f"amazon: {what} *.item2index files in {folder}; expected one set's files")
+    return found[0]
+
+
+def load_amazon(path: str | Path, prefix: str | None = None) -> Dataset:
+    """An Amazon set in UniSRec's atomic files, one set per directory (Scientific, Office,
+    Instruments, Arts, Pantry, …; ``prefix`` found from the folder's ``*.item2index`` if not given).
 
     Reads ``{prefix}.text`` (header, then ``ASIN<TAB>text``: title, categories and brand),
     ``{prefix}.item2index`` / ``{prefix}.user2index`` (id<TAB>integer) and the
@@ -364,6 +380,7 @@ def load_amazon_scientific(path: str | Path, prefix: str = "Scientific") -> Data
     valid, then test), checking that every example's history is the tail of the sequence so far.
     """
     folder = Path(path)
+    prefix = prefix or amazon_prefix(folder)
     p = {ext: folder / f"{prefix}.{ext}" for ext in ("text", "item2index", "user2index")}
     item_of: dict[str, str] = {}  # integer token -> ASIN
     for lineno, line in _lines(_need(p["item2index"], "amazon item index")):
@@ -432,7 +449,7 @@ def load_amazon_scientific(path: str | Path, prefix: str = "Scientific") -> Data
             seq.append(target)
         users[user_of[user]] = [(None, position[t], "purchase") for t in seq]
     return _build(
-        "amazon-scientific", items, users, keep_unused_items=True, has_ts=False, has_kinds=False
+        f"amazon-{prefix.lower()}", items, users, keep_unused_items=True, has_ts=False, has_kinds=False
     )
 
 
@@ -560,6 +577,7 @@ DATASETS = {
     "ml-1m": load_ml1m,
     "ml-100k": load_ml100k,
     "amazon-scientific": load_amazon_scientific,
+    "amazon": load_amazon,
     "custom": load_custom,
 }
 
