@@ -232,3 +232,34 @@ def test_evaluate_split_refuses_a_cache_without_the_data_it_keys_on(tmp_path):
 
     with pytest.raises(InvalidInputError, match="cache_parts"):
         evaluate_split(leave_one_out(toy()), tiny_sasrec(), cache=ModelCache(tmp_path), progress=False)
+
+
+def test_candidates_come_from_the_ranking_call_and_match_a_fresh_recall(monkeypatch):
+    """The harness asks for recall's candidates right after scoring the same users: the engine's
+    ranking already recalled them, so they are not recalled twice, and they are the same items."""
+    from recsieve.evaluation.protocol import leave_one_out, training_sequences
+    from recsieve.evaluation.systems import EngineSystem
+
+    data = toy(n_users=60, n_items=30, length=8)
+    system = EngineSystem(data, embedder=WordHashEmbedder(32), context=True, context_budget_s=3.0,
+                          ranker_users=None, progress=False)
+    split = leave_one_out(data, min_len=5)
+    system.fit(training_sequences(split, "test"), data.n_items)
+    try:
+        recalls = []
+        real = system.engine.recall_view
+        monkeypatch.setattr(system.engine, "recall_view", lambda *a, **k: recalls.append(1) or real(*a, **k))
+        ctx = split.contexts("test")[:20]
+        n = system.config.recall_n
+        scores = system.score(ctx)
+        kept = system.candidates(ctx, n)
+        assert recalls == []  # taken from the ranking call
+        fresh = system.candidates(list(ctx), n)  # other contexts (an equal list): recalled
+        assert len(recalls) == len(ctx)
+        for k, f, s in zip(kept, fresh, scores, strict=True):
+            assert sorted(k.tolist()) == sorted(f.tolist()) and len(f) > 0
+            assert set(np.flatnonzero(np.isfinite(s)).tolist()) == set(f.tolist())
+        system.candidates(ctx, 5)  # another size: recalled
+        assert len(recalls) == 2 * len(ctx)
+    finally:
+        system.close()

@@ -106,6 +106,8 @@ class EngineSystem:
         self.engine: Engine | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._rows: np.ndarray | None = None
+        #: the last :meth:`score` call's contexts, serving model and candidates (for :meth:`candidates`)
+        self._recalled: tuple[Sequence[np.ndarray], str, list[np.ndarray]] | None = None
         self.from_cache = False
 
     def fit(self, train_sequences: Sequence[np.ndarray], n_items: int) -> None:
@@ -217,24 +219,43 @@ class EngineSystem:
         return self.engine.history_view(rows, times=np.arange(len(rows)) * STEP_SECONDS)
 
     def score(self, contexts: Sequence[np.ndarray]) -> np.ndarray:
+        """Every item's rank position in the engine's answer (``-inf`` outside its candidates).
+
+        The engine ranks all ``config.recall_n`` candidates it recalls, so the call also keeps
+        them: :meth:`candidates` for the same ``contexts`` object, the same ``n`` and the same
+        serving model returns them instead of recalling a second time."""
         assert self.engine is not None and self._rows is not None, "fit first"
-        index_of = np.empty(self.engine.catalog.num_rows, np.int64)
-        index_of[self._rows] = np.arange(len(self._rows))
+        index_of = self._index_of()
         out = np.full((len(contexts), self.dataset.n_items), -np.inf, np.float32)
+        recalled = []
         for i, ctx in enumerate(contexts):
             rows, _ = self.engine.rank(self.view(ctx), rerank=self.rerank)
             # Rank positions, not raw scores: candidates stay above -inf, order preserved, no accidental ties.
             out[i, index_of[rows]] = np.arange(len(rows), 0, -1, dtype=np.float32)
+            recalled.append(index_of[rows])
+        self._recalled = (contexts, self.engine.model_version, recalled)
         return out
 
     def candidates(self, contexts: Sequence[np.ndarray], n: int) -> list[np.ndarray]:
+        """The item indices recall finds for each context (in ranked order when :meth:`score` just
+        ranked the same ``contexts`` with ``n`` candidates; in recall order otherwise)."""
         assert self.engine is not None and self._rows is not None, "fit first"
+        if self._recalled is not None:
+            last, version, recalled = self._recalled
+            if last is contexts and version == self.engine.model_version and n == self.config.recall_n:
+                return recalled
+        index_of = self._index_of()
+        return [index_of[self.engine.recall_view(self.view(ctx), n).rows] for ctx in contexts]
+
+    def _index_of(self) -> np.ndarray:
+        """Catalog row -> dataset item index."""
         index_of = np.empty(self.engine.catalog.num_rows, np.int64)
         index_of[self._rows] = np.arange(len(self._rows))
-        return [index_of[self.engine.recall_view(self.view(ctx), n).rows] for ctx in contexts]
+        return index_of
 
     def close(self) -> None:
         """Close the engine and delete its temporary directory."""
+        self._recalled = None
         if self.engine is not None:
             self.engine.close()
             self.engine = None
