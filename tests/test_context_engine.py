@@ -396,6 +396,39 @@ def test_the_refit_validates_on_the_first_trainings_held_out_users(trained, tmp_
     assert "valid_ndcg@10_before" in hist
 
 
+def test_the_refit_stops_at_its_share_of_the_encoders_budget(trained, tmp_path, monkeypatch):
+    """A large catalog's refit epoch can take minutes: the refit is bounded by a share of the
+    encoder's budget and stops mid-epoch there; without a budget it runs its epochs."""
+    import recsieve.training.model as train_model
+    from recsieve.context.model import ContextModel
+
+    root, _ = trained
+    eng = _open(root, tmp_path)
+    try:
+        sequences, text = engine_sequences(eng), eng.text_vectors()
+    finally:
+        eng.close()
+    first = train_model._encoder_rows(sequences, 3)
+    config = TrainConfig(epochs=1, batch_size=8, valid_users=10, seed=4, bf16=False)
+    model = ContextModel.load(root / "model" / CONTEXT_DIR)
+    cut = train_model.refit_encoder(model, sequences, first, config, text, epochs=3, lr=1e-4, budget_s=1e-9)
+    assert 0 < cut["epochs"] < 1 and len(cut["epoch_seconds"]) == 1  # one batch of one epoch, validated
+    assert "valid_ndcg@10" in cut and len(cut["valid_ndcg@10"]) == 1
+    whole = train_model.refit_encoder(model, sequences, first, config, text, epochs=2, lr=1e-4)
+    assert whole["epochs"] >= 1
+    budgets = []
+    real = train_model.refit_encoder
+    monkeypatch.setattr(train_model, "refit_encoder",
+                        lambda *a, budget_s=None, **kw: budgets.append(budget_s) or real(*a, budget_s=budget_s, **kw))
+    eng = _open(root, tmp_path / "again")
+    try:
+        train_engine(eng, tmp_path / "m", users=None, steps_per_user=1, budget_s=40.0, epochs=2, scorer_epochs=1,
+                     scorer_budget_s=None, dim=16, max_len=20, refit_epochs=1, progress=False)
+    finally:
+        eng.close()
+    assert budgets == [40.0 * train_model.REFIT_BUDGET_SHARE]
+
+
 def test_scorer_steps_never_take_the_heads_steps():
     """A user with fewer positive steps than the scorer's and the head's together gives the
     scorer only steps before the head's last ``skip_last`` ones (none may be shared)."""

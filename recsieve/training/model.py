@@ -54,7 +54,7 @@ from recsieve.training.scorer import fit_candidate_scorer
 from recsieve.training.validation import validation_rows
 from recsieve.types import EVENT_KINDS, Event
 
-__all__ = ["COLD_SHARE", "CONTEXT_DIM", "REFIT_EPOCHS", "REFIT_LR", "SCORER_STEPS", "train_engine", "refit_encoder", "encoder_sequences", "held_out_steps", "scorer_examples"]
+__all__ = ["COLD_SHARE", "CONTEXT_DIM", "REFIT_BUDGET_SHARE", "REFIT_EPOCHS", "REFIT_LR", "SCORER_STEPS", "train_engine", "refit_encoder", "encoder_sequences", "held_out_steps", "scorer_examples"]
 
 #: The default share of items made pseudo-cold for the head's cold examples (:mod:`recsieve.training.cold`);
 #: 0: none (what they buy on ML-1M: bench/new_item_slots.py --cold-share).
@@ -74,6 +74,12 @@ SCORER_STEPS = 2
 REFIT_EPOCHS = 5
 REFIT_LR = 5e-4
 REFIT_PATIENCE = 2
+#: The refit's time, as a share of the encoder's budget (``train_engine(budget_s=...)``): it stops
+#: there, mid-epoch if need be, and validates what it has. On the README's datasets five epochs
+#: take less (ML-1M's ~40 s epochs: ~200 s of a 1,200 s budget's 300), so it never binds there;
+#: it bounds a large catalog, where an epoch can take minutes (a 26,000-item, 87,000-user set:
+#: ~300 s on two AVX2 cores).
+REFIT_BUDGET_SHARE = 0.25
 #: The context model's token and hidden size. 64 is SASRec's published recipe; at the same
 #: 1,200 s encoder budget 128 trains fewer, slower epochs and ends higher on ML-1M
 #: (bench/results/encoder_size_ml1m.json, README "Recommendation quality").
@@ -120,19 +126,20 @@ def held_out_steps(sequences: dict[str, list[Step]], skip_last: int, take: int,
 
 def refit_encoder(model: Any, sequences: dict[str, list[Step]], first: dict[str, np.ndarray], config: TrainConfig,
                   text_vectors: np.ndarray | None, *, epochs: int = REFIT_EPOCHS,
-                  lr: float = REFIT_LR) -> dict[str, Any]:
+                  lr: float = REFIT_LR, budget_s: float | None = None) -> dict[str, Any]:
     """Continue training ``model`` (trained with ``config`` on ``first``: user -> rows) in place on
     every user's whole positive sequence for ``epochs`` epochs at the constant rate ``lr``. Its
     held-out users are those the first training validated on (:func:`validation_rows` of
     ``first``), each now on its newest step -- one the first training never saw either (it
     held out that user's last step, or its whole held-out tail) -- and the model is validated
     before the first epoch too, so it changes only where an epoch validates higher; it stops after
-    :data:`REFIT_PATIENCE` epochs without a better score. Returns the refit's history."""
+    :data:`REFIT_PATIENCE` epochs without a better score, or once it has trained ``budget_s``
+    seconds (``None``: no limit). Returns the refit's history."""
     whole = _encoder_rows(sequences, 0)
     index = {u: i for i, u in enumerate(whole)}
     first_users = list(first)
     valid = [index[first_users[i]] for i in validation_rows(list(first.values()), config)]
-    cfg = replace(config, epochs=epochs, lr=lr, schedule="constant", warmup=0.0, budget_s=None,
+    cfg = replace(config, epochs=epochs, lr=lr, schedule="constant", warmup=0.0, budget_s=budget_s,
                   patience=REFIT_PATIENCE, plateau=None, name="refit")
     _, hist = fit_context_model(list(whole.values()), model.settings.n_warm, text_vectors, config=cfg, model=model,
                                 valid=valid)
@@ -205,7 +212,8 @@ def train_engine(
     ``ablation_out``: also write there the head trained on the same examples without the
     candidate scorer's score (the ablation; the report pairs both on held-out users).
     ``refit_epochs`` / ``refit_lr``: once the head is fitted, the encoder continues on every
-    user's whole sequence (:func:`refit_encoder`; 0: no refit); ``refit_ablation_out``: also
+    user's whole sequence (:func:`refit_encoder`; 0: no refit) for at most
+    :data:`REFIT_BUDGET_SHARE` of the encoder's budget; ``refit_ablation_out``: also
     write there the head with the encoder it was trained with, before its refit (the ablation).
     ``cold_share``: the head also learns from pseudo-cold examples, a world where that share of
     the items has no behaviour and no ID residual (:mod:`recsieve.training.cold`; 0: none).
@@ -269,7 +277,7 @@ def train_engine(
     if refit_epochs:
         def refit() -> dict[str, Any]:
             return refit_encoder(model, sequences, first, config, engine.text_vectors(), epochs=refit_epochs,
-                                 lr=refit_lr)
+                                 lr=refit_lr, budget_s=config.budget_s and config.budget_s * REFIT_BUDGET_SHARE)
     head = train_engine_ranker(engine, out_path, events, users=users, steps_per_user=steps_per_user, context=model,
                                ablate=ablate, cold_share=cold_share, among=examples_from, refit=refit,
                                refit_ablation=refit_ablation_out, seed=seed, progress=progress, overwrite=overwrite)
