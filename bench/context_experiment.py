@@ -3,7 +3,7 @@ reads: ``--dataset``; leave-one-out, full ranking, history excluded).
 
 python bench/context_experiment.py --system context|sasrec --budget 600 [--dataset ml-1m --data DIR]
   [--users 1000] [--ids-only]
-  [--fp32] [--sampled] [--epochs N] [--lr 1e-3] [--stage test|valid] [--max-batches N]
+  [--fp32] [--sampled] [--epochs N] [--lr 1e-3] [--stage test|valid]
   [--attention-dropout P] [--batching random|length|bucket] [--dim D] [--heads H] [--blocks B] [--per-user FILE.npy] [--pair-with OTHER.npy]
   [--hold-out-users N --hold-out-steps K]
 Prints a JSON line with the figures. Text vectors: MiniLM of the item texts, cached at --text-cache.

@@ -493,3 +493,46 @@ def test_a_plateau_brings_back_the_best_weights_and_cuts_the_rate():
 def test_bad_plateau_settings_are_refused(field, value):
     with pytest.raises(InvalidInputError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_the_sampled_loss_on_the_rows_in_play_equals_it_on_the_whole_table():
+    """The sampled softmax computes the tokens of the batch's items and its negatives only: the
+    same loss and the same gradients as with every row's token (text + ID residuals, a cold row)."""
+    import recsieve.training.context_model as cm
+    from recsieve.training.batches import shifted
+    from recsieve.training.softmax import sampled_softmax_ce
+
+    n = 40
+    settings = ContextSettings(n_warm=n, text_dim=8, dim=16, heads=2, max_len=6, dropout=0.0)
+    model = ContextModel(settings)
+    text = torch.from_numpy(np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32))
+    cold = torch.zeros(n, dtype=torch.bool)
+    cold[[3, 30]] = True
+    task = cm.NextItemTask(modules=[model.tower, model.encoder], table=cm._tower_table(model, text, cold),
+                           hidden=lambda table, rows: model.encoder(table, rows),
+                           user=lambda table, rows: model.encoder.user(table, rows))
+    batch = np.array([[1, 2, 3, 4, -1, -1], [5, 3, 6, 7, 8, 9], [10, 11, -1, -1, -1, -1]])
+    q = torch.full((n,), 1.0 / n)
+    sampler = (q, torch.log(q * 6))
+    params = [p for m in task.modules for p in m.parameters()]
+
+    def grads(loss):
+        g = torch.autograd.grad(loss, params, allow_unused=True)
+        return [torch.zeros_like(p) if x is None else x for p, x in zip(params, g, strict=True)]
+
+    inputs, targets, real = shifted(batch)
+    torch.manual_seed(5)
+    local = cm._sampled_batch_loss(task, inputs, targets, real, 6, sampler)
+    torch.manual_seed(5)
+    negs = torch.multinomial(q, 6, replacement=True)  # the same draw
+    table = task.table(None)
+    whole = sampled_softmax_ce(model.encoder(table, inputs)[real], table, targets[real], negs, sampler[1])
+    assert float(local) == pytest.approx(float(whole), rel=1e-5)
+    g_local, g_whole = grads(local), grads(whole)
+    for a, b in zip(g_local, g_whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert float(torch.linalg.norm(g_local[0])) > 0  # the adapter learns from it
+    with torch.no_grad():  # a cold row's token is its text's alone, a warm row's has its ID residual
+        tokens = model.tower.rows(text[[3, 4]], torch.tensor([3, 4]), cold[[3, 4]])
+        torch.testing.assert_close(tokens[0], model.tower.adapter(text[3]))
+        assert not torch.allclose(tokens[1], model.tower.adapter(text[4]))

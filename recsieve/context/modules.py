@@ -112,11 +112,14 @@ class ItemTower(nn.Module):
         if self.ids is not None:  # the adapter keeps PyTorch's default: text carries signal from the start
             init_weights(self.ids)
 
-    def rows(self, text: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
-        """Tokens ``(k, dim)`` of some catalog ``rows`` (``text`` = their text vectors ``(k, text_dim)``)."""
+    def rows(self, text: torch.Tensor | None, rows: torch.Tensor, cold: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens ``(k, dim)`` of some catalog ``rows`` (``text`` = their text vectors ``(k, text_dim)``);
+        rows ``>= n_warm`` and those flagged in ``cold`` (bool ``(k,)``) get no ID residual."""
         out = self.adapter(text) if self.adapter is not None else None
         if self.ids is not None:
             warm = rows < self.n_warm
+            if cold is not None:
+                warm = warm & ~cold
             res = self.ids(rows.clamp(max=self.n_warm - 1)) * warm.unsqueeze(-1).to(self.ids.weight.dtype)
             out = res if out is None else out + res
         return out
