@@ -65,6 +65,15 @@ def _open(root, tmp_path):
     return Engine.open(path, embedder=WordHashEmbedder(32))
 
 
+def _sequences_and_text(root, tmp_path):
+    """The trained engine's training sequences and text vectors (read from a copy)."""
+    eng = _open(root, tmp_path)
+    try:
+        return engine_sequences(eng), eng.text_vectors()
+    finally:
+        eng.close()
+
+
 def test_train_engine_serves_one_folder_with_the_context_model(trained, tmp_path):
     root, report = trained
     assert (root / "model" / CONTEXT_DIR / "manifest.json").exists() and (root / "model" / "ranker.json").exists()
@@ -370,11 +379,7 @@ def test_the_refit_validates_on_the_first_trainings_held_out_users(trained, tmp_
     from recsieve.training.validation import validation_rows
 
     root, _ = trained
-    eng = _open(root, tmp_path)
-    try:
-        sequences, text = engine_sequences(eng), eng.text_vectors()
-    finally:
-        eng.close()
+    sequences, text = _sequences_and_text(root, tmp_path)
     first = train_model._encoder_rows(sequences, 3, among={f"u{u}" for u in range(0, 120, 3)})
     config = TrainConfig(epochs=1, batch_size=32, valid_users=10, seed=4, bf16=False)
     held_out = {list(first)[i] for i in validation_rows(list(first.values()), config)}
@@ -403,11 +408,7 @@ def test_the_refit_stops_at_its_share_of_the_encoders_budget(trained, tmp_path, 
     from recsieve.context.model import ContextModel
 
     root, _ = trained
-    eng = _open(root, tmp_path)
-    try:
-        sequences, text = engine_sequences(eng), eng.text_vectors()
-    finally:
-        eng.close()
+    sequences, text = _sequences_and_text(root, tmp_path)
     first = train_model._encoder_rows(sequences, 3)
     config = TrainConfig(epochs=1, batch_size=8, valid_users=10, seed=4, bf16=False)
     model = ContextModel.load(root / "model" / CONTEXT_DIR)

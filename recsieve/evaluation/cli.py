@@ -184,15 +184,14 @@ def run_instructions(dataset: str, data_dir: str | Path, *, users: int = 500, se
 
 #: ``--dataset``'s help, shared by every command that reads a dataset.
 DATASET_HELP = ("dataset format: ml-1m / ml-100k (GroupLens files), amazon (any Amazon set in UniSRec's atomic "
-                        "files: {prefix}.text, .item2index, .user2index, .train/.valid/.test.inter), amazon-scientific "
-                        "(the same, prefix Scientific), custom (interactions.csv|.parquet with user_id,item_id,ts and "
-                        "items.jsonl|.csv|.parquet in the catalog format; README: 'Evaluate on your own data')")
+                "files: {prefix}.text, .item2index, .user2index, .train/.valid/.test.inter), amazon-scientific "
+                "(the same, prefix Scientific), custom (interactions.csv|.parquet with user_id,item_id,ts and "
+                "items.jsonl|.csv|.parquet in the catalog format; README: 'Evaluate on your own data')")
 
 
 def add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
     """The options of ``recsieve evaluate`` (kept here, beside :func:`run_evaluation`)."""
-    s.add_argument("--dataset", required=True, choices=tuple(DATASETS),
-                   help=DATASET_HELP)
+    s.add_argument("--dataset", required=True, choices=tuple(DATASETS), help=DATASET_HELP)
     s.add_argument("--data-dir", required=True, help="folder holding the dataset's files")
     s.add_argument("--users", type=int, help="evaluate a fixed seeded subset of this many users (default: all)")
     s.add_argument("--seed", type=int, default=0, help="seed for the user subset and training (default 0)")
