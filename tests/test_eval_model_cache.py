@@ -241,8 +241,7 @@ def test_candidates_come_from_the_ranking_call_and_match_a_fresh_recall(monkeypa
     from recsieve.evaluation.systems import EngineSystem
 
     data = toy(n_users=60, n_items=30, length=8)
-    system = EngineSystem(data, embedder=WordHashEmbedder(32), context=True, context_budget_s=3.0,
-                          ranker_users=None, progress=False)
+    system = EngineSystem(data, embedder=WordHashEmbedder(32), train_ranker=True, ranker_users=None, progress=False)
     split = leave_one_out(data, min_len=5)
     system.fit(training_sequences(split, "test"), data.n_items)
     try:
