@@ -221,9 +221,9 @@ class EngineSystem:
     def score(self, contexts: Sequence[np.ndarray]) -> np.ndarray:
         """Every item's rank position in the engine's answer (``-inf`` outside its candidates).
 
-        The engine ranks all ``config.recall_n`` candidates it recalls, so the call also keeps
-        them: :meth:`candidates` for the same ``contexts`` object, the same ``n`` and the same
-        serving model returns them instead of recalling a second time."""
+        The engine ranks all the ``recall_n`` candidates it recalls (its serving settings'), so
+        the call also keeps them: :meth:`candidates` for the same ``contexts`` object, the same
+        ``n`` and the same serving model returns them instead of recalling a second time."""
         assert self.engine is not None and self._rows is not None, "fit first"
         index_of = self._index_of()
         out = np.full((len(contexts), self.dataset.n_items), -np.inf, np.float32)
@@ -242,7 +242,7 @@ class EngineSystem:
         assert self.engine is not None and self._rows is not None, "fit first"
         if self._recalled is not None:
             last, version, recalled = self._recalled
-            if last is contexts and version == self.engine.model_version and n == self.config.recall_n:
+            if last is contexts and version == self.engine.model_version and n == self.engine.config.recall_n:
                 return recalled
         index_of = self._index_of()
         return [index_of[self.engine.recall_view(self.view(ctx), n).rows] for ctx in contexts]

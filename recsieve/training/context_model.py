@@ -407,14 +407,15 @@ def _sampled_batch_loss(task: NextItemTask, inputs: torch.Tensor, targets: torch
     row was more than half of a step on a 26,000-item catalog of short sequences."""
     q_t, log_q = sampler
     negs = torch.multinomial(q_t, n_negatives, replacement=True)
-    rows = torch.unique(torch.cat([inputs[inputs >= 0], targets[real], negs]))  # sorted
+    tgt = targets[real]
+    rows = torch.unique(torch.cat([inputs[inputs >= 0], tgt, negs]))  # sorted
 
     def local(t: torch.Tensor) -> torch.Tensor:
         return torch.where(t >= 0, torch.searchsorted(rows, t.clamp(min=0)), t)
 
     table = task.table(rows)
     h = task.hidden(table, local(inputs))[real]
-    return sampled_softmax_ce(h, table, local(targets[real]), local(negs), log_q[rows])
+    return sampled_softmax_ce(h, table, local(tgt), local(negs), log_q[rows])
 
 
 def _tower_table(model: ContextModel, text: torch.Tensor | None, cold: torch.Tensor | None,
@@ -424,10 +425,9 @@ def _tower_table(model: ContextModel, text: torch.Tensor | None, cold: torch.Ten
     dropped on each call -- one draw per batch, shared by the batch's input and output tokens."""
 
     def table(rows: torch.Tensor | None) -> torch.Tensor:
-        n = (text.shape[0] if text is not None else model.tower.n_warm) if rows is None else len(rows)
         drop = cold if rows is None or cold is None else cold[rows]
         if id_dropout > 0 and model.tower.training and text is not None:
-            fresh = torch.rand(n) < id_dropout
+            fresh = torch.rand(text.shape[0] if rows is None else len(rows)) < id_dropout
             drop = fresh if drop is None else drop | fresh
         if rows is None:
             return model.tower(text, drop)
